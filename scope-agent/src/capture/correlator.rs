@@ -1,0 +1,392 @@
+//! The correlator: pairs entry and return events per thread into calls.
+//!
+//! Each thread has a stack of open frames. An entry pushes a frame (and takes
+//! the next call id, so its children know their parent); a return pops the
+//! matching frame and emits a [`CallRecord`] with depth, parent, duration and
+//! self time. Edges that were not both seen are marked, never dropped and
+//! never allowed to mis-nest the rest of the stack:
+//!
+//! - a return with no open frame for its function: the call was running when
+//!   probes went live (or its entry was lost): [`flags::ENTRY_MISSING`];
+//! - a return that matches a frame below the top: the frames above it never
+//!   returned (longjmp, exceptions, lost events): [`flags::UNWOUND`];
+//! - frames deeper than the kernel's limit of nested return probes per thread
+//!   (64) never get a return event: [`flags::NO_RETURN_PROBE`] (see
+//!   `MAX_URETPROBE_DEPTH` in kernel/events/uprobes.c);
+//! - frames still open at the end: [`flags::RETURN_MISSING`].
+
+use rustc_hash::FxHashMap;
+use scope_common::{EVENT_ENTRY, EVENT_RETURN, RawEvent};
+
+use super::{CallRecord, flags};
+
+/// The kernel installs at most this many return probes per thread at once;
+/// deeper calls fire their entry probe but never their return probe.
+pub const MAX_URETPROBE_DEPTH: usize = 64;
+
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    call_id: u64,
+    function_id: u32,
+    start_ktime: u64,
+    /// Sum of the durations of this frame's completed children.
+    child_ns: u64,
+}
+
+#[derive(Debug, Default)]
+struct ThreadStack {
+    pid: u32,
+    frames: Vec<Frame>,
+}
+
+/// Counts kept by the correlator, for the summary and the session row.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CorrelatorCounts {
+    pub events: u64,
+    pub entries: u64,
+    pub returns: u64,
+    pub calls: u64,
+    pub entry_missing: u64,
+    pub unwound: u64,
+    pub return_missing: u64,
+    pub no_return_probe: u64,
+    pub unknown_kind: u64,
+}
+
+/// Turns a stream of [`RawEvent`]s (in per-thread order) into [`CallRecord`]s.
+pub struct Correlator {
+    threads: FxHashMap<u32, ThreadStack>,
+    next_call_id: u64,
+    /// Added to a kernel CLOCK_MONOTONIC timestamp to get Unix epoch ns.
+    clock_offset_ns: i64,
+    /// Kernel time at which probes went live: the start of calls whose entry
+    /// was not seen.
+    live_ktime: u64,
+    out: Vec<CallRecord>,
+    counts: CorrelatorCounts,
+}
+
+impl Correlator {
+    pub fn new(clock_offset_ns: i64, live_ktime: u64) -> Self {
+        Self {
+            threads: FxHashMap::default(),
+            next_call_id: 1,
+            clock_offset_ns,
+            live_ktime,
+            out: Vec::with_capacity(8192),
+            counts: CorrelatorCounts::default(),
+        }
+    }
+
+    pub fn counts(&self) -> CorrelatorCounts {
+        self.counts
+    }
+
+    /// Calls completed so far and not yet taken.
+    pub fn pending(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Takes the completed calls, leaving an empty buffer of the same capacity.
+    pub fn take_calls(&mut self) -> Vec<CallRecord> {
+        let cap = self.out.capacity().max(8192);
+        std::mem::replace(&mut self.out, Vec::with_capacity(cap))
+    }
+
+    #[inline]
+    pub fn on_event(&mut self, ev: &RawEvent) {
+        self.counts.events += 1;
+        match ev.kind {
+            EVENT_ENTRY => self.on_entry(ev),
+            EVENT_RETURN => self.on_return(ev),
+            _ => self.counts.unknown_kind += 1,
+        }
+    }
+
+    fn on_entry(&mut self, ev: &RawEvent) {
+        self.counts.entries += 1;
+        let call_id = self.next_call_id;
+        self.next_call_id += 1;
+        let thread = self.threads.entry(ev.tid()).or_default();
+        thread.pid = ev.tgid();
+        thread.frames.push(Frame {
+            call_id,
+            function_id: ev.function_id,
+            start_ktime: ev.ktime_ns,
+            child_ns: 0,
+        });
+    }
+
+    fn on_return(&mut self, ev: &RawEvent) {
+        self.counts.returns += 1;
+        let tid = ev.tid();
+        let Some(thread) = self.threads.get_mut(&tid) else {
+            self.emit_entry_missing(ev, 0, 0);
+            return;
+        };
+        let pid = thread.pid;
+        let frames = &mut thread.frames;
+        // Frames past the kernel's nesting limit never get a return event.
+        while frames.len() > MAX_URETPROBE_DEPTH {
+            if let Some(frame) = frames.pop() {
+                let depth = frames.len() as u32;
+                let parent = frames.last().map_or(0, |f| f.call_id);
+                self.counts.no_return_probe += 1;
+                self.out.push(CallRecord {
+                    pid,
+                    tid,
+                    call_id: frame.call_id,
+                    parent_call_id: parent,
+                    function_id: frame.function_id,
+                    depth,
+                    start_ns: frame.start_ktime as i64 + self.clock_offset_ns,
+                    duration_ns: -1,
+                    self_ns: -1,
+                    flags: flags::NO_RETURN_PROBE,
+                });
+            }
+        }
+        let Some(pos) = frames
+            .iter()
+            .rposition(|f| f.function_id == ev.function_id)
+        else {
+            // Not on this thread's stack: its entry was before probes went
+            // live (or lost). Whatever is open above it cannot have been
+            // called by it after the fact, so the stack is left alone.
+            let depth = frames.len() as u32;
+            let parent = frames.last().map_or(0, |f| f.call_id);
+            self.emit_entry_missing(ev, depth, parent);
+            return;
+        };
+        // Frames above the match never returned.
+        while frames.len() > pos + 1 {
+            if let Some(frame) = frames.pop() {
+                let duration = ev.ktime_ns.saturating_sub(frame.start_ktime);
+                let depth = frames.len() as u32;
+                let parent = frames.last_mut();
+                let parent_id = parent.as_ref().map_or(0, |f| f.call_id);
+                if let Some(p) = parent {
+                    p.child_ns += duration;
+                }
+                self.counts.unwound += 1;
+                self.out.push(CallRecord {
+                    pid,
+                    tid,
+                    call_id: frame.call_id,
+                    parent_call_id: parent_id,
+                    function_id: frame.function_id,
+                    depth,
+                    start_ns: frame.start_ktime as i64 + self.clock_offset_ns,
+                    duration_ns: duration as i64,
+                    self_ns: duration.saturating_sub(frame.child_ns) as i64,
+                    flags: flags::UNWOUND,
+                });
+            }
+        }
+        let Some(frame) = frames.pop() else {
+            return;
+        };
+        let duration = ev.ktime_ns.saturating_sub(frame.start_ktime);
+        let depth = frames.len() as u32;
+        let parent = frames.last_mut();
+        let parent_id = parent.as_ref().map_or(0, |f| f.call_id);
+        if let Some(p) = parent {
+            p.child_ns += duration;
+        }
+        self.counts.calls += 1;
+        self.out.push(CallRecord {
+            pid,
+            tid,
+            call_id: frame.call_id,
+            parent_call_id: parent_id,
+            function_id: frame.function_id,
+            depth,
+            start_ns: frame.start_ktime as i64 + self.clock_offset_ns,
+            duration_ns: duration as i64,
+            self_ns: duration.saturating_sub(frame.child_ns) as i64,
+            flags: 0,
+        });
+    }
+
+    fn emit_entry_missing(&mut self, ev: &RawEvent, depth: u32, parent: u64) {
+        let call_id = self.next_call_id;
+        self.next_call_id += 1;
+        let start = self.live_ktime.min(ev.ktime_ns);
+        self.counts.entry_missing += 1;
+        self.out.push(CallRecord {
+            pid: ev.tgid(),
+            tid: ev.tid(),
+            call_id,
+            parent_call_id: parent,
+            function_id: ev.function_id,
+            depth,
+            start_ns: start as i64 + self.clock_offset_ns,
+            duration_ns: (ev.ktime_ns - start) as i64,
+            self_ns: -1,
+            flags: flags::ENTRY_MISSING,
+        });
+    }
+
+    /// Ends the session: every frame still open becomes a call marked
+    /// [`flags::RETURN_MISSING`], innermost first.
+    pub fn finish(&mut self) {
+        let mut tids: Vec<u32> = self.threads.keys().copied().collect();
+        tids.sort_unstable();
+        for tid in tids {
+            let Some(mut thread) = self.threads.remove(&tid) else {
+                continue;
+            };
+            while let Some(frame) = thread.frames.pop() {
+                let depth = thread.frames.len() as u32;
+                let parent = thread.frames.last().map_or(0, |f| f.call_id);
+                self.counts.return_missing += 1;
+                self.out.push(CallRecord {
+                    pid: thread.pid,
+                    tid,
+                    call_id: frame.call_id,
+                    parent_call_id: parent,
+                    function_id: frame.function_id,
+                    depth,
+                    start_ns: frame.start_ktime as i64 + self.clock_offset_ns,
+                    duration_ns: -1,
+                    self_ns: -1,
+                    flags: flags::RETURN_MISSING,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(t: u64, tid: u32, f: u32, kind: u32) -> RawEvent {
+        RawEvent {
+            ktime_ns: t,
+            pid_tgid: (100u64 << 32) | u64::from(tid),
+            function_id: f,
+            kind,
+        }
+    }
+    fn enter(t: u64, tid: u32, f: u32) -> RawEvent {
+        ev(t, tid, f, EVENT_ENTRY)
+    }
+    fn leave(t: u64, tid: u32, f: u32) -> RawEvent {
+        ev(t, tid, f, EVENT_RETURN)
+    }
+    fn run(events: &[RawEvent]) -> Vec<CallRecord> {
+        let mut c = Correlator::new(1_000, 0);
+        for e in events {
+            c.on_event(e);
+        }
+        c.finish();
+        c.take_calls()
+    }
+
+    #[test]
+    fn nesting_depth_parent_self_time() {
+        // a(10..100) { b(20..60) { c(30..40) } }
+        let calls = run(&[
+            enter(10, 1, 1),
+            enter(20, 1, 2),
+            enter(30, 1, 3),
+            leave(40, 1, 3),
+            leave(60, 1, 2),
+            leave(100, 1, 1),
+        ]);
+        assert_eq!(calls.len(), 3);
+        let (c, b, a) = (calls[0], calls[1], calls[2]);
+        assert_eq!((a.function_id, a.depth, a.parent_call_id), (1, 0, 0));
+        assert_eq!((b.function_id, b.depth, b.parent_call_id), (2, 1, a.call_id));
+        assert_eq!((c.function_id, c.depth, c.parent_call_id), (3, 2, b.call_id));
+        assert_eq!((a.duration_ns, a.self_ns), (90, 50));
+        assert_eq!((b.duration_ns, b.self_ns), (40, 30));
+        assert_eq!((c.duration_ns, c.self_ns), (10, 10));
+        assert_eq!(a.start_ns, 1_010);
+        assert!(calls.iter().all(|c| c.flags == 0));
+    }
+
+    #[test]
+    fn recursion_nests_by_depth() {
+        let mut events = Vec::new();
+        for i in 0..5 {
+            events.push(enter(i, 7, 9));
+        }
+        for i in 0..5 {
+            events.push(leave(10 + i, 7, 9));
+        }
+        let calls = run(&events);
+        assert_eq!(calls.len(), 5);
+        let depths: Vec<u32> = calls.iter().map(|c| c.depth).collect();
+        assert_eq!(depths, vec![4, 3, 2, 1, 0]);
+        for w in calls.windows(2) {
+            assert_eq!(w[0].parent_call_id, w[1].call_id);
+        }
+    }
+
+    #[test]
+    fn threads_are_independent() {
+        let calls = run(&[
+            enter(1, 1, 1),
+            enter(2, 2, 1),
+            leave(3, 1, 1),
+            leave(4, 2, 1),
+        ]);
+        assert_eq!(calls.len(), 2);
+        assert!(calls.iter().all(|c| c.depth == 0 && c.flags == 0));
+        assert_eq!(calls[0].tid, 1);
+        assert_eq!(calls[1].tid, 2);
+    }
+
+    #[test]
+    fn running_at_attach_and_at_end_are_marked() {
+        // f was running before attach; g starts and never returns.
+        let calls = run(&[leave(50, 1, 5), enter(60, 1, 6)]);
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].flags, flags::ENTRY_MISSING);
+        assert_eq!(calls[0].duration_ns, 50);
+        assert_eq!(calls[1].flags, flags::RETURN_MISSING);
+        assert_eq!(calls[1].duration_ns, -1);
+    }
+
+    #[test]
+    fn unwound_frames_do_not_misnest() {
+        // a { b { c  -- longjmp --> a returns
+        let calls = run(&[
+            enter(1, 1, 1),
+            enter(2, 1, 2),
+            enter(3, 1, 3),
+            leave(10, 1, 1),
+            enter(11, 1, 4),
+            leave(12, 1, 4),
+        ]);
+        let flags: Vec<u8> = calls.iter().map(|c| c.flags).collect();
+        assert_eq!(flags, vec![flags::UNWOUND, flags::UNWOUND, 0, 0]);
+        let last = calls[3];
+        assert_eq!((last.function_id, last.depth, last.parent_call_id), (4, 0, 0));
+    }
+
+    #[test]
+    fn frames_past_the_kernel_limit_are_marked() {
+        let depth = MAX_URETPROBE_DEPTH + 6;
+        let mut events = Vec::new();
+        for i in 0..depth {
+            events.push(enter(i as u64, 1, 9));
+        }
+        // The kernel only delivers returns for the first 64 frames.
+        for i in 0..MAX_URETPROBE_DEPTH {
+            events.push(leave(1000 + i as u64, 1, 9));
+        }
+        let calls = run(&events);
+        assert_eq!(calls.len(), depth);
+        let missing = calls
+            .iter()
+            .filter(|c| c.flags == flags::NO_RETURN_PROBE)
+            .count();
+        assert_eq!(missing, 6);
+        let complete: Vec<&CallRecord> = calls.iter().filter(|c| c.flags == 0).collect();
+        assert_eq!(complete.len(), MAX_URETPROBE_DEPTH);
+        assert!(complete.iter().all(|c| (c.depth as usize) < MAX_URETPROBE_DEPTH));
+    }
+}

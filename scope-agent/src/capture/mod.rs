@@ -1,0 +1,71 @@
+//! Capture: ring buffer → correlator → [`EventSink`].
+//!
+//! `capture` produces [`CallRecord`]s and [`LossRecord`]s and hands them to an
+//! [`EventSink`]; it never knows where they go (Parquet, a summary, a test).
+
+pub mod correlator;
+pub mod pipeline;
+pub mod ring;
+
+/// Flags on a [`CallRecord`] for calls whose edges were not both seen.
+pub mod flags {
+    /// The entry was not seen: the call was already running when probes went
+    /// live (or its entry was lost). `start_ns` is the session start, a lower
+    /// bound, and `duration_ns` is measured from there.
+    pub const ENTRY_MISSING: u8 = 1;
+    /// The return was not seen before recording ended: `duration_ns` and
+    /// `self_ns` are null.
+    pub const RETURN_MISSING: u8 = 2;
+    /// The call was left without a return because an outer frame returned
+    /// first (longjmp, exceptions, or a lost event): `duration_ns` is the time
+    /// until that outer return was seen.
+    pub const UNWOUND: u8 = 4;
+    /// The call was deeper than the kernel's limit of nested return probes
+    /// per thread (64), so no return event exists: duration and self time are
+    /// null.
+    pub const NO_RETURN_PROBE: u8 = 8;
+}
+
+/// One completed (or cut-off) function call. Plain data, `Copy`, so batches
+/// move between threads without per-record allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CallRecord {
+    pub pid: u32,
+    pub tid: u32,
+    /// Unique within the session; assigned at entry, so a child knows its parent.
+    pub call_id: u64,
+    /// 0 at a root (stored as null).
+    pub parent_call_id: u64,
+    pub function_id: u32,
+    /// 0 at a root.
+    pub depth: u32,
+    /// Unix epoch nanoseconds.
+    pub start_ns: i64,
+    /// -1 when unknown (stored as null): the call had not returned.
+    pub duration_ns: i64,
+    /// Duration minus the children's durations; -1 when unknown.
+    pub self_ns: i64,
+    /// See [`flags`].
+    pub flags: u8,
+}
+
+/// Events the kernel could not write on one CPU during one interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LossRecord {
+    pub cpu: u32,
+    /// Unix epoch nanoseconds.
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub lost: u64,
+}
+
+/// Where the capture pipeline delivers its output.
+pub trait EventSink {
+    fn write_calls(&mut self, calls: &[CallRecord]) -> anyhow::Result<()>;
+    fn write_losses(&mut self, losses: &[LossRecord]) -> anyhow::Result<()>;
+    /// Called about once a second while recording, so time-based work
+    /// (closing an old segment) happens even when no events arrive.
+    fn tick(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,234 @@
+//! Command-line flags (clap derive), turned into configuration once here;
+//! nothing else in the agent reads flags.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::session::{SessionConfig, Target};
+use crate::symbols::pattern::Pattern;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "scope-agent",
+    version,
+    about = "Zero-recompile profiler for native programs: eBPF uprobes on ELF/DWARF functions, every call to Parquet",
+    long_about = "Zero-recompile profiler for native programs.\n\n\
+        Puts eBPF uprobes on functions found in a program's ELF symbols and DWARF debug info \
+        (and its shared libraries), pairs every call with its return, and writes the calls as \
+        Parquet files that DuckDB reads as they are:\n\n  \
+        duckdb -c \"SELECT count(*) FROM read_parquet('scope-data/calls/**/*.parquet', hive_partitioning=true)\"\n\n\
+        record and attach need root (CAP_BPF and CAP_PERFMON)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a command with probes already in place, record until it exits, exit with its status
+    Record(RecordArgs),
+    /// Record the function calls of a running process until Ctrl-C, --duration or its exit
+    Attach(AttachArgs),
+    /// List the functions a pattern resolves to (name, module, address, size, file:line)
+    Functions(FunctionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Functions to probe, as [MODULE:]GLOB; repeatable.
+    ///
+    /// GLOB (`*` and `?`) matches demangled names (`parse_*`, `grep_searcher::*`,
+    /// `std::vector<*>::push_back`) and raw symbols. MODULE is a glob over the
+    /// basename of a mapped file (`libc.so*:malloc`); without it, the main
+    /// executable. With no -f, every function of the main executable (up to
+    /// --max-functions) is probed.
+    #[arg(short = 'f', long = "function", value_name = "PATTERN")]
+    pub functions: Vec<String>,
+
+    /// Directory for the Parquet files (created 0700 if missing).
+    #[arg(short, long, value_name = "DIR", default_value = "scope-data")]
+    pub out: PathBuf,
+
+    /// Stop recording after this long: 500ms, 10s, 2m, 1h.
+    #[arg(short, long, value_name = "D", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Size of the kernel-to-agent ring buffer: bytes, or with a K/M/G suffix
+    /// (rounded up to a power of two). Larger rings lose fewer events in bursts.
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
+    pub ring_size: u32,
+
+    /// With no -f: the most functions of the main executable to probe.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_functions: usize,
+
+    /// Rows per Parquet file of calls before a new one is started.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub segment_rows: usize,
+
+    /// Age at which a Parquet file of calls is closed even if not full.
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = parse_duration)]
+    pub segment_time: Duration,
+
+    /// Functions to list in the end-of-run summary.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// No summary tables, only the one-line results.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+
+    /// The command to start, after `--`.
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// The process to attach to (all its threads).
+    #[arg(short, long)]
+    pub pid: u32,
+
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FunctionsArgs {
+    /// A running process whose mapped files to search (instead of BINARY).
+    #[arg(short, long)]
+    pub pid: Option<u32>,
+
+    /// BINARY then PATTERN, or only PATTERN with --pid. PATTERN is
+    /// [MODULE:]GLOB as for -f (default: every function of the main executable).
+    #[arg(value_name = "BINARY|PATTERN", num_args = 0..=2)]
+    pub args: Vec<String>,
+
+    /// Print at most this many functions (0: all).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub limit: usize,
+}
+
+impl ProbeArgs {
+    pub fn into_config(self, target: Target) -> Result<SessionConfig, String> {
+        let patterns = parse_patterns(&self.functions)?;
+        Ok(SessionConfig {
+            target,
+            patterns,
+            out_dir: self.out,
+            duration: self.duration,
+            ring_bytes: self.ring_size,
+            max_functions: self.max_functions,
+            segment_rows: self.segment_rows.max(1),
+            segment_age: self.segment_time,
+            top: self.top,
+            quiet: self.quiet,
+        })
+    }
+}
+
+pub fn parse_patterns(raw: &[String]) -> Result<Vec<Pattern>, String> {
+    raw.iter()
+        .map(|p| p.parse::<Pattern>().map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// `500ms`, `10s`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 500ms, 10s, 2m, 1h)"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("'{s}': a duration must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `65536`, `64K`, `8M`, `1G`.
+pub fn parse_size(s: &str) -> Result<u32, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let v: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (try 65536, 256K, 8M)"))?;
+    let bytes = v.saturating_mul(mult);
+    if bytes == 0 || bytes > 1 << 30 {
+        return Err(format!("'{s}': the ring size must be between 4K and 1G"));
+    }
+    Ok(bytes as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("2G").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "scope-agent",
+            "record",
+            "-f",
+            "work_*",
+            "--out",
+            "/tmp/x",
+            "--",
+            "./prog",
+            "-v",
+        ])
+        .expect("parses");
+        let Command::Record(r) = cli.command else {
+            panic!("not record")
+        };
+        assert_eq!(r.probe.functions, vec!["work_*"]);
+        assert_eq!(r.command, vec![OsString::from("./prog"), OsString::from("-v")]);
+    }
+}

@@ -1,0 +1,6 @@
+//! Probes: user patterns → resolved functions ([`plan`]) → attached uprobes
+//! ([`attach`]). No rebuild of the target, no per-call symbol work: the plan
+//! is made once per session and the kernel reports each function by cookie.
+
+pub mod attach;
+pub mod plan;
