@@ -1,0 +1,632 @@
+//! Tests of `load_module` and the library search on real files: small C and
+//! C++ programs compiled at test time, several ways (PIE and not, DWARF 4
+//! and 5, compressed, stripped, split debug file, shared library).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::*;
+
+const PROG_C: &str = r#"#include <stdio.h>
+
+static int helper(int x)
+{
+    return x * 2;
+}
+
+int compute_sum(int n)
+{
+    int s = 0;
+    for (int i = 0; i < n; i++)
+        s += helper(i);
+    return s;
+}
+
+int public_api(int x) { return x + 1; }
+int public_alias(int x) __attribute__((alias("public_api")));
+int __internal_alias(int x) __attribute__((alias("public_api")));
+
+static int impl_one(void) { return 1; }
+static void *pick_impl(void) { return (void *)impl_one; }
+int picked(void) __attribute__((ifunc("pick_impl")));
+
+int main(int argc, char **argv)
+{
+    (void)argv;
+    printf("%d %d %d\n", compute_sum(argc + 10), public_alias(argc), picked());
+    return 0;
+}
+"#;
+
+const LIB_C: &str = r#"static int lib_private(int x)
+{
+    return x * 3;
+}
+
+int lib_exported(int x)
+{
+    return lib_private(x) + 1;
+}
+"#;
+
+const PROG_CPP: &str = r#"#include <vector>
+
+namespace geo {
+struct Widget {
+    int size = 0;
+    int grow(int by)
+    {
+        size += by;
+        return size;
+    }
+};
+}
+
+int sum(const std::vector<int> &v)
+{
+    int s = 0;
+    for (int x : v)
+        s += x;
+    return s;
+}
+
+int main()
+{
+    geo::Widget w;
+    std::vector<int> v;
+    v.push_back(w.grow(2));
+    return sum(v);
+}
+"#;
+
+/// The 1-based line of the first line of `src` containing `needle`.
+fn line_of(src: &str, needle: &str) -> u32 {
+    let index = src
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle} not in source"));
+    u32::try_from(index + 1).expect("small")
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Compiles `source` (written as `file_name` in `dir`) into `dir/output`.
+fn compile(
+    dir: &Path,
+    compiler: &str,
+    file_name: &str,
+    source: &str,
+    output: &str,
+    flags: &[&str],
+) -> PathBuf {
+    let src = dir.join(file_name);
+    fs::write(&src, source).expect("write source");
+    let out = dir.join(output);
+    run(Command::new(compiler)
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .current_dir(dir));
+    out
+}
+
+fn compile_prog(dir: &Path, output: &str, flags: &[&str]) -> PathBuf {
+    compile(dir, "cc", "prog.c", PROG_C, output, flags)
+}
+
+fn load(path: &Path) -> ModuleSymbols {
+    load_module(path, path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn function<'a>(m: &'a ModuleSymbols, name: &str) -> &'a FunctionSymbol {
+    m.functions
+        .iter()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| panic!("{name} not in {}", m.path.display()))
+}
+
+/// Checks the invariants every loaded module has.
+fn check_invariants(m: &ModuleSymbols) {
+    assert!(!m.functions.is_empty());
+    for pair in m.functions.windows(2) {
+        if let [a, b] = pair {
+            assert!(a.address < b.address, "sorted, one per address");
+        }
+    }
+    for f in &m.functions {
+        assert!(f.size > 0, "{f:?}");
+        assert!(!f.symbol.is_empty());
+    }
+}
+
+/// At -O0 without CET, x86-64 gcc starts a function with `push %rbp`; with
+/// CET, with `endbr64`. Reading those bytes at `file_offset` checks the
+/// offset against the file itself.
+fn assert_function_starts_at_offset(path: &Path, f: &FunctionSymbol) {
+    if !cfg!(target_arch = "x86_64") {
+        return;
+    }
+    let data = fs::read(path).expect("read binary");
+    let at = usize::try_from(f.file_offset).expect("offset fits");
+    let bytes = data.get(at..at + 4).expect("offset inside file");
+    assert!(
+        bytes.first() == Some(&0x55) || bytes == [0xf3, 0x0f, 0x1e, 0xfa],
+        "{}: bytes at offset {:#x} are {bytes:02x?}",
+        f.name,
+        f.file_offset
+    );
+}
+
+fn check_prog_dwarf(m: &ModuleSymbols) {
+    assert!(m.has_debug_info, "{}", m.path.display());
+    for (name, needle) in [
+        ("compute_sum", "int compute_sum("),
+        ("helper", "static int helper("),
+        ("main", "int main("),
+    ] {
+        let f = function(m, name);
+        let file = f
+            .file
+            .as_deref()
+            .unwrap_or_else(|| panic!("{name}: no file"));
+        assert!(file.ends_with("prog.c"), "{name}: {file}");
+        assert!(Path::new(file).is_absolute(), "{name}: {file}");
+        assert_eq!(f.line, Some(line_of(PROG_C, needle)), "{name}");
+    }
+}
+
+#[test]
+fn pie_with_dwarf() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_prog(dir.path(), "prog", &["-g", "-O0", "-pie", "-fPIE"]);
+    let m = load(&exe);
+    check_invariants(&m);
+    assert_eq!(m.path, exe);
+    let id = m.build_id.as_deref().expect("gcc links with a build-id");
+    assert!(
+        id.len() >= 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "{id}"
+    );
+    for name in ["compute_sum", "helper", "main"] {
+        let f = function(&m, name);
+        assert_eq!(f.symbol, name);
+        // The usual PIE layout maps the text segment at vaddr == offset.
+        assert_eq!(f.file_offset, f.address, "{name}");
+        assert_function_starts_at_offset(&exe, f);
+    }
+    check_prog_dwarf(&m);
+    assert!(m.debug_file.is_none());
+}
+
+#[test]
+fn non_pie_dwarf4() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_prog(
+        dir.path(),
+        "prog",
+        &["-g", "-gdwarf-4", "-O0", "-no-pie", "-fno-pie"],
+    );
+    let m = load(&exe);
+    check_invariants(&m);
+    for name in ["compute_sum", "helper", "main"] {
+        let f = function(&m, name);
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(f.file_offset, f.address - 0x40_0000, "{name}");
+        }
+        assert_function_starts_at_offset(&exe, f);
+    }
+    check_prog_dwarf(&m);
+}
+
+#[test]
+fn dwarf_4_and_5_and_compressed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (out, flags) in [
+        ("prog4", &["-g", "-gdwarf-4", "-O0"][..]),
+        ("prog5", &["-g", "-gdwarf-5", "-O0"][..]),
+        ("prog5z", &["-g", "-gdwarf-5", "-O0", "-gz=zlib"][..]),
+        ("prog4z", &["-g", "-gdwarf-4", "-O0", "-gz=zlib-gnu"][..]),
+        ("prog2", &["-g", "-gdwarf-5", "-O2"][..]),
+    ] {
+        let exe = compile_prog(dir.path(), out, flags);
+        let m = load(&exe);
+        check_invariants(&m);
+        let f = function(&m, "compute_sum");
+        assert!(
+            f.file.as_deref().is_some_and(|f| f.ends_with("prog.c")),
+            "{out}: {f:?}"
+        );
+        assert_eq!(f.line, Some(line_of(PROG_C, "int compute_sum(")), "{out}");
+    }
+
+    // zstd needs a binutils built with it; skip quietly otherwise.
+    let exe = compile_prog(dir.path(), "progzstd-in", &["-g", "-O0"]);
+    let zstd = dir.path().join("progzstd");
+    let ok = Command::new("objcopy")
+        .arg("--compress-debug-sections=zstd")
+        .arg(&exe)
+        .arg(&zstd)
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        check_prog_dwarf(&load(&zstd));
+    } else {
+        eprintln!("objcopy cannot compress with zstd; zstd case skipped");
+    }
+}
+
+#[test]
+fn no_debug_info_still_has_symbols() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_prog(dir.path(), "prog", &["-O0"]);
+    let m = load(&exe);
+    check_invariants(&m);
+    assert!(!m.has_debug_info);
+    let f = function(&m, "compute_sum");
+    assert_eq!((f.file.as_deref(), f.line), (None, None));
+}
+
+#[test]
+fn aliases_ifunc_and_imports_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_prog(dir.path(), "prog", &["-g", "-O0"]);
+    let m = load(&exe);
+    let api = m
+        .functions
+        .iter()
+        .filter(|f| ["public_api", "public_alias", "__internal_alias"].contains(&f.symbol.as_str()))
+        .collect::<Vec<_>>();
+    assert_eq!(api.len(), 1, "one symbol per address: {api:?}");
+    let kept = api.first().expect("one");
+    assert_ne!(kept.symbol, "__internal_alias", "plain names win");
+    assert!(m.skipped.duplicate_address >= 2, "{:?}", m.skipped);
+    assert!(
+        !m.functions.iter().any(|f| f.symbol == "picked"),
+        "IFUNC not probed"
+    );
+    assert!(m.skipped.not_executable >= 1, "{:?}", m.skipped);
+    assert!(!m.functions.iter().any(|f| f.symbol.starts_with("printf")));
+    assert!(
+        m.skipped.plt_or_import >= 1,
+        "printf is an import: {:?}",
+        m.skipped
+    );
+
+    // Deterministic: the same file gives the same choice.
+    let again = load(&exe);
+    let names = |m: &ModuleSymbols| {
+        m.functions
+            .iter()
+            .map(|f| f.symbol.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&m), names(&again));
+}
+
+#[test]
+fn stripped_binary_has_no_symbols() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_prog(dir.path(), "prog", &["-g", "-O0"]);
+    run(Command::new("strip").arg(&exe));
+    let err = load_module(&exe, &exe).expect_err("stripped");
+    assert!(matches!(err, SymbolError::NoSymbols { .. }), "{err}");
+    assert!(err.to_string().contains(&*exe.to_string_lossy()), "{err}");
+}
+
+#[test]
+fn stripped_binary_with_debug_link() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_prog(dir.path(), "prog", &["-g", "-O0"]);
+    let debug = dir.path().join("prog.debug");
+    run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&exe)
+        .arg(&debug));
+    run(Command::new("strip").arg("--strip-all").arg(&exe));
+    run(Command::new("objcopy")
+        .arg("--add-gnu-debuglink=prog.debug")
+        .arg(&exe)
+        .current_dir(dir.path()));
+    let m = load(&exe);
+    check_invariants(&m);
+    assert_eq!(m.debug_file.as_deref(), Some(debug.as_path()));
+    check_prog_dwarf(&m);
+    for name in ["compute_sum", "helper", "main"] {
+        let f = function(&m, name);
+        assert_eq!(f.file_offset, f.address, "{name}");
+        assert_function_starts_at_offset(&exe, f);
+    }
+
+    // A debug file from another build (different build-id) is not used.
+    let other = compile(
+        dir.path(),
+        "cc",
+        "other.c",
+        "int main(void) { return 7; }\n",
+        "other",
+        &["-g"],
+    );
+    fs::rename(&other, &debug).expect("replace debug file");
+    assert!(matches!(
+        load_module(&exe, &exe),
+        Err(SymbolError::NoSymbols { .. })
+    ));
+}
+
+#[test]
+fn shared_library() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lib = compile(
+        dir.path(),
+        "cc",
+        "lib.c",
+        LIB_C,
+        "libfix.so",
+        &["-g", "-O0", "-shared", "-fPIC"],
+    );
+    let m = load(&lib);
+    check_invariants(&m);
+    for (name, needle) in [
+        ("lib_exported", "int lib_exported("),
+        ("lib_private", "static int lib_private("),
+    ] {
+        let f = function(&m, name);
+        assert_eq!(f.file_offset, f.address, "{name}");
+        assert_function_starts_at_offset(&lib, f);
+        assert_eq!(f.line, Some(line_of(LIB_C, needle)));
+    }
+
+    // Stripped, a library keeps its exported functions in .dynsym.
+    run(Command::new("strip").arg(&lib));
+    let m = load(&lib);
+    assert!(!m.has_debug_info);
+    assert!(m.functions.iter().any(|f| f.name == "lib_exported"));
+    assert!(!m.functions.iter().any(|f| f.name == "lib_private"));
+}
+
+#[test]
+fn cpp_names_and_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile(
+        dir.path(),
+        "c++",
+        "prog.cpp",
+        PROG_CPP,
+        "prog",
+        &["-g", "-O0"],
+    );
+    let m = load(&exe);
+    check_invariants(&m);
+    let grow = function(&m, "geo::Widget::grow(int)");
+    assert!(
+        grow.symbol.starts_with("_ZN3geo6Widget4grow"),
+        "{}",
+        grow.symbol
+    );
+    assert_eq!(grow.line, Some(line_of(PROG_CPP, "int grow(int by)")));
+    let sum = m
+        .functions
+        .iter()
+        .find(|f| f.name.starts_with("sum(std::vector<int"))
+        .expect("sum");
+    assert_eq!(sum.line, Some(line_of(PROG_CPP, "int sum(")));
+    let push_back = m
+        .functions
+        .iter()
+        .find(|f| {
+            f.name
+                .starts_with("std::vector<int, std::allocator<int> >::push_back(")
+        })
+        .expect("push_back instantiated");
+    assert!(push_back.file.is_some());
+    let p: pattern::Pattern = "std::vector<*>::push_back".parse().expect("pattern");
+    assert!(p.matches_function(push_back));
+}
+
+#[test]
+fn not_elf_missing_and_corrupt_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = dir.path().join("notes.txt");
+    fs::write(
+        &text,
+        "just some text, long enough to not be an ELF header at all\n",
+    )
+    .expect("write");
+    assert!(matches!(
+        load_module(&text, &text),
+        Err(SymbolError::NotElf { .. })
+    ));
+    let empty = dir.path().join("empty");
+    fs::write(&empty, "").expect("write");
+    assert!(matches!(
+        load_module(&empty, &empty),
+        Err(SymbolError::NotElf { .. })
+    ));
+    assert!(matches!(
+        load_module(dir.path(), dir.path()),
+        Err(SymbolError::NotElf { .. })
+    ));
+    let missing = dir.path().join("missing");
+    let err = load_module(&missing, &missing).expect_err("missing");
+    assert!(matches!(err, SymbolError::NotFound { .. }));
+    assert!(err.to_string().contains("missing"), "{err}");
+
+    let exe = compile_prog(dir.path(), "prog", &["-g", "-O0"]);
+    let data = fs::read(&exe).expect("read");
+    let truncated = dir.path().join("truncated");
+    fs::write(&truncated, data.get(..100).expect("long file")).expect("write");
+    let err = load_module(&truncated, &truncated).expect_err("truncated");
+    assert!(
+        matches!(
+            err,
+            SymbolError::Corrupt { .. } | SymbolError::NoSymbols { .. }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("truncated"), "{err}");
+}
+
+/// Prefixes of a real file and bytes overwritten at many places: errors or
+/// results, never a panic.
+#[test]
+fn damaged_files_do_not_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_prog(dir.path(), "prog", &["-g", "-gdwarf-5", "-O0"]);
+    let data = fs::read(&exe).expect("read");
+    let target = dir.path().join("damaged");
+    let len = data.len();
+    for cut in (4..len).step_by(len / 97 + 1) {
+        fs::write(&target, data.get(..cut).expect("prefix")).expect("write");
+        let _ = load_module(&target, &target);
+    }
+    // A small deterministic generator: no rand dependency.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..200 {
+        let mut copy = data.clone();
+        for _ in 0..8 {
+            let at = usize::try_from(next() % len as u64).expect("fits");
+            if let Some(b) = copy.get_mut(at) {
+                *b = next() as u8;
+            }
+        }
+        fs::write(&target, &copy).expect("write");
+        if let Ok(m) = load_module(&target, &target) {
+            let _ = m.functions.len();
+        }
+    }
+}
+
+#[test]
+fn needed_libraries_of_c_program() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_prog(dir.path(), "prog", &["-O0"]);
+    let libs = maps::needed_libraries(&exe);
+    assert!(
+        libs.iter()
+            .any(|l| l.file_name().is_some_and(|n| n == "libc.so.6")),
+        "{libs:?}"
+    );
+    assert!(
+        libs.iter()
+            .any(|l| l.to_string_lossy().contains("ld-linux")),
+        "interpreter: {libs:?}"
+    );
+    for l in &libs {
+        assert!(l.is_absolute() && l.is_file(), "{}", l.display());
+        assert_eq!(fs::canonicalize(l).ok().as_ref(), Some(l));
+    }
+    let mut unique = libs.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), libs.len());
+    assert!(maps::needed_libraries(&dir.path().join("missing")).is_empty());
+}
+
+#[test]
+fn needed_libraries_follow_origin_rpath() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let libdir = dir.path().join("lib");
+    fs::create_dir(&libdir).expect("mkdir");
+    compile(
+        &libdir,
+        "cc",
+        "lib.c",
+        LIB_C,
+        "libfix.so",
+        &["-O0", "-shared", "-fPIC"],
+    );
+    let main_c = "int lib_exported(int);\nint main(void) { return lib_exported(1); }\n";
+    for (out, flag) in [
+        ("runpath", "-Wl,--enable-new-dtags"),
+        ("rpath", "-Wl,--disable-new-dtags"),
+    ] {
+        fs::write(dir.path().join("main.c"), main_c).expect("write source");
+        let exe = dir.path().join(out);
+        run(Command::new("cc")
+            .args([
+                "-O0",
+                "-o",
+                out,
+                "main.c",
+                "-L",
+                "lib",
+                "-lfix",
+                "-Wl,-rpath,$ORIGIN/lib",
+                flag,
+            ])
+            .current_dir(dir.path()));
+        let libs = maps::needed_libraries(&exe);
+        let expected = fs::canonicalize(libdir.join("libfix.so")).expect("lib");
+        assert!(libs.contains(&expected), "{out}: {libs:?}");
+        assert!(
+            libs.iter()
+                .any(|l| l.file_name().is_some_and(|n| n == "libc.so.6"))
+        );
+    }
+}
+
+#[test]
+fn loads_libc_of_own_process() {
+    let modules = maps::process_modules(std::process::id()).expect("own maps");
+    let libc = modules
+        .iter()
+        .find(|m| {
+            m.path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libc.so"))
+        })
+        .expect("libc mapped");
+    let m = load_module(&libc.open_path, &libc.path).expect("libc symbols");
+    assert_eq!(m.path, libc.path);
+    assert!(m.build_id.is_some());
+    let malloc = function(&m, "malloc");
+    assert!(malloc.size > 0);
+    assert!(!m.functions.iter().any(|f| f.symbol == "__libc_malloc"));
+
+    let main = modules.iter().find(|m| m.is_main).expect("main");
+    let own = load_module(&main.open_path, &main.path).expect("test binary symbols");
+    assert!(
+        own.functions
+            .iter()
+            .any(|f| f.name.ends_with("loads_libc_of_own_process")),
+        "Rust names demangled without hash"
+    );
+
+    // The code at `file_offset` in the file is the code this process runs
+    // for that function: checks the offset formula on a layout (Rust's)
+    // where the text segment's vaddr and file offset differ.
+    let target = own
+        .functions
+        .iter()
+        .find(|f| f.name.ends_with("tests::offset_witness"))
+        .expect("offset_witness symbol");
+    assert!(target.size >= 8);
+    let runtime = offset_witness as *const () as u64;
+    let mut in_memory = [0u8; 8];
+    let mem = fs::File::open("/proc/self/mem").expect("open /proc/self/mem");
+    std::os::unix::fs::FileExt::read_exact_at(&mem, &mut in_memory, runtime)
+        .expect("read own code");
+    let file = fs::read(&main.open_path).expect("read test binary");
+    let at = usize::try_from(target.file_offset).expect("fits");
+    assert_eq!(file.get(at..at + 8), Some(&in_memory[..]), "{target:?}");
+}
+
+#[inline(never)]
+fn offset_witness(x: u64) -> u64 {
+    std::hint::black_box(x.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17) ^ 0x55aa)
+}

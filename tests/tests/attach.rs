@@ -1,0 +1,121 @@
+//! `scope-agent attach` to a fixture that is already running: probes go live
+//! mid-run, the agent stops on the target's exit, on --duration and on
+//! SIGINT, and a SIGKILLed agent leaves readable files and no probes.
+
+use std::time::Duration;
+
+use scope_tests::*;
+
+fn count_calls(out: &std::path::Path) -> i64 {
+    let rows = duckdb(&format!(
+        "SELECT count(*) AS n FROM read_parquet('{}', hive_partitioning=true)",
+        calls_glob(out)
+    ));
+    rows[0]["n"].as_i64().unwrap()
+}
+
+#[test]
+fn attach_counts_exactly_and_stops_when_the_target_exits() {
+    require_root();
+    let bin = fixture(Lang::C, "2");
+    let mut target = ServeFixture::spawn(&bin);
+    // Calls before the attach are not recorded.
+    target.run("count 50");
+    let dir = tempfile::tempdir().unwrap();
+    let pid = target.pid.to_string();
+    let out = dir.path().display().to_string();
+    let mut agent = spawn_agent(&["attach", "--pid", &pid, "-f", "leaf", "-f", "a_fn", "--out", &out]);
+    agent.wait_for_stderr("attached", Duration::from_secs(60));
+    target.run("count 300");
+    target.run("nest 20");
+    target.close_stdin();
+    let status = target.wait();
+    assert!(status.success());
+    let run = agent.wait(Duration::from_secs(60));
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("pid {pid} exited")), "{}", run.stderr);
+    let rows = duckdb(&format!(
+        "SELECT f.name AS name, count(*) AS n FROM read_parquet('{}', hive_partitioning=true) c \
+         JOIN read_parquet('{}', hive_partitioning=true) f USING (session_id, function_id) GROUP BY 1 ORDER BY 1",
+        calls_glob(dir.path()),
+        functions_glob(dir.path())
+    ));
+    let got: Vec<(String, i64)> = rows
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap().into(), r["n"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(got, vec![("a_fn".into(), 20), ("leaf".into(), 320)]);
+}
+
+#[test]
+fn attach_stops_at_duration_and_leaves_the_target_running() {
+    require_root();
+    let bin = fixture(Lang::C, "0");
+    let mut target = ServeFixture::spawn(&bin);
+    let dir = tempfile::tempdir().unwrap();
+    let pid = target.pid.to_string();
+    let out = dir.path().display().to_string();
+    let run = run_agent(&["attach", "--pid", &pid, "-f", "leaf", "--duration", "1s", "--out", &out]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(run.stderr.contains("--duration"), "{}", run.stderr);
+    // The target is still alive and unprobed: it still answers.
+    target.run("count 10");
+    assert_eq!(count_calls(dir.path()), 0);
+}
+
+#[test]
+fn attach_stops_on_sigint_and_multithreaded_counts() {
+    require_root();
+    let bin = fixture(Lang::C, "2");
+    let mut target = ServeFixture::spawn(&bin);
+    let dir = tempfile::tempdir().unwrap();
+    let pid = target.pid.to_string();
+    let out = dir.path().display().to_string();
+    let mut agent = spawn_agent(&["attach", "--pid", &pid, "-f", "tleaf", "--out", &out]);
+    agent.wait_for_stderr("attached", Duration::from_secs(60));
+    target.run("threads 3 400");
+    agent.signal(libc::SIGINT);
+    let run = agent.wait(Duration::from_secs(60));
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(run.stderr.contains("interrupted"), "{}", run.stderr);
+    let rows = duckdb(&format!(
+        "SELECT tid, count(*) AS n FROM read_parquet('{}', hive_partitioning=true) GROUP BY tid",
+        calls_glob(dir.path())
+    ));
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r["n"].as_i64() == Some(400)), "{rows:?}");
+}
+
+#[test]
+fn a_killed_agent_leaves_readable_segments_and_no_probes() {
+    require_root();
+    let bin = fixture(Lang::C, "2");
+    let mut target = ServeFixture::spawn(&bin);
+    let dir = tempfile::tempdir().unwrap();
+    let pid = target.pid.to_string();
+    let out = dir.path().display().to_string();
+    let mut agent = spawn_agent(&[
+        "attach", "--pid", &pid, "-f", "leaf", "--out", &out, "--segment-rows", "1000",
+    ]);
+    agent.wait_for_stderr("attached", Duration::from_secs(60));
+    target.run("count 5000");
+    // Give the writer time to close the full segments.
+    std::thread::sleep(Duration::from_secs(2));
+    agent.signal(libc::SIGKILL);
+    let _ = agent.wait(Duration::from_secs(30));
+    // Every file under a .parquet name is complete and readable.
+    let n = count_calls(dir.path());
+    
+    assert!(n > 4000, "all but the open segment survive a SIGKILL: {n}");
+    // The agent's links died with it: the target runs unprobed and fine.
+    target.run("count 100");
+    let links = std::process::Command::new("bpftool")
+        .args(["link", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(
+        !links.contains(&format!("pid {pid}")),
+        "a uprobe link for pid {pid} outlived the agent:\n{links}"
+    );
+}
