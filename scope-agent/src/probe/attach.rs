@@ -104,9 +104,9 @@ impl LoadedProbes {
     pub fn load(opts: LoadOptions) -> Result<Self, AttachError> {
         let ring_bytes = ring_size(opts.ring_bytes);
         let mut ebpf = EbpfLoader::new()
-            .set_global(names::TARGET_TGID_GLOBAL, &opts.target_tgid, true)
-            .set_global(names::WAKE_BYTES_GLOBAL, &opts.wake_bytes, true)
-            .set_max_entries(names::EVENTS_MAP, ring_bytes)
+            .override_global(names::TARGET_TGID_GLOBAL, &opts.target_tgid, true)
+            .override_global(names::WAKE_BYTES_GLOBAL, &opts.wake_bytes, true)
+            .map_max_entries(names::EVENTS_MAP, ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| AttachError::Load(error_chain(&e)))?;
 

@@ -143,7 +143,11 @@ pub fn build_plan(
                 continue;
             }
         };
-        add_skips(&mut plan.skipped, &symbols.skipped);
+        // Only meaningful when probing "everything": with explicit patterns
+        // we cannot tell whether an unprobeable symbol would have matched.
+        if default_mode {
+            add_skips(&mut plan.skipped, &symbols.skipped);
+        }
         let mut seen = HashSet::new();
         let mut functions = Vec::new();
         for f in &symbols.functions {

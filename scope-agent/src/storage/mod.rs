@@ -1,1 +1,485 @@
-//! storage
+//! Storage: Arrow batches → Parquet segments, partitioned by session.
+//!
+//! # Layout (a data contract: users and DuckDB rely on it exactly)
+//!
+//! ```text
+//! <out_dir>/calls/session_id=<id>/part-<seq>.parquet     (part-00000.parquet, part-00001.parquet, …)
+//! <out_dir>/functions/session_id=<id>/part-0.parquet
+//! <out_dir>/losses/session_id=<id>/part-<seq>.parquet
+//! <out_dir>/sessions/session_id=<id>/part-0.parquet
+//! ```
+//!
+//! Columns (see [`schema`](self::schema) for the exact Arrow types):
+//!
+//! - `calls`: pid, tid, call_id, parent_call_id (null at a root), function_id,
+//!   depth, start_ns (Unix epoch ns), duration_ns (null when unknown),
+//!   self_ns (null when unknown), flags
+//! - `functions`: function_id, name, symbol, module, build_id, address, size,
+//!   file, line
+//! - `losses`: cpu, start_ns, end_ns, lost
+//! - `sessions`: host, pid, command, start_ns, end_ns, version,
+//!   clock_offset_ns, events, calls, lost
+//!
+//! # `session_id` lives only in the directory name
+//!
+//! The files hold no `session_id` column; readers get it from the Hive
+//! partition key `session_id=<id>`. Checked with DuckDB 1.x/2.0:
+//! `read_parquet('out/calls/**/*.parquet', hive_partitioning = true)` yields
+//! `session_id` as `VARCHAR` (ids look like `20261125T114825Z-4242`, which
+//! DuckDB's partition type detection cannot take for a date or a number), and
+//! `calls JOIN functions USING (session_id, function_id)` works. A duplicate
+//! column inside the files also worked, but it is redundant (the directory
+//! name is the source of truth either way) and costs space in every file.
+//! Readers that ignore Hive partitioning see no `session_id`; DuckDB enables
+//! it by default for `key=value` paths.
+//!
+//! # Durability
+//!
+//! Rows are buffered in memory and written one segment file at a time: when
+//! the buffered calls reach [`StoreConfig::segment_max_rows`], or the open
+//! segment is older than [`StoreConfig::segment_max_age`]. Each file is
+//! written in full under a hidden temporary name (`.part-00003.parquet.tmp`,
+//! never matched by `*.parquet`), fsynced, renamed, and its directory fsynced,
+//! so a killed agent leaves every earlier segment readable and no partial file
+//! under a `.parquet` name. Directories are created 0700 and files 0600.
+
+mod durable;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::capture::{CallRecord, EventSink, LossRecord};
+
+/// Zstd level of every column chunk.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Where and how a [`ParquetStore`] writes one session.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Root of the dataset; created (0700) if missing.
+    pub out_dir: PathBuf,
+    /// Partition value, e.g. `20261125T114825Z-4242`.
+    pub session_id: String,
+    /// A calls (or losses) segment is written once it holds this many rows.
+    pub segment_max_rows: usize,
+    /// A segment is written once its first row is this old, even if short.
+    pub segment_max_age: Duration,
+}
+
+/// One row of the `functions` table: a probed function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionRow {
+    /// Dense id, from 1, shared with `calls.function_id`.
+    pub function_id: u32,
+    /// Demangled name.
+    pub name: String,
+    /// Symbol as in the ELF symbol table.
+    pub symbol: String,
+    /// Path of the binary or shared library.
+    pub module: String,
+    /// GNU build id of the module, hex.
+    pub build_id: Option<String>,
+    /// Symbol value (link-time virtual address).
+    pub address: u64,
+    /// Symbol size in bytes.
+    pub size: u64,
+    /// Source file, from DWARF.
+    pub file: Option<String>,
+    /// Source line, from DWARF.
+    pub line: Option<u32>,
+}
+
+/// The one row of the `sessions` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRow {
+    /// Host name of the machine recorded.
+    pub host: String,
+    /// Target process id.
+    pub pid: u32,
+    /// Target command line.
+    pub command: String,
+    /// Unix epoch ns when recording started.
+    pub start_ns: i64,
+    /// Unix epoch ns when recording ended.
+    pub end_ns: i64,
+    /// scope-agent version.
+    pub version: String,
+    /// Epoch minus monotonic clock, ns.
+    pub clock_offset_ns: i64,
+    /// Kernel events read.
+    pub events: u64,
+    /// Call rows recorded.
+    pub calls: u64,
+    /// Kernel events lost.
+    pub lost: u64,
+}
+
+/// What [`ParquetStore::finish`] wrote over the whole session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreSummary {
+    /// Every file written, in order.
+    pub files: Vec<PathBuf>,
+    /// Their total size.
+    pub bytes: u64,
+    /// Rows in `calls`.
+    pub call_rows: u64,
+    /// Rows in `losses`.
+    pub loss_rows: u64,
+}
+
+/// Rows of one table waiting for their segment to be written.
+struct Segment<T> {
+    dir: PathBuf,
+    schema: SchemaRef,
+    to_batch: fn(&[T]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError>,
+    rows: Vec<T>,
+    /// When the first buffered row arrived.
+    opened: Option<Instant>,
+    /// Number of the next file.
+    seq: u32,
+    /// Rows written to files so far.
+    written_rows: u64,
+}
+
+impl<T: Copy> Segment<T> {
+    fn new(
+        dir: PathBuf,
+        schema: SchemaRef,
+        to_batch: fn(&[T]) -> std::result::Result<RecordBatch, arrow_schema::ArrowError>,
+    ) -> Self {
+        Segment {
+            dir,
+            schema,
+            to_batch,
+            rows: Vec::new(),
+            opened: None,
+            seq: 0,
+            written_rows: 0,
+        }
+    }
+
+    fn is_old(&self, max_age: Duration) -> bool {
+        self.opened.is_some_and(|t| t.elapsed() >= max_age)
+    }
+}
+
+/// Writes one recording session as Parquet files (see the module docs).
+///
+/// Rows arrive through [`EventSink`]; the function table through
+/// [`write_functions`](Self::write_functions); [`finish`](Self::finish)
+/// writes the last segments and the session row.
+pub struct ParquetStore {
+    cfg: StoreConfig,
+    props: WriterProperties,
+    calls: Segment<CallRecord>,
+    losses: Segment<LossRecord>,
+    functions_dir: PathBuf,
+    sessions_dir: PathBuf,
+    functions_written: bool,
+    /// Files written so far with their sizes.
+    files: Vec<(PathBuf, u64)>,
+}
+
+impl ParquetStore {
+    /// Creates the partition directories of `cfg.session_id` under
+    /// `cfg.out_dir` (0700, `out_dir` too if missing), which also proves the
+    /// output directory writable before anything is recorded.
+    ///
+    /// Fails, naming the path, if a directory cannot be created, or if the
+    /// session already has files there (nothing is overwritten).
+    pub fn create(cfg: StoreConfig) -> Result<Self> {
+        validate_session_id(&cfg.session_id)?;
+        let mkdir = |p: &Path| {
+            durable::ensure_dir(p)
+                .map_err(|e| anyhow!("cannot create output directory {}: {e}", p.display()))
+        };
+        mkdir(&cfg.out_dir)?;
+        let partition = format!("session_id={}", cfg.session_id);
+        let dirs: Vec<PathBuf> = ["calls", "functions", "losses", "sessions"]
+            .iter()
+            .map(|table| cfg.out_dir.join(table).join(&partition))
+            .collect();
+        for dir in &dirs {
+            let mut entries = match std::fs::read_dir(dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => bail!("cannot read {}: {e}", dir.display()),
+            };
+            if entries.next().is_some() {
+                bail!(
+                    "{} already exists and is not empty: session {} was recorded before; refusing to overwrite it",
+                    dir.display(),
+                    cfg.session_id
+                );
+            }
+        }
+        for dir in &dirs {
+            // The table directory may be shared with earlier sessions: leave
+            // its mode alone if it exists. The session directory is ours.
+            if let Some(table) = dir.parent() {
+                mkdir(table)?;
+            }
+            mkdir(dir)?;
+            std::fs::set_permissions(
+                dir,
+                std::os::unix::fs::PermissionsExt::from_mode(durable::DIR_MODE),
+            )
+            .map_err(|e| anyhow!("cannot create output directory {}: {e}", dir.display()))?;
+        }
+        let level = ZstdLevel::try_new(ZSTD_LEVEL).context("zstd level")?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .build();
+        let [calls_dir, functions_dir, losses_dir, sessions_dir]: [PathBuf; 4] = dirs
+            .try_into()
+            .map_err(|_| anyhow!("four partition directories"))?;
+        Ok(ParquetStore {
+            calls: Segment::new(calls_dir, schema::CALLS.clone(), schema::calls_batch),
+            losses: Segment::new(losses_dir, schema::LOSSES.clone(), schema::losses_batch),
+            functions_dir,
+            sessions_dir,
+            functions_written: false,
+            files: Vec::new(),
+            props,
+            cfg,
+        })
+    }
+
+    /// Writes `functions/session_id=<id>/part-0.parquet` now, durably. A
+    /// second call replaces the file atomically.
+    pub fn write_functions(&mut self, rows: &[FunctionRow]) -> Result<()> {
+        let batch = schema::functions_batch(rows).context("building the functions table")?;
+        let dir = self.functions_dir.clone();
+        self.write_batch(&dir, "part-0.parquet", &batch)?;
+        self.functions_written = true;
+        Ok(())
+    }
+
+    /// Writes a segment whose first row is older than
+    /// [`StoreConfig::segment_max_age`].
+    pub fn tick(&mut self) -> Result<()> {
+        let max_age = self.cfg.segment_max_age;
+        if self.calls.is_old(max_age) {
+            self.flush_calls()?;
+        }
+        if self.losses.is_old(max_age) {
+            self.flush_losses()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered rows and `sessions/session_id=<id>/part-0.parquet`.
+    ///
+    /// A table that got no rows at all still gets an empty file
+    /// (`part-00000.parquet`, or `part-0.parquet` for `functions`) so that
+    /// globs over every table match. Every step is attempted even if an
+    /// earlier one failed; the first error is returned.
+    pub fn finish(mut self, session: &SessionRow) -> Result<StoreSummary> {
+        let mut first_err: Option<anyhow::Error> = None;
+        let mut keep = |r: Result<()>| {
+            if let Err(e) = r
+                && first_err.is_none()
+            {
+                first_err = Some(e);
+            }
+        };
+        keep(self.flush_calls());
+        if self.calls.seq == 0 && self.calls.rows.is_empty() {
+            keep(self.write_empty_calls());
+        }
+        keep(self.flush_losses());
+        if self.losses.seq == 0 && self.losses.rows.is_empty() {
+            keep(self.write_empty_losses());
+        }
+        if !self.functions_written {
+            keep(self.write_functions(&[]));
+        }
+        keep(
+            schema::session_batch(session)
+                .context("building the sessions table")
+                .and_then(|batch| {
+                    let dir = self.sessions_dir.clone();
+                    self.write_batch(&dir, "part-0.parquet", &batch)
+                }),
+        );
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        Ok(StoreSummary {
+            bytes: self.files.iter().map(|(_, n)| n).sum(),
+            files: self.files.into_iter().map(|(p, _)| p).collect(),
+            call_rows: self.calls.written_rows,
+            loss_rows: self.losses.written_rows,
+        })
+    }
+
+    /// The configuration this store was created with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    fn max_rows(&self) -> usize {
+        self.cfg.segment_max_rows.max(1)
+    }
+
+    fn flush_calls(&mut self) -> Result<()> {
+        let Self {
+            calls,
+            props,
+            files,
+            ..
+        } = self;
+        flush(calls, props, files)
+    }
+
+    fn flush_losses(&mut self) -> Result<()> {
+        let Self {
+            losses,
+            props,
+            files,
+            ..
+        } = self;
+        flush(losses, props, files)
+    }
+
+    fn write_empty_calls(&mut self) -> Result<()> {
+        let batch = RecordBatch::new_empty(self.calls.schema.clone());
+        let dir = self.calls.dir.clone();
+        self.write_batch(&dir, &segment_name(0), &batch)?;
+        self.calls.seq = 1;
+        Ok(())
+    }
+
+    fn write_empty_losses(&mut self) -> Result<()> {
+        let batch = RecordBatch::new_empty(self.losses.schema.clone());
+        let dir = self.losses.dir.clone();
+        self.write_batch(&dir, &segment_name(0), &batch)?;
+        self.losses.seq = 1;
+        Ok(())
+    }
+
+    fn write_batch(&mut self, dir: &Path, name: &str, batch: &RecordBatch) -> Result<()> {
+        write_batch(dir, name, batch, &self.props, &mut self.files)
+    }
+}
+
+impl EventSink for ParquetStore {
+    fn write_calls(&mut self, calls: &[CallRecord]) -> Result<()> {
+        let max = self.max_rows();
+        let mut rest = calls;
+        loop {
+            if self.calls.rows.len() >= max {
+                self.flush_calls()?;
+            }
+            if rest.is_empty() {
+                break;
+            }
+            if self.calls.rows.is_empty() {
+                self.calls.opened = Some(Instant::now());
+            }
+            let take = (max - self.calls.rows.len()).min(rest.len());
+            self.calls.rows.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+        }
+        self.tick()
+    }
+
+    fn write_losses(&mut self, losses: &[LossRecord]) -> Result<()> {
+        let max = self.max_rows();
+        let mut rest = losses;
+        loop {
+            if self.losses.rows.len() >= max {
+                self.flush_losses()?;
+            }
+            if rest.is_empty() {
+                break;
+            }
+            if self.losses.rows.is_empty() {
+                self.losses.opened = Some(Instant::now());
+            }
+            let take = (max - self.losses.rows.len()).min(rest.len());
+            self.losses.rows.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+        }
+        self.tick()
+    }
+
+    fn tick(&mut self) -> Result<()> {
+        ParquetStore::tick(self)
+    }
+}
+
+/// `part-00007.parquet`.
+fn segment_name(seq: u32) -> String {
+    format!("part-{seq:05}.parquet")
+}
+
+/// Writes the buffered rows of `seg` as its next file, if it has any. On
+/// failure the rows stay buffered, so a later call retries them.
+fn flush<T: Copy>(
+    seg: &mut Segment<T>,
+    props: &WriterProperties,
+    files: &mut Vec<(PathBuf, u64)>,
+) -> Result<()> {
+    if seg.rows.is_empty() {
+        return Ok(());
+    }
+    let name = segment_name(seg.seq);
+    let batch = (seg.to_batch)(&seg.rows)
+        .with_context(|| format!("building {}", seg.dir.join(&name).display()))?;
+    write_batch(&seg.dir, &name, &batch, props, files)?;
+    seg.seq += 1;
+    seg.written_rows += seg.rows.len() as u64;
+    // Keep the allocation for the next segment.
+    seg.rows.clear();
+    seg.opened = None;
+    Ok(())
+}
+
+/// Encodes `batch` as one Parquet file and writes it durably to `dir/name`.
+fn write_batch(
+    dir: &Path,
+    name: &str,
+    batch: &RecordBatch,
+    props: &WriterProperties,
+    files: &mut Vec<(PathBuf, u64)>,
+) -> Result<()> {
+    let bytes =
+        encode(batch, props).with_context(|| format!("encoding {}", dir.join(name).display()))?;
+    let path = durable::write_file(dir, name, &bytes)?;
+    let size = bytes.len() as u64;
+    match files.iter_mut().find(|(p, _)| *p == path) {
+        Some(entry) => entry.1 = size,
+        None => files.push((path, size)),
+    }
+    Ok(())
+}
+
+/// Encodes in memory, so that I/O errors come from plain writes with a clean
+/// message (and the compressed segment is small next to its rows).
+fn encode(batch: &RecordBatch, props: &WriterProperties) -> parquet::errors::Result<Vec<u8>> {
+    let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props.clone()))?;
+    if batch.num_rows() > 0 {
+        writer.write(batch)?;
+    }
+    writer.into_inner()
+}
+
+/// Session ids become directory names: no separators, no `.`/`..`.
+fn validate_session_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.starts_with('.') || id.contains(['/', '\0']) {
+        bail!("invalid session id {id:?}: it must be a plain directory name");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

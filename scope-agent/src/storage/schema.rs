@@ -1,0 +1,175 @@
+//! Arrow schemas of the four tables (public, for readers and tests) and the conversion of buffered rows into
+//! [`RecordBatch`]es.
+//!
+//! None of the schemas has a `session_id` column: it comes from the Hive
+//! partition directory (`session_id=<id>`); see the module docs of
+//! [`crate::storage`].
+
+use std::sync::{Arc, LazyLock};
+
+use arrow_array::builder::{StringBuilder, UInt32Builder};
+use arrow_array::{
+    ArrayRef, Int64Array, RecordBatch, StringArray, UInt8Array, UInt32Array, UInt64Array,
+};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+
+use super::{FunctionRow, SessionRow};
+use crate::capture::{CallRecord, LossRecord};
+
+/// Schema of `calls`. `parent_call_id` is null at a root, `duration_ns` and
+/// `self_ns` are null when unknown.
+pub static CALLS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("pid", DataType::UInt32, false),
+        Field::new("tid", DataType::UInt32, false),
+        Field::new("call_id", DataType::UInt64, false),
+        Field::new("parent_call_id", DataType::UInt64, true),
+        Field::new("function_id", DataType::UInt32, false),
+        Field::new("depth", DataType::UInt32, false),
+        Field::new("start_ns", DataType::Int64, false),
+        Field::new("duration_ns", DataType::Int64, true),
+        Field::new("self_ns", DataType::Int64, true),
+        Field::new("flags", DataType::UInt8, false),
+    ]))
+});
+
+/// Schema of `functions`.
+pub static FUNCTIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("function_id", DataType::UInt32, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("module", DataType::Utf8, false),
+        Field::new("build_id", DataType::Utf8, true),
+        Field::new("address", DataType::UInt64, false),
+        Field::new("size", DataType::UInt64, false),
+        Field::new("file", DataType::Utf8, true),
+        Field::new("line", DataType::UInt32, true),
+    ]))
+});
+
+/// Schema of `losses`.
+pub static LOSSES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("cpu", DataType::UInt32, false),
+        Field::new("start_ns", DataType::Int64, false),
+        Field::new("end_ns", DataType::Int64, false),
+        Field::new("lost", DataType::UInt64, false),
+    ]))
+});
+
+/// Schema of `sessions`.
+pub static SESSIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("host", DataType::Utf8, false),
+        Field::new("pid", DataType::UInt32, false),
+        Field::new("command", DataType::Utf8, false),
+        Field::new("start_ns", DataType::Int64, false),
+        Field::new("end_ns", DataType::Int64, false),
+        Field::new("version", DataType::Utf8, false),
+        Field::new("clock_offset_ns", DataType::Int64, false),
+        Field::new("events", DataType::UInt64, false),
+        Field::new("calls", DataType::UInt64, false),
+        Field::new("lost", DataType::UInt64, false),
+    ]))
+});
+
+/// Builds a `calls` batch: `parent_call_id == 0` and negative durations
+/// become nulls.
+pub(crate) fn calls_batch(rows: &[CallRecord]) -> Result<RecordBatch, ArrowError> {
+    let non_negative = |v: i64| (v >= 0).then_some(v);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|c| c.pid))),
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|c| c.tid))),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|c| c.call_id),
+        )),
+        Arc::new(UInt64Array::from_iter(
+            rows.iter()
+                .map(|c| (c.parent_call_id != 0).then_some(c.parent_call_id)),
+        )),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|c| c.function_id),
+        )),
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|c| c.depth))),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|c| c.start_ns),
+        )),
+        Arc::new(Int64Array::from_iter(
+            rows.iter().map(|c| non_negative(c.duration_ns)),
+        )),
+        Arc::new(Int64Array::from_iter(
+            rows.iter().map(|c| non_negative(c.self_ns)),
+        )),
+        Arc::new(UInt8Array::from_iter_values(rows.iter().map(|c| c.flags))),
+    ];
+    RecordBatch::try_new(CALLS.clone(), columns)
+}
+
+/// Builds a `losses` batch.
+pub(crate) fn losses_batch(rows: &[LossRecord]) -> Result<RecordBatch, ArrowError> {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|l| l.cpu))),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|l| l.start_ns),
+        )),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|l| l.end_ns))),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|l| l.lost))),
+    ];
+    RecordBatch::try_new(LOSSES.clone(), columns)
+}
+
+/// Builds a `functions` batch.
+pub(crate) fn functions_batch(rows: &[FunctionRow]) -> Result<RecordBatch, ArrowError> {
+    let strings = |f: fn(&FunctionRow) -> &str| -> ArrayRef {
+        let mut b = StringBuilder::with_capacity(rows.len(), 0);
+        for r in rows {
+            b.append_value(f(r));
+        }
+        Arc::new(b.finish())
+    };
+    let optional = |f: fn(&FunctionRow) -> Option<&str>| -> ArrayRef {
+        let mut b = StringBuilder::with_capacity(rows.len(), 0);
+        for r in rows {
+            b.append_option(f(r));
+        }
+        Arc::new(b.finish())
+    };
+    let mut line = UInt32Builder::with_capacity(rows.len());
+    for r in rows {
+        line.append_option(r.line);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.function_id),
+        )),
+        strings(|r| &r.name),
+        strings(|r| &r.symbol),
+        strings(|r| &r.module),
+        optional(|r| r.build_id.as_deref()),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.address),
+        )),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.size))),
+        optional(|r| r.file.as_deref()),
+        Arc::new(line.finish()),
+    ];
+    RecordBatch::try_new(FUNCTIONS.clone(), columns)
+}
+
+/// Builds the one-row `sessions` batch.
+pub(crate) fn session_batch(s: &SessionRow) -> Result<RecordBatch, ArrowError> {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![s.host.as_str()])),
+        Arc::new(UInt32Array::from(vec![s.pid])),
+        Arc::new(StringArray::from(vec![s.command.as_str()])),
+        Arc::new(Int64Array::from(vec![s.start_ns])),
+        Arc::new(Int64Array::from(vec![s.end_ns])),
+        Arc::new(StringArray::from(vec![s.version.as_str()])),
+        Arc::new(Int64Array::from(vec![s.clock_offset_ns])),
+        Arc::new(UInt64Array::from(vec![s.events])),
+        Arc::new(UInt64Array::from(vec![s.calls])),
+        Arc::new(UInt64Array::from(vec![s.lost])),
+    ];
+    RecordBatch::try_new(SESSIONS.clone(), columns)
+}
