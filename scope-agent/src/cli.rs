@@ -229,6 +229,9 @@ mod tests {
             panic!("not record")
         };
         assert_eq!(r.probe.functions, vec!["work_*"]);
-        assert_eq!(r.command, vec![OsString::from("./prog"), OsString::from("-v")]);
+        assert_eq!(
+            r.command,
+            vec![OsString::from("./prog"), OsString::from("-v")]
+        );
     }
 }

@@ -27,7 +27,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .into_config(Target::Record { argv: args.command })
                 .map_err(anyhow::Error::msg)?;
             let outcome = session::run(cfg)?;
-            Ok(ExitCode::from(outcome.exit_code.unwrap_or(0).clamp(0, 255) as u8))
+            Ok(ExitCode::from(
+                outcome.exit_code.unwrap_or(0).clamp(0, 255) as u8
+            ))
         }
         Command::Attach(args) => {
             let cfg = args
@@ -44,12 +46,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (Some(_), _) => anyhow::bail!("with --pid, give at most one PATTERN"),
                 (None, [bin]) => (Source::Binary(std::path::Path::new(bin)), None),
                 (None, [bin, p]) => (Source::Binary(std::path::Path::new(bin)), Some(p.clone())),
-                (None, _) => anyhow::bail!("give a BINARY (and optionally a PATTERN), or --pid PID"),
+                (None, _) => {
+                    anyhow::bail!("give a BINARY (and optionally a PATTERN), or --pid PID")
+                }
             };
             let pattern = match pattern {
-                Some(p) => parse_patterns(&[p])
-                    .map_err(anyhow::Error::msg)?
-                    .pop(),
+                Some(p) => parse_patterns(&[p]).map_err(anyhow::Error::msg)?.pop(),
                 None => None,
             };
             list_functions(source, pattern, args.limit)?;

@@ -66,7 +66,8 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
     }
 
     // Resolve the target's modules and the plan before touching anything.
@@ -144,7 +145,8 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     let (events, lost) = probes.into_maps();
     let mut reader = RingReader::new(events, lost, clock.epoch_ns(live_ktime));
     let mut correlator = Correlator::new(clock.offset_ns, live_ktime);
-    let writer = SinkThread::spawn(Tee(store, CallStats::new()), 64).context("starting the writer thread")?;
+    let writer = SinkThread::spawn(Tee(store, CallStats::new()), 64)
+        .context("starting the writer thread")?;
 
     let skipped = skipped_total(&plan.skipped);
     let what = match &cfg.target {
@@ -220,7 +222,10 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
             break;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            stop_reason = format!("--duration {} reached", format_duration_ns(cfg.duration.unwrap_or_default().as_nanos() as u64));
+            stop_reason = format!(
+                "--duration {} reached",
+                format_duration_ns(cfg.duration.unwrap_or_default().as_nanos() as u64)
+            );
             break;
         }
         if let Some(c) = child.as_mut()
@@ -288,7 +293,8 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         },
         format_duration_ns(elapsed.as_nanos() as u64)
     );
-    let marked = counts.entry_missing + counts.unwound + counts.return_missing + counts.no_return_probe;
+    let marked =
+        counts.entry_missing + counts.unwound + counts.return_missing + counts.no_return_probe;
     if marked > 0 {
         eprintln!(
             "scope: {marked} calls marked incomplete: {} already running at attach, {} still running at the end, {} unwound, {} beyond the kernel's 64 nested return probes",
@@ -308,16 +314,25 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
             .collect();
         let name_of = |id: u32| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
         eprintln!("\ntop functions by total time:");
-        eprint!("{}", render_top(&stats.top(cfg.top, SortBy::Total), &name_of));
+        eprint!(
+            "{}",
+            render_top(&stats.top(cfg.top, SortBy::Total), &name_of)
+        );
         eprintln!("\ntop functions by self time:");
-        eprint!("{}", render_top(&stats.top(cfg.top, SortBy::SelfTime), &name_of));
+        eprint!(
+            "{}",
+            render_top(&stats.top(cfg.top, SortBy::SelfTime), &name_of)
+        );
     }
 
     if let Some(c) = child.as_mut()
         && exit_code.is_none()
     {
         if c.try_wait().is_none() {
-            eprintln!("scope: recording stopped; waiting for pid {} to exit (Ctrl-C again to leave it running)", c.pid);
+            eprintln!(
+                "scope: recording stopped; waiting for pid {} to exit (Ctrl-C again to leave it running)",
+                c.pid
+            );
             stop.store(false, Ordering::Relaxed);
             while c.try_wait().is_none() && !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(50));

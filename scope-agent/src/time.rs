@@ -96,7 +96,10 @@ mod tests {
     #[test]
     fn session_ids_are_utc_dates() {
         // 2026-11-24 21:50:12 UTC
-        assert_eq!(session_id(1_795_557_012_000_000_000, 42), "20261124T215012Z-42");
+        assert_eq!(
+            session_id(1_795_557_012_000_000_000, 42),
+            "20261124T215012Z-42"
+        );
         assert_eq!(session_id(0, 1), "19700101T000000Z-1");
         assert_eq!(session_id(951_782_400_000_000_000, 7), "20000229T000000Z-7");
     }

@@ -1,1 +1,593 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the integration tests: where the agent binary is,
+//! fixture programs compiled on demand, child processes that never leak
+//! (killed on drop, every wait bounded), and DuckDB queries over the
+//! agent's Parquet output.
+//!
+//! Every helper panics with a message that names the command or path that
+//! failed: a test that fails should say why without a debugger.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long a fixture in serve mode may take to answer a command or exit.
+const SERVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `run_agent` lets the agent run before it kills it.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long to wait for an output pipe to close after its process exited
+/// (a grandchild may still hold it open).
+const PIPE_GRACE: Duration = Duration::from_secs(5);
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent directory")
+        .to_path_buf()
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR`, else the ancestor of the
+/// running executable that holds cargo's `CACHEDIR.TAG`, else `<root>/target`.
+pub fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        let dir = PathBuf::from(dir);
+        return if dir.is_absolute() {
+            dir
+        } else {
+            workspace_root().join(dir)
+        };
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.ancestors()
+                .find(|d| d.join("CACHEDIR.TAG").is_file())
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The `scope-agent` binary under test: `SCOPE_AGENT_BIN`, else the debug build.
+pub fn agent_bin() -> PathBuf {
+    let bin = std::env::var_os("SCOPE_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("debug/scope-agent"));
+    assert!(
+        bin.is_file(),
+        "{} does not exist: build it first: cargo build -p scope-agent (cargo xtask test does this)",
+        bin.display()
+    );
+    bin
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Panics unless the tests run as root (they load eBPF programs).
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "this test loads eBPF programs and needs root: run `sudo cargo xtask test`"
+    );
+}
+
+/// The language of a fixture program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lang {
+    /// tests/fixtures/c/fixture.c, built with `cc`.
+    C,
+    /// tests/fixtures/rust/fixture.rs, built with plain `rustc`.
+    Rust,
+}
+
+impl Lang {
+    /// Every fixture language.
+    pub const ALL: [Lang; 2] = [Lang::C, Lang::Rust];
+
+    /// Short lowercase name, used in directory names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lang::C => "c",
+            Lang::Rust => "rust",
+        }
+    }
+
+    /// The fixture's source file.
+    pub fn source(self) -> PathBuf {
+        let root = workspace_root().join("tests/fixtures");
+        match self {
+            Lang::C => root.join("c/fixture.c"),
+            Lang::Rust => root.join("rust/fixture.rs"),
+        }
+    }
+
+    /// The command that compiles the fixture at `-O<opt>` into `out`.
+    pub fn compile_command(self, opt: &str, out: &Path) -> Command {
+        let mut cmd;
+        match self {
+            Lang::C => {
+                cmd = Command::new("cc");
+                cmd.args([
+                    "-g",
+                    &format!("-O{opt}"),
+                    "-fno-omit-frame-pointer",
+                    "-pthread",
+                ]);
+                cmd.arg("-o").arg(out).arg(self.source());
+            }
+            Lang::Rust => {
+                cmd = Command::new("rustc");
+                cmd.args(["-g", "-C", &format!("opt-level={opt}"), "-C", "debuginfo=2"]);
+                cmd.args(["--edition", "2021", "--crate-name", "fixture"]);
+                cmd.arg("-o").arg(out).arg(self.source());
+            }
+        }
+        cmd
+    }
+}
+
+/// Where the fixture for `lang` at `-O<opt>` is built.
+pub fn fixture_path(lang: Lang, opt: &str) -> PathBuf {
+    target_dir()
+        .join("fixtures")
+        .join(format!("{}-O{opt}", lang.name()))
+        .join("fixture")
+}
+
+/// Builds the fixture unless it is newer than its source, and returns its
+/// path. Safe to call from parallel processes: it compiles to a name of its
+/// own and renames the result into place.
+pub fn build_fixture(lang: Lang, opt: &str) -> Result<PathBuf, String> {
+    let out = fixture_path(lang, opt);
+    let source = lang.source();
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let source_time =
+        modified(&source).ok_or_else(|| format!("cannot read {}", source.display()))?;
+    if modified(&out).is_some_and(|t| t >= source_time) {
+        return Ok(out);
+    }
+    let dir = out.parent().expect("fixture path has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let nonce = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(".fixture.{}.{nonce}.tmp", std::process::id()));
+    let mut cmd = lang.compile_command(opt, &tmp);
+    let output = cmd
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", describe(&cmd)))?;
+    if !output.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!(
+            "{} failed ({}):\n{}",
+            describe(&cmd),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    std::fs::rename(&tmp, &out)
+        .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), out.display()))?;
+    Ok(out)
+}
+
+/// The fixture for `lang` at `-O<opt>`, compiled at most once per process.
+pub fn fixture(lang: Lang, opt: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<(Lang, String), PathBuf>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.get(&(lang, opt.to_string())) {
+        return path.clone();
+    }
+    let path =
+        build_fixture(lang, opt).unwrap_or_else(|e| panic!("building the {lang:?} fixture: {e}"));
+    built.insert((lang, opt.to_string()), path.clone());
+    path
+}
+
+/// The 1-based number of the first line of tests/fixtures/c/fixture.c that
+/// contains `needle`.
+pub fn c_source_line(needle: &str) -> u32 {
+    let source = Lang::C.source();
+    let text = std::fs::read_to_string(&source)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", source.display()));
+    let index = text
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} is not in {}", source.display()));
+    u32::try_from(index + 1).expect("fixture.c has fewer than 2^32 lines")
+}
+
+/// A program and its arguments, for messages.
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A child process that is killed (and reaped) when the guard is dropped.
+pub struct ChildGuard {
+    child: Child,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd`; panics naming the command if it cannot start.
+    pub fn spawn(cmd: &mut Command) -> ChildGuard {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", describe(cmd)));
+        ChildGuard { child }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child itself.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Waits up to `timeout` for the child to exit; `None` if it is still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                Ok(None) => return None,
+                Err(e) => panic!("waiting for pid {}: {e}", self.child.id()),
+            }
+        }
+    }
+
+    /// Sends SIGKILL and reaps the child (no-op if it already exited).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A fixture in `serve` mode: it runs one command per line written to its
+/// stdin and answers `done`. Killed on drop.
+pub struct ServeFixture {
+    /// The fixture's pid (what it printed in its `ready <pid>` line).
+    pub pid: u32,
+    guard: ChildGuard,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    bin: PathBuf,
+}
+
+impl ServeFixture {
+    /// Starts `<bin> serve` and waits for its `ready <pid>` line.
+    pub fn spawn(bin: &Path) -> ServeFixture {
+        let mut guard = ChildGuard::spawn(
+            Command::new(bin)
+                .arg("serve")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped()),
+        );
+        let stdin = guard.child().stdin.take();
+        let stdout = guard.child().stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut fixture = ServeFixture {
+            pid: guard.pid(),
+            guard,
+            stdin,
+            lines,
+            bin: bin.to_path_buf(),
+        };
+        let ready = fixture.next_line("the ready line");
+        let printed: Option<u32> = ready
+            .strip_prefix("ready ")
+            .and_then(|p| p.trim().parse().ok());
+        assert_eq!(
+            printed,
+            Some(fixture.pid),
+            "{} serve: expected `ready {}`, got {ready:?}",
+            fixture.bin.display(),
+            fixture.pid
+        );
+        fixture
+    }
+
+    /// The next stdout line, or a panic after `SERVE_TIMEOUT`.
+    fn next_line(&mut self, what: &str) -> String {
+        match self.lines.recv_timeout(SERVE_TIMEOUT) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "{} serve (pid {}): no {what} after {SERVE_TIMEOUT:?}",
+                self.bin.display(),
+                self.pid
+            ),
+            Err(RecvTimeoutError::Disconnected) => panic!(
+                "{} serve (pid {}) closed its stdout before {what} (status {:?})",
+                self.bin.display(),
+                self.pid,
+                self.guard.wait_timeout(Duration::from_secs(1))
+            ),
+        }
+    }
+
+    /// Runs one command (`count N`, `nest N`, `threads T M`, `recurse D`,
+    /// `sleep MS K`) and waits for it to finish.
+    pub fn run(&mut self, cmd: &str) {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .unwrap_or_else(|| panic!("run({cmd:?}) after close_stdin()"));
+        writeln!(stdin, "{cmd}")
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("writing {cmd:?} to pid {}: {e}", self.pid));
+        let answer = self.next_line(&format!("answer to {cmd:?}"));
+        assert_eq!(
+            answer, "done",
+            "pid {} answered {cmd:?} with {answer:?}",
+            self.pid
+        );
+    }
+
+    /// Closes the fixture's stdin: it exits 0 once it has read everything.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits up to 60 s for the fixture to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        self.guard.wait_timeout(SERVE_TIMEOUT).unwrap_or_else(|| {
+            panic!(
+                "{} serve (pid {}) still running after {SERVE_TIMEOUT:?}",
+                self.bin.display(),
+                self.pid
+            )
+        })
+    }
+}
+
+/// Collects everything a child writes to one pipe, on a thread of its own.
+struct PipeCollector {
+    text: Arc<Mutex<Vec<u8>>>,
+    closed: Arc<AtomicBool>,
+}
+
+impl PipeCollector {
+    fn start(mut pipe: impl Read + Send + 'static) -> PipeCollector {
+        let text = Arc::new(Mutex::new(Vec::new()));
+        let closed = Arc::new(AtomicBool::new(false));
+        let (t, c) = (Arc::clone(&text), Arc::clone(&closed));
+        thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => t
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend_from_slice(&buf[..n]),
+                }
+            }
+            c.store(true, Ordering::Release);
+        });
+        PipeCollector { text, closed }
+    }
+
+    /// What was read so far.
+    fn snapshot(&self) -> String {
+        String::from_utf8_lossy(&self.text.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+
+    /// Everything, once the pipe closed or `deadline` passed.
+    fn finish(&self, deadline: Instant) -> String {
+        while !self.closed.load(Ordering::Acquire) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        self.snapshot()
+    }
+}
+
+/// A finished agent run.
+#[derive(Debug)]
+pub struct AgentRun {
+    /// How the agent exited.
+    pub status: ExitStatus,
+    /// Everything it (and a recorded command) wrote to stdout.
+    pub stdout: String,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+    /// The value of `--out`, or empty.
+    pub out_dir: PathBuf,
+}
+
+/// The value after `--out` in `args`, or an empty path.
+fn out_dir_of(args: &[&str]) -> PathBuf {
+    args.iter()
+        .position(|a| *a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// A running `scope-agent`, killed on drop.
+pub struct RunningAgent {
+    guard: ChildGuard,
+    stdout: PipeCollector,
+    stderr: PipeCollector,
+    out_dir: PathBuf,
+    args: String,
+}
+
+/// Starts `scope-agent <args>` with stdout and stderr collected.
+pub fn spawn_agent(args: &[&str]) -> RunningAgent {
+    let mut guard = ChildGuard::spawn(
+        Command::new(agent_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let stdout = PipeCollector::start(guard.child().stdout.take().expect("stdout is piped"));
+    let stderr = PipeCollector::start(guard.child().stderr.take().expect("stderr is piped"));
+    RunningAgent {
+        guard,
+        stdout,
+        stderr,
+        out_dir: out_dir_of(args),
+        args: args.join(" "),
+    }
+}
+
+impl RunningAgent {
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    /// What the agent wrote to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.snapshot()
+    }
+
+    /// Waits until stderr contains `needle`; panics with the stderr so far on
+    /// timeout or if the agent exits first.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stderr.snapshot().contains(needle) {
+                return;
+            }
+            if let Some(status) = self.guard.wait_timeout(Duration::ZERO) {
+                let stderr = self.stderr.finish(Instant::now() + PIPE_GRACE);
+                if stderr.contains(needle) {
+                    return;
+                }
+                panic!(
+                    "scope-agent {} exited ({status}) before printing {needle:?}; stderr:\n{stderr}",
+                    self.args
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "scope-agent {} did not print {needle:?} within {timeout:?}; stderr so far:\n{}",
+                    self.args,
+                    self.stderr.snapshot()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends signal `sig` (e.g. `libc::SIGINT`) to the agent.
+    pub fn signal(&self, sig: i32) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits in pid_t");
+        // SAFETY: kill(2) takes plain integers; the pid is our own child, not
+        // yet reaped (the guard reaps it), so it cannot name another process.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits up to `timeout` for the agent to exit; kills it and panics with
+    /// its stderr if it does not.
+    pub fn wait(&mut self, timeout: Duration) -> AgentRun {
+        let Some(status) = self.guard.wait_timeout(timeout) else {
+            self.guard.kill();
+            panic!(
+                "scope-agent {} still running after {timeout:?}, killed it; stderr:\n{}",
+                self.args,
+                self.stderr.finish(Instant::now() + PIPE_GRACE)
+            );
+        };
+        let pipes_closed_by = Instant::now() + PIPE_GRACE;
+        AgentRun {
+            status,
+            stdout: self.stdout.finish(pipes_closed_by),
+            stderr: self.stderr.finish(pipes_closed_by),
+            out_dir: self.out_dir.clone(),
+        }
+    }
+}
+
+/// Runs `scope-agent <args>` to completion (at most 120 s).
+pub fn run_agent(args: &[&str]) -> AgentRun {
+    spawn_agent(args).wait(AGENT_TIMEOUT)
+}
+
+/// The Python program behind `duckdb()`: rows as JSON objects, integers as
+/// JSON integers (DuckDB's HUGEINT sums arrive as Python ints; integral
+/// DECIMALs are turned into ints, others into floats).
+const DUCKDB_SCRIPT: &str = r#"
+import decimal, json, sys
+import duckdb
+
+def plain(v):
+    if isinstance(v, decimal.Decimal):
+        return int(v) if v == v.to_integral_value() else float(v)
+    return str(v)
+
+cur = duckdb.connect().execute(sys.argv[1])
+cols = [d[0] for d in cur.description]
+print(json.dumps([dict(zip(cols, r)) for r in cur.fetchall()], default=plain))
+"#;
+
+/// Runs `sql` in an in-memory DuckDB (Python's `duckdb` module) and returns
+/// the rows as JSON objects keyed by column name.
+pub fn duckdb(sql: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let output = Command::new("python3")
+        .args(["-c", DUCKDB_SCRIPT, sql])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 for DuckDB: {e}"));
+    assert!(
+        output.status.success(),
+        "DuckDB query failed ({}; `cargo xtask test` installs Python's duckdb):\n{sql}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "DuckDB output is not a JSON array of rows ({e}):\n{sql}\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// The glob of every `calls` file under an output directory.
+pub fn calls_glob(out: &Path) -> String {
+    format!("{}/calls/**/*.parquet", out.display())
+}
+
+/// The glob of every `functions` file under an output directory.
+pub fn functions_glob(out: &Path) -> String {
+    format!("{}/functions/**/*.parquet", out.display())
+}

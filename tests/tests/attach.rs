@@ -24,7 +24,9 @@ fn attach_counts_exactly_and_stops_when_the_target_exits() {
     let dir = tempfile::tempdir().unwrap();
     let pid = target.pid.to_string();
     let out = dir.path().display().to_string();
-    let mut agent = spawn_agent(&["attach", "--pid", &pid, "-f", "leaf", "-f", "a_fn", "--out", &out]);
+    let mut agent = spawn_agent(&[
+        "attach", "--pid", &pid, "-f", "leaf", "-f", "a_fn", "--out", &out,
+    ]);
     agent.wait_for_stderr("attached", Duration::from_secs(60));
     target.run("count 300");
     target.run("nest 20");
@@ -33,7 +35,11 @@ fn attach_counts_exactly_and_stops_when_the_target_exits() {
     assert!(status.success());
     let run = agent.wait(Duration::from_secs(60));
     assert!(run.status.success(), "{}", run.stderr);
-    assert!(run.stderr.contains(&format!("pid {pid} exited")), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("pid {pid} exited")),
+        "{}",
+        run.stderr
+    );
     let rows = duckdb(&format!(
         "SELECT f.name AS name, count(*) AS n FROM read_parquet('{}', hive_partitioning=true) c \
          JOIN read_parquet('{}', hive_partitioning=true) f USING (session_id, function_id) GROUP BY 1 ORDER BY 1",
@@ -55,7 +61,17 @@ fn attach_stops_at_duration_and_leaves_the_target_running() {
     let dir = tempfile::tempdir().unwrap();
     let pid = target.pid.to_string();
     let out = dir.path().display().to_string();
-    let run = run_agent(&["attach", "--pid", &pid, "-f", "leaf", "--duration", "1s", "--out", &out]);
+    let run = run_agent(&[
+        "attach",
+        "--pid",
+        &pid,
+        "-f",
+        "leaf",
+        "--duration",
+        "1s",
+        "--out",
+        &out,
+    ]);
     assert!(run.status.success(), "{}", run.stderr);
     assert!(run.stderr.contains("--duration"), "{}", run.stderr);
     // The target is still alive and unprobed: it still answers.
@@ -83,7 +99,10 @@ fn attach_stops_on_sigint_and_multithreaded_counts() {
         calls_glob(dir.path())
     ));
     assert_eq!(rows.len(), 3, "{rows:?}");
-    assert!(rows.iter().all(|r| r["n"].as_i64() == Some(400)), "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r["n"].as_i64() == Some(400)),
+        "{rows:?}"
+    );
 }
 
 #[test]
@@ -95,7 +114,15 @@ fn a_killed_agent_leaves_readable_segments_and_no_probes() {
     let pid = target.pid.to_string();
     let out = dir.path().display().to_string();
     let mut agent = spawn_agent(&[
-        "attach", "--pid", &pid, "-f", "leaf", "--out", &out, "--segment-rows", "1000",
+        "attach",
+        "--pid",
+        &pid,
+        "-f",
+        "leaf",
+        "--out",
+        &out,
+        "--segment-rows",
+        "1000",
     ]);
     agent.wait_for_stderr("attached", Duration::from_secs(60));
     target.run("count 5000");
@@ -105,7 +132,7 @@ fn a_killed_agent_leaves_readable_segments_and_no_probes() {
     let _ = agent.wait(Duration::from_secs(30));
     // Every file under a .parquet name is complete and readable.
     let n = count_calls(dir.path());
-    
+
     assert!(n > 4000, "all but the open segment survive a SIGKILL: {n}");
     // The agent's links died with it: the target runs unprobed and fine.
     target.run("count 100");

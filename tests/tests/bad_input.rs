@@ -6,11 +6,7 @@ use scope_tests::*;
 fn assert_clean_failure(run: &AgentRun, needle: &str) {
     assert!(!run.status.success(), "should fail: {}", run.stderr);
     assert_ne!(run.status.code(), Some(101), "panicked: {}", run.stderr);
-    assert!(
-        !run.stderr.contains("panicked"),
-        "panicked: {}",
-        run.stderr
-    );
+    assert!(!run.stderr.contains("panicked"), "panicked: {}", run.stderr);
     assert!(
         run.stderr.contains(needle),
         "stderr should mention {needle:?}:\n{}",
@@ -57,12 +53,34 @@ fn pattern_that_matches_nothing_names_pattern_and_module() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().display().to_string();
     let run = run_agent(&[
-        "record", "--out", &out, "-f", "leaf", "-f", "no_such_fn*", "--", bin.to_str().unwrap(), "count", "1",
+        "record",
+        "--out",
+        &out,
+        "-f",
+        "leaf",
+        "-f",
+        "no_such_fn*",
+        "--",
+        bin.to_str().unwrap(),
+        "count",
+        "1",
     ]);
     assert_clean_failure(&run, "no functions matched 'no_such_fn*'");
-    assert!(run.stderr.contains(bin.to_str().unwrap()), "names the module: {}", run.stderr);
+    assert!(
+        run.stderr.contains(bin.to_str().unwrap()),
+        "names the module: {}",
+        run.stderr
+    );
     let run = run_agent(&[
-        "record", "--out", &out, "-f", "libnothere*:foo", "--", bin.to_str().unwrap(), "count", "1",
+        "record",
+        "--out",
+        &out,
+        "-f",
+        "libnothere*:foo",
+        "--",
+        bin.to_str().unwrap(),
+        "count",
+        "1",
     ]);
     assert_clean_failure(&run, "no module matched 'libnothere*'");
 }
@@ -81,7 +99,17 @@ fn stripped_binary() {
         .unwrap();
     assert!(st.success());
     let out = dir.path().join("o").display().to_string();
-    let run = run_agent(&["record", "--out", &out, "-f", "leaf", "--", stripped.to_str().unwrap(), "count", "1"]);
+    let run = run_agent(&[
+        "record",
+        "--out",
+        &out,
+        "-f",
+        "leaf",
+        "--",
+        stripped.to_str().unwrap(),
+        "count",
+        "1",
+    ]);
     // A fully stripped PIE still has .dynsym, but not leaf.
     assert!(!run.status.success());
     assert!(
@@ -89,7 +117,11 @@ fn stripped_binary() {
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains(stripped.to_str().unwrap()), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(stripped.to_str().unwrap()),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -124,7 +156,17 @@ fn unwritable_output_directory() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
     let out = file.join("out");
-    let run = run_agent(&["record", "--out", out.to_str().unwrap(), "-f", "leaf", "--", bin.to_str().unwrap(), "count", "1"]);
+    let run = run_agent(&[
+        "record",
+        "--out",
+        out.to_str().unwrap(),
+        "-f",
+        "leaf",
+        "--",
+        bin.to_str().unwrap(),
+        "count",
+        "1",
+    ]);
     assert_clean_failure(&run, out.to_str().unwrap());
     // The command never ran: the output directory is checked first.
     assert!(!run.stdout.contains("ok"), "{}", run.stdout);

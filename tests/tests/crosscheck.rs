@@ -11,7 +11,11 @@ fn bpftrace_count(bin: &std::path::Path, func: &str, args: &str) -> i64 {
         .output()
         .expect("bpftrace runs (cargo xtask test installs it)");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "bpftrace failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bpftrace failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     text.lines()
         .find_map(|l| l.strip_prefix("@calls: "))
         .and_then(|v| v.trim().parse().ok())
@@ -22,11 +26,23 @@ fn bpftrace_count(bin: &std::path::Path, func: &str, args: &str) -> i64 {
 fn call_counts_match_bpftrace() {
     require_root();
     let bin = fixture(Lang::C, "2");
-    for (func, args) in [("leaf", "count 3000"), ("c_fn", "nest 700"), ("tleaf", "threads 3 1000")] {
+    for (func, args) in [
+        ("leaf", "count 3000"),
+        ("c_fn", "nest 700"),
+        ("tleaf", "threads 3 1000"),
+    ] {
         let reference = bpftrace_count(&bin, func, args);
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().display().to_string();
-        let mut argv = vec!["record", "--out", &out, "-f", func, "--", bin.to_str().unwrap()];
+        let mut argv = vec![
+            "record",
+            "--out",
+            &out,
+            "-f",
+            func,
+            "--",
+            bin.to_str().unwrap(),
+        ];
         argv.extend(args.split(' '));
         let run = run_agent(&argv);
         assert!(run.status.success(), "{}", run.stderr);
@@ -35,6 +51,9 @@ fn call_counts_match_bpftrace() {
             calls_glob(dir.path())
         ));
         let ours = rows[0]["n"].as_i64().unwrap();
-        assert_eq!(ours, reference, "{func}: scope {ours} vs bpftrace {reference}");
+        assert_eq!(
+            ours, reference,
+            "{func}: scope {ours} vs bpftrace {reference}"
+        );
     }
 }

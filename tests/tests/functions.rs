@@ -16,7 +16,11 @@ fn lists_fixture_functions_with_file_and_line() {
         let want = format!("fixture.c:{}", c_source_line(&format!("{f}(")));
         assert!(line.contains(&want), "{f}: want {want} in {line:?}");
     }
-    assert!(run.stderr.contains("3 functions matched '*_fn'"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("3 functions matched '*_fn'"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -27,9 +31,17 @@ fn lists_library_functions_of_a_running_process() {
     let pid = target.pid.to_string();
     let run = run_agent(&["functions", "--pid", &pid, "libc.so*:malloc"]);
     assert!(run.status.success(), "{}", run.stderr);
-    assert!(run.stdout.lines().any(|l| l.starts_with("malloc ")), "{}", run.stdout);
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with("malloc ")),
+        "{}",
+        run.stdout
+    );
     let run = run_agent(&["functions", "--pid", &pid, "leaf"]);
-    assert!(run.stdout.lines().any(|l| l.starts_with("leaf ")), "{}", run.stdout);
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with("leaf ")),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]

@@ -28,14 +28,22 @@ fn counts(out: &std::path::Path) -> std::collections::BTreeMap<String, i64> {
     );
     duckdb(&sql)
         .into_iter()
-        .map(|r| (r["name"].as_str().unwrap().to_string(), r["calls"].as_i64().unwrap()))
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["calls"].as_i64().unwrap(),
+            )
+        })
         .collect()
 }
 
 fn scalar(sql: &str) -> i64 {
     let rows = duckdb(sql);
     let row = rows.first().expect("one row");
-    row.values().next().and_then(|v| v.as_i64()).expect("an integer")
+    row.values()
+        .next()
+        .and_then(|v| v.as_i64())
+        .expect("an integer")
 }
 
 fn ok(run: &AgentRun) {
@@ -53,7 +61,11 @@ fn exact_counts_c_at_o0_and_o2() {
     for opt in ["0", "2"] {
         let bin = fixture(Lang::C, opt);
         let dir = tempfile::tempdir().unwrap();
-        let run = record(dir.path(), &["leaf"], &[bin.to_str().unwrap(), "count", "1000"]);
+        let run = record(
+            dir.path(),
+            &["leaf"],
+            &[bin.to_str().unwrap(), "count", "1000"],
+        );
         ok(&run);
         let c = counts(dir.path());
         assert_eq!(c.get("leaf"), Some(&1000), "-O{opt}: {c:?}\n{}", run.stderr);
@@ -134,7 +146,11 @@ fn recursion_to_a_known_depth() {
     require_root();
     let bin = fixture(Lang::C, "2");
     let dir = tempfile::tempdir().unwrap();
-    let run = record(dir.path(), &["recurse"], &[bin.to_str().unwrap(), "recurse", "20"]);
+    let run = record(
+        dir.path(),
+        &["recurse"],
+        &[bin.to_str().unwrap(), "recurse", "20"],
+    );
     ok(&run);
     let calls = calls_glob(dir.path());
     let rows = duckdb(&format!(
@@ -162,7 +178,11 @@ fn recursion_past_the_kernel_return_probe_limit_is_marked_not_misnested() {
     require_root();
     let bin = fixture(Lang::C, "0");
     let dir = tempfile::tempdir().unwrap();
-    let run = record(dir.path(), &["recurse"], &[bin.to_str().unwrap(), "recurse", "99"]);
+    let run = record(
+        dir.path(),
+        &["recurse"],
+        &[bin.to_str().unwrap(), "recurse", "99"],
+    );
     ok(&run);
     let calls = calls_glob(dir.path());
     let rows = duckdb(&format!(
@@ -190,7 +210,11 @@ fn threads_are_counted_per_thread() {
     require_root();
     let bin = fixture(Lang::C, "2");
     let dir = tempfile::tempdir().unwrap();
-    let run = record(dir.path(), &["tleaf"], &[bin.to_str().unwrap(), "threads", "4", "500"]);
+    let run = record(
+        dir.path(),
+        &["tleaf"],
+        &[bin.to_str().unwrap(), "threads", "4", "500"],
+    );
     ok(&run);
     let calls = calls_glob(dir.path());
     let rows = duckdb(&format!(
@@ -211,7 +235,11 @@ fn sleeping_function_duration_is_plausible() {
     require_root();
     let bin = fixture(Lang::C, "2");
     let dir = tempfile::tempdir().unwrap();
-    let run = record(dir.path(), &["sleeper"], &[bin.to_str().unwrap(), "sleep", "50", "3"]);
+    let run = record(
+        dir.path(),
+        &["sleeper"],
+        &[bin.to_str().unwrap(), "sleep", "50", "3"],
+    );
     ok(&run);
     let calls = calls_glob(dir.path());
     let rows = duckdb(&format!(
@@ -252,11 +280,17 @@ fn rust_fixture_demangled_names() {
         ok(&run);
         let c = counts(dir.path());
         for f in ["a_fn", "b_fn", "c_fn", "leaf"] {
-            let hits: Vec<(&String, &i64)> =
-                c.iter().filter(|(k, _)| k.ends_with(&format!("rfix::{f}"))).collect();
+            let hits: Vec<(&String, &i64)> = c
+                .iter()
+                .filter(|(k, _)| k.ends_with(&format!("rfix::{f}")))
+                .collect();
             assert_eq!(hits.len(), 1, "-O{opt} {f}: {c:?}");
             assert_eq!(*hits[0].1, 300, "-O{opt} {f}: {c:?}");
-            assert!(!hits[0].0.contains("::h"), "hash suffix kept: {}", hits[0].0);
+            assert!(
+                !hits[0].0.contains("::h"),
+                "hash suffix kept: {}",
+                hits[0].0
+            );
         }
     }
 }
@@ -272,7 +306,10 @@ fn default_probes_the_main_executable() {
     assert_eq!(c.get("main"), Some(&1), "{c:?}");
     assert_eq!(c.get("a_fn"), Some(&10), "{c:?}");
     assert_eq!(c.get("leaf"), Some(&10), "{c:?}");
-    assert!(!c.contains_key("_start"), "C runtime start-up is left out: {c:?}");
+    assert!(
+        !c.contains_key("_start"),
+        "C runtime start-up is left out: {c:?}"
+    );
     assert!(run.stderr.contains("attached"), "{}", run.stderr);
 }
 
@@ -293,11 +330,21 @@ fn files_follow_the_data_contract() {
         assert_eq!(mode(&t), 0o700, "{}", t.display());
         for part in std::fs::read_dir(&t).unwrap() {
             let part = part.unwrap().path();
-            assert!(part.file_name().unwrap().to_str().unwrap().starts_with("session_id="));
+            assert!(
+                part.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("session_id=")
+            );
             assert_eq!(mode(&part), 0o700);
             for f in std::fs::read_dir(&part).unwrap() {
                 let f = f.unwrap().path();
-                assert!(f.extension().is_some_and(|e| e == "parquet"), "stray file {}", f.display());
+                assert!(
+                    f.extension().is_some_and(|e| e == "parquet"),
+                    "stray file {}",
+                    f.display()
+                );
                 assert_eq!(mode(&f), 0o600, "{}", f.display());
                 files += 1;
             }
@@ -315,9 +362,48 @@ fn files_follow_the_data_contract() {
         .collect()
     };
     for (table, want) in [
-        ("calls", &["session_id", "pid", "tid", "call_id", "parent_call_id", "function_id", "depth", "start_ns", "duration_ns", "self_ns"][..]),
-        ("functions", &["session_id", "function_id", "name", "symbol", "module", "build_id", "address", "size", "file", "line"][..]),
-        ("sessions", &["session_id", "host", "pid", "command", "start_ns", "end_ns", "version"][..]),
+        (
+            "calls",
+            &[
+                "session_id",
+                "pid",
+                "tid",
+                "call_id",
+                "parent_call_id",
+                "function_id",
+                "depth",
+                "start_ns",
+                "duration_ns",
+                "self_ns",
+            ][..],
+        ),
+        (
+            "functions",
+            &[
+                "session_id",
+                "function_id",
+                "name",
+                "symbol",
+                "module",
+                "build_id",
+                "address",
+                "size",
+                "file",
+                "line",
+            ][..],
+        ),
+        (
+            "sessions",
+            &[
+                "session_id",
+                "host",
+                "pid",
+                "command",
+                "start_ns",
+                "end_ns",
+                "version",
+            ][..],
+        ),
     ] {
         let have = cols(table);
         for w in want {
@@ -333,7 +419,10 @@ fn files_follow_the_data_contract() {
         "SELECT min(start_ns) FROM read_parquet('{}', hive_partitioning=true)",
         calls_glob(&out)
     ));
-    assert!((now - start).abs() < 86_400_000_000_000, "start_ns {start} vs now {now}");
+    assert!(
+        (now - start).abs() < 86_400_000_000_000,
+        "start_ns {start} vs now {now}"
+    );
     let leaf_line = scalar(&format!(
         "SELECT line FROM read_parquet('{}', hive_partitioning=true) WHERE name = 'leaf'",
         functions_glob(&out)

@@ -1,1 +1,86 @@
-fn main() {}
+//! `cargo xtask`: the project's own commands. `demo` and `test` work on a
+//! fresh machine: they install what is missing (nightly rust-src,
+//! bpf-linker, and for `test` bpftrace, bpftool and Python's duckdb), check
+//! for root and kernel support, then build and run.
+
+mod demo;
+mod process;
+mod setup;
+mod suite;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "scope's build, test and demo tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build scope-agent (release) and the demo program, record the demo and
+    /// query the result with DuckDB. Needs root.
+    Demo {
+        /// Where the agent writes its Parquet files.
+        #[arg(long, default_value = "scope-data")]
+        out: PathBuf,
+    },
+    /// Format check, clippy, build and the whole test suite, real eBPF
+    /// programs included. Needs root.
+    Test {
+        /// Skip `cargo fmt --check` and `cargo clippy`.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test`, after `--`
+        /// (e.g. `-- -p scope-tests --test record -- --nocapture`).
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Build the test fixtures into target/fixtures (the tests build them
+    /// on demand too).
+    Fixtures,
+    /// Benchmarks (not implemented yet).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Demo { out } => demo::run_demo(&out),
+        Task::Test {
+            no_lint,
+            cargo_test_args,
+        } => suite::run_suite(!no_lint, &cargo_test_args),
+        Task::Fixtures => build_fixtures(),
+        Task::Bench => {
+            eprintln!("cargo xtask bench: not implemented yet (see issue 5)");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cargo xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Builds every fixture the tests use, with the test harness's own code.
+fn build_fixtures() -> anyhow::Result<()> {
+    for lang in scope_tests::Lang::ALL {
+        for opt in ["0", "2"] {
+            let path = scope_tests::build_fixture(lang, opt).map_err(anyhow::Error::msg)?;
+            println!("{}", path.display());
+        }
+    }
+    Ok(())
+}

@@ -146,10 +146,7 @@ impl Correlator {
                 });
             }
         }
-        let Some(pos) = frames
-            .iter()
-            .rposition(|f| f.function_id == ev.function_id)
-        else {
+        let Some(pos) = frames.iter().rposition(|f| f.function_id == ev.function_id) else {
             // Not on this thread's stack: its entry was before probes went
             // live (or lost). Whatever is open above it cannot have been
             // called by it after the fact, so the stack is left alone.
@@ -298,8 +295,14 @@ mod tests {
         assert_eq!(calls.len(), 3);
         let (c, b, a) = (calls[0], calls[1], calls[2]);
         assert_eq!((a.function_id, a.depth, a.parent_call_id), (1, 0, 0));
-        assert_eq!((b.function_id, b.depth, b.parent_call_id), (2, 1, a.call_id));
-        assert_eq!((c.function_id, c.depth, c.parent_call_id), (3, 2, b.call_id));
+        assert_eq!(
+            (b.function_id, b.depth, b.parent_call_id),
+            (2, 1, a.call_id)
+        );
+        assert_eq!(
+            (c.function_id, c.depth, c.parent_call_id),
+            (3, 2, b.call_id)
+        );
         assert_eq!((a.duration_ns, a.self_ns), (90, 50));
         assert_eq!((b.duration_ns, b.self_ns), (40, 30));
         assert_eq!((c.duration_ns, c.self_ns), (10, 10));
@@ -364,7 +367,10 @@ mod tests {
         let flags: Vec<u8> = calls.iter().map(|c| c.flags).collect();
         assert_eq!(flags, vec![flags::UNWOUND, flags::UNWOUND, 0, 0]);
         let last = calls[3];
-        assert_eq!((last.function_id, last.depth, last.parent_call_id), (4, 0, 0));
+        assert_eq!(
+            (last.function_id, last.depth, last.parent_call_id),
+            (4, 0, 0)
+        );
     }
 
     #[test]
@@ -387,6 +393,10 @@ mod tests {
         assert_eq!(missing, 6);
         let complete: Vec<&CallRecord> = calls.iter().filter(|c| c.flags == 0).collect();
         assert_eq!(complete.len(), MAX_URETPROBE_DEPTH);
-        assert!(complete.iter().all(|c| (c.depth as usize) < MAX_URETPROBE_DEPTH));
+        assert!(
+            complete
+                .iter()
+                .all(|c| (c.depth as usize) < MAX_URETPROBE_DEPTH)
+        );
     }
 }

@@ -42,9 +42,7 @@ pub enum AttachError {
         source: std::io::Error,
         log: String,
     },
-    #[error(
-        "attaching {count} {direction} probes to {module} failed: {source}{hint}"
-    )]
+    #[error("attaching {count} {direction} probes to {module} failed: {source}{hint}")]
     Link {
         count: usize,
         direction: &'static str,
@@ -111,8 +109,8 @@ impl LoadedProbes {
             .map_err(|e| AttachError::Load(error_chain(&e)))?;
 
         // Re-parse the object and point its map references at aya's maps.
-        let mut obj = aya_obj::Object::parse(EBPF_OBJECT)
-            .map_err(|e| AttachError::Load(error_chain(&e)))?;
+        let mut obj =
+            aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| AttachError::Load(error_chain(&e)))?;
         let mut fds: HashMap<String, RawFd> = HashMap::new();
         for (name, map) in ebpf.maps() {
             if let Some(data) = map_data(map) {

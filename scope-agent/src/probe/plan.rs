@@ -193,7 +193,10 @@ pub fn build_plan(
 
     for (i, pattern) in patterns.iter().enumerate() {
         if !module_matched[i] {
-            let module = pattern.module.clone().unwrap_or_else(|| "main executable".into());
+            let module = pattern
+                .module
+                .clone()
+                .unwrap_or_else(|| "main executable".into());
             return Err(PlanError::NoModule {
                 pattern: pattern.raw.clone(),
                 module,

@@ -12,7 +12,7 @@
 //! Columns (see [`schema`](self::schema) for the exact Arrow types):
 //!
 //! - `calls`: pid, tid, call_id, parent_call_id (null at a root), function_id,
-//!   depth, start_ns (Unix epoch ns), duration_ns (null when unknown),
+//!   depth (Int32), start_ns (Unix epoch ns), duration_ns (null when unknown),
 //!   self_ns (null when unknown), flags
 //! - `functions`: function_id, name, symbol, module, build_id, address, size,
 //!   file, line

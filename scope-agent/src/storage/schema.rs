@@ -9,7 +9,8 @@ use std::sync::{Arc, LazyLock};
 
 use arrow_array::builder::{StringBuilder, UInt32Builder};
 use arrow_array::{
-    ArrayRef, Int64Array, RecordBatch, StringArray, UInt8Array, UInt32Array, UInt64Array,
+    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, UInt8Array, UInt32Array,
+    UInt64Array,
 };
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
@@ -25,7 +26,8 @@ pub static CALLS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("call_id", DataType::UInt64, false),
         Field::new("parent_call_id", DataType::UInt64, true),
         Field::new("function_id", DataType::UInt32, false),
-        Field::new("depth", DataType::UInt32, false),
+        // Signed, so `depth - 1` in SQL never overflows at a root.
+        Field::new("depth", DataType::Int32, false),
         Field::new("start_ns", DataType::Int64, false),
         Field::new("duration_ns", DataType::Int64, true),
         Field::new("self_ns", DataType::Int64, true),
@@ -91,7 +93,10 @@ pub(crate) fn calls_batch(rows: &[CallRecord]) -> Result<RecordBatch, ArrowError
         Arc::new(UInt32Array::from_iter_values(
             rows.iter().map(|c| c.function_id),
         )),
-        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|c| c.depth))),
+        Arc::new(Int32Array::from_iter_values(
+            rows.iter()
+                .map(|c| i32::try_from(c.depth).unwrap_or(i32::MAX)),
+        )),
         Arc::new(Int64Array::from_iter_values(
             rows.iter().map(|c| c.start_ns),
         )),

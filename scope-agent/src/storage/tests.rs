@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int64Type, UInt8Type, UInt32Type, UInt64Type};
+use arrow_array::types::{Int32Type, Int64Type, UInt8Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, RecordBatch};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -105,7 +105,8 @@ fn read_calls(out: &Path) -> Vec<CallRecord> {
             let u64c = |i: usize| b.column(i).as_primitive::<UInt64Type>().clone();
             let i64c = |i: usize| b.column(i).as_primitive::<Int64Type>().clone();
             let (pid, tid, call_id, parent) = (u32c(0), u32c(1), u64c(2), u64c(3));
-            let (fid, depth, start, dur, selft) = (u32c(4), u32c(5), i64c(6), i64c(7), i64c(8));
+            let depth = b.column(5).as_primitive::<Int32Type>().clone();
+            let (fid, start, dur, selft) = (u32c(4), i64c(6), i64c(7), i64c(8));
             let flags = b.column(9).as_primitive::<UInt8Type>().clone();
             for r in 0..b.num_rows() {
                 rows.push(CallRecord {
@@ -118,7 +119,7 @@ fn read_calls(out: &Path) -> Vec<CallRecord> {
                         parent.value(r)
                     },
                     function_id: fid.value(r),
-                    depth: depth.value(r),
+                    depth: depth.value(r) as u32,
                     start_ns: start.value(r),
                     duration_ns: if dur.is_null(r) { -1 } else { dur.value(r) },
                     self_ns: if selft.is_null(r) { -1 } else { selft.value(r) },
