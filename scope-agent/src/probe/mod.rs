@@ -4,3 +4,4 @@
 
 pub mod attach;
 pub mod plan;
+pub mod watch;

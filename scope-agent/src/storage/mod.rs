@@ -322,6 +322,19 @@ impl ParquetStore {
     }
 
     /// The configuration this store was created with.
+    /// A writer for functions found after recording started (a library
+    /// loaded with `dlopen`): each call writes one more
+    /// `functions/session_id=<id>/part-<n>.parquet`, n = 1, 2, ..., durably.
+    /// Taken before the store moves to the writer thread, so the session
+    /// thread can write function rows before it attaches their probes.
+    pub fn late_functions(&self) -> LateFunctions {
+        LateFunctions {
+            dir: self.functions_dir.clone(),
+            props: self.props.clone(),
+            next_part: 1,
+        }
+    }
+
     pub fn config(&self) -> &StoreConfig {
         &self.cfg
     }
@@ -442,6 +455,27 @@ fn flush<T: Copy>(
     seg.rows.clear();
     seg.opened = None;
     Ok(())
+}
+
+/// See [`ParquetStore::late_functions`].
+pub struct LateFunctions {
+    dir: PathBuf,
+    props: WriterProperties,
+    next_part: u32,
+}
+
+impl LateFunctions {
+    /// Writes `rows` as the next functions part; returns the file and its size.
+    pub fn write(&mut self, rows: &[FunctionRow]) -> Result<(PathBuf, u64)> {
+        let batch = schema::functions_batch(rows).context("building the functions table")?;
+        let name = format!("part-{}.parquet", self.next_part);
+        let mut files = Vec::new();
+        write_batch(&self.dir, &name, &batch, &self.props, &mut files)?;
+        self.next_part += 1;
+        files
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("no file written for {name}"))
+    }
 }
 
 /// Encodes `batch` as one Parquet file and writes it durably to `dir/name`.
