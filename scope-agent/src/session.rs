@@ -20,7 +20,8 @@ use crate::capture::pipeline::{SinkMsg, SinkThread};
 use crate::capture::ring::RingReader;
 use crate::probe::attach::{LoadOptions, LoadedProbes, ProbePoint};
 use crate::probe::plan::{Plan, build_plan, short_name, skipped_total};
-use crate::storage::{FunctionRow, ParquetStore, SessionRow, StoreConfig};
+use crate::probe::watch::{PendingModules, split_pending};
+use crate::storage::{FunctionRow, LateFunctions, ParquetStore, SessionRow, StoreConfig};
 use crate::summary::{CallStats, SortBy, Tee, format_duration_ns, render_top};
 use crate::symbols::pattern::Pattern;
 use crate::target::{GatedChild, ProcessWatch, program_modules, resolve_program, running_modules};
@@ -60,6 +61,9 @@ pub struct SessionOutcome {
 /// Calls are sent to the writer in batches of this many, or every 100 ms.
 const BATCH: usize = 16 * 1024;
 const POLL: Duration = Duration::from_millis(10);
+/// How often the target's mappings are checked for modules a pending pattern
+/// names (libraries loaded with dlopen).
+const MODULE_POLL: Duration = Duration::from_millis(200);
 
 pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     require_root()?;
@@ -96,7 +100,16 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
             (program_modules(&program), cmdline, Some(program))
         }
     };
-    let plan = build_plan(&candidates, &cfg.patterns, cfg.max_functions)?;
+    // Patterns naming a module that is not mapped yet wait for it (dlopen),
+    // as long as something else can be probed from the start.
+    let (now, pending) = split_pending(&candidates, &cfg.patterns);
+    let plan = if now.is_empty() && !pending.is_empty() {
+        build_plan(&candidates, &cfg.patterns, cfg.max_functions)?
+    } else {
+        build_plan(&candidates, &now, cfg.max_functions)?
+    };
+    let next_id = u32::try_from(plan.function_count()).unwrap_or(u32::MAX - 1) + 1;
+    let mut pending = PendingModules::new(pending, &candidates, next_id);
     for w in &plan.warnings {
         eprintln!("scope: warning: {w}");
     }
@@ -114,6 +127,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         segment_max_age: cfg.segment_age,
     })?;
     store.write_functions(&function_rows(&plan))?;
+    let mut late_functions = store.late_functions();
+    let mut late_plans: Vec<Plan> = Vec::new();
+    let mut late_files: Vec<(PathBuf, u64)> = Vec::new();
 
     let mut child = match (&cfg.target, &program) {
         (Target::Record { argv }, Some(program)) => Some(GatedChild::spawn(program, argv)?),
@@ -130,7 +146,7 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     };
 
     let attached = load_and_attach(&cfg, &plan, pid);
-    let (probes, links) = match attached {
+    let (mut probes, mut links) = match attached {
         Ok(x) => x,
         Err(e) => {
             if let Some(c) = child.as_mut() {
@@ -142,7 +158,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     let attached_count: usize = links.iter().filter(|l| l.0).map(|l| l.1.count).sum();
 
     let live_ktime = crate::time::monotonic_ns();
-    let (events, lost) = probes.into_maps();
+    let (events, lost) = probes
+        .take_maps()
+        .context("the loaded eBPF object has no ring buffer")?;
     let mut reader = RingReader::new(events, lost, clock.epoch_ns(live_ktime));
     let mut correlator = Correlator::new(clock.offset_ns, live_ktime);
     let writer = SinkThread::spawn(Tee(store, CallStats::new()), 64)
@@ -179,6 +197,12 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         }
     }
 
+    for p in pending.patterns() {
+        eprintln!(
+            "scope: no module matches '{p}' yet; its functions will be probed when the process loads it"
+        );
+    }
+
     if let Some(c) = child.as_mut()
         && let Err(e) = c.release()
     {
@@ -192,6 +216,7 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     let deadline = cfg.duration.map(|d| started + d);
     let mut last_flush = Instant::now();
     let mut last_loss = Instant::now();
+    let mut last_module_poll = Instant::now();
     let mut writer_failed = false;
     let mut exit_code = None;
     let stop_reason;
@@ -215,6 +240,17 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
                 writer_failed = true;
                 stop_reason = "the writer stopped".to_string();
                 break;
+            }
+        }
+        if !pending.is_empty() && last_module_poll.elapsed() >= MODULE_POLL {
+            last_module_poll = Instant::now();
+            match attach_late_modules(&mut pending, &probes, &mut late_functions, pid, &mut links) {
+                Ok(Some((plan, file))) => {
+                    late_plans.push(plan);
+                    late_files.push(file);
+                }
+                Ok(None) => {}
+                Err(e) => eprintln!("scope: warning: a module loaded after the start: {e:#}"),
             }
         }
         if stop.load(Ordering::Relaxed) {
@@ -293,6 +329,10 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         },
         format_duration_ns(elapsed.as_nanos() as u64)
     );
+    for p in pending.never_matched() {
+        let module = p.module.as_deref().unwrap_or_default();
+        eprintln!("scope: warning: no module matched '{module}' (pattern '{p}') while recording");
+    }
     let marked =
         counts.entry_missing + counts.unwound + counts.return_missing + counts.no_return_probe;
     if marked > 0 {
@@ -303,13 +343,14 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     }
     eprintln!(
         "scope: wrote {} files ({}) to {} (session {session_id})",
-        summary.files.len(),
-        human_bytes(summary.bytes),
+        summary.files.len() + late_files.len(),
+        human_bytes(summary.bytes + late_files.iter().map(|f| f.1).sum::<u64>()),
         cfg.out_dir.display()
     );
     if !cfg.quiet && stats.total_calls() > 0 {
-        let names: std::collections::HashMap<u32, String> = plan
-            .functions()
+        let names: std::collections::HashMap<u32, String> = std::iter::once(&plan)
+            .chain(&late_plans)
+            .flat_map(Plan::functions)
             .map(|(_, f)| (f.function_id, f.symbol.name.clone()))
             .collect();
         let name_of = |id: u32| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
@@ -351,6 +392,12 @@ fn load_and_attach(cfg: &SessionConfig, plan: &Plan, pid: u32) -> Result<(Loaded
         ring_bytes: cfg.ring_bytes,
         wake_bytes: u64::from(cfg.ring_bytes / 4),
     })?;
+    let links = attach_plan(&probes, plan, pid)?;
+    Ok((probes, links))
+}
+
+/// Attaches every module of `plan` (entry and return links per module).
+fn attach_plan(probes: &LoadedProbes, plan: &Plan, pid: u32) -> Result<Links> {
     let mut links = Vec::new();
     for m in &plan.modules {
         let points: Vec<ProbePoint> = m
@@ -367,7 +414,42 @@ fn load_and_attach(cfg: &SessionConfig, plan: &Plan, pid: u32) -> Result<(Loaded
             links.push((i == 0, l));
         }
     }
-    Ok((probes, links))
+    Ok(links)
+}
+
+/// Polls the target's mappings for modules a pending pattern names (loaded
+/// with dlopen since the start); writes their `functions` rows first, then
+/// attaches them. Returns the new plan, or `None` when nothing new matched.
+fn attach_late_modules(
+    pending: &mut PendingModules,
+    probes: &LoadedProbes,
+    late_functions: &mut LateFunctions,
+    pid: u32,
+    links: &mut Links,
+) -> Result<Option<(Plan, (PathBuf, u64))>> {
+    let Ok(current) = running_modules(pid) else {
+        // The process is exiting; the main loop notices.
+        return Ok(None);
+    };
+    let late = pending.poll(&current);
+    for w in &late.warnings {
+        eprintln!("scope: warning: {w}");
+    }
+    if late.plan.modules.is_empty() {
+        return Ok(None);
+    }
+    let file = late_functions.write(&function_rows(&late.plan))?;
+    let new_links = attach_plan(probes, &late.plan, pid)?;
+    for m in &late.plan.modules {
+        eprintln!(
+            "scope: attached {} more function{} in {} (loaded after the start)",
+            m.functions.len(),
+            if m.functions.len() == 1 { "" } else { "s" },
+            m.candidate.display_path.display()
+        );
+    }
+    links.extend(new_links);
+    Ok(Some((late.plan, file)))
 }
 
 fn function_rows(plan: &Plan) -> Vec<FunctionRow> {

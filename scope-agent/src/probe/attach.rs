@@ -71,8 +71,8 @@ pub struct LoadedProbes {
     return_prog: OwnedFd,
     /// Kept so aya's maps stay alive as long as the programs.
     _ebpf: Ebpf,
-    pub events: RingBuf<MapData>,
-    pub lost: PerCpuArray<MapData, u64>,
+    /// `None` once taken by [`LoadedProbes::take_maps`].
+    maps: Option<(RingBuf<MapData>, PerCpuArray<MapData, u64>)>,
 }
 
 /// One multi-uprobe link; dropping it detaches every probe in it.
@@ -146,15 +146,15 @@ impl LoadedProbes {
             entry_prog,
             return_prog,
             _ebpf: ebpf,
-            events,
-            lost,
+            maps: Some((events, lost)),
         })
     }
 
-    /// Gives up the program fds (links keep the programs alive) and returns
-    /// the maps user space reads.
-    pub fn into_maps(self) -> (RingBuf<MapData>, PerCpuArray<MapData, u64>) {
-        (self.events, self.lost)
+    /// Takes the maps user space reads (the ring and the loss counters),
+    /// keeping the programs so that modules loaded later can still be
+    /// attached. `None` if already taken.
+    pub fn take_maps(&mut self) -> Option<(RingBuf<MapData>, PerCpuArray<MapData, u64>)> {
+        self.maps.take()
     }
 
     /// Attaches the entry program (and the return program, if `returns`) to

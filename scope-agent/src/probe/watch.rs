@@ -56,6 +56,11 @@ impl PendingModules {
         }
     }
 
+    /// The patterns still waiting.
+    pub fn patterns(&self) -> &[Pattern] {
+        &self.patterns
+    }
+
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }

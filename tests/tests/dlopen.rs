@@ -1,0 +1,132 @@
+//! A library loaded with `dlopen` after the agent attached: a pattern naming
+//! it waits, and its functions are probed once it is mapped.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use scope_tests::*;
+
+/// Builds tests/fixtures/c/dlopen/{host,plugin}.c into `dir`.
+fn build(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let src = workspace_root().join("tests/fixtures/c/dlopen");
+    let host = dir.join("host");
+    let lib = dir.join("libscopeplugin.so");
+    let cc = |args: &[&str]| {
+        let st = Command::new("cc").args(args).status().expect("cc runs");
+        assert!(st.success(), "cc {args:?}");
+    };
+    cc(&[
+        "-g",
+        "-O2",
+        "-shared",
+        "-fPIC",
+        src.join("plugin.c").to_str().unwrap(),
+        "-o",
+        lib.to_str().unwrap(),
+    ]);
+    cc(&[
+        "-g",
+        "-O2",
+        src.join("host.c").to_str().unwrap(),
+        "-o",
+        host.to_str().unwrap(),
+        "-ldl",
+    ]);
+    (host, lib)
+}
+
+#[test]
+fn a_library_loaded_after_attach_is_probed() {
+    require_root();
+    let build_dir = tempfile::tempdir().unwrap();
+    let (host, lib) = build(build_dir.path());
+    let mut target = ServeFixture::spawn(&host);
+    let dir = tempfile::tempdir().unwrap();
+    let pid = target.pid.to_string();
+    let out = dir.path().display().to_string();
+    let mut agent = spawn_agent(&[
+        "attach",
+        "--pid",
+        &pid,
+        "-f",
+        "host_tick",
+        "-f",
+        "libscopeplugin*:plugin_work",
+        "--out",
+        &out,
+    ]);
+    agent.wait_for_stderr("attached", Duration::from_secs(60));
+    assert!(
+        agent.stderr_so_far().contains("libscopeplugin*"),
+        "the pending pattern is announced: {}",
+        agent.stderr_so_far()
+    );
+    target.run("tick 10");
+    target.run(&format!("load {}", lib.display()));
+    // The agent notices the new mapping on its next poll and says so.
+    agent.wait_for_stderr("libscopeplugin.so", Duration::from_secs(30));
+    target.run("work 123");
+    target.close_stdin();
+    assert!(target.wait().success());
+    let run = agent.wait(Duration::from_secs(60));
+    assert!(run.status.success(), "{}", run.stderr);
+    let rows = duckdb(&format!(
+        "SELECT f.name AS name, f.module AS module, count(*) AS n \
+         FROM read_parquet('{}', hive_partitioning=true) c \
+         JOIN read_parquet('{}', hive_partitioning=true) f USING (session_id, function_id) \
+         GROUP BY 1, 2 ORDER BY 1",
+        calls_glob(dir.path()),
+        functions_glob(dir.path())
+    ));
+    let got: Vec<(String, i64)> = rows
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap().into(), r["n"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("host_tick".into(), 10), ("plugin_work".into(), 123)],
+        "{}",
+        run.stderr
+    );
+    assert!(
+        rows[1]["module"]
+            .as_str()
+            .unwrap()
+            .ends_with("libscopeplugin.so"),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn a_pattern_whose_module_never_appears_is_reported() {
+    require_root();
+    let build_dir = tempfile::tempdir().unwrap();
+    let (host, _lib) = build(build_dir.path());
+    let mut target = ServeFixture::spawn(&host);
+    let dir = tempfile::tempdir().unwrap();
+    let pid = target.pid.to_string();
+    let out = dir.path().display().to_string();
+    let mut agent = spawn_agent(&[
+        "attach",
+        "--pid",
+        &pid,
+        "-f",
+        "host_tick",
+        "-f",
+        "libnever*:x",
+        "--out",
+        &out,
+    ]);
+    agent.wait_for_stderr("attached", Duration::from_secs(60));
+    target.run("tick 4");
+    target.close_stdin();
+    assert!(target.wait().success());
+    let run = agent.wait(Duration::from_secs(60));
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no module matched 'libnever*'"),
+        "{}",
+        run.stderr
+    );
+}
