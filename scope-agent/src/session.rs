@@ -40,6 +40,10 @@ pub enum Target {
 pub struct SessionConfig {
     pub target: Target,
     pub patterns: Vec<Pattern>,
+    /// Capture arguments and return values of every probed function.
+    pub args_all: bool,
+    /// Capture them for the probed functions matching these patterns.
+    pub args_for: Vec<Pattern>,
     pub out_dir: PathBuf,
     pub duration: Option<Duration>,
     pub ring_bytes: u32,
@@ -96,10 +100,17 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
             (program_modules(&program), cmdline, Some(program))
         }
     };
-    let plan = build_plan(&candidates, &cfg.patterns, cfg.max_functions)?;
+    let mut plan = build_plan(&candidates, &cfg.patterns, cfg.max_functions)?;
     for w in &plan.warnings {
         eprintln!("scope: warning: {w}");
     }
+    let with_args = crate::probe::args::select(&mut plan, cfg.args_all, &cfg.args_for)
+        .map_err(anyhow::Error::msg)?;
+    let arg_layouts = if with_args > 0 {
+        crate::probe::args::layouts(&plan)
+    } else {
+        Vec::new()
+    };
 
     let clock = SessionClock::now();
     let target_pid_for_id = match &cfg.target {
@@ -145,6 +156,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     let (events, lost) = probes.into_maps();
     let mut reader = RingReader::new(events, lost, clock.epoch_ns(live_ktime));
     let mut correlator = Correlator::new(clock.offset_ns, live_ktime);
+    for (function_id, layout) in arg_layouts {
+        correlator.set_layout(function_id, layout);
+    }
     let writer = SinkThread::spawn(Tee(store, CallStats::new()), 64)
         .context("starting the writer thread")?;
 
@@ -170,6 +184,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
             None => String::new(),
         }
     );
+    if with_args > 0 {
+        eprintln!("scope: recording arguments and return values of {with_args} functions");
+    }
     for m in &plan.modules {
         if !m.has_debug_info {
             eprintln!(
@@ -358,7 +375,14 @@ fn load_and_attach(cfg: &SessionConfig, plan: &Plan, pid: u32) -> Result<(Loaded
             .iter()
             .map(|f| ProbePoint {
                 file_offset: f.symbol.file_offset,
-                cookie: u64::from(f.function_id),
+                // The args flag rides in the cookie: the kernel tests it
+                // without a lookup.
+                cookie: u64::from(f.function_id)
+                    | if f.args {
+                        scope_common::COOKIE_ARGS_FLAG
+                    } else {
+                        0
+                    },
             })
             .collect();
         let module_links = probes.attach_module(&m.candidate.attach_path, &points, pid, true)?;
