@@ -5,9 +5,13 @@
 //!
 //! The System V x86-64 ABI passes integer and pointer parameters in rdi,
 //! rsi, rdx, rcx, r8, r9, in order; floating-point parameters go to xmm
-//! registers and take no integer register. A parameter of any other kind
-//! (a struct or union by value, a 128-bit integer, a member-function
-//! pointer) is classified by rules not reproduced here, so it and every
+//! registers and take no integer register. A struct or union by value is
+//! stored as null; in C its registers are still accounted for (more than 16
+//! bytes: on the stack; up to 16 bytes of integer fields only: one register
+//! per eightbyte; of float fields only: xmm registers), so later parameters
+//! keep their values. Any other parameter (a struct mixing integer and
+//! float fields, a 128-bit integer, a member-function pointer, any class
+//! by value in C++) follows rules not reproduced here, so it and every
 //! later parameter are stored as null rather than as a guess. A struct
 //! returned by value through memory (larger than 16 bytes) takes rdi for
 //! its hidden pointer; a C++ class returned by value may too, so then every
@@ -240,8 +244,8 @@ enum Class {
     Integer(RegValue),
     /// In an xmm register (float, double): no integer register taken.
     Float,
-    /// A struct, union or class by value, of this many bytes.
-    Aggregate(u64),
+    /// A struct, union or class by value: its size and its DIE.
+    Aggregate(u64, UnitOffset),
     /// Anything else, or a type that could not be read.
     Unknown,
 }
@@ -260,13 +264,13 @@ fn layout(unit: &Unit<'_>, sub: &Sub<'_>, cplusplus: bool) -> ArgLayout {
     match ret_class {
         None | Some(Class::Float) => {}
         Some(Class::Integer(v)) => out.ret = v,
-        Some(Class::Aggregate(size)) if !cplusplus && size > 16 => next_reg = 1,
+        Some(Class::Aggregate(size, _)) if !cplusplus && size > 16 => next_reg = 1,
         // A small C struct comes back in registers, not as a hidden pointer;
         // its value is not an integer, so ret stays null.
-        Some(Class::Aggregate(_)) if !cplusplus => {}
+        Some(Class::Aggregate(..)) if !cplusplus => {}
         // A C++ class may be returned through a hidden pointer whatever its
         // size: the registers cannot be told apart, so every slot is null.
-        Some(Class::Aggregate(_) | Class::Unknown) => return out,
+        Some(Class::Aggregate(..) | Class::Unknown) => return out,
     }
     for (i, t) in sub.params.iter().enumerate().take(MAX_ARGS) {
         let class = t.as_ref().map_or(Class::Unknown, |t| classify(unit, t));
@@ -281,12 +285,78 @@ fn layout(unit: &Unit<'_>, sub: &Sub<'_>, cplusplus: bool) -> ArgLayout {
             // Past rdi..r9 the parameter is on the stack.
             Class::Integer(_) => next_reg += 1,
             Class::Float => {}
+            // C: more than 16 bytes go on the stack, no register taken.
+            Class::Aggregate(size, _) if !cplusplus && size > 16 => {}
+            Class::Aggregate(size, offset) if !cplusplus => {
+                match fields(unit, offset, 0) {
+                    Some(Fields::Integer) => {
+                        let regs = size.div_ceil(8) as usize;
+                        // All in registers, or all on the stack.
+                        if next_reg + regs <= MAX_ARGS {
+                            next_reg += regs;
+                        }
+                    }
+                    Some(Fields::Float) => {}
+                    None => break,
+                }
+            }
             // Later registers cannot be told without the full ABI
             // classification: this and every later slot stay null.
-            Class::Aggregate(_) | Class::Unknown => break,
+            Class::Aggregate(..) | Class::Unknown => break,
         }
     }
     out
+}
+
+/// The fields of a small aggregate, when they are all of one register class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fields {
+    Integer,
+    Float,
+}
+
+/// Whether every field of the struct or union at `offset` (nested
+/// aggregates and arrays included) is an integer, or every one a float;
+/// `None` for a mix, no fields, or anything unreadable.
+fn fields(unit: &Unit<'_>, offset: UnitOffset, depth: usize) -> Option<Fields> {
+    if depth > 4 {
+        return None;
+    }
+    let mut tree = unit.entries_tree(Some(offset)).ok()?;
+    let root = tree.root().ok()?;
+    let mut children = root.children();
+    let mut kind: Option<Fields> = None;
+    while let Some(child) = children.next().ok()? {
+        let die = child.entry();
+        if die.tag() != gimli::DW_TAG_member {
+            continue;
+        }
+        // A bit-field is an integer; DW_AT_data_bit_offset etc. do not matter
+        // for the class.
+        let mut t = die.attr_value(gimli::DW_AT_type)?;
+        // Arrays: the element type decides.
+        for _ in 0..MAX_HOPS {
+            let AttributeValue::UnitRef(o) = t else {
+                return None;
+            };
+            let d = unit.entry(o).ok()?;
+            if d.tag() != gimli::DW_TAG_array_type {
+                break;
+            }
+            t = d.attr_value(gimli::DW_AT_type)?;
+        }
+        let this = match classify(unit, &t) {
+            Class::Integer(_) => Fields::Integer,
+            Class::Float => Fields::Float,
+            Class::Aggregate(_, o) => fields(unit, o, depth + 1)?,
+            Class::Unknown => return None,
+        };
+        if kind.is_some_and(|k| k != this) {
+            return None;
+        }
+        kind = Some(this);
+    }
+    kind
 }
 
 fn classify(unit: &Unit<'_>, t: &AttributeValue<Reader<'_>>) -> Class {
@@ -349,7 +419,7 @@ fn classify(unit: &Unit<'_>, t: &AttributeValue<Reader<'_>>) -> Class {
                 };
             }
             gimli::DW_TAG_structure_type | gimli::DW_TAG_union_type | gimli::DW_TAG_class_type => {
-                return size.map_or(Class::Unknown, Class::Aggregate);
+                return size.map_or(Class::Unknown, |s| Class::Aggregate(s, offset));
             }
             _ => return Class::Unknown,
         }
