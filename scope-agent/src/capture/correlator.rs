@@ -17,8 +17,7 @@
 
 use rustc_hash::FxHashMap;
 use scope_common::{
-    ArgsEvent, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_RETURN, EVENT_RETURN_RET, RawEvent,
-    RetEvent,
+    ArgsEvent, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_RETURN, EVENT_RETURN_RET, RawEvent, RetEvent,
 };
 
 use super::args::ArgLayout;

@@ -163,7 +163,8 @@ fn unit_layouts<'a>(
                 let sub = open.take().expect("open subprogram");
                 found.insert(sub.function_id, layout(unit, &sub, cplusplus));
             } else if depth == sub.depth + 1 && die.tag() == gimli::DW_TAG_formal_parameter {
-                sub.params.push(typed(unit, die.attr_value(gimli::DW_AT_type), die));
+                sub.params
+                    .push(typed(unit, die.attr_value(gimli::DW_AT_type), die));
                 continue;
             } else {
                 continue;
@@ -391,9 +392,7 @@ fn classify(unit: &Unit<'_>, t: &AttributeValue<Reader<'_>>) -> Class {
                 };
                 let size = size.unwrap_or(0);
                 return match enc {
-                    gimli::DW_ATE_float | gimli::DW_ATE_decimal_float if size <= 8 => {
-                        Class::Float
-                    }
+                    gimli::DW_ATE_float | gimli::DW_ATE_decimal_float if size <= 8 => Class::Float,
                     _ if size == 0 || size > 8 => Class::Unknown,
                     gimli::DW_ATE_signed | gimli::DW_ATE_signed_char => {
                         Class::Integer(RegValue::Signed((size * 8) as u8))
