@@ -207,3 +207,55 @@ fn args_for_a_function_not_probed_fails_before_recording() {
     assert!(!out.exists(), "nothing written on bad input");
     assert!(!run.stdout.contains("name 0x"), "the command never ran");
 }
+
+#[test]
+fn types_come_from_a_separate_debug_file() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("args");
+    let debug = dir.path().join("args.debug");
+    std::fs::copy(args_fixture("2"), &bin).unwrap();
+    let objcopy = |args: &[&std::ffi::OsStr]| {
+        let status = std::process::Command::new("objcopy")
+            .args(args)
+            .status()
+            .expect("objcopy (binutils) runs");
+        assert!(status.success(), "objcopy {args:?}: {status}");
+    };
+    objcopy(&[
+        "--only-keep-debug".as_ref(),
+        bin.as_os_str(),
+        debug.as_os_str(),
+    ]);
+    let link = format!("--add-gnu-debuglink={}", debug.display());
+    objcopy(&["--strip-debug".as_ref(), link.as_ref(), bin.as_os_str()]);
+    let out = dir.path().join("out");
+    let run = run_agent(&[
+        "record",
+        "--out",
+        out.to_str().unwrap(),
+        "-f",
+        "narrow",
+        "-f",
+        "scale",
+        "--args",
+        "--",
+        bin.to_str().unwrap(),
+        "calls",
+        "100",
+    ]);
+    ok(&run);
+    // Only the DWARF types make these exact: the sign of a short, the
+    // double that takes no integer register, the double return.
+    for function in ["narrow", "scale"] {
+        let rows = captured(&out, function);
+        assert_eq!(rows.len(), N as usize, "{function}\n{}", run.stderr);
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(
+                row,
+                &expected(function, i as i64, 0),
+                "{function}, call {i}"
+            );
+        }
+    }
+}

@@ -79,7 +79,21 @@ pub fn layouts(plan: &Plan) -> Vec<(u32, ArgLayout)> {
         if wanted.is_empty() {
             continue;
         }
-        match module_layouts(&m.candidate.open_path, &wanted) {
+        // The module's own DWARF, else its separate debug file (found again
+        // the way the planner found it: only when --args needs it).
+        let found = module_layouts(&m.candidate.open_path, &wanted).and_then(|found| {
+            if !found.is_empty() || !m.has_debug_info {
+                return Ok(found);
+            }
+            match crate::symbols::load_module(&m.candidate.open_path, &m.candidate.display_path)
+                .ok()
+                .and_then(|s| s.debug_file)
+            {
+                Some(debug) => module_layouts(&debug, &wanted),
+                None => Ok(found),
+            }
+        });
+        match found {
             Ok(found) => out.extend(found),
             Err(e) => log::debug!(
                 "{}: no parameter types ({e}); arguments stored as raw registers",
