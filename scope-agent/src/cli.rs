@@ -49,6 +49,22 @@ pub struct ProbeArgs {
     #[arg(short = 'f', long = "function", value_name = "PATTERN")]
     pub functions: Vec<String>,
 
+    /// Record the arguments and return value of every probed function.
+    ///
+    /// The first six integer/pointer parameters (rdi, rsi, rdx, rcx, r8, r9
+    /// at entry, System V x86-64) go to `calls.args`, one list element per
+    /// parameter, typed from DWARF (null for a float or a struct by value);
+    /// the integer return value (rax) goes to `calls.ret`. Off by default:
+    /// nothing but timing is recorded unless asked. Strings are not followed.
+    #[arg(long = "args")]
+    pub args: bool,
+
+    /// Record arguments and return value only for the probed functions that
+    /// match this [MODULE:]GLOB pattern; repeatable. Does not add probes:
+    /// the function must be probed (-f) as well.
+    #[arg(short = 'a', long = "args-for", value_name = "PATTERN")]
+    pub args_for: Vec<String>,
+
     /// Directory for the Parquet files (created 0700 if missing).
     #[arg(short, long, value_name = "DIR", default_value = "scope-data")]
     pub out: PathBuf,
@@ -122,9 +138,12 @@ pub struct FunctionsArgs {
 impl ProbeArgs {
     pub fn into_config(self, target: Target) -> Result<SessionConfig, String> {
         let patterns = parse_patterns(&self.functions)?;
+        let args_for = parse_patterns(&self.args_for)?;
         Ok(SessionConfig {
             target,
             patterns,
+            args_all: self.args,
+            args_for,
             out_dir: self.out,
             duration: self.duration,
             ring_bytes: self.ring_size,
@@ -229,6 +248,24 @@ mod tests {
             panic!("not record")
         };
         assert_eq!(r.probe.functions, vec!["work_*"]);
+        assert!(!r.probe.args && r.probe.args_for.is_empty());
+        let cli = Cli::try_parse_from([
+            "scope-agent",
+            "record",
+            "-f",
+            "parse_*",
+            "-a",
+            "parse_int",
+            "--args-for",
+            "lib*.so:f",
+            "--",
+            "./prog",
+        ])
+        .expect("parses");
+        let Command::Record(a) = cli.command else {
+            panic!("not record")
+        };
+        assert_eq!(a.probe.args_for, vec!["parse_int", "lib*.so:f"]);
         assert_eq!(
             r.command,
             vec![OsString::from("./prog"), OsString::from("-v")]

@@ -41,6 +41,10 @@ pub enum Target {
 pub struct SessionConfig {
     pub target: Target,
     pub patterns: Vec<Pattern>,
+    /// Capture arguments and return values of every probed function.
+    pub args_all: bool,
+    /// Capture them for the probed functions matching these patterns.
+    pub args_for: Vec<Pattern>,
     pub out_dir: PathBuf,
     pub duration: Option<Duration>,
     pub ring_bytes: u32,
@@ -103,7 +107,7 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     // Patterns naming a module that is not mapped yet wait for it (dlopen),
     // as long as something else can be probed from the start.
     let (now, pending) = split_pending(&candidates, &cfg.patterns);
-    let plan = if now.is_empty() && !pending.is_empty() {
+    let mut plan = if now.is_empty() && !pending.is_empty() {
         build_plan(&candidates, &cfg.patterns, cfg.max_functions)?
     } else {
         build_plan(&candidates, &now, cfg.max_functions)?
@@ -113,6 +117,13 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     for w in &plan.warnings {
         eprintln!("scope: warning: {w}");
     }
+    let with_args = crate::probe::args::select(&mut plan, cfg.args_all, &cfg.args_for)
+        .map_err(anyhow::Error::msg)?;
+    let arg_layouts = if with_args > 0 {
+        crate::probe::args::layouts(&plan)
+    } else {
+        Vec::new()
+    };
 
     let clock = SessionClock::now();
     let target_pid_for_id = match &cfg.target {
@@ -163,6 +174,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         .context("the loaded eBPF object has no ring buffer")?;
     let mut reader = RingReader::new(events, lost, clock.epoch_ns(live_ktime));
     let mut correlator = Correlator::new(clock.offset_ns, live_ktime);
+    for (function_id, layout) in arg_layouts {
+        correlator.set_layout(function_id, layout);
+    }
     let writer = SinkThread::spawn(Tee(store, CallStats::new()), 64)
         .context("starting the writer thread")?;
 
@@ -188,6 +202,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
             None => String::new(),
         }
     );
+    if with_args > 0 {
+        eprintln!("scope: recording arguments and return values of {with_args} functions");
+    }
     for m in &plan.modules {
         if !m.has_debug_info {
             eprintln!(
@@ -405,7 +422,14 @@ fn attach_plan(probes: &LoadedProbes, plan: &Plan, pid: u32) -> Result<Links> {
             .iter()
             .map(|f| ProbePoint {
                 file_offset: f.symbol.file_offset,
-                cookie: u64::from(f.function_id),
+                // The args flag rides in the cookie: the kernel tests it
+                // without a lookup.
+                cookie: u64::from(f.function_id)
+                    | if f.args {
+                        scope_common::COOKIE_ARGS_FLAG
+                    } else {
+                        0
+                    },
             })
             .collect();
         let module_links = probes.attach_module(&m.candidate.attach_path, &points, pid, true)?;

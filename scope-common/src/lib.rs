@@ -7,7 +7,9 @@
 //! `aya::Pod` impls for the agent.
 #![no_std]
 
-/// One uprobe hit: a function entry or a function return.
+/// One uprobe hit: a function entry or a function return. It is also the
+/// header of the longer records ([`ArgsEvent`], [`RetEvent`]), so a reader
+/// looks at `kind` first and then knows the length.
 ///
 /// 24 bytes, so a ring-buffer reservation (with its 8-byte header) stays at
 /// 32 bytes. The function id is the BPF cookie of the probe, so the kernel
@@ -21,7 +23,8 @@ pub struct RawEvent {
     pub pid_tgid: u64,
     /// The probe's BPF cookie: the agent's function id.
     pub function_id: u32,
-    /// [`EVENT_ENTRY`] or [`EVENT_RETURN`].
+    /// [`EVENT_ENTRY`], [`EVENT_RETURN`], [`EVENT_ENTRY_ARGS`] or
+    /// [`EVENT_RETURN_RET`]. The kind says how long the record is.
     pub kind: u32,
 }
 
@@ -38,6 +41,39 @@ impl RawEvent {
 
 pub const EVENT_ENTRY: u32 = 1;
 pub const EVENT_RETURN: u32 = 2;
+/// An entry with the six integer argument registers: an [`ArgsEvent`].
+pub const EVENT_ENTRY_ARGS: u32 = 3;
+/// A return with the integer return register: a [`RetEvent`].
+pub const EVENT_RETURN_RET: u32 = 4;
+
+/// Integer/pointer argument registers of the System V x86-64 ABI, in order:
+/// rdi, rsi, rdx, rcx, r8, r9.
+pub const MAX_ARGS: usize = 6;
+
+/// Set in a probe's BPF cookie (above the 32-bit function id) when the
+/// function's arguments and return value are captured. The programs test
+/// the cookie they already read, so functions without it pay no lookup and
+/// keep the 24-byte record.
+pub const COOKIE_ARGS_FLAG: u64 = 1 << 32;
+
+/// An entry of a function whose arguments are captured: the plain header
+/// (kind [`EVENT_ENTRY_ARGS`]) then rdi, rsi, rdx, rcx, r8, r9 as they were
+/// at the first instruction. 72 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArgsEvent {
+    pub head: RawEvent,
+    pub args: [u64; MAX_ARGS],
+}
+
+/// A return of a function whose arguments are captured: the plain header
+/// (kind [`EVENT_RETURN_RET`]) then rax. 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetEvent {
+    pub head: RawEvent,
+    pub ret: u64,
+}
 
 /// Size of one ring-buffer record, as the ring accounts it (8-byte header
 /// plus the record rounded up to 8 bytes).
@@ -65,4 +101,14 @@ pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 // (8 + 8 + 4 + 4 bytes), so every bit pattern is a valid value.
 unsafe impl aya::Pod for RawEvent {}
 
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], Copy, only u64 fields after a Pod header, no padding.
+unsafe impl aya::Pod for ArgsEvent {}
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], Copy, only u64 fields after a Pod header, no padding.
+unsafe impl aya::Pod for RetEvent {}
+
 const _: () = assert!(core::mem::size_of::<RawEvent>() == 24);
+const _: () = assert!(core::mem::size_of::<ArgsEvent>() == 24 + 8 * MAX_ARGS);
+const _: () = assert!(core::mem::size_of::<RetEvent>() == 32);

@@ -3,6 +3,11 @@
 //! pid/tid and the probe's cookie (the agent's function id), reserve one
 //! 24-byte record in the ring buffer and submit it without waking the reader.
 //! A failed reservation is counted per CPU, never dropped silently.
+//!
+//! When the cookie carries [`COOKIE_ARGS_FLAG`] (the user asked for this
+//! function's arguments), the entry record also holds the six integer
+//! argument registers (72 bytes) and the return record holds rax (32 bytes).
+//! The flag is in the cookie the programs read anyway: no map lookup.
 #![no_std]
 #![no_main]
 
@@ -14,7 +19,10 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
-use scope_common::{DEFAULT_RING_BYTES, EVENT_ENTRY, EVENT_RETURN, RawEvent};
+use scope_common::{
+    ArgsEvent, COOKIE_ARGS_FLAG, DEFAULT_RING_BYTES, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_RETURN,
+    EVENT_RETURN_RET, RawEvent, RetEvent,
+};
 
 /// Events to user space. The agent sets the real size at load time.
 #[map]
@@ -34,38 +42,74 @@ static WAKE_BYTES: u64 = 256 * 1024;
 
 #[uprobe]
 pub fn scope_entry(ctx: ProbeContext) -> u32 {
-    record(ctx.as_ptr(), EVENT_ENTRY);
+    let Some((pid_tgid, cookie)) = admit(ctx.as_ptr()) else {
+        return 0;
+    };
+    if cookie & COOKIE_ARGS_FLAG == 0 {
+        record::<RawEvent>(|| head(pid_tgid, cookie, EVENT_ENTRY));
+    } else {
+        // rdi, rsi, rdx, rcx, r8, r9 (System V x86-64), read from the
+        // saved registers: no helper call, no user memory touched.
+        let reg = |n: usize| ctx.arg::<u64>(n).unwrap_or(0);
+        record::<ArgsEvent>(|| ArgsEvent {
+            head: head(pid_tgid, cookie, EVENT_ENTRY_ARGS),
+            args: [reg(0), reg(1), reg(2), reg(3), reg(4), reg(5)],
+        });
+    }
     0
 }
 
 #[uretprobe]
 pub fn scope_return(ctx: RetProbeContext) -> u32 {
-    record(ctx.as_ptr(), EVENT_RETURN);
+    let Some((pid_tgid, cookie)) = admit(ctx.as_ptr()) else {
+        return 0;
+    };
+    if cookie & COOKIE_ARGS_FLAG == 0 {
+        record::<RawEvent>(|| head(pid_tgid, cookie, EVENT_RETURN));
+    } else {
+        record::<RetEvent>(|| RetEvent {
+            head: head(pid_tgid, cookie, EVENT_RETURN_RET),
+            ret: ctx.ret::<u64>(),
+        });
+    }
     0
 }
 
+/// The tgid filter: `Some((pid_tgid, cookie))` when the event is wanted.
 #[inline(always)]
-fn record(ctx: *mut core::ffi::c_void, kind: u32) {
+fn admit(ctx: *mut core::ffi::c_void) -> Option<(u64, u64)> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: a read of a load-time constant; volatile so the compiler does not
     // fold the default value in.
     let target = unsafe { core::ptr::read_volatile(&TARGET_TGID) };
     if target != 0 && (pid_tgid >> 32) as u32 != target {
-        return;
+        return None;
     }
-    let Some(mut entry) = EVENTS.reserve::<RawEvent>(0) else {
-        count_loss();
-        return;
-    };
     // SAFETY: the helper only reads the attach cookie of the running program.
     let cookie = unsafe { bpf_get_attach_cookie(ctx) };
-    entry.write(RawEvent {
+    Some((pid_tgid, cookie))
+}
+
+#[inline(always)]
+fn head(pid_tgid: u64, cookie: u64, kind: u32) -> RawEvent {
+    RawEvent {
         // SAFETY: a plain helper call without arguments.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
         pid_tgid,
         function_id: cookie as u32,
         kind,
-    });
+    }
+}
+
+/// Reserves one `T` in the ring, fills it and submits it without a wake-up
+/// unless a quarter of the ring is waiting; a failed reserve is counted.
+#[inline(always)]
+fn record<T: 'static>(fill: impl FnOnce() -> T) {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
+        count_loss();
+        return;
+    };
+    entry.write(fill());
     // SAFETY: as above, a load-time constant.
     let wake_bytes = unsafe { core::ptr::read_volatile(&WAKE_BYTES) };
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wake_bytes {

@@ -16,9 +16,12 @@
 //! - frames still open at the end: [`flags::RETURN_MISSING`].
 
 use rustc_hash::FxHashMap;
-use scope_common::{EVENT_ENTRY, EVENT_RETURN, RawEvent};
+use scope_common::{
+    ArgsEvent, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_RETURN, EVENT_RETURN_RET, RawEvent, RetEvent,
+};
 
-use super::{CallRecord, flags};
+use super::args::ArgLayout;
+use super::{CallArgs, CallRecord, flags};
 
 /// The kernel installs at most this many return probes per thread at once;
 /// deeper calls fire their entry probe but never their return probe.
@@ -31,6 +34,8 @@ struct Frame {
     start_ktime: u64,
     /// Sum of the durations of this frame's completed children.
     child_ns: u64,
+    /// Argument values, for functions whose arguments are captured.
+    args: Option<CallArgs>,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +69,9 @@ pub struct Correlator {
     live_ktime: u64,
     out: Vec<CallRecord>,
     counts: CorrelatorCounts,
+    /// Register layouts of the functions whose arguments are captured;
+    /// others use [`ArgLayout::default`].
+    layouts: FxHashMap<u32, ArgLayout>,
 }
 
 impl Correlator {
@@ -75,7 +83,17 @@ impl Correlator {
             live_ktime,
             out: Vec::with_capacity(8192),
             counts: CorrelatorCounts::default(),
+            layouts: FxHashMap::default(),
         }
+    }
+
+    /// Sets how the argument registers of `function_id` become values.
+    pub fn set_layout(&mut self, function_id: u32, layout: ArgLayout) {
+        self.layouts.insert(function_id, layout);
+    }
+
+    fn layout(&self, function_id: u32) -> ArgLayout {
+        self.layouts.get(&function_id).copied().unwrap_or_default()
     }
 
     pub fn counts(&self) -> CorrelatorCounts {
@@ -93,17 +111,42 @@ impl Correlator {
         std::mem::replace(&mut self.out, Vec::with_capacity(cap))
     }
 
+    /// A plain (24-byte) event. Longer kinds go through
+    /// [`on_args_entry`](Self::on_args_entry) and
+    /// [`on_ret_return`](Self::on_ret_return); here they count as unknown.
     #[inline]
     pub fn on_event(&mut self, ev: &RawEvent) {
         self.counts.events += 1;
         match ev.kind {
-            EVENT_ENTRY => self.on_entry(ev),
-            EVENT_RETURN => self.on_return(ev),
+            EVENT_ENTRY => self.on_entry(ev, None),
+            EVENT_RETURN => self.on_return(ev, None),
             _ => self.counts.unknown_kind += 1,
         }
     }
 
-    fn on_entry(&mut self, ev: &RawEvent) {
+    /// An entry with its argument registers ([`EVENT_ENTRY_ARGS`]).
+    pub fn on_args_entry(&mut self, ev: &ArgsEvent) {
+        self.counts.events += 1;
+        if ev.head.kind != EVENT_ENTRY_ARGS {
+            self.counts.unknown_kind += 1;
+            return;
+        }
+        let args = self.layout(ev.head.function_id).args(&ev.args);
+        self.on_entry(&ev.head, Some(args));
+    }
+
+    /// A return with its return register ([`EVENT_RETURN_RET`]).
+    pub fn on_ret_return(&mut self, ev: &RetEvent) {
+        self.counts.events += 1;
+        if ev.head.kind != EVENT_RETURN_RET {
+            self.counts.unknown_kind += 1;
+            return;
+        }
+        let ret = self.layout(ev.head.function_id).ret.apply(ev.ret);
+        self.on_return(&ev.head, ret);
+    }
+
+    fn on_entry(&mut self, ev: &RawEvent, args: Option<CallArgs>) {
         self.counts.entries += 1;
         let call_id = self.next_call_id;
         self.next_call_id += 1;
@@ -114,14 +157,15 @@ impl Correlator {
             function_id: ev.function_id,
             start_ktime: ev.ktime_ns,
             child_ns: 0,
+            args,
         });
     }
 
-    fn on_return(&mut self, ev: &RawEvent) {
+    fn on_return(&mut self, ev: &RawEvent, ret: Option<i64>) {
         self.counts.returns += 1;
         let tid = ev.tid();
         let Some(thread) = self.threads.get_mut(&tid) else {
-            self.emit_entry_missing(ev, 0, 0);
+            self.emit_entry_missing(ev, 0, 0, ret);
             return;
         };
         let pid = thread.pid;
@@ -143,6 +187,8 @@ impl Correlator {
                     duration_ns: -1,
                     self_ns: -1,
                     flags: flags::NO_RETURN_PROBE,
+                    args: frame.args,
+                    ret: None,
                 });
             }
         }
@@ -152,7 +198,7 @@ impl Correlator {
             // called by it after the fact, so the stack is left alone.
             let depth = frames.len() as u32;
             let parent = frames.last().map_or(0, |f| f.call_id);
-            self.emit_entry_missing(ev, depth, parent);
+            self.emit_entry_missing(ev, depth, parent, ret);
             return;
         };
         // Frames above the match never returned.
@@ -177,6 +223,8 @@ impl Correlator {
                     duration_ns: duration as i64,
                     self_ns: duration.saturating_sub(frame.child_ns) as i64,
                     flags: flags::UNWOUND,
+                    args: frame.args,
+                    ret: None,
                 });
             }
         }
@@ -202,10 +250,12 @@ impl Correlator {
             duration_ns: duration as i64,
             self_ns: duration.saturating_sub(frame.child_ns) as i64,
             flags: 0,
+            args: frame.args,
+            ret,
         });
     }
 
-    fn emit_entry_missing(&mut self, ev: &RawEvent, depth: u32, parent: u64) {
+    fn emit_entry_missing(&mut self, ev: &RawEvent, depth: u32, parent: u64, ret: Option<i64>) {
         let call_id = self.next_call_id;
         self.next_call_id += 1;
         let start = self.live_ktime.min(ev.ktime_ns);
@@ -221,6 +271,8 @@ impl Correlator {
             duration_ns: (ev.ktime_ns - start) as i64,
             self_ns: -1,
             flags: flags::ENTRY_MISSING,
+            args: None,
+            ret,
         });
     }
 
@@ -248,6 +300,8 @@ impl Correlator {
                     duration_ns: -1,
                     self_ns: -1,
                     flags: flags::RETURN_MISSING,
+                    args: frame.args,
+                    ret: None,
                 });
             }
         }
@@ -398,5 +452,48 @@ mod tests {
                 .iter()
                 .all(|c| (c.depth as usize) < MAX_URETPROBE_DEPTH)
         );
+    }
+
+    #[test]
+    fn args_and_ret_travel_with_their_call() {
+        use super::super::args::RegValue;
+        let mut c = Correlator::new(0, 0);
+        let mut layout = ArgLayout {
+            len: 2,
+            ..ArgLayout::default()
+        };
+        layout.slots[0].value = RegValue::Signed(32);
+        c.set_layout(5, layout);
+        let head = |t, kind| RawEvent {
+            ktime_ns: t,
+            pid_tgid: (100u64 << 32) | 1,
+            function_id: 5,
+            kind,
+        };
+        c.on_args_entry(&ArgsEvent {
+            head: head(10, EVENT_ENTRY_ARGS),
+            args: [0xffff_fffe, 7, 1, 1, 1, 1],
+        });
+        c.on_event(&enter(11, 1, 6));
+        c.on_event(&leave(12, 1, 6));
+        c.on_ret_return(&RetEvent {
+            head: head(20, EVENT_RETURN_RET),
+            ret: u64::MAX,
+        });
+        // A return with a value but no entry seen: ret kept, args null.
+        c.on_ret_return(&RetEvent {
+            head: head(30, EVENT_RETURN_RET),
+            ret: 3,
+        });
+        c.finish();
+        let calls = c.take_calls();
+        assert_eq!(calls.len(), 3);
+        assert_eq!((calls[0].args, calls[0].ret), (None, None));
+        let args = calls[1].args.expect("args captured");
+        assert_eq!((args.len, args.get(0), args.get(1)), (2, Some(-2), Some(7)));
+        assert_eq!(calls[1].ret, Some(-1));
+        assert_eq!(calls[2].flags, flags::ENTRY_MISSING);
+        assert_eq!((calls[2].args, calls[2].ret), (None, Some(3)));
+        assert_eq!(c.counts().events, 5);
     }
 }

@@ -3,6 +3,7 @@
 //! `capture` produces [`CallRecord`]s and [`LossRecord`]s and hands them to an
 //! [`EventSink`]; it never knows where they go (Parquet, a summary, a test).
 
+pub mod args;
 pub mod correlator;
 pub mod pipeline;
 pub mod ring;
@@ -47,6 +48,30 @@ pub struct CallRecord {
     pub self_ns: i64,
     /// See [`flags`].
     pub flags: u8,
+    /// Integer/pointer arguments at entry, when captured (`--args`); `None`
+    /// (stored as null) when not asked for or the entry was not seen.
+    pub args: Option<CallArgs>,
+    /// The integer return value (rax), when captured and meaningful; `None`
+    /// (stored as null) otherwise.
+    pub ret: Option<i64>,
+}
+
+/// The argument values of one call: `len` slots of `values`, each the
+/// register's bits as an `i64` (sign- or zero-extended from the DWARF type's
+/// width when it is known); a slot whose bit is set in `null_mask` could not
+/// be read from an integer register (a float, a struct by value, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CallArgs {
+    pub values: [i64; scope_common::MAX_ARGS],
+    pub len: u8,
+    pub null_mask: u8,
+}
+
+impl CallArgs {
+    /// Slot `i` as stored: `None` for a null slot.
+    pub fn get(&self, i: usize) -> Option<i64> {
+        (i < usize::from(self.len) && self.null_mask & (1 << i) == 0).then(|| self.values[i])
+    }
 }
 
 /// Events the kernel could not write on one CPU during one interval.

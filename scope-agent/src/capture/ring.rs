@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use scope_common::RawEvent;
+use scope_common::{ArgsEvent, EVENT_ENTRY_ARGS, EVENT_RETURN_RET, RawEvent, RetEvent};
 
 use super::LossRecord;
 use super::correlator::Correlator;
@@ -50,18 +50,24 @@ impl RingReader {
     }
 
     /// Feeds every event now in the ring to the correlator. Returns how many.
+    ///
+    /// Records have different lengths: every one starts with a [`RawEvent`]
+    /// whose `kind` says whether a longer record ([`ArgsEvent`],
+    /// [`RetEvent`]) follows. A record shorter than its kind needs is counted
+    /// as malformed and skipped.
     pub fn drain(&mut self, correlator: &mut Correlator) -> usize {
         let mut n = 0;
         while let Some(item) = self.events.next() {
-            if item.len() < std::mem::size_of::<RawEvent>() {
-                self.malformed += 1;
-                continue;
+            let bytes: &[u8] = &item;
+            match parse(bytes) {
+                Some(Record::Plain(ev)) => correlator.on_event(&ev),
+                Some(Record::Args(ev)) => correlator.on_args_entry(&ev),
+                Some(Record::Ret(ev)) => correlator.on_ret_return(&ev),
+                None => {
+                    self.malformed += 1;
+                    continue;
+                }
             }
-            // SAFETY: the item holds at least size_of::<RawEvent>() bytes written
-            // by scope's eBPF program; RawEvent is plain integers (any bit
-            // pattern is valid) and read_unaligned has no alignment requirement.
-            let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<RawEvent>()) };
-            correlator.on_event(&ev);
             n += 1;
         }
         n
@@ -100,5 +106,80 @@ impl RingReader {
     /// Ring records too short to be an event (never expected; counted).
     pub fn malformed(&self) -> u64 {
         self.malformed
+    }
+}
+
+/// One ring record, by kind.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Record {
+    Plain(RawEvent),
+    Args(ArgsEvent),
+    Ret(RetEvent),
+}
+
+/// Reads one ring record: the [`RawEvent`] header, then by its kind the
+/// longer record. `None` when the bytes are too short for the kind.
+pub fn parse(bytes: &[u8]) -> Option<Record> {
+    let head: RawEvent = read(bytes)?;
+    Some(match head.kind {
+        EVENT_ENTRY_ARGS => Record::Args(read(bytes)?),
+        EVENT_RETURN_RET => Record::Ret(read(bytes)?),
+        _ => Record::Plain(head),
+    })
+}
+
+fn read<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: `bytes` holds at least size_of::<T>() bytes; T is Pod (plain
+    // integers, any bit pattern valid) and read_unaligned has no alignment
+    // requirement.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T: aya::Pod>(v: &T) -> Vec<u8> {
+        // SAFETY: T is Pod, so its bytes are initialised plain data.
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn records_parse_by_kind() {
+        let head = RawEvent {
+            ktime_ns: 1,
+            pid_tgid: 2,
+            function_id: 3,
+            kind: scope_common::EVENT_ENTRY,
+        };
+        assert_eq!(parse(&bytes_of(&head)), Some(Record::Plain(head)));
+        let args = ArgsEvent {
+            head: RawEvent {
+                kind: EVENT_ENTRY_ARGS,
+                ..head
+            },
+            args: [1, 2, 3, 4, 5, 6],
+        };
+        let b = bytes_of(&args);
+        assert_eq!(b.len(), 72);
+        assert_eq!(parse(&b), Some(Record::Args(args)));
+        // Cut short: the header says 72 bytes, only 24 are there.
+        assert_eq!(parse(&b[..24]), None);
+        let ret = RetEvent {
+            head: RawEvent {
+                kind: EVENT_RETURN_RET,
+                ..head
+            },
+            ret: 9,
+        };
+        assert_eq!(parse(&bytes_of(&ret)), Some(Record::Ret(ret)));
+        assert_eq!(parse(&bytes_of(&ret)[..31]), None);
+        assert_eq!(parse(&[0u8; 23]), None);
     }
 }

@@ -2,6 +2,7 @@
 //! ([`attach`]). No rebuild of the target, no per-call symbol work: the plan
 //! is made once per session and the kernel reports each function by cookie.
 
+pub mod args;
 pub mod attach;
 pub mod plan;
 pub mod watch;

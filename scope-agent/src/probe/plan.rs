@@ -40,6 +40,9 @@ const RUNTIME_FUNCTIONS: &[&str] = &[
 pub struct PlannedFunction {
     pub function_id: u32,
     pub symbol: FunctionSymbol,
+    /// Capture arguments and return value (`--args`, `--args-for`); set by
+    /// [`super::args::select`].
+    pub args: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -180,6 +183,7 @@ pub fn build_plan(
                 PlannedFunction {
                     function_id,
                     symbol,
+                    args: false,
                 }
             })
             .collect();

@@ -13,7 +13,8 @@
 //!
 //! - `calls`: pid, tid, call_id, parent_call_id (null at a root), function_id,
 //!   depth (Int32), start_ns (Unix epoch ns), duration_ns (null when unknown),
-//!   self_ns (null when unknown), flags
+//!   self_ns (null when unknown), flags, args (List<Int64>, null unless
+//!   captured), ret (Int64, null unless captured)
 //! - `functions`: function_id, name, symbol, module, build_id, address, size,
 //!   file, line
 //! - `losses`: cpu, start_ns, end_ns, lost

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow_array::builder::{StringBuilder, UInt32Builder};
+use arrow_array::builder::{Int64Builder, ListBuilder, StringBuilder, UInt32Builder};
 use arrow_array::{
     ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, UInt8Array, UInt32Array,
     UInt64Array,
@@ -18,7 +18,9 @@ use super::{FunctionRow, SessionRow};
 use crate::capture::{CallRecord, LossRecord};
 
 /// Schema of `calls`. `parent_call_id` is null at a root, `duration_ns` and
-/// `self_ns` are null when unknown.
+/// `self_ns` are null when unknown. `args` (a list of Int64, one per
+/// parameter, an element null when the parameter is not in an integer
+/// register) and `ret` are null unless arguments were captured (`--args`).
 pub static CALLS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("pid", DataType::UInt32, false),
@@ -32,8 +34,15 @@ pub static CALLS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("duration_ns", DataType::Int64, true),
         Field::new("self_ns", DataType::Int64, true),
         Field::new("flags", DataType::UInt8, false),
+        Field::new("args", args_type(), true),
+        Field::new("ret", DataType::Int64, true),
     ]))
 });
+
+/// `List<Int64>` with nullable elements, as `ListBuilder<Int64Builder>` makes it.
+fn args_type() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Int64, true)))
+}
 
 /// Schema of `functions`.
 pub static FUNCTIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -107,8 +116,30 @@ pub(crate) fn calls_batch(rows: &[CallRecord]) -> Result<RecordBatch, ArrowError
             rows.iter().map(|c| non_negative(c.self_ns)),
         )),
         Arc::new(UInt8Array::from_iter_values(rows.iter().map(|c| c.flags))),
+        args_column(rows),
+        Arc::new(Int64Array::from_iter(rows.iter().map(|c| c.ret))),
     ];
     RecordBatch::try_new(CALLS.clone(), columns)
+}
+
+fn args_column(rows: &[CallRecord]) -> ArrayRef {
+    let captured = rows.iter().filter(|c| c.args.is_some()).count();
+    let mut b = ListBuilder::with_capacity(
+        Int64Builder::with_capacity(captured * scope_common::MAX_ARGS),
+        rows.len(),
+    );
+    for row in rows {
+        match &row.args {
+            Some(args) => {
+                for i in 0..usize::from(args.len) {
+                    b.values().append_option(args.get(i));
+                }
+                b.append(true);
+            }
+            None => b.append_null(),
+        }
+    }
+    Arc::new(b.finish())
 }
 
 /// Builds a `losses` batch.

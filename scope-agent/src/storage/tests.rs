@@ -33,6 +33,13 @@ fn call(i: u64) -> CallRecord {
         duration_ns: if i % 5 == 4 { -1 } else { 100 * i as i64 },
         self_ns: if i % 5 == 4 { -1 } else { 10 * i as i64 },
         flags: (i % 5 == 4) as u8 * 2,
+        // Every third call has arguments (one null slot) and a return value.
+        args: i.is_multiple_of(3).then(|| crate::capture::CallArgs {
+            values: [i as i64, -(i as i64), 0, 0, 0, 0],
+            len: 3,
+            null_mask: 0b100,
+        }),
+        ret: i.is_multiple_of(3).then_some(-7 * i as i64),
     }
 }
 
@@ -108,7 +115,25 @@ fn read_calls(out: &Path) -> Vec<CallRecord> {
             let depth = b.column(5).as_primitive::<Int32Type>().clone();
             let (fid, start, dur, selft) = (u32c(4), i64c(6), i64c(7), i64c(8));
             let flags = b.column(9).as_primitive::<UInt8Type>().clone();
+            let args = b.column(10).as_list::<i32>().clone();
+            let ret = i64c(11);
             for r in 0..b.num_rows() {
+                let args = args.is_valid(r).then(|| {
+                    let list = args.value(r);
+                    let list = list.as_primitive::<Int64Type>();
+                    let mut out = crate::capture::CallArgs {
+                        len: list.len() as u8,
+                        ..Default::default()
+                    };
+                    for k in 0..list.len() {
+                        if list.is_null(k) {
+                            out.null_mask |= 1 << k;
+                        } else {
+                            out.values[k] = list.value(k);
+                        }
+                    }
+                    out
+                });
                 rows.push(CallRecord {
                     pid: pid.value(r),
                     tid: tid.value(r),
@@ -124,6 +149,8 @@ fn read_calls(out: &Path) -> Vec<CallRecord> {
                     duration_ns: if dur.is_null(r) { -1 } else { dur.value(r) },
                     self_ns: if selft.is_null(r) { -1 } else { selft.value(r) },
                     flags: flags.value(r),
+                    args,
+                    ret: ret.is_valid(r).then(|| ret.value(r)),
                 });
             }
         }
@@ -178,6 +205,10 @@ fn calls_are_split_into_segments_and_read_back() {
     assert_eq!(summary.bytes, on_disk);
 }
 
+fn col_is_null(b: &RecordBatch, name: &str, row: usize) -> bool {
+    b.column_by_name(name).expect("column").is_null(row)
+}
+
 #[test]
 fn nulls_and_schema() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -201,7 +232,8 @@ fn nulls_and_schema() {
     let batches = read(&partition(tmp.path(), "calls").join("part-00000.parquet"));
     assert_eq!(batches.len(), 1);
     let b = &batches[0];
-    assert_eq!(b.schema().fields().len(), 10);
+    assert_eq!(b.schema().fields().len(), 12);
+    assert!(col_is_null(b, "args", 0) && col_is_null(b, "ret", 1));
     assert!(b.schema().field_with_name("session_id").is_err());
     let col = |name: &str| b.column_by_name(name).expect("column").clone();
     assert_eq!(col("parent_call_id").null_count(), 1);
