@@ -15,13 +15,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::capture::correlator::Correlator;
+use crate::capture::correlator::{Correlator, CorrelatorCounts};
 use crate::capture::pipeline::{SinkMsg, SinkThread};
 use crate::capture::ring::RingReader;
 use crate::probe::attach::{LoadOptions, LoadedProbes, ProbePoint};
 use crate::probe::plan::{Plan, build_plan, short_name, skipped_total};
+use crate::capture::{CallRecord, EventSink, LossRecord, MetricsRecord};
+use crate::status::{Snapshot, StatusMode, StatusReporter, WriterGauges, loss_pct};
 use crate::storage::{FunctionRow, ParquetStore, SessionRow, StoreConfig};
-use crate::summary::{CallStats, SortBy, Tee, format_duration_ns, render_top};
+use crate::summary::{CallStats, SortBy, format_duration_ns, render_top};
 use crate::symbols::pattern::Pattern;
 use crate::target::{GatedChild, ProcessWatch, program_modules, resolve_program, running_modules};
 use crate::time::{SessionClock, session_id};
@@ -48,6 +50,8 @@ pub struct SessionConfig {
     pub segment_age: Duration,
     pub top: usize,
     pub quiet: bool,
+    /// Period of the plain status lines when stderr is not a terminal.
+    pub status_interval: Duration,
 }
 
 /// How a session ended.
@@ -73,6 +77,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     // Resolve the target's modules and the plan before touching anything.
     let (candidates, command_line, program) = match &cfg.target {
         Target::Attach { pid } => {
+            if process_gone(*pid) {
+                bail!("pid {pid} has exited; there is nothing to attach to");
+            }
             let modules = running_modules(*pid)?;
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|b| {
@@ -96,7 +103,17 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
             (program_modules(&program), cmdline, Some(program))
         }
     };
-    let plan = build_plan(&candidates, &cfg.patterns, cfg.max_functions)?;
+    let plan = match build_plan(&candidates, &cfg.patterns, cfg.max_functions) {
+        Ok(plan) => plan,
+        // A process that exits while its maps are read shows no modules:
+        // say that, not that the pattern matched nothing.
+        Err(e) => match &cfg.target {
+            Target::Attach { pid } if process_gone(*pid) => {
+                bail!("pid {pid} exited while scope was attaching to it; nothing was recorded")
+            }
+            _ => return Err(e.into()),
+        },
+    };
     for w in &plan.warnings {
         eprintln!("scope: warning: {w}");
     }
@@ -136,6 +153,11 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
             if let Some(c) = child.as_mut() {
                 c.abort();
             }
+            // A process that exits while probes are being attached makes the
+            // kernel refuse the link; say what happened, not only the errno.
+            if watch.as_ref().is_some_and(ProcessWatch::exited) || process_gone(pid) {
+                bail!("pid {pid} exited while scope was attaching to it; nothing was recorded");
+            }
             return Err(e);
         }
     };
@@ -144,9 +166,20 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     let live_ktime = crate::time::monotonic_ns();
     let (events, lost) = probes.into_maps();
     let mut reader = RingReader::new(events, lost, clock.epoch_ns(live_ktime));
+    if let Err(e) = reader.watch_fill(cfg.ring_bytes) {
+        eprintln!("scope: warning: cannot map the ring's positions ({e}); ring fill is not shown");
+    }
     let mut correlator = Correlator::new(clock.offset_ns, live_ktime);
-    let writer = SinkThread::spawn(Tee(store, CallStats::new()), 64)
-        .context("starting the writer thread")?;
+    let gauges = Arc::new(WriterGauges::default());
+    let writer = SinkThread::spawn(
+        SessionSink {
+            store,
+            stats: CallStats::new(),
+            gauges: Arc::clone(&gauges),
+        },
+        64,
+    )
+    .context("starting the writer thread")?;
 
     let skipped = skipped_total(&plan.skipped);
     let what = match &cfg.target {
@@ -188,6 +221,10 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     }
 
     // The capture loop.
+    let mut status = StatusReporter::new(
+        StatusMode::choose(cfg.quiet, cfg.status_interval),
+        Arc::clone(&gauges),
+    );
     let started = Instant::now();
     let deadline = cfg.duration.map(|d| started + d);
     let mut last_flush = Instant::now();
@@ -197,7 +234,21 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     let stop_reason;
     loop {
         reader.wait(POLL);
+        let since = correlator.pending();
         reader.drain(&mut correlator);
+        if reader.lost_since_check() {
+            correlator.note_loss(since);
+        }
+        status.see_fill(reader.fill_pct());
+        let snap = snapshot(&correlator.counts(), &reader, &writer);
+        status.maybe_print(&snap);
+        if let Some(m) = status.metrics_due(&snap, clock.now_epoch_ns(), false)
+            && !writer.send(SinkMsg::Metrics(m))
+        {
+            writer_failed = true;
+            stop_reason = "the writer stopped".to_string();
+            break;
+        }
         if correlator.pending() >= BATCH
             || (correlator.pending() > 0 && last_flush.elapsed() >= Duration::from_millis(100))
         {
@@ -244,16 +295,33 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     // Detach, then drain what the kernel wrote before the links closed.
     drop(links);
     let end_ns = clock.now_epoch_ns();
+    let since = correlator.pending();
     reader.drain(&mut correlator);
+    if reader.lost_since_check() {
+        correlator.note_loss(since);
+    }
     correlator.finish();
     let losses = reader.read_losses(end_ns);
+    status.clear();
+    let mean_cpu_pct = status.mean_cpu_pct();
     if !writer_failed {
         writer.send(SinkMsg::Calls(correlator.take_calls()));
         if !losses.is_empty() {
             writer.send(SinkMsg::Losses(losses));
         }
+        let snap = snapshot(&correlator.counts(), &reader, &writer);
+        if let Some(m) = status.metrics_due(&snap, end_ns, true) {
+            writer.send(SinkMsg::Metrics(m));
+        }
     }
-    let (Tee(store, stats), written) = writer.finish();
+    let (
+        SessionSink {
+            store,
+            stats,
+            gauges: _,
+        },
+        written,
+    ) = writer.finish();
     let counts = correlator.counts();
     let lost = reader.lost_total();
     let session_row = SessionRow {
@@ -279,19 +347,20 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
 
     let elapsed = started.elapsed();
     eprintln!(
-        "scope: stopped: {stop_reason}. {} calls, {} events, {} lost{} in {}",
+        "scope: stopped: {stop_reason}. {} calls, {} events, {} lost{} in {}; agent cpu {:.0}%",
         stats.total_calls(),
         counts.events,
         lost,
         if lost > 0 {
             format!(
                 " ({:.2}% of events; enlarge --ring-size)",
-                100.0 * lost as f64 / (lost + counts.events).max(1) as f64
+                loss_pct(counts.events, lost)
             )
         } else {
             String::new()
         },
-        format_duration_ns(elapsed.as_nanos() as u64)
+        format_duration_ns(elapsed.as_nanos() as u64),
+        mean_cpu_pct
     );
     let marked =
         counts.entry_missing + counts.unwound + counts.return_missing + counts.no_return_probe;
@@ -343,6 +412,60 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     Ok(SessionOutcome { exit_code })
 }
 
+/// The writer thread's sink: the Parquet store and the summary's statistics,
+/// publishing the store's gauges for the status line after every write.
+struct SessionSink {
+    store: ParquetStore,
+    stats: CallStats,
+    gauges: Arc<WriterGauges>,
+}
+
+impl SessionSink {
+    fn publish<T>(&self, r: Result<T>) -> Result<T> {
+        self.gauges
+            .files_written
+            .store(self.store.files_written() as u64, Ordering::Relaxed);
+        self.gauges
+            .rows_buffered
+            .store(self.store.rows_buffered() as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl EventSink for SessionSink {
+    fn write_calls(&mut self, calls: &[CallRecord]) -> Result<()> {
+        let a = self.store.write_calls(calls);
+        let b = self.stats.write_calls(calls);
+        self.publish(a.and(b))
+    }
+
+    fn write_losses(&mut self, losses: &[LossRecord]) -> Result<()> {
+        let r = self.store.write_losses(losses);
+        self.publish(r)
+    }
+
+    fn write_metrics(&mut self, metrics: &[MetricsRecord]) -> Result<()> {
+        let r = self.store.write_metrics(metrics);
+        self.publish(r)
+    }
+
+    fn tick(&mut self) -> Result<()> {
+        let r = self.store.tick();
+        self.publish(r)
+    }
+}
+
+/// The figures the status line and `agent_metrics` need, from the reader side.
+fn snapshot<S: EventSink + Send + 'static>(counts: &CorrelatorCounts, reader: &RingReader, writer: &SinkThread<S>) -> Snapshot {
+    Snapshot {
+        events: counts.events,
+        calls: counts.calls + counts.entry_missing + counts.unwound + counts.no_return_probe,
+        lost: reader.lost_total(),
+        ring_fill_pct: reader.fill_pct(),
+        backlog: writer.backlog(),
+    }
+}
+
 type Links = Vec<(bool, crate::probe::attach::MultiLink)>;
 
 fn load_and_attach(cfg: &SessionConfig, plan: &Plan, pid: u32) -> Result<(LoadedProbes, Links)> {
@@ -384,6 +507,20 @@ fn function_rows(plan: &Plan) -> Vec<FunctionRow> {
             line: f.symbol.line,
         })
         .collect()
+}
+
+/// Whether `pid` has exited: no such process, or a zombie (its maps are
+/// empty until its parent reaps it).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and
+        // may itself contain spaces or parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| matches!(state, "Z" | "X" | "x")),
+        Err(_) => true,
+    }
 }
 
 fn require_root() -> Result<()> {
