@@ -28,10 +28,16 @@ fn count_rows(glob: &str) -> i64 {
 fn a_target_that_exits_while_the_agent_attaches() {
     require_root();
     let bin = fixture(Lang::C, "2");
-    // The fixture lives about 60 ms; the agent is started at several delays
-    // so that the exit falls before, during and after the attach.
-    for delay_ms in [0u64, 10, 30, 60, 120] {
-        let mut target = ChildGuard::spawn(Command::new(&bin).args(["sleep", "20", "3"]));
+    // The fixture lives about 300 ms and attaching takes 100-250 ms here;
+    // the agent is started at several delays so that the exit falls after,
+    // during and before the attach (the test's unreaped child is a zombie,
+    // the hardest case: its /proc entry stays, with no maps).
+    for delay_ms in [0u64, 100, 200, 280, 400] {
+        let mut target = ChildGuard::spawn(
+            Command::new(&bin)
+                .args(["sleep", "100", "3"])
+                .stdout(std::process::Stdio::null()),
+        );
         std::thread::sleep(Duration::from_millis(delay_ms));
         let pid = target.pid().to_string();
         let dir = tempfile::tempdir().unwrap();
