@@ -18,9 +18,9 @@ use anyhow::{Context as _, Result, bail};
 use crate::capture::correlator::{Correlator, CorrelatorCounts};
 use crate::capture::pipeline::{SinkMsg, SinkThread};
 use crate::capture::ring::RingReader;
+use crate::capture::{CallRecord, EventSink, LossRecord, MetricsRecord};
 use crate::probe::attach::{LoadOptions, LoadedProbes, ProbePoint};
 use crate::probe::plan::{Plan, build_plan, short_name, skipped_total};
-use crate::capture::{CallRecord, EventSink, LossRecord, MetricsRecord};
 use crate::status::{Snapshot, StatusMode, StatusReporter, WriterGauges, loss_pct};
 use crate::storage::{FunctionRow, ParquetStore, SessionRow, StoreConfig};
 use crate::summary::{CallStats, SortBy, format_duration_ns, render_top};
@@ -155,7 +155,10 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
             }
             // A process that exits while probes are being attached makes the
             // kernel refuse the link; say what happened, not only the errno.
-            if watch.as_ref().is_some_and(ProcessWatch::exited) || process_gone(pid) {
+            if watch
+                .as_ref()
+                .is_some_and(|w| w.exited() || process_gone(pid))
+            {
                 bail!("pid {pid} exited while scope was attaching to it; nothing was recorded");
             }
             return Err(e);
@@ -239,16 +242,6 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         if reader.lost_since_check() {
             correlator.note_loss(since);
         }
-        status.see_fill(reader.fill_pct());
-        let snap = snapshot(&correlator.counts(), &reader, &writer);
-        status.maybe_print(&snap);
-        if let Some(m) = status.metrics_due(&snap, clock.now_epoch_ns(), false)
-            && !writer.send(SinkMsg::Metrics(m))
-        {
-            writer_failed = true;
-            stop_reason = "the writer stopped".to_string();
-            break;
-        }
         if correlator.pending() >= BATCH
             || (correlator.pending() > 0 && last_flush.elapsed() >= Duration::from_millis(100))
         {
@@ -267,6 +260,17 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
                 stop_reason = "the writer stopped".to_string();
                 break;
             }
+        }
+        // After the loss read, so the status and metrics totals include it.
+        status.see_fill(reader.fill_pct());
+        let snap = snapshot(&correlator.counts(), &reader, &writer);
+        status.maybe_print(&snap);
+        if let Some(m) = status.metrics_due(&snap, clock.now_epoch_ns(), false)
+            && !writer.send(SinkMsg::Metrics(m))
+        {
+            writer_failed = true;
+            stop_reason = "the writer stopped".to_string();
+            break;
         }
         if stop.load(Ordering::Relaxed) {
             stop_reason = "interrupted".to_string();
@@ -456,7 +460,11 @@ impl EventSink for SessionSink {
 }
 
 /// The figures the status line and `agent_metrics` need, from the reader side.
-fn snapshot<S: EventSink + Send + 'static>(counts: &CorrelatorCounts, reader: &RingReader, writer: &SinkThread<S>) -> Snapshot {
+fn snapshot<S: EventSink + Send + 'static>(
+    counts: &CorrelatorCounts,
+    reader: &RingReader,
+    writer: &SinkThread<S>,
+) -> Snapshot {
     Snapshot {
         events: counts.events,
         calls: counts.calls + counts.entry_missing + counts.unwound + counts.no_return_probe,

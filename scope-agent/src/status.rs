@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::capture::MetricsRecord;
-use crate::summary::format_duration_ns;
 
 /// How often the live line is rewritten on a terminal.
 const LIVE_EVERY: Duration = Duration::from_millis(250);
@@ -172,8 +171,7 @@ impl StatusReporter {
             return None;
         }
         let (events_per_s, agent_cpu_pct, ring_fill_pct) =
-            self.metrics
-                .sample(now, snap.events, agent_cpu_ns());
+            self.metrics.sample(now, snap.events, agent_cpu_ns());
         Some(MetricsRecord {
             ts_ns: now_epoch_ns,
             events: snap.events,
@@ -213,8 +211,8 @@ impl StatusReporter {
     ) -> String {
         let elapsed = now.duration_since(self.started);
         let mut line = format!(
-            "scope: {} {} events/s, {} calls, {} lost{}, ring {}, agent cpu {:.0}%, {} files",
-            format_duration_ns(elapsed.as_secs() * 1_000_000_000),
+            "scope: {:.1}s, {} events/s, {} calls, {} lost{}, ring {}, agent cpu {:.0}%, {} files",
+            elapsed.as_secs_f64(),
             si(eps),
             snap.calls,
             snap.lost,
@@ -248,7 +246,7 @@ pub fn behind(snap: &Snapshot, fill: Option<f64>) -> Option<String> {
         && f >= RING_HIGH_PCT
     {
         why.push(format!(
-            "ring {f:.0}% full (events are dropped when it fills)"
+            "ring {f:.0}% full: events are dropped when it fills"
         ));
     }
     (!why.is_empty()).then(|| why.join(", "))
@@ -304,7 +302,7 @@ mod tests {
         snap.backlog = (0, 64);
         assert_eq!(
             behind(&snap, Some(75.0)).as_deref(),
-            Some("ring 75% full (events are dropped when it fills)")
+            Some("ring 75% full: events are dropped when it fills")
         );
     }
 

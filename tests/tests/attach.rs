@@ -132,7 +132,10 @@ fn a_killed_agent_leaves_readable_segments_and_no_probes() {
     // one module), seen through its fds; they must be gone after the kill.
     let held = link_ids_held_by(agent.pid());
     assert_eq!(held.len(), 2, "entry and return links: {held:?}");
-    assert!(held.iter().all(|id| live_link_ids().contains(id)), "{held:?}");
+    assert!(
+        held.iter().all(|id| live_link_ids().contains(id)),
+        "{held:?}"
+    );
     agent.signal(libc::SIGKILL);
     let _ = agent.wait(Duration::from_secs(30));
     // Every file under a .parquet name is complete and readable.
@@ -169,7 +172,10 @@ fn link_ids_held_by(pid: u32) -> Vec<u64> {
         let Ok(info) = std::fs::read_to_string(e.unwrap().path()) else {
             continue;
         };
-        if !info.lines().any(|l| l.starts_with("link_type:") && l.contains("probe_multi")) {
+        if !info
+            .lines()
+            .any(|l| l.starts_with("link_type:") && l.contains("probe_multi"))
+        {
             continue;
         }
         if let Some(id) = info

@@ -97,7 +97,10 @@ fn two_agents_on_one_process_each_record_every_call() {
     let mut target = ServeFixture::spawn(&bin);
     let pid = target.pid.to_string();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let outs: Vec<String> = dirs.iter().map(|d| d.path().display().to_string()).collect();
+    let outs: Vec<String> = dirs
+        .iter()
+        .map(|d| d.path().display().to_string())
+        .collect();
     let mut agents: Vec<RunningAgent> = outs
         .iter()
         .map(|out| {
@@ -140,11 +143,21 @@ impl SmallDisk {
     fn mount(size: &str) -> SmallDisk {
         let dir = tempfile::tempdir().unwrap();
         let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir.path())
             .status()
             .expect("mount(8) runs");
-        assert!(st.success(), "mounting a {size} tmpfs on {}", dir.path().display());
+        assert!(
+            st.success(),
+            "mounting a {size} tmpfs on {}",
+            dir.path().display()
+        );
         SmallDisk { dir }
     }
 
@@ -155,7 +168,10 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -209,14 +225,19 @@ fn a_full_disk_stops_the_recording_cleanly() {
     let files = files_under(&out);
     // No temporary file is left behind, and every finished file reads.
     assert!(
-        files.iter().all(|f| f.extension().is_some_and(|e| e == "parquet")),
+        files
+            .iter()
+            .all(|f| f.extension().is_some_and(|e| e == "parquet")),
         "{files:?}"
     );
     let calls = files
         .iter()
         .filter(|f| f.to_string_lossy().contains("/calls/"))
         .count();
-    assert!(calls >= 2, "segments were finished before the disk filled: {files:?}");
+    assert!(
+        calls >= 2,
+        "segments were finished before the disk filled: {files:?}"
+    );
     let n = count_rows(&calls_glob(&out));
     assert!(n >= 2 * 2000 && n < 200_000, "{n}");
     assert_eq!(n % 2000, 0, "only whole segments: {n}");

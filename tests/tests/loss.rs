@@ -68,7 +68,10 @@ fn recorded_plus_lost_is_exactly_every_probe_hit() {
         int(&session, "calls"),
         int(&session, "lost"),
     );
-    assert!(lost > 0, "the stopped agent should have lost events: {session:?}");
+    assert!(
+        lost > 0,
+        "the stopped agent should have lost events: {session:?}"
+    );
     assert_eq!(events + lost, 2 * N, "entry + return per call: {session:?}");
 
     // The losses rows add up, each window is well formed, and the windows of
@@ -108,7 +111,10 @@ fn recorded_plus_lost_is_exactly_every_probe_hit() {
     assert_eq!(int(&rows, "n"), calls, "{rows:?}");
     assert_eq!(int(&rows, "edges"), events, "{rows:?}");
     assert_eq!(int(&rows, "bad_complete"), 0, "{rows:?}");
-    assert!(int(&rows, "marked") > 0, "lost edges leave marked calls: {rows:?}");
+    assert!(
+        int(&rows, "marked") > 0,
+        "lost edges leave marked calls: {rows:?}"
+    );
 
     // The summary says it too.
     assert!(

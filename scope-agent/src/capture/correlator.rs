@@ -435,14 +435,15 @@ mod tests {
         c.finish();
         let calls = c.take_calls();
         let by_fn = |f: u32| -> Vec<u8> {
-            calls.iter().filter(|r| r.function_id == f).map(|r| r.flags).collect()
+            calls
+                .iter()
+                .filter(|r| r.function_id == f)
+                .map(|r| r.flags)
+                .collect()
         };
         // b's first call completed in an earlier drain: clean.
         // b's second call was open at the loss and never returned.
-        assert_eq!(
-            by_fn(2),
-            vec![0, flags::UNWOUND | flags::LOSS_WHILE_OPEN]
-        );
+        assert_eq!(by_fn(2), vec![0, flags::UNWOUND | flags::LOSS_WHILE_OPEN]);
         assert_eq!(by_fn(3), vec![0]);
         assert_eq!(by_fn(1), vec![flags::LOSS_WHILE_OPEN]);
     }
