@@ -77,7 +77,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     // Resolve the target's modules and the plan before touching anything.
     let (candidates, command_line, program) = match &cfg.target {
         Target::Attach { pid } => {
-            if process_gone(*pid) {
+            // A zombie still has a /proc entry, but no maps: say what it is.
+            // (A pid that does not exist at all is reported by running_modules.)
+            if process_state(*pid).is_some_and(|s| matches!(s.as_str(), "Z" | "X" | "x")) {
                 bail!("pid {pid} has exited; there is nothing to attach to");
             }
             let modules = running_modules(*pid)?;
@@ -520,15 +522,16 @@ fn function_rows(plan: &Plan) -> Vec<FunctionRow> {
 /// Whether `pid` has exited: no such process, or a zombie (its maps are
 /// empty until its parent reaps it).
 fn process_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which is in parentheses and
-        // may itself contain spaces or parentheses.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_none_or(|state| matches!(state, "Z" | "X" | "x")),
-        Err(_) => true,
-    }
+    process_state(pid).is_none_or(|s| matches!(s.as_str(), "Z" | "X" | "x"))
+}
+
+/// The state letter of `pid` from /proc/PID/stat; `None` if it is gone.
+fn process_state(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses and may
+    // itself contain spaces or parentheses.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().next().map(str::to_string)
 }
 
 fn require_root() -> Result<()> {
