@@ -368,6 +368,12 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         format_duration_ns(elapsed.as_nanos() as u64),
         mean_cpu_pct
     );
+    if counts.loss_marked > 0 {
+        eprintln!(
+            "scope: {} calls were open while the kernel lost events (flags & 16 in calls): their durations and nesting are uncertain",
+            counts.loss_marked
+        );
+    }
     let marked =
         counts.entry_missing + counts.unwound + counts.return_missing + counts.no_return_probe;
     if marked > 0 {

@@ -104,7 +104,8 @@ fn recorded_plus_lost_is_exactly_every_probe_hit() {
         "SELECT count(*) AS n, \
                 sum(CASE WHEN flags & 15 = 0 THEN 2 ELSE 1 END) AS edges, \
                 count(*) FILTER (WHERE flags & 15 = 0 AND (duration_ns IS NULL OR self_ns IS NULL)) AS bad_complete, \
-                count(*) FILTER (WHERE flags & 15 <> 0) AS marked \
+                count(*) FILTER (WHERE flags & 15 <> 0) AS marked, \
+                count(*) FILTER (WHERE flags & 16 <> 0) AS loss_marked \
          FROM read_parquet('{}')",
         calls_glob(dir.path())
     ));
@@ -116,6 +117,17 @@ fn recorded_plus_lost_is_exactly_every_probe_hit() {
         "lost edges leave marked calls: {rows:?}"
     );
 
+    // Calls open while events were lost are marked, and the summary says
+    // how many.
+    let loss_marked = int(&rows, "loss_marked");
+    assert!(loss_marked > 0, "{rows:?}");
+    assert!(
+        run.stderr.contains(&format!(
+            "{loss_marked} calls were open while the kernel lost events"
+        )),
+        "{}",
+        run.stderr
+    );
     // The summary says it too.
     assert!(
         run.stderr.contains(&format!("{lost} lost (")),

@@ -59,6 +59,8 @@ pub struct CorrelatorCounts {
     pub unwound: u64,
     pub return_missing: u64,
     pub no_return_probe: u64,
+    /// Calls taken so far that carry [`flags::LOSS_WHILE_OPEN`].
+    pub loss_marked: u64,
     pub unknown_kind: u64,
 }
 
@@ -102,6 +104,13 @@ impl Correlator {
 
     /// Takes the completed calls, leaving an empty buffer of the same capacity.
     pub fn take_calls(&mut self) -> Vec<CallRecord> {
+        // Counted here, where the marks are final (note_loss marks only
+        // calls not yet taken).
+        self.counts.loss_marked += self
+            .out
+            .iter()
+            .filter(|c| c.flags & flags::LOSS_WHILE_OPEN != 0)
+            .count() as u64;
         let cap = self.out.capacity().max(8192);
         std::mem::replace(&mut self.out, Vec::with_capacity(cap))
     }
@@ -434,6 +443,7 @@ mod tests {
         }
         c.finish();
         let calls = c.take_calls();
+        assert_eq!(c.counts().loss_marked, 2);
         let by_fn = |f: u32| -> Vec<u8> {
             calls
                 .iter()
