@@ -94,9 +94,15 @@ pub struct ProbeArgs {
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
 
-    /// No summary tables, only the one-line results.
+    /// No summary tables and no status lines while recording, only the
+    /// one-line results.
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// When stderr is not a terminal, print a status line this often (on a
+    /// terminal the status line is rewritten in place four times a second).
+    #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_duration)]
+    pub status_interval: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +158,7 @@ impl ProbeArgs {
             segment_age: self.segment_time,
             top: self.top,
             quiet: self.quiet,
+            status_interval: self.status_interval,
         })
     }
 }
@@ -198,7 +205,7 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
         .parse()
         .map_err(|_| format!("'{s}' is not a size (try 65536, 256K, 8M)"))?;
     let bytes = v.saturating_mul(mult);
-    if bytes == 0 || bytes > 1 << 30 {
+    if !(4096..=1 << 30).contains(&bytes) {
         return Err(format!("'{s}': the ring size must be between 4K and 1G"));
     }
     Ok(bytes as u32)
@@ -225,6 +232,7 @@ mod tests {
         assert_eq!(parse_size("8M"), Ok(8 << 20));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("2G").is_err());
+        assert!(parse_size("1K").is_err());
         assert!(parse_size("lots").is_err());
     }
 

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod listing;
 pub mod probe;
 pub mod session;
+pub mod status;
 pub mod storage;
 pub mod summary;
 pub mod symbols;

@@ -15,14 +15,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::capture::correlator::Correlator;
+use crate::capture::correlator::{Correlator, CorrelatorCounts};
 use crate::capture::pipeline::{SinkMsg, SinkThread};
 use crate::capture::ring::RingReader;
+use crate::capture::{CallRecord, EventSink, LossRecord, MetricsRecord};
 use crate::probe::attach::{LoadOptions, LoadedProbes, ProbePoint};
 use crate::probe::plan::{Plan, build_plan, short_name, skipped_total};
 use crate::probe::watch::{PendingModules, split_pending};
+use crate::status::{Snapshot, StatusMode, StatusReporter, WriterGauges, loss_pct};
 use crate::storage::{FunctionRow, LateFunctions, ParquetStore, SessionRow, StoreConfig};
-use crate::summary::{CallStats, SortBy, Tee, format_duration_ns, render_top};
+use crate::summary::{CallStats, SortBy, format_duration_ns, render_top};
 use crate::symbols::pattern::Pattern;
 use crate::target::{GatedChild, ProcessWatch, program_modules, resolve_program, running_modules};
 use crate::time::{SessionClock, session_id};
@@ -53,6 +55,8 @@ pub struct SessionConfig {
     pub segment_age: Duration,
     pub top: usize,
     pub quiet: bool,
+    /// Period of the plain status lines when stderr is not a terminal.
+    pub status_interval: Duration,
 }
 
 /// How a session ended.
@@ -81,6 +85,11 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     // Resolve the target's modules and the plan before touching anything.
     let (candidates, command_line, program) = match &cfg.target {
         Target::Attach { pid } => {
+            // A zombie still has a /proc entry, but no maps: say what it is.
+            // (A pid that does not exist at all is reported by running_modules.)
+            if process_state(*pid).is_some_and(|s| matches!(s.as_str(), "Z" | "X" | "x")) {
+                bail!("pid {pid} has exited; there is nothing to attach to");
+            }
             let modules = running_modules(*pid)?;
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|b| {
@@ -107,10 +116,21 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     // Patterns naming a module that is not mapped yet wait for it (dlopen),
     // as long as something else can be probed from the start.
     let (now, pending) = split_pending(&candidates, &cfg.patterns);
-    let mut plan = if now.is_empty() && !pending.is_empty() {
-        build_plan(&candidates, &cfg.patterns, cfg.max_functions)?
+    let planned = if now.is_empty() && !pending.is_empty() {
+        build_plan(&candidates, &cfg.patterns, cfg.max_functions)
     } else {
-        build_plan(&candidates, &now, cfg.max_functions)?
+        build_plan(&candidates, &now, cfg.max_functions)
+    };
+    let mut plan = match planned {
+        Ok(plan) => plan,
+        // A process that exits while its maps are read shows no modules:
+        // say that, not that the pattern matched nothing.
+        Err(e) => match &cfg.target {
+            Target::Attach { pid } if process_gone(*pid) => {
+                bail!("pid {pid} exited while scope was attaching to it; nothing was recorded")
+            }
+            _ => return Err(e.into()),
+        },
     };
     let next_id = u32::try_from(plan.function_count()).unwrap_or(u32::MAX - 1) + 1;
     let mut pending = PendingModules::new(pending, &candidates, next_id);
@@ -163,6 +183,14 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
             if let Some(c) = child.as_mut() {
                 c.abort();
             }
+            // A process that exits while probes are being attached makes the
+            // kernel refuse the link; say what happened, not only the errno.
+            if watch
+                .as_ref()
+                .is_some_and(|w| w.exited() || process_gone(pid))
+            {
+                bail!("pid {pid} exited while scope was attaching to it; nothing was recorded");
+            }
             return Err(e);
         }
     };
@@ -173,12 +201,23 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         .take_maps()
         .context("the loaded eBPF object has no ring buffer")?;
     let mut reader = RingReader::new(events, lost, clock.epoch_ns(live_ktime));
+    if let Err(e) = reader.watch_fill(cfg.ring_bytes) {
+        eprintln!("scope: warning: cannot map the ring's positions ({e}); ring fill is not shown");
+    }
     let mut correlator = Correlator::new(clock.offset_ns, live_ktime);
     for (function_id, layout) in arg_layouts {
         correlator.set_layout(function_id, layout);
     }
-    let writer = SinkThread::spawn(Tee(store, CallStats::new()), 64)
-        .context("starting the writer thread")?;
+    let gauges = Arc::new(WriterGauges::default());
+    let writer = SinkThread::spawn(
+        SessionSink {
+            store,
+            stats: CallStats::new(),
+            gauges: Arc::clone(&gauges),
+        },
+        64,
+    )
+    .context("starting the writer thread")?;
 
     let skipped = skipped_total(&plan.skipped);
     let what = match &cfg.target {
@@ -229,6 +268,10 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     }
 
     // The capture loop.
+    let mut status = StatusReporter::new(
+        StatusMode::choose(cfg.quiet, cfg.status_interval),
+        Arc::clone(&gauges),
+    );
     let started = Instant::now();
     let deadline = cfg.duration.map(|d| started + d);
     let mut last_flush = Instant::now();
@@ -239,7 +282,11 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     let stop_reason;
     loop {
         reader.wait(POLL);
+        let since = correlator.pending();
         reader.drain(&mut correlator);
+        if reader.lost_since_check() {
+            correlator.note_loss(since);
+        }
         if correlator.pending() >= BATCH
             || (correlator.pending() > 0 && last_flush.elapsed() >= Duration::from_millis(100))
         {
@@ -270,6 +317,17 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
                 Err(e) => eprintln!("scope: warning: a module loaded after the start: {e:#}"),
             }
         }
+        // After the loss read, so the status and metrics totals include it.
+        status.see_fill(reader.fill_pct());
+        let snap = snapshot(&correlator.counts(), &reader, &writer);
+        status.maybe_print(&snap);
+        if let Some(m) = status.metrics_due(&snap, clock.now_epoch_ns(), false)
+            && !writer.send(SinkMsg::Metrics(m))
+        {
+            writer_failed = true;
+            stop_reason = "the writer stopped".to_string();
+            break;
+        }
         if stop.load(Ordering::Relaxed) {
             stop_reason = "interrupted".to_string();
             break;
@@ -297,16 +355,33 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     // Detach, then drain what the kernel wrote before the links closed.
     drop(links);
     let end_ns = clock.now_epoch_ns();
+    let since = correlator.pending();
     reader.drain(&mut correlator);
+    if reader.lost_since_check() {
+        correlator.note_loss(since);
+    }
     correlator.finish();
     let losses = reader.read_losses(end_ns);
+    status.clear();
+    let mean_cpu_pct = status.mean_cpu_pct();
     if !writer_failed {
         writer.send(SinkMsg::Calls(correlator.take_calls()));
         if !losses.is_empty() {
             writer.send(SinkMsg::Losses(losses));
         }
+        let snap = snapshot(&correlator.counts(), &reader, &writer);
+        if let Some(m) = status.metrics_due(&snap, end_ns, true) {
+            writer.send(SinkMsg::Metrics(m));
+        }
     }
-    let (Tee(store, stats), written) = writer.finish();
+    let (
+        SessionSink {
+            store,
+            stats,
+            gauges: _,
+        },
+        written,
+    ) = writer.finish();
     let counts = correlator.counts();
     let lost = reader.lost_total();
     let session_row = SessionRow {
@@ -332,23 +407,30 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
 
     let elapsed = started.elapsed();
     eprintln!(
-        "scope: stopped: {stop_reason}. {} calls, {} events, {} lost{} in {}",
+        "scope: stopped: {stop_reason}. {} calls, {} events, {} lost{} in {}; agent cpu {:.0}%",
         stats.total_calls(),
         counts.events,
         lost,
         if lost > 0 {
             format!(
                 " ({:.2}% of events; enlarge --ring-size)",
-                100.0 * lost as f64 / (lost + counts.events).max(1) as f64
+                loss_pct(counts.events, lost)
             )
         } else {
             String::new()
         },
-        format_duration_ns(elapsed.as_nanos() as u64)
+        format_duration_ns(elapsed.as_nanos() as u64),
+        mean_cpu_pct
     );
     for p in pending.never_matched() {
         let module = p.module.as_deref().unwrap_or_default();
         eprintln!("scope: warning: no module matched '{module}' (pattern '{p}') while recording");
+    }
+    if counts.loss_marked > 0 {
+        eprintln!(
+            "scope: {} calls were open while the kernel lost events (flags & 16 in calls): their durations and nesting are uncertain",
+            counts.loss_marked
+        );
     }
     let marked =
         counts.entry_missing + counts.unwound + counts.return_missing + counts.no_return_probe;
@@ -399,6 +481,64 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         exit_code = Some(c.try_wait().unwrap_or(130));
     }
     Ok(SessionOutcome { exit_code })
+}
+
+/// The writer thread's sink: the Parquet store and the summary's statistics,
+/// publishing the store's gauges for the status line after every write.
+struct SessionSink {
+    store: ParquetStore,
+    stats: CallStats,
+    gauges: Arc<WriterGauges>,
+}
+
+impl SessionSink {
+    fn publish<T>(&self, r: Result<T>) -> Result<T> {
+        self.gauges
+            .files_written
+            .store(self.store.files_written() as u64, Ordering::Relaxed);
+        self.gauges
+            .rows_buffered
+            .store(self.store.rows_buffered() as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl EventSink for SessionSink {
+    fn write_calls(&mut self, calls: &[CallRecord]) -> Result<()> {
+        let a = self.store.write_calls(calls);
+        let b = self.stats.write_calls(calls);
+        self.publish(a.and(b))
+    }
+
+    fn write_losses(&mut self, losses: &[LossRecord]) -> Result<()> {
+        let r = self.store.write_losses(losses);
+        self.publish(r)
+    }
+
+    fn write_metrics(&mut self, metrics: &[MetricsRecord]) -> Result<()> {
+        let r = self.store.write_metrics(metrics);
+        self.publish(r)
+    }
+
+    fn tick(&mut self) -> Result<()> {
+        let r = self.store.tick();
+        self.publish(r)
+    }
+}
+
+/// The figures the status line and `agent_metrics` need, from the reader side.
+fn snapshot<S: EventSink + Send + 'static>(
+    counts: &CorrelatorCounts,
+    reader: &RingReader,
+    writer: &SinkThread<S>,
+) -> Snapshot {
+    Snapshot {
+        events: counts.events,
+        calls: counts.calls + counts.entry_missing + counts.unwound + counts.no_return_probe,
+        lost: reader.lost_total(),
+        ring_fill_pct: reader.fill_pct(),
+        backlog: writer.backlog(),
+    }
 }
 
 type Links = Vec<(bool, crate::probe::attach::MultiLink)>;
@@ -490,6 +630,21 @@ fn function_rows(plan: &Plan) -> Vec<FunctionRow> {
             line: f.symbol.line,
         })
         .collect()
+}
+
+/// Whether `pid` has exited: no such process, or a zombie (its maps are
+/// empty until its parent reaps it).
+fn process_gone(pid: u32) -> bool {
+    process_state(pid).is_none_or(|s| matches!(s.as_str(), "Z" | "X" | "x"))
+}
+
+/// The state letter of `pid` from /proc/PID/stat; `None` if it is gone.
+fn process_state(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name, which is in parentheses and may
+    // itself contain spaces or parentheses.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().next().map(str::to_string)
 }
 
 fn require_root() -> Result<()> {

@@ -13,7 +13,14 @@
 //! - frames deeper than the kernel's limit of nested return probes per thread
 //!   (64) never get a return event: [`flags::NO_RETURN_PROBE`] (see
 //!   `MAX_URETPROBE_DEPTH` in kernel/events/uprobes.c);
-//! - frames still open at the end: [`flags::RETURN_MISSING`].
+//! - frames still open at the end: [`flags::RETURN_MISSING`];
+//! - calls that were open when the kernel lost events (the reader checks the
+//!   loss counters after every drain and calls [`Correlator::note_loss`]):
+//!   [`flags::LOSS_WHILE_OPEN`], on top of any other flag. A lost return
+//!   leaves its frame open, and the thread's next return of the same function
+//!   then pairs with it, so such a call's duration may be wrong; nothing in a
+//!   24-byte event tells which thread lost what, so every call open at the
+//!   time (and every call completed in the same drain) is marked.
 
 use rustc_hash::FxHashMap;
 use scope_common::{
@@ -36,6 +43,8 @@ struct Frame {
     child_ns: u64,
     /// Argument values, for functions whose arguments are captured.
     args: Option<CallArgs>,
+    /// [`Correlator::loss_gen`] when the frame was pushed.
+    loss_gen: u64,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +64,8 @@ pub struct CorrelatorCounts {
     pub unwound: u64,
     pub return_missing: u64,
     pub no_return_probe: u64,
+    /// Calls taken so far that carry [`flags::LOSS_WHILE_OPEN`].
+    pub loss_marked: u64,
     pub unknown_kind: u64,
 }
 
@@ -72,6 +83,9 @@ pub struct Correlator {
     /// Register layouts of the functions whose arguments are captured;
     /// others use [`ArgLayout::default`].
     layouts: FxHashMap<u32, ArgLayout>,
+    /// Bumped by every [`Self::note_loss`]: a frame pushed under an older
+    /// generation was open when events were lost.
+    loss_gen: u64,
 }
 
 impl Correlator {
@@ -84,6 +98,7 @@ impl Correlator {
             out: Vec::with_capacity(8192),
             counts: CorrelatorCounts::default(),
             layouts: FxHashMap::default(),
+            loss_gen: 0,
         }
     }
 
@@ -107,8 +122,36 @@ impl Correlator {
 
     /// Takes the completed calls, leaving an empty buffer of the same capacity.
     pub fn take_calls(&mut self) -> Vec<CallRecord> {
+        // Counted here, where the marks are final (note_loss marks only
+        // calls not yet taken).
+        self.counts.loss_marked += self
+            .out
+            .iter()
+            .filter(|c| c.flags & flags::LOSS_WHILE_OPEN != 0)
+            .count() as u64;
         let cap = self.out.capacity().max(8192);
         std::mem::replace(&mut self.out, Vec::with_capacity(cap))
+    }
+
+    /// The kernel lost events since the last check, somewhere in the stream
+    /// at or before the events just read. Marks every call completed since
+    /// `since` (an earlier [`Self::pending`]) and every call still open with
+    /// [`flags::LOSS_WHILE_OPEN`].
+    pub fn note_loss(&mut self, since: usize) {
+        self.loss_gen += 1;
+        for c in self.out.iter_mut().skip(since) {
+            c.flags |= flags::LOSS_WHILE_OPEN;
+        }
+    }
+
+    /// The loss flag of a frame being closed now.
+    #[inline]
+    fn loss_flag(&self, frame: &Frame) -> u8 {
+        if frame.loss_gen == self.loss_gen {
+            0
+        } else {
+            flags::LOSS_WHILE_OPEN
+        }
     }
 
     /// A plain (24-byte) event. Longer kinds go through
@@ -158,6 +201,7 @@ impl Correlator {
             start_ktime: ev.ktime_ns,
             child_ns: 0,
             args,
+            loss_gen: self.loss_gen,
         });
     }
 
@@ -170,6 +214,14 @@ impl Correlator {
         };
         let pid = thread.pid;
         let frames = &mut thread.frames;
+        let loss_gen = self.loss_gen;
+        let loss_flag = |f: &Frame| {
+            if f.loss_gen == loss_gen {
+                0
+            } else {
+                flags::LOSS_WHILE_OPEN
+            }
+        };
         // Frames past the kernel's nesting limit never get a return event.
         while frames.len() > MAX_URETPROBE_DEPTH {
             if let Some(frame) = frames.pop() {
@@ -186,7 +238,7 @@ impl Correlator {
                     start_ns: frame.start_ktime as i64 + self.clock_offset_ns,
                     duration_ns: -1,
                     self_ns: -1,
-                    flags: flags::NO_RETURN_PROBE,
+                    flags: flags::NO_RETURN_PROBE | loss_flag(&frame),
                     args: frame.args,
                     ret: None,
                 });
@@ -222,7 +274,7 @@ impl Correlator {
                     start_ns: frame.start_ktime as i64 + self.clock_offset_ns,
                     duration_ns: duration as i64,
                     self_ns: duration.saturating_sub(frame.child_ns) as i64,
-                    flags: flags::UNWOUND,
+                    flags: flags::UNWOUND | loss_flag(&frame),
                     args: frame.args,
                     ret: None,
                 });
@@ -249,7 +301,7 @@ impl Correlator {
             start_ns: frame.start_ktime as i64 + self.clock_offset_ns,
             duration_ns: duration as i64,
             self_ns: duration.saturating_sub(frame.child_ns) as i64,
-            flags: 0,
+            flags: loss_flag(&frame),
             args: frame.args,
             ret,
         });
@@ -286,6 +338,7 @@ impl Correlator {
                 continue;
             };
             while let Some(frame) = thread.frames.pop() {
+                let loss = self.loss_flag(&frame);
                 let depth = thread.frames.len() as u32;
                 let parent = thread.frames.last().map_or(0, |f| f.call_id);
                 self.counts.return_missing += 1;
@@ -299,7 +352,7 @@ impl Correlator {
                     start_ns: frame.start_ktime as i64 + self.clock_offset_ns,
                     duration_ns: -1,
                     self_ns: -1,
-                    flags: flags::RETURN_MISSING,
+                    flags: flags::RETURN_MISSING | loss,
                     args: frame.args,
                     ret: None,
                 });
@@ -425,6 +478,38 @@ mod tests {
             (last.function_id, last.depth, last.parent_call_id),
             (4, 0, 0)
         );
+    }
+
+    #[test]
+    fn calls_open_at_a_loss_are_marked() {
+        let mut c = Correlator::new(0, 0);
+        // a(1) opens; b(2) completes; then the kernel loses events (here: b's
+        // second return), noticed after this drain.
+        for e in [enter(1, 1, 1), enter(2, 1, 2), leave(3, 1, 2)] {
+            c.on_event(&e);
+        }
+        let since = c.pending();
+        c.on_event(&enter(4, 1, 2));
+        c.note_loss(since);
+        // Later calls, opened after the loss was noticed, are not marked.
+        for e in [enter(5, 1, 3), leave(6, 1, 3), leave(7, 1, 1)] {
+            c.on_event(&e);
+        }
+        c.finish();
+        let calls = c.take_calls();
+        assert_eq!(c.counts().loss_marked, 2);
+        let by_fn = |f: u32| -> Vec<u8> {
+            calls
+                .iter()
+                .filter(|r| r.function_id == f)
+                .map(|r| r.flags)
+                .collect()
+        };
+        // b's first call completed in an earlier drain: clean.
+        // b's second call was open at the loss and never returned.
+        assert_eq!(by_fn(2), vec![0, flags::UNWOUND | flags::LOSS_WHILE_OPEN]);
+        assert_eq!(by_fn(3), vec![0]);
+        assert_eq!(by_fn(1), vec![flags::LOSS_WHILE_OPEN]);
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub mod flags {
     /// per thread (64), so no return event exists: duration and self time are
     /// null.
     pub const NO_RETURN_PROBE: u8 = 8;
+    /// The kernel lost events while this call was open (on any CPU: a loss
+    /// is counted per CPU, not per thread), so its return may have been
+    /// lost and a later return paired with it: duration and nesting are
+    /// uncertain. Combined with the flags above.
+    pub const LOSS_WHILE_OPEN: u8 = 16;
 }
 
 /// One completed (or cut-off) function call. Plain data, `Copy`, so batches
@@ -84,10 +89,39 @@ pub struct LossRecord {
     pub lost: u64,
 }
 
+/// The agent's own figures at one status tick: a row of `agent_metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct MetricsRecord {
+    /// Unix epoch nanoseconds.
+    pub ts_ns: i64,
+    /// Kernel events read so far.
+    pub events: u64,
+    /// Call rows produced so far.
+    pub calls: u64,
+    /// Kernel events lost so far.
+    pub lost: u64,
+    /// Events read per second since the previous tick.
+    pub events_per_s: f64,
+    /// Highest ring-buffer fill seen since the previous tick, percent of the
+    /// ring; `None` when the ring's positions could not be read.
+    pub ring_fill_pct: Option<f64>,
+    /// CPU time of the whole agent (all threads) since the previous tick,
+    /// percent of one CPU.
+    pub agent_cpu_pct: f64,
+    /// Parquet files finished so far.
+    pub files_written: u64,
+    /// Call rows waiting in memory for their segment file.
+    pub rows_buffered: u64,
+}
+
 /// Where the capture pipeline delivers its output.
 pub trait EventSink {
     fn write_calls(&mut self, calls: &[CallRecord]) -> anyhow::Result<()>;
     fn write_losses(&mut self, losses: &[LossRecord]) -> anyhow::Result<()>;
+    /// The agent's self-metrics; ignored unless the sink keeps them.
+    fn write_metrics(&mut self, _metrics: &[MetricsRecord]) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Called about once a second while recording, so time-based work
     /// (closing an old segment) happens even when no events arrive.
     fn tick(&mut self) -> anyhow::Result<()> {

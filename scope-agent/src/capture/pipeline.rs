@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
-use super::{CallRecord, EventSink, LossRecord};
+use super::{CallRecord, EventSink, LossRecord, MetricsRecord};
 
 pub enum SinkMsg {
     Calls(Vec<CallRecord>),
     Losses(Vec<LossRecord>),
+    Metrics(MetricsRecord),
 }
 
 /// A sink running on its own thread.
@@ -35,6 +36,12 @@ impl<S: EventSink + Send + 'static> SinkThread<S> {
         self.tx.send(msg).is_ok()
     }
 
+    /// Batches waiting for the writer, and how many may wait before `send`
+    /// blocks (and the reader with it).
+    pub fn backlog(&self) -> (usize, usize) {
+        (self.tx.len(), self.tx.capacity().unwrap_or(usize::MAX))
+    }
+
     /// Closes the channel, lets the writer finish what it has, and returns
     /// the sink with the first error the writer met.
     pub fn finish(self) -> (S, anyhow::Result<()>) {
@@ -52,6 +59,7 @@ fn run<S: EventSink>(mut sink: S, rx: Receiver<SinkMsg>) -> (S, anyhow::Result<(
         let r = match rx.recv_timeout(tick) {
             Ok(SinkMsg::Calls(calls)) => sink.write_calls(&calls),
             Ok(SinkMsg::Losses(losses)) => sink.write_losses(&losses),
+            Ok(SinkMsg::Metrics(m)) => sink.write_metrics(&[m]),
             Err(RecvTimeoutError::Timeout) => sink.tick(),
             Err(RecvTimeoutError::Disconnected) => return (sink, Ok(())),
         };

@@ -15,12 +15,19 @@ use super::correlator::Correlator;
 
 pub struct RingReader {
     events: RingBuf<MapData>,
+    /// A read-only view of the ring's consumer and producer positions, for
+    /// the fill gauge; `None` if it could not be mapped.
+    positions: Option<RingPositions>,
+    /// Bytes waiting in the ring at the start of the last drain.
+    fill_bytes: u64,
     lost: PerCpuArray<MapData, u64>,
     /// Loss counter per CPU at the last read.
     lost_seen: Vec<u64>,
     /// Epoch ns of the last loss read: the start of the next loss window.
     lost_window_start: i64,
     lost_total: u64,
+    /// Sum of the loss counters at the last [`Self::lost_since_check`].
+    lost_checked: u64,
     malformed: u64,
 }
 
@@ -28,10 +35,13 @@ impl RingReader {
     pub fn new(events: RingBuf<MapData>, lost: PerCpuArray<MapData, u64>, now_ns: i64) -> Self {
         Self {
             events,
+            positions: None,
+            fill_bytes: 0,
             lost,
             lost_seen: Vec::new(),
             lost_window_start: now_ns,
             lost_total: 0,
+            lost_checked: 0,
             malformed: 0,
         }
     }
@@ -49,6 +59,21 @@ impl RingReader {
         unsafe { libc::poll(&mut pfd, 1, ms) };
     }
 
+    /// Maps the ring's position pages read-only so [`Self::fill_pct`] can
+    /// report how full the ring was. `ring_bytes` is the ring's data size.
+    /// Without it (the mapping failed) the fill is unknown, never guessed.
+    pub fn watch_fill(&mut self, ring_bytes: u32) -> std::io::Result<()> {
+        self.positions = Some(RingPositions::map(self.events.as_raw_fd(), ring_bytes)?);
+        Ok(())
+    }
+
+    /// Percent of the ring that was waiting to be read at the start of the
+    /// last drain (the fullest it gets between two drains); `None` unknown.
+    pub fn fill_pct(&self) -> Option<f64> {
+        let p = self.positions.as_ref()?;
+        Some(100.0 * self.fill_bytes as f64 / f64::from(p.ring_bytes))
+    }
+
     /// Feeds every event now in the ring to the correlator. Returns how many.
     ///
     /// Records have different lengths: every one starts with a [`RawEvent`]
@@ -56,6 +81,9 @@ impl RingReader {
     /// [`RetEvent`]) follows. A record shorter than its kind needs is counted
     /// as malformed and skipped.
     pub fn drain(&mut self, correlator: &mut Correlator) -> usize {
+        if let Some(p) = &self.positions {
+            self.fill_bytes = p.waiting_bytes();
+        }
         let mut n = 0;
         while let Some(item) = self.events.next() {
             let bytes: &[u8] = &item;
@@ -99,6 +127,19 @@ impl RingReader {
         out
     }
 
+    /// Whether the kernel lost events since the last call (a single map
+    /// read: the sum of the per-CPU counters). Independent of
+    /// [`Self::read_losses`] and its windows.
+    pub fn lost_since_check(&mut self) -> bool {
+        let Ok(values) = self.lost.get(&0, 0) else {
+            return false;
+        };
+        let sum: u64 = values.iter().sum();
+        let changed = sum != self.lost_checked;
+        self.lost_checked = sum;
+        changed
+    }
+
     pub fn lost_total(&self) -> u64 {
         self.lost_total
     }
@@ -106,6 +147,72 @@ impl RingReader {
     /// Ring records too short to be an event (never expected; counted).
     pub fn malformed(&self) -> u64 {
         self.malformed
+    }
+}
+
+/// The first two pages of a BPF ring buffer map, mapped read-only: the
+/// consumer position (page 0, advanced by aya's reader) and the producer
+/// position (page 1, advanced by the kernel). aya 0.14 keeps its own mapping
+/// private, so this is a second, read-only view of the same pages.
+struct RingPositions {
+    base: *mut libc::c_void,
+    page: usize,
+    ring_bytes: u32,
+}
+
+impl RingPositions {
+    fn map(fd: std::os::fd::RawFd, ring_bytes: u32) -> std::io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(|_| std::io::Error::other("page size"))?;
+        // SAFETY: a fresh shared read-only mapping of the ring map's first two
+        // pages (the kernel allows read-only mappings of any of its pages);
+        // the result is checked before use and unmapped in Drop.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            base,
+            page,
+            ring_bytes,
+        })
+    }
+
+    /// Bytes the producer has written that the consumer has not yet read.
+    fn waiting_bytes(&self) -> u64 {
+        // SAFETY: both positions are naturally aligned u64s at the start of
+        // a mapped page, written concurrently by the kernel and the reader,
+        // so they are read atomically.
+        let (cons, prod) = unsafe {
+            let cons = &*self.base.cast::<std::sync::atomic::AtomicU64>();
+            let prod = &*self
+                .base
+                .cast::<u8>()
+                .add(self.page)
+                .cast::<std::sync::atomic::AtomicU64>();
+            (
+                cons.load(std::sync::atomic::Ordering::Acquire),
+                prod.load(std::sync::atomic::Ordering::Acquire),
+            )
+        };
+        prod.saturating_sub(cons)
+    }
+}
+
+impl Drop for RingPositions {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`.
+        unsafe { libc::munmap(self.base, 2 * self.page) };
     }
 }
 

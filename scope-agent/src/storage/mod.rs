@@ -7,6 +7,7 @@
 //! <out_dir>/functions/session_id=<id>/part-0.parquet
 //! <out_dir>/losses/session_id=<id>/part-<seq>.parquet
 //! <out_dir>/sessions/session_id=<id>/part-0.parquet
+//! <out_dir>/agent_metrics/session_id=<id>/part-<seq>.parquet   (only if rows were written)
 //! ```
 //!
 //! Columns (see [`schema`](self::schema) for the exact Arrow types):
@@ -20,6 +21,9 @@
 //! - `losses`: cpu, start_ns, end_ns, lost
 //! - `sessions`: host, pid, command, start_ns, end_ns, version,
 //!   clock_offset_ns, events, calls, lost
+//! - `agent_metrics`: ts_ns, events, calls, lost, events_per_s,
+//!   ring_fill_pct (null when unknown), agent_cpu_pct, files_written,
+//!   rows_buffered
 //!
 //! # `session_id` lives only in the directory name
 //!
@@ -57,7 +61,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::capture::{CallRecord, EventSink, LossRecord};
+use crate::capture::{CallRecord, EventSink, LossRecord, MetricsRecord};
 
 /// Zstd level of every column chunk.
 const ZSTD_LEVEL: i32 = 3;
@@ -182,6 +186,9 @@ pub struct ParquetStore {
     props: WriterProperties,
     calls: Segment<CallRecord>,
     losses: Segment<LossRecord>,
+    /// Created on its first flush, so a store that never gets metrics
+    /// leaves no `agent_metrics` directory.
+    metrics: Segment<MetricsRecord>,
     functions_dir: PathBuf,
     sessions_dir: PathBuf,
     functions_written: bool,
@@ -245,6 +252,13 @@ impl ParquetStore {
         Ok(ParquetStore {
             calls: Segment::new(calls_dir, schema::CALLS.clone(), schema::calls_batch),
             losses: Segment::new(losses_dir, schema::LOSSES.clone(), schema::losses_batch),
+            metrics: Segment::new(
+                cfg.out_dir
+                    .join("agent_metrics")
+                    .join(format!("session_id={}", cfg.session_id)),
+                schema::AGENT_METRICS.clone(),
+                schema::metrics_batch,
+            ),
             functions_dir,
             sessions_dir,
             functions_written: false,
@@ -274,7 +288,20 @@ impl ParquetStore {
         if self.losses.is_old(max_age) {
             self.flush_losses()?;
         }
+        if self.metrics.is_old(max_age) {
+            self.flush_metrics()?;
+        }
         Ok(())
+    }
+
+    /// Files finished so far.
+    pub fn files_written(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Call rows waiting in memory for their segment file.
+    pub fn rows_buffered(&self) -> usize {
+        self.calls.rows.len()
     }
 
     /// Writes the buffered rows and `sessions/session_id=<id>/part-0.parquet`.
@@ -300,6 +327,7 @@ impl ParquetStore {
         if self.losses.seq == 0 && self.losses.rows.is_empty() {
             keep(self.write_empty_losses());
         }
+        keep(self.flush_metrics());
         if !self.functions_written {
             keep(self.write_functions(&[]));
         }
@@ -364,6 +392,27 @@ impl ParquetStore {
         flush(losses, props, files)
     }
 
+    fn flush_metrics(&mut self) -> Result<()> {
+        if self.metrics.rows.is_empty() {
+            return Ok(());
+        }
+        if self.metrics.seq == 0 {
+            durable::ensure_dir(&self.metrics.dir).map_err(|e| {
+                anyhow!(
+                    "cannot create output directory {}: {e}",
+                    self.metrics.dir.display()
+                )
+            })?;
+        }
+        let Self {
+            metrics,
+            props,
+            files,
+            ..
+        } = self;
+        flush(metrics, props, files)
+    }
+
     fn write_empty_calls(&mut self) -> Result<()> {
         let batch = RecordBatch::new_empty(self.calls.schema.clone());
         let dir = self.calls.dir.clone();
@@ -423,6 +472,14 @@ impl EventSink for ParquetStore {
             self.losses.rows.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
         }
+        self.tick()
+    }
+
+    fn write_metrics(&mut self, metrics: &[MetricsRecord]) -> Result<()> {
+        if self.metrics.rows.is_empty() {
+            self.metrics.opened = Some(Instant::now());
+        }
+        self.metrics.rows.extend_from_slice(metrics);
         self.tick()
     }
 

@@ -9,13 +9,13 @@ use std::sync::{Arc, LazyLock};
 
 use arrow_array::builder::{Int64Builder, ListBuilder, StringBuilder, UInt32Builder};
 use arrow_array::{
-    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, UInt8Array, UInt32Array,
-    UInt64Array,
+    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, UInt8Array,
+    UInt32Array, UInt64Array,
 };
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
 use super::{FunctionRow, SessionRow};
-use crate::capture::{CallRecord, LossRecord};
+use crate::capture::{CallRecord, LossRecord, MetricsRecord};
 
 /// Schema of `calls`. `parent_call_id` is null at a root, `duration_ns` and
 /// `self_ns` are null when unknown. `args` (a list of Int64, one per
@@ -66,6 +66,23 @@ pub static LOSSES: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("start_ns", DataType::Int64, false),
         Field::new("end_ns", DataType::Int64, false),
         Field::new("lost", DataType::UInt64, false),
+    ]))
+});
+
+/// Schema of `agent_metrics`: the agent's own figures, one row per status
+/// tick (about a second). `ring_fill_pct` is null when the ring's positions
+/// could not be read.
+pub static AGENT_METRICS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("ts_ns", DataType::Int64, false),
+        Field::new("events", DataType::UInt64, false),
+        Field::new("calls", DataType::UInt64, false),
+        Field::new("lost", DataType::UInt64, false),
+        Field::new("events_per_s", DataType::Float64, false),
+        Field::new("ring_fill_pct", DataType::Float64, true),
+        Field::new("agent_cpu_pct", DataType::Float64, false),
+        Field::new("files_written", DataType::UInt64, false),
+        Field::new("rows_buffered", DataType::UInt64, false),
     ]))
 });
 
@@ -153,6 +170,31 @@ pub(crate) fn losses_batch(rows: &[LossRecord]) -> Result<RecordBatch, ArrowErro
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|l| l.lost))),
     ];
     RecordBatch::try_new(LOSSES.clone(), columns)
+}
+
+/// Builds an `agent_metrics` batch.
+pub(crate) fn metrics_batch(rows: &[MetricsRecord]) -> Result<RecordBatch, ArrowError> {
+    let u64s = |f: fn(&MetricsRecord) -> u64| -> ArrayRef {
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(f)))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|m| m.ts_ns))),
+        u64s(|m| m.events),
+        u64s(|m| m.calls),
+        u64s(|m| m.lost),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|m| m.events_per_s),
+        )),
+        Arc::new(Float64Array::from_iter(
+            rows.iter().map(|m| m.ring_fill_pct),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|m| m.agent_cpu_pct),
+        )),
+        u64s(|m| m.files_written),
+        u64s(|m| m.rows_buffered),
+    ];
+    RecordBatch::try_new(AGENT_METRICS.clone(), columns)
 }
 
 /// Builds a `functions` batch.

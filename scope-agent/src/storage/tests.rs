@@ -603,3 +603,54 @@ for t in ['losses', 'sessions']:
     };
     assert_eq!(stdout, expected);
 }
+
+#[test]
+fn agent_metrics_are_written_only_when_there_are_some() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let store = ParquetStore::create(config(&out, 2)).expect("create");
+    store.finish(&session_row()).expect("finish");
+    assert!(!out.join("agent_metrics").exists());
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let mut store = ParquetStore::create(config(&out, 2)).expect("create");
+    let rows: Vec<MetricsRecord> = (0..3)
+        .map(|i| MetricsRecord {
+            ts_ns: 1_000 + i,
+            events: 10 * i as u64,
+            calls: 5 * i as u64,
+            lost: i as u64,
+            events_per_s: 1.5,
+            ring_fill_pct: (i != 1).then_some(12.5),
+            agent_cpu_pct: 3.0,
+            files_written: 1,
+            rows_buffered: 7,
+        })
+        .collect();
+    store.write_metrics(&rows).expect("metrics");
+    let summary = store.finish(&session_row()).expect("finish");
+    let dir = partition(&out, "agent_metrics");
+    assert_eq!(mode(&out.join("agent_metrics")), 0o700);
+    assert_eq!(mode(&dir), 0o700);
+    let file = dir.join("part-00000.parquet");
+    assert!(summary.files.contains(&file), "{:?}", summary.files);
+    assert_eq!(mode(&file), 0o600);
+    let batches = read(&file);
+    assert_eq!(batches[0].schema(), *schema::AGENT_METRICS);
+    let b = &batches[0];
+    assert_eq!(b.num_rows(), 3);
+    let fill = b
+        .column_by_name("ring_fill_pct")
+        .expect("column")
+        .as_primitive::<arrow_array::types::Float64Type>();
+    assert_eq!(
+        (fill.is_null(0), fill.is_null(1), fill.value(2)),
+        (false, true, 12.5)
+    );
+    let lost = b
+        .column_by_name("lost")
+        .expect("column")
+        .as_primitive::<UInt64Type>();
+    assert_eq!(lost.values().to_vec(), vec![0, 1, 2]);
+}
