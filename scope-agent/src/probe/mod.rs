@@ -4,4 +4,5 @@
 
 pub mod args;
 pub mod attach;
+pub mod go;
 pub mod plan;
