@@ -176,7 +176,12 @@ fn stack_growth_under_probes_survives() {
 fn leaf_count_matches_bpftrace() {
     require_root();
     let bin = go_fixture();
-    let prog = format!("uprobe:{}:main.leaf {{ @calls = count(); }}", bin.display());
+    // Other tests run the same binary at the same time: count only the
+    // command bpftrace starts.
+    let prog = format!(
+        "uprobe:{}:main.leaf /pid == cpid/ {{ @calls = count(); }}",
+        bin.display()
+    );
     let out = std::process::Command::new("bpftrace")
         .args(["-q", "-e", &prog, "-c"])
         .arg(format!("{} goroutines 4 100", bin.display()))
