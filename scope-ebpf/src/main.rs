@@ -26,9 +26,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use scope_common::{
-    ArgsEvent, COOKIE_ARGS_FLAG, COOKIE_GO_FLAG, DEFAULT_RING_BYTES, EVENT_ENTRY,
-    EVENT_ENTRY_ARGS, EVENT_ENTRY_GO, EVENT_RETURN, EVENT_RETURN_GO, EVENT_RETURN_RET, GoEvent,
-    RawEvent, RetEvent,
+    ArgsEvent, COOKIE_ARGS_FLAG, COOKIE_GO_FLAG, DEFAULT_RING_BYTES, EVENT_ENTRY, EVENT_ENTRY_ARGS,
+    EVENT_ENTRY_GO, EVENT_RETURN, EVENT_RETURN_GO, EVENT_RETURN_RET, GoEvent, RawEvent, RetEvent,
 };
 
 /// Events to user space. The agent sets the real size at load time.

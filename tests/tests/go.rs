@@ -11,7 +11,11 @@ use scope_tests::*;
 
 /// Calls of fib(n) with fib(n) = fib(n-1) + fib(n-2) and no call below 2.
 fn fib_calls(n: u32) -> i64 {
-    if n < 2 { 1 } else { 1 + fib_calls(n - 1) + fib_calls(n - 2) }
+    if n < 2 {
+        1
+    } else {
+        1 + fib_calls(n - 1) + fib_calls(n - 2)
+    }
 }
 
 /// Records the Go fixture with `mode_args` and no `-f` (the default plan:
@@ -144,10 +148,7 @@ fn stack_growth_under_probes_survives() {
     // The hazard is real: bpftrace's uretprobe on main.grow kills the
     // fixture when Go copies the stack ("unexpected return pc").
     let bin = go_fixture();
-    let prog = format!(
-        "uretprobe:{}:main.grow {{ @n = count(); }}",
-        bin.display()
-    );
+    let prog = format!("uretprobe:{}:main.grow {{ @n = count(); }}", bin.display());
     let hazard = std::process::Command::new("bpftrace")
         .args(["-q", "-e", &prog, "-c"])
         .arg(format!("{} grow 2000", bin.display()))
@@ -217,7 +218,8 @@ fn leaf_count_matches_bpftrace() {
     assert!(run.status.success(), "{}", run.stderr);
     let rows = calls(dir.path());
     assert_eq!(rows.len() as i64, reference);
-    rows.iter().for_each(|r| assert_eq!(int(r, "flags"), 0, "{r:?}"));
+    rows.iter()
+        .for_each(|r| assert_eq!(int(r, "flags"), 0, "{r:?}"));
 }
 
 #[test]
@@ -226,7 +228,15 @@ fn stripped_go_binary_is_a_clear_error() {
     let bin = go_stripped_fixture();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().display().to_string();
-    let run = run_agent(&["record", "--out", &out, "--", bin.to_str().unwrap(), "fib", "3"]);
+    let run = run_agent(&[
+        "record",
+        "--out",
+        &out,
+        "--",
+        bin.to_str().unwrap(),
+        "fib",
+        "3",
+    ]);
     assert!(!run.status.success(), "{}", run.stderr);
     assert!(
         run.stderr.contains("Go binary without symbols") && run.stderr.contains("-s"),

@@ -539,7 +539,10 @@ mod tests {
         }
         assert_eq!((calls[0].tid, calls[1].tid), (1, 2));
         let worker_b = calls[3];
-        assert_eq!((worker_b.tid, worker_b.depth, worker_b.duration_ns), (1, 0, 4));
+        assert_eq!(
+            (worker_b.tid, worker_b.depth, worker_b.duration_ns),
+            (1, 0, 4)
+        );
         // Both workers entered on thread 1 and returned on thread 2.
         assert_eq!(c.counts().migrated, 2);
     }
