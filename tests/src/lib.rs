@@ -611,7 +611,7 @@ pub fn args_fixture(opt: &str) -> PathBuf {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let source_time =
         modified(&source).unwrap_or_else(|| panic!("cannot read {}", source.display()));
-    if !modified(&out).is_some_and(|t| t >= source_time) {
+    if modified(&out).is_none_or(|t| t < source_time) {
         let dir = out.parent().expect("fixture path has a parent");
         std::fs::create_dir_all(dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));

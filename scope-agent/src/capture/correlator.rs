@@ -568,8 +568,10 @@ mod tests {
     fn args_and_ret_travel_with_their_call() {
         use super::super::args::RegValue;
         let mut c = Correlator::new(0, 0);
-        let mut layout = ArgLayout::default();
-        layout.len = 2;
+        let mut layout = ArgLayout {
+            len: 2,
+            ..ArgLayout::default()
+        };
         layout.slots[0].value = RegValue::Signed(32);
         c.set_layout(5, layout);
         let head = |t, kind| RawEvent {

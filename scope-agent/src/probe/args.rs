@@ -271,10 +271,8 @@ fn layout(unit: &Unit<'_>, sub: &Sub<'_>, cplusplus: bool) -> ArgLayout {
         slots: [ArgSlot::default(); MAX_ARGS],
         ret: RegValue::Null,
     };
-    let ret_class = match &sub.ret {
-        None => None, // void
-        Some(t) => Some(classify(unit, t)),
-    };
+    // No DW_AT_type on the subprogram: void.
+    let ret_class = sub.ret.as_ref().map(|t| classify(unit, t));
     let mut next_reg = 0usize;
     match ret_class {
         None | Some(Class::Float) => {}
