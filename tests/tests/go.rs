@@ -223,7 +223,7 @@ fn leaf_count_matches_bpftrace() {
 }
 
 #[test]
-fn stripped_go_binary_is_a_clear_error() {
+fn stripped_go_binary_is_named_from_gopclntab() {
     require_root();
     let bin = go_stripped_fixture();
     let dir = tempfile::tempdir().unwrap();
@@ -232,14 +232,65 @@ fn stripped_go_binary_is_a_clear_error() {
         "record",
         "--out",
         &out,
+        "-q",
         "--",
         bin.to_str().unwrap(),
+        "fib",
+        "15",
+    ]);
+    assert!(run.status.success(), "{}", run.stderr);
+    let rows = calls(dir.path());
+    let fib = of(&rows, "main.fib");
+    assert_eq!(fib.len() as i64, fib_calls(15));
+    fib.iter().for_each(|r| assert_well_formed(r));
+    // Same names and addresses as the symbol table of the unstripped build.
+    let names = |bin: &Path| {
+        let run = run_agent(&["functions", bin.to_str().unwrap(), "main.*"]);
+        assert!(run.status.success(), "{}", run.stderr);
+        run.stdout
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+    };
+    let stripped = names(&bin);
+    assert!(
+        stripped.iter().any(|l| l.starts_with("main.fib ")),
+        "{stripped:?}"
+    );
+    assert_eq!(stripped, names(&go_fixture()));
+}
+
+#[test]
+fn unreadable_gopclntab_is_a_clear_error() {
+    require_root();
+    // The stripped fixture with its .gopclntab magic overwritten.
+    let mut bytes = std::fs::read(go_stripped_fixture()).unwrap();
+    let magic: &[u8] = &[0xf0, 0xff, 0xff, 0xff, 0, 0, 1, 8];
+    let at = bytes
+        .windows(magic.len())
+        .position(|w| w == magic)
+        .expect("the Go 1.18+ pclntab header is in the stripped fixture");
+    bytes[at] = 0x12;
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("corrupt-go");
+    std::fs::write(&bad, &bytes).unwrap();
+    std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let out = dir.path().join("out").display().to_string();
+    let run = run_agent(&[
+        "record",
+        "--out",
+        &out,
+        "--",
+        bad.to_str().unwrap(),
         "fib",
         "3",
     ]);
     assert!(!run.status.success(), "{}", run.stderr);
     assert!(
-        run.stderr.contains("Go binary without symbols") && run.stderr.contains("-s"),
+        run.stderr.contains("Go binary without symbols")
+            && run.stderr.contains("magic")
+            && run.stderr.contains("corrupt-go"),
         "{}",
         run.stderr
     );

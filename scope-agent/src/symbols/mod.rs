@@ -41,9 +41,9 @@ pub enum SymbolError {
     )]
     NoSymbols { path: PathBuf },
     #[error(
-        "{path}: Go binary without symbols (built with -ldflags=-s or stripped): rebuild it without -s (scope does not read function names from .gopclntab yet)"
+        "{path}: Go binary without symbols (built with -ldflags=-s or stripped), and its .gopclntab could not be read ({reason}): rebuild it without -s"
     )]
-    GoNoSymbols { path: PathBuf },
+    GoNoSymbols { path: PathBuf, reason: String },
     #[error("no such process: {pid}")]
     NoSuchProcess { pid: u32 },
     #[error("{path}: {source}")]
@@ -143,8 +143,35 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
     }
     let go = go::is_go(&file);
     if collected.defined == 0 && go {
-        return Err(SymbolError::GoNoSymbols {
+        // `-ldflags=-s` drops .symtab and DWARF; the runtime's own
+        // function table stays, and names every function.
+        let pcln = go::pclntab_functions(&file).map_err(|reason| SymbolError::GoNoSymbols {
             path: display_path.to_path_buf(),
+            reason,
+        })?;
+        let functions = pcln
+            .into_iter()
+            .filter(|f| f.size > 0)
+            .filter_map(|f| {
+                Some(FunctionSymbol {
+                    file_offset: segments.file_offset(f.address)?,
+                    symbol: f.name.clone(),
+                    name: f.name,
+                    address: f.address,
+                    size: f.size,
+                    file: None,
+                    line: None,
+                })
+            })
+            .collect();
+        return Ok(ModuleSymbols {
+            path: display_path.to_path_buf(),
+            build_id,
+            has_debug_info: false,
+            functions,
+            skipped: SkipCounts::default(),
+            debug_file: None,
+            go,
         });
     }
     if collected.defined == 0 {
