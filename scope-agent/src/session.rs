@@ -272,6 +272,8 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     }
 
     // Detach, then drain what the kernel wrote before the links closed.
+    // Events from while the links close one by one are outside the window.
+    correlator.close_window(crate::time::monotonic_ns());
     drop(links);
     let end_ns = clock.now_epoch_ns();
     reader.drain(&mut correlator);

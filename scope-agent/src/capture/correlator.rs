@@ -78,6 +78,9 @@ pub struct CorrelatorCounts {
     /// Go calls that returned on another thread than they entered on:
     /// calls a per-thread stack would have mis-paired.
     pub migrated: u64,
+    /// Entries, and returns without an open frame, after the window closed
+    /// (while the links were being detached): outside the recording.
+    pub after_end: u64,
 }
 
 /// Turns a stream of [`RawEvent`]s (in per-thread order) into [`CallRecord`]s.
@@ -89,6 +92,8 @@ pub struct Correlator {
     /// Kernel time at which probes went live: the start of calls whose entry
     /// was not seen.
     live_ktime: u64,
+    /// Kernel time at which detaching began (`u64::MAX` until then).
+    end_ktime: u64,
     out: Vec<CallRecord>,
     counts: CorrelatorCounts,
     /// Register layouts of the functions whose arguments are captured;
@@ -103,6 +108,7 @@ impl Correlator {
             next_call_id: 1,
             clock_offset_ns,
             live_ktime,
+            end_ktime: u64::MAX,
             out: Vec::with_capacity(8192),
             counts: CorrelatorCounts::default(),
             layouts: FxHashMap::default(),
@@ -116,6 +122,16 @@ impl Correlator {
 
     fn layout(&self, function_id: u32) -> ArgLayout {
         self.layouts.get(&function_id).copied().unwrap_or_default()
+    }
+
+    /// Ends the recording window at kernel time `ktime`, taken just before
+    /// the links are closed. Links detach one after another, and each one
+    /// takes milliseconds, so for a while entries stop firing while returns
+    /// (or Go RET sites) still fire: a return after `ktime` with no open
+    /// frame, and any entry after it, belong to no recorded call and are
+    /// left out rather than reported as "already running at attach".
+    pub fn close_window(&mut self, ktime: u64) {
+        self.end_ktime = ktime;
     }
 
     pub fn counts(&self) -> CorrelatorCounts {
@@ -187,6 +203,10 @@ impl Correlator {
     }
 
     fn on_entry(&mut self, ev: &RawEvent, args: Option<CallArgs>, key: StackKey) {
+        if ev.ktime_ns > self.end_ktime {
+            self.counts.after_end += 1;
+            return;
+        }
         self.counts.entries += 1;
         let call_id = self.next_call_id;
         self.next_call_id += 1;
@@ -204,7 +224,12 @@ impl Correlator {
 
     fn on_return(&mut self, ev: &RawEvent, ret: Option<i64>, key: StackKey) {
         self.counts.returns += 1;
+        let after_end = ev.ktime_ns > self.end_ktime;
         let Some(thread) = self.threads.get_mut(&key) else {
+            if after_end {
+                self.counts.after_end += 1;
+                return;
+            }
             self.emit_entry_missing(ev, 0, 0, ret);
             return;
         };
@@ -235,6 +260,10 @@ impl Correlator {
             }
         }
         let Some(pos) = frames.iter().rposition(|f| f.function_id == ev.function_id) else {
+            if after_end {
+                self.counts.after_end += 1;
+                return;
+            }
             // Not on this thread's stack: its entry was before probes went
             // live (or lost). Whatever is open above it cannot have been
             // called by it after the fact, so the stack is left alone.
@@ -545,6 +574,30 @@ mod tests {
         );
         // Both workers entered on thread 1 and returned on thread 2.
         assert_eq!(c.counts().migrated, 2);
+    }
+
+    #[test]
+    fn events_after_the_window_closed_are_left_out() {
+        let mut c = Correlator::new(0, 0);
+        for e in [enter(10, 1, 1), enter(20, 1, 2)] {
+            c.on_event(&e);
+        }
+        c.close_window(30);
+        // The return of an open call still completes it; a return without
+        // an entry and a new entry after the end belong to no call.
+        for e in [leave(40, 1, 2), leave(41, 1, 7), enter(42, 1, 3)] {
+            c.on_event(&e);
+        }
+        c.on_go_event(&go(43, 1, 0xa0, 4, EVENT_RETURN_GO));
+        c.finish();
+        let calls = c.take_calls();
+        assert_eq!(calls.len(), 2);
+        assert_eq!((calls[0].function_id, calls[0].flags), (2, 0));
+        assert_eq!(
+            (calls[1].function_id, calls[1].flags),
+            (1, flags::RETURN_MISSING)
+        );
+        assert_eq!(c.counts().after_end, 3);
     }
 
     #[test]
