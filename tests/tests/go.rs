@@ -346,3 +346,44 @@ fn attach_to_running_goroutines_and_detach_cleanly() {
         assert_eq!(int(r, "flags"), 0, "{r:?}");
     }
 }
+
+#[test]
+fn args_are_refused_for_go_functions_with_a_warning() {
+    require_root();
+    let bin = go_fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().display().to_string();
+    let run = run_agent(&[
+        "record",
+        "--out",
+        &out,
+        "-q",
+        "--args",
+        "-f",
+        "main.fib",
+        "--",
+        bin.to_str().unwrap(),
+        "fib",
+        "5",
+    ]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("arguments of 1 Go functions are not captured"),
+        "{}",
+        run.stderr
+    );
+    let rows = duckdb(&format!(
+        "SELECT count(*) AS n, count(args) AS args, count(ret) AS ret \
+         FROM read_parquet('{}', hive_partitioning = true)",
+        calls_glob(dir.path())
+    ));
+    assert_eq!(
+        (
+            int(&rows[0], "n"),
+            int(&rows[0], "args"),
+            int(&rows[0], "ret")
+        ),
+        (fib_calls(5), 0, 0)
+    );
+}
