@@ -139,6 +139,19 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     }
     let with_args = crate::probe::args::select(&mut plan, cfg.args_all, &cfg.args_for)
         .map_err(anyhow::Error::msg)?;
+    let go_args = crate::probe::go::drop_args(&mut plan.modules);
+    if go_args > 0 {
+        eprintln!(
+            "scope: warning: arguments of {go_args} Go functions are not captured (Go passes them in other registers than the System V ABI)"
+        );
+    }
+    let with_args = with_args - go_args;
+    let go_tail_jumps = crate::probe::go::tail_jumps(&plan.modules);
+    if go_tail_jumps > 0 {
+        eprintln!(
+            "scope: note: {go_tail_jumps} tail jumps leave probed Go functions; calls that leave that way are marked unwound or return-missing"
+        );
+    }
     let arg_layouts = if with_args > 0 {
         crate::probe::args::layouts(&plan)
     } else {
@@ -353,6 +366,8 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     }
 
     // Detach, then drain what the kernel wrote before the links closed.
+    // Events from while the links close one by one are outside the window.
+    correlator.close_window(crate::time::monotonic_ns());
     drop(links);
     let end_ns = clock.now_epoch_ns();
     let since = correlator.pending();
@@ -438,6 +453,12 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         eprintln!(
             "scope: {marked} calls marked incomplete: {} already running at attach, {} still running at the end, {} unwound, {} beyond the kernel's 64 nested return probes",
             counts.entry_missing, counts.return_missing, counts.unwound, counts.no_return_probe
+        );
+    }
+    if counts.migrated > 0 {
+        eprintln!(
+            "scope: {} Go calls returned on another thread than they entered on (paired per goroutine)",
+            counts.migrated
         );
     }
     eprintln!(
@@ -572,6 +593,18 @@ fn attach_plan(probes: &LoadedProbes, plan: &Plan, pid: u32) -> Result<Links> {
                     },
             })
             .collect();
+        if m.go {
+            // Go: no return probes (see probe::go); entry after the stack
+            // check, and a plain probe on every RET.
+            let (entries, rets) = go_points(m);
+            let entry = probes.attach_module(&m.candidate.attach_path, &entries, pid, false)?;
+            links.extend(entry.into_iter().map(|l| (true, l)));
+            if !rets.is_empty() {
+                let l = probes.attach_ret_sites(&m.candidate.attach_path, &rets, pid)?;
+                links.push((false, l));
+            }
+            continue;
+        }
         let module_links = probes.attach_module(&m.candidate.attach_path, &points, pid, true)?;
         for (i, l) in module_links.into_iter().enumerate() {
             // The first link of a module is the entry link.
@@ -614,6 +647,25 @@ fn attach_late_modules(
     }
     links.extend(new_links);
     Ok(Some((late.plan, file)))
+}
+
+/// Entry and RET-site probe points of a Go module's functions.
+fn go_points(m: &crate::probe::plan::ModulePlan) -> (Vec<ProbePoint>, Vec<ProbePoint>) {
+    let mut entries = Vec::with_capacity(m.functions.len());
+    let mut rets = Vec::new();
+    for f in &m.functions {
+        let cookie = u64::from(f.function_id) | scope_common::COOKIE_GO_FLAG;
+        let Some(sites) = &f.go else { continue };
+        entries.push(ProbePoint {
+            file_offset: sites.entry_offset,
+            cookie,
+        });
+        rets.extend(sites.ret_offsets.iter().map(|&off| ProbePoint {
+            file_offset: off,
+            cookie,
+        }));
+    }
+    (entries, rets)
 }
 
 fn function_rows(plan: &Plan) -> Vec<FunctionRow> {

@@ -45,6 +45,13 @@ pub const EVENT_RETURN: u32 = 2;
 pub const EVENT_ENTRY_ARGS: u32 = 3;
 /// A return with the integer return register: a [`RetEvent`].
 pub const EVENT_RETURN_RET: u32 = 4;
+/// An entry of a Go function: a [`GoEvent`] with the goroutine (g) pointer.
+pub const EVENT_ENTRY_GO: u32 = 5;
+/// A RET instruction of a Go function executed: a [`GoEvent`]. Go code gets
+/// no return probe (a uretprobe rewrites the return address, which breaks
+/// when Go moves the goroutine's stack); a plain uprobe on every RET
+/// instruction of the function stands in for it.
+pub const EVENT_RETURN_GO: u32 = 6;
 
 /// Integer/pointer argument registers of the System V x86-64 ABI, in order:
 /// rdi, rsi, rdx, rcx, r8, r9.
@@ -55,6 +62,24 @@ pub const MAX_ARGS: usize = 6;
 /// the cookie they already read, so functions without it pay no lookup and
 /// keep the 24-byte record.
 pub const COOKIE_ARGS_FLAG: u64 = 1 << 32;
+
+/// Set in a probe's BPF cookie for functions of a Go module: the entry
+/// program then writes a [`GoEvent`] with the goroutine pointer (r14 in
+/// Go's register ABI, Go >= 1.17 on amd64), so the agent pairs calls per
+/// goroutine rather than per thread. The args flag is ignored with it.
+pub const COOKIE_GO_FLAG: u64 = 1 << 33;
+
+/// An entry or RET-site hit of a Go function: the plain header (kind
+/// [`EVENT_ENTRY_GO`] or [`EVENT_RETURN_GO`]) then r14, the current
+/// goroutine's `g` pointer. 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoEvent {
+    pub head: RawEvent,
+    /// The `g` pointer: unique among live goroutines of the process (a
+    /// finished goroutine's `g` may be reused by a later one).
+    pub goid_key: u64,
+}
 
 /// An entry of a function whose arguments are captured: the plain header
 /// (kind [`EVENT_ENTRY_ARGS`]) then rdi, rsi, rdx, rcx, r8, r9 as they were
@@ -85,6 +110,8 @@ pub mod names {
     pub const LOST_MAP: &str = "LOST";
     pub const ENTRY_PROGRAM: &str = "scope_entry";
     pub const RETURN_PROGRAM: &str = "scope_return";
+    /// Plain uprobe on the RET instructions of Go functions.
+    pub const RET_SITE_PROGRAM: &str = "scope_ret_site";
     /// Global (`.rodata`) set at load time: only events of this tgid are kept
     /// (0 keeps all).
     pub const TARGET_TGID_GLOBAL: &str = "TARGET_TGID";
@@ -109,6 +136,11 @@ unsafe impl aya::Pod for ArgsEvent {}
 // SAFETY: #[repr(C)], Copy, only u64 fields after a Pod header, no padding.
 unsafe impl aya::Pod for RetEvent {}
 
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], Copy, only u64 fields after a Pod header, no padding.
+unsafe impl aya::Pod for GoEvent {}
+
 const _: () = assert!(core::mem::size_of::<RawEvent>() == 24);
+const _: () = assert!(core::mem::size_of::<GoEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<ArgsEvent>() == 24 + 8 * MAX_ARGS);
 const _: () = assert!(core::mem::size_of::<RetEvent>() == 32);

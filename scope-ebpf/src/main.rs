@@ -8,6 +8,12 @@
 //! function's arguments), the entry record also holds the six integer
 //! argument registers (72 bytes) and the return record holds rax (32 bytes).
 //! The flag is in the cookie the programs read anyway: no map lookup.
+//!
+//! Go functions get no return probe (a uretprobe rewrites the return address
+//! on the goroutine's stack, which Go may move). Their cookie carries
+//! [`COOKIE_GO_FLAG`]: the entry record then holds r14 (the goroutine's `g`
+//! pointer in Go's register ABI), and `scope_ret_site`, a plain uprobe on
+//! every RET instruction of the function, writes the return with r14 too.
 #![no_std]
 #![no_main]
 
@@ -20,8 +26,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use scope_common::{
-    ArgsEvent, COOKIE_ARGS_FLAG, DEFAULT_RING_BYTES, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_RETURN,
-    EVENT_RETURN_RET, RawEvent, RetEvent,
+    ArgsEvent, COOKIE_ARGS_FLAG, COOKIE_GO_FLAG, DEFAULT_RING_BYTES, EVENT_ENTRY, EVENT_ENTRY_ARGS,
+    EVENT_ENTRY_GO, EVENT_RETURN, EVENT_RETURN_GO, EVENT_RETURN_RET, GoEvent, RawEvent, RetEvent,
 };
 
 /// Events to user space. The agent sets the real size at load time.
@@ -45,8 +51,14 @@ pub fn scope_entry(ctx: ProbeContext) -> u32 {
     let Some((pid_tgid, cookie)) = admit(ctx.as_ptr()) else {
         return 0;
     };
-    if cookie & COOKIE_ARGS_FLAG == 0 {
+    if cookie & (COOKIE_ARGS_FLAG | COOKIE_GO_FLAG) == 0 {
         record::<RawEvent>(|| head(pid_tgid, cookie, EVENT_ENTRY));
+    } else if cookie & COOKIE_GO_FLAG != 0 {
+        let g = goroutine(&ctx);
+        record::<GoEvent>(|| GoEvent {
+            head: head(pid_tgid, cookie, EVENT_ENTRY_GO),
+            goid_key: g,
+        });
     } else {
         // rdi, rsi, rdx, rcx, r8, r9 (System V x86-64), read from the
         // saved registers: no helper call, no user memory touched.
@@ -73,6 +85,30 @@ pub fn scope_return(ctx: RetProbeContext) -> u32 {
         });
     }
     0
+}
+
+/// A RET instruction of a Go function is about to run: the function returns.
+/// Attached (plain uprobe, multi link) to every RET of every probed Go
+/// function, with the function id as cookie.
+#[uprobe]
+pub fn scope_ret_site(ctx: ProbeContext) -> u32 {
+    let Some((pid_tgid, cookie)) = admit(ctx.as_ptr()) else {
+        return 0;
+    };
+    let g = goroutine(&ctx);
+    record::<GoEvent>(|| GoEvent {
+        head: head(pid_tgid, cookie, EVENT_RETURN_GO),
+        goid_key: g,
+    });
+    0
+}
+
+/// r14 at the probed instruction: the current goroutine's `g` in Go's
+/// amd64 register ABI (Go >= 1.17), at function entry and at every RET.
+#[inline(always)]
+fn goroutine(ctx: &ProbeContext) -> u64 {
+    // SAFETY: `regs` is the probe's pt_regs context, readable by the program.
+    unsafe { (*ctx.regs).r14 }
 }
 
 /// The tgid filter: `Some((pid_tgid, cookie))` when the event is wanted.

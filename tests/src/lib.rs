@@ -640,3 +640,79 @@ pub fn args_fixture(opt: &str) -> PathBuf {
     built.insert(opt.to_string(), out.clone());
     out
 }
+
+/// Whether the Go toolchain is on PATH.
+pub fn have_go() -> bool {
+    Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Builds tests/fixtures/go/fixture.go into `<target>/fixtures/go-<name>/fixture`
+/// with `go build -gcflags=all=-l <extra>` (nothing inlined), unless it is
+/// newer than its source. GOCACHE and GOPATH live under the target directory
+/// (so it works as root in CI), GOFLAGS=-mod=mod, GOPROXY=off: no network,
+/// no external modules.
+fn build_go(name: &str, extra: &[&str]) -> PathBuf {
+    assert!(
+        have_go(),
+        "the Go fixture needs `go` on PATH: `cargo xtask test` installs golang-go, or apt-get install golang-go"
+    );
+    let source = workspace_root().join("tests/fixtures/go/fixture.go");
+    let root = target_dir().join("fixtures");
+    let out = root.join(format!("go-{name}")).join("fixture");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let source_time =
+        modified(&source).unwrap_or_else(|| panic!("cannot read {}", source.display()));
+    if modified(&out).is_some_and(|t| t >= source_time) {
+        return out;
+    }
+    let dir = out.parent().expect("fixture path has a parent");
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let nonce = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(".fixture.{}.{nonce}.tmp", std::process::id()));
+    let mut cmd = Command::new("go");
+    cmd.args(["build", "-gcflags=all=-l"])
+        .args(extra)
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&source)
+        .current_dir(source.parent().expect("fixture has a directory"))
+        .env("GOCACHE", root.join("go-cache"))
+        .env("GOPATH", root.join("go-path"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GO111MODULE", "off")
+        .env("GOPROXY", "off")
+        .env("CGO_ENABLED", "0");
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", describe(&cmd)));
+    assert!(
+        output.status.success(),
+        "{} failed ({}):\n{}",
+        describe(&cmd),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::rename(&tmp, &out)
+        .unwrap_or_else(|e| panic!("cannot rename {} to {}: {e}", tmp.display(), out.display()));
+    out
+}
+
+/// The Go fixture, tests/fixtures/go/fixture.go, with symbols and DWARF
+/// (`go build` defaults), built at most once per process.
+pub fn go_fixture() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| build_go("plain", &[])).clone()
+}
+
+/// The Go fixture linked with `-ldflags=-s -w`: no `.symtab`, no DWARF.
+pub fn go_stripped_fixture() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_go("stripped", &["-ldflags=-s -w"]))
+        .clone()
+}

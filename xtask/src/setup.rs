@@ -1,7 +1,8 @@
 //! What `demo` and `test` need from the machine, installed when missing
 //! (idempotent: a second run installs nothing and prints nothing):
 //! the nightly's rust-src and bpf-linker (to build the eBPF programs),
-//! bpftrace, bpftool and Python's duckdb (for the tests' cross-checks);
+//! bpftrace, bpftool and Python's duckdb (for the tests' cross-checks), Go
+//! (for the Go fixture);
 //! and what cannot be installed, checked with a clear message: root, BTF
 //! and uprobe support in the kernel.
 
@@ -152,12 +153,17 @@ pub fn ensure_root_and_bpf(task: &str) -> Result<()> {
     Ok(())
 }
 
-/// Installs the tests' reference tools when missing: bpftrace and bpftool
-/// (Debian packages) and Python's duckdb (PyPI).
+/// Installs the tests' reference tools when missing: bpftrace, bpftool and
+/// golang-go (Debian packages) and Python's duckdb (PyPI).
 pub fn ensure_test_tools() -> Result<()> {
     if !on_path("bpftrace") || !on_path("bpftool") {
         announce("bpftrace and bpftool");
         apt_install(&["bpftrace", "bpftool"])?;
+    }
+    // The Go fixture is built at test time (tests/fixtures/go).
+    if !on_path("go") {
+        announce("the Go toolchain (golang-go)");
+        apt_install(&["golang-go"])?;
     }
     if !python_has_duckdb() {
         announce("Python's duckdb");

@@ -21,10 +21,18 @@
 //!   then pairs with it, so such a call's duration may be wrong; nothing in a
 //!   24-byte event tells which thread lost what, so every call open at the
 //!   time (and every call completed in the same drain) is marked.
+//!
+//! Go functions are paired per goroutine, not per thread: a goroutine that
+//! blocks inside a call may resume on another thread, so its return arrives
+//! from a different tid than its entry. Their events carry the goroutine's
+//! `g` pointer, and their stack is keyed by (tgid, g); `tid` of the call is
+//! the thread its entry ran on. Go stacks have no kernel nesting limit
+//! (RET sites are plain uprobes).
 
 use rustc_hash::FxHashMap;
 use scope_common::{
-    ArgsEvent, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_RETURN, EVENT_RETURN_RET, RawEvent, RetEvent,
+    ArgsEvent, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_ENTRY_GO, EVENT_RETURN, EVENT_RETURN_GO,
+    EVENT_RETURN_RET, GoEvent, RawEvent, RetEvent,
 };
 
 use super::args::ArgLayout;
@@ -37,6 +45,8 @@ pub const MAX_URETPROBE_DEPTH: usize = 64;
 #[derive(Debug, Clone, Copy)]
 struct Frame {
     call_id: u64,
+    /// The thread the entry ran on (a goroutine may return on another).
+    tid: u32,
     function_id: u32,
     start_ktime: u64,
     /// Sum of the durations of this frame's completed children.
@@ -45,6 +55,15 @@ struct Frame {
     args: Option<CallArgs>,
     /// [`Correlator::loss_gen`] when the frame was pushed.
     loss_gen: u64,
+}
+
+/// Whose call stack an event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum StackKey {
+    /// Native code: the thread (tid).
+    Thread(u32),
+    /// Go code: the goroutine, by (tgid, `g` pointer).
+    Goroutine(u32, u64),
 }
 
 #[derive(Debug, Default)]
@@ -67,17 +86,25 @@ pub struct CorrelatorCounts {
     /// Calls taken so far that carry [`flags::LOSS_WHILE_OPEN`].
     pub loss_marked: u64,
     pub unknown_kind: u64,
+    /// Go calls that returned on another thread than they entered on:
+    /// calls a per-thread stack would have mis-paired.
+    pub migrated: u64,
+    /// Entries, and returns without an open frame, after the window closed
+    /// (while the links were being detached): outside the recording.
+    pub after_end: u64,
 }
 
 /// Turns a stream of [`RawEvent`]s (in per-thread order) into [`CallRecord`]s.
 pub struct Correlator {
-    threads: FxHashMap<u32, ThreadStack>,
+    threads: FxHashMap<StackKey, ThreadStack>,
     next_call_id: u64,
     /// Added to a kernel CLOCK_MONOTONIC timestamp to get Unix epoch ns.
     clock_offset_ns: i64,
     /// Kernel time at which probes went live: the start of calls whose entry
     /// was not seen.
     live_ktime: u64,
+    /// Kernel time at which detaching began (`u64::MAX` until then).
+    end_ktime: u64,
     out: Vec<CallRecord>,
     counts: CorrelatorCounts,
     /// Register layouts of the functions whose arguments are captured;
@@ -95,6 +122,7 @@ impl Correlator {
             next_call_id: 1,
             clock_offset_ns,
             live_ktime,
+            end_ktime: u64::MAX,
             out: Vec::with_capacity(8192),
             counts: CorrelatorCounts::default(),
             layouts: FxHashMap::default(),
@@ -109,6 +137,16 @@ impl Correlator {
 
     fn layout(&self, function_id: u32) -> ArgLayout {
         self.layouts.get(&function_id).copied().unwrap_or_default()
+    }
+
+    /// Ends the recording window at kernel time `ktime`, taken just before
+    /// the links are closed. Links detach one after another, and each one
+    /// takes milliseconds, so for a while entries stop firing while returns
+    /// (or Go RET sites) still fire: a return after `ktime` with no open
+    /// frame, and any entry after it, belong to no recorded call and are
+    /// left out rather than reported as "already running at attach".
+    pub fn close_window(&mut self, ktime: u64) {
+        self.end_ktime = ktime;
     }
 
     pub fn counts(&self) -> CorrelatorCounts {
@@ -161,8 +199,8 @@ impl Correlator {
     pub fn on_event(&mut self, ev: &RawEvent) {
         self.counts.events += 1;
         match ev.kind {
-            EVENT_ENTRY => self.on_entry(ev, None),
-            EVENT_RETURN => self.on_return(ev, None),
+            EVENT_ENTRY => self.on_entry(ev, None, StackKey::Thread(ev.tid())),
+            EVENT_RETURN => self.on_return(ev, None, StackKey::Thread(ev.tid())),
             _ => self.counts.unknown_kind += 1,
         }
     }
@@ -175,7 +213,7 @@ impl Correlator {
             return;
         }
         let args = self.layout(ev.head.function_id).args(&ev.args);
-        self.on_entry(&ev.head, Some(args));
+        self.on_entry(&ev.head, Some(args), StackKey::Thread(ev.head.tid()));
     }
 
     /// A return with its return register ([`EVENT_RETURN_RET`]).
@@ -186,17 +224,40 @@ impl Correlator {
             return;
         }
         let ret = self.layout(ev.head.function_id).ret.apply(ev.ret);
-        self.on_return(&ev.head, ret);
+        self.on_return(&ev.head, ret, StackKey::Thread(ev.head.tid()));
     }
 
-    fn on_entry(&mut self, ev: &RawEvent, args: Option<CallArgs>) {
+    /// An entry or RET-site hit of a Go function ([`EVENT_ENTRY_GO`],
+    /// [`EVENT_RETURN_GO`]): paired on the goroutine's stack. A zero `g`
+    /// (r14 was not a goroutine pointer) falls back to the thread's stack.
+    pub fn on_go_event(&mut self, ev: &GoEvent) {
+        self.counts.events += 1;
+        let head = &ev.head;
+        let key = if ev.goid_key == 0 {
+            StackKey::Thread(head.tid())
+        } else {
+            StackKey::Goroutine(head.tgid(), ev.goid_key)
+        };
+        match head.kind {
+            EVENT_ENTRY_GO => self.on_entry(head, None, key),
+            EVENT_RETURN_GO => self.on_return(head, None, key),
+            _ => self.counts.unknown_kind += 1,
+        }
+    }
+
+    fn on_entry(&mut self, ev: &RawEvent, args: Option<CallArgs>, key: StackKey) {
+        if ev.ktime_ns > self.end_ktime {
+            self.counts.after_end += 1;
+            return;
+        }
         self.counts.entries += 1;
         let call_id = self.next_call_id;
         self.next_call_id += 1;
-        let thread = self.threads.entry(ev.tid()).or_default();
+        let thread = self.threads.entry(key).or_default();
         thread.pid = ev.tgid();
         thread.frames.push(Frame {
             call_id,
+            tid: ev.tid(),
             function_id: ev.function_id,
             start_ktime: ev.ktime_ns,
             child_ns: 0,
@@ -205,10 +266,14 @@ impl Correlator {
         });
     }
 
-    fn on_return(&mut self, ev: &RawEvent, ret: Option<i64>) {
+    fn on_return(&mut self, ev: &RawEvent, ret: Option<i64>, key: StackKey) {
         self.counts.returns += 1;
-        let tid = ev.tid();
-        let Some(thread) = self.threads.get_mut(&tid) else {
+        let after_end = ev.ktime_ns > self.end_ktime;
+        let Some(thread) = self.threads.get_mut(&key) else {
+            if after_end {
+                self.counts.after_end += 1;
+                return;
+            }
             self.emit_entry_missing(ev, 0, 0, ret);
             return;
         };
@@ -222,15 +287,17 @@ impl Correlator {
                 flags::LOSS_WHILE_OPEN
             }
         };
-        // Frames past the kernel's nesting limit never get a return event.
-        while frames.len() > MAX_URETPROBE_DEPTH {
+        // Frames past the kernel's nesting limit never get a return event
+        // (only return probes have that limit, not Go's RET-site probes).
+        let limited = matches!(key, StackKey::Thread(_));
+        while limited && frames.len() > MAX_URETPROBE_DEPTH {
             if let Some(frame) = frames.pop() {
                 let depth = frames.len() as u32;
                 let parent = frames.last().map_or(0, |f| f.call_id);
                 self.counts.no_return_probe += 1;
                 self.out.push(CallRecord {
                     pid,
-                    tid,
+                    tid: frame.tid,
                     call_id: frame.call_id,
                     parent_call_id: parent,
                     function_id: frame.function_id,
@@ -245,6 +312,10 @@ impl Correlator {
             }
         }
         let Some(pos) = frames.iter().rposition(|f| f.function_id == ev.function_id) else {
+            if after_end {
+                self.counts.after_end += 1;
+                return;
+            }
             // Not on this thread's stack: its entry was before probes went
             // live (or lost). Whatever is open above it cannot have been
             // called by it after the fact, so the stack is left alone.
@@ -266,7 +337,7 @@ impl Correlator {
                 self.counts.unwound += 1;
                 self.out.push(CallRecord {
                     pid,
-                    tid,
+                    tid: frame.tid,
                     call_id: frame.call_id,
                     parent_call_id: parent_id,
                     function_id: frame.function_id,
@@ -283,6 +354,9 @@ impl Correlator {
         let Some(frame) = frames.pop() else {
             return;
         };
+        if frame.tid != ev.tid() {
+            self.counts.migrated += 1;
+        }
         let duration = ev.ktime_ns.saturating_sub(frame.start_ktime);
         let depth = frames.len() as u32;
         let parent = frames.last_mut();
@@ -293,7 +367,7 @@ impl Correlator {
         self.counts.calls += 1;
         self.out.push(CallRecord {
             pid,
-            tid,
+            tid: frame.tid,
             call_id: frame.call_id,
             parent_call_id: parent_id,
             function_id: frame.function_id,
@@ -331,10 +405,10 @@ impl Correlator {
     /// Ends the session: every frame still open becomes a call marked
     /// [`flags::RETURN_MISSING`], innermost first.
     pub fn finish(&mut self) {
-        let mut tids: Vec<u32> = self.threads.keys().copied().collect();
-        tids.sort_unstable();
-        for tid in tids {
-            let Some(mut thread) = self.threads.remove(&tid) else {
+        let mut keys: Vec<StackKey> = self.threads.keys().copied().collect();
+        keys.sort_unstable();
+        for key in keys {
+            let Some(mut thread) = self.threads.remove(&key) else {
                 continue;
             };
             while let Some(frame) = thread.frames.pop() {
@@ -344,7 +418,7 @@ impl Correlator {
                 self.counts.return_missing += 1;
                 self.out.push(CallRecord {
                     pid: thread.pid,
-                    tid,
+                    tid: frame.tid,
                     call_id: frame.call_id,
                     parent_call_id: parent,
                     function_id: frame.function_id,
@@ -537,6 +611,95 @@ mod tests {
                 .iter()
                 .all(|c| (c.depth as usize) < MAX_URETPROBE_DEPTH)
         );
+    }
+
+    fn go(t: u64, tid: u32, g: u64, f: u32, kind: u32) -> GoEvent {
+        GoEvent {
+            head: ev(t, tid, f, kind),
+            goid_key: g,
+        }
+    }
+
+    #[test]
+    fn goroutines_pair_across_threads() {
+        // Goroutine A (g=0xa0) enters worker(1) on thread 1, calls leaf(2),
+        // blocks, and returns from worker on thread 2; meanwhile goroutine
+        // B (g=0xb0) runs worker on thread 1 and thread 2 in turn.
+        let mut c = Correlator::new(0, 0);
+        for e in [
+            go(1, 1, 0xa0, 1, EVENT_ENTRY_GO),
+            go(2, 1, 0xa0, 2, EVENT_ENTRY_GO),
+            go(3, 1, 0xa0, 2, EVENT_RETURN_GO),
+            go(4, 1, 0xb0, 1, EVENT_ENTRY_GO),
+            go(5, 2, 0xa0, 2, EVENT_ENTRY_GO),
+            go(6, 2, 0xa0, 2, EVENT_RETURN_GO),
+            go(7, 2, 0xa0, 1, EVENT_RETURN_GO),
+            go(8, 2, 0xb0, 1, EVENT_RETURN_GO),
+        ] {
+            c.on_go_event(&e);
+        }
+        c.finish();
+        let calls = c.take_calls();
+        assert_eq!(calls.len(), 4);
+        assert!(calls.iter().all(|c| c.flags == 0));
+        let worker_a = calls[2];
+        assert_eq!((worker_a.function_id, worker_a.depth), (1, 0));
+        // Reported on the entry's thread, though it returned on thread 2.
+        assert_eq!((worker_a.tid, worker_a.duration_ns), (1, 6));
+        assert_eq!(worker_a.self_ns, 4);
+        for leaf in [calls[0], calls[1]] {
+            assert_eq!((leaf.function_id, leaf.depth), (2, 1));
+            assert_eq!(leaf.parent_call_id, worker_a.call_id);
+        }
+        assert_eq!((calls[0].tid, calls[1].tid), (1, 2));
+        let worker_b = calls[3];
+        assert_eq!(
+            (worker_b.tid, worker_b.depth, worker_b.duration_ns),
+            (1, 0, 4)
+        );
+        // Both workers entered on thread 1 and returned on thread 2.
+        assert_eq!(c.counts().migrated, 2);
+    }
+
+    #[test]
+    fn events_after_the_window_closed_are_left_out() {
+        let mut c = Correlator::new(0, 0);
+        for e in [enter(10, 1, 1), enter(20, 1, 2)] {
+            c.on_event(&e);
+        }
+        c.close_window(30);
+        // The return of an open call still completes it; a return without
+        // an entry and a new entry after the end belong to no call.
+        for e in [leave(40, 1, 2), leave(41, 1, 7), enter(42, 1, 3)] {
+            c.on_event(&e);
+        }
+        c.on_go_event(&go(43, 1, 0xa0, 4, EVENT_RETURN_GO));
+        c.finish();
+        let calls = c.take_calls();
+        assert_eq!(calls.len(), 2);
+        assert_eq!((calls[0].function_id, calls[0].flags), (2, 0));
+        assert_eq!(
+            (calls[1].function_id, calls[1].flags),
+            (1, flags::RETURN_MISSING)
+        );
+        assert_eq!(c.counts().after_end, 3);
+    }
+
+    #[test]
+    fn goroutine_stacks_have_no_uretprobe_limit() {
+        let depth = MAX_URETPROBE_DEPTH + 10;
+        let mut c = Correlator::new(0, 0);
+        for i in 0..depth {
+            c.on_go_event(&go(i as u64, 1, 0x10, 9, EVENT_ENTRY_GO));
+        }
+        for i in 0..depth {
+            c.on_go_event(&go(1000 + i as u64, 1, 0x10, 9, EVENT_RETURN_GO));
+        }
+        c.finish();
+        let calls = c.take_calls();
+        assert_eq!(calls.len(), depth);
+        assert!(calls.iter().all(|c| c.flags == 0));
+        assert_eq!(calls[0].depth as usize, depth - 1);
     }
 
     #[test]

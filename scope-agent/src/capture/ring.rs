@@ -8,7 +8,10 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use scope_common::{ArgsEvent, EVENT_ENTRY_ARGS, EVENT_RETURN_RET, RawEvent, RetEvent};
+use scope_common::{
+    ArgsEvent, EVENT_ENTRY_ARGS, EVENT_ENTRY_GO, EVENT_RETURN_GO, EVENT_RETURN_RET, GoEvent,
+    RawEvent, RetEvent,
+};
 
 use super::LossRecord;
 use super::correlator::Correlator;
@@ -78,7 +81,7 @@ impl RingReader {
     ///
     /// Records have different lengths: every one starts with a [`RawEvent`]
     /// whose `kind` says whether a longer record ([`ArgsEvent`],
-    /// [`RetEvent`]) follows. A record shorter than its kind needs is counted
+    /// [`RetEvent`], [`GoEvent`]) follows. A record shorter than its kind needs is counted
     /// as malformed and skipped.
     pub fn drain(&mut self, correlator: &mut Correlator) -> usize {
         if let Some(p) = &self.positions {
@@ -91,6 +94,7 @@ impl RingReader {
                 Some(Record::Plain(ev)) => correlator.on_event(&ev),
                 Some(Record::Args(ev)) => correlator.on_args_entry(&ev),
                 Some(Record::Ret(ev)) => correlator.on_ret_return(&ev),
+                Some(Record::Go(ev)) => correlator.on_go_event(&ev),
                 None => {
                     self.malformed += 1;
                     continue;
@@ -222,6 +226,8 @@ pub enum Record {
     Plain(RawEvent),
     Args(ArgsEvent),
     Ret(RetEvent),
+    /// A Go entry or RET-site hit, with the goroutine pointer.
+    Go(GoEvent),
 }
 
 /// Reads one ring record: the [`RawEvent`] header, then by its kind the
@@ -231,6 +237,7 @@ pub fn parse(bytes: &[u8]) -> Option<Record> {
     Some(match head.kind {
         EVENT_ENTRY_ARGS => Record::Args(read(bytes)?),
         EVENT_RETURN_RET => Record::Ret(read(bytes)?),
+        EVENT_ENTRY_GO | EVENT_RETURN_GO => Record::Go(read(bytes)?),
         _ => Record::Plain(head),
     })
 }
@@ -288,5 +295,14 @@ mod tests {
         assert_eq!(parse(&bytes_of(&ret)), Some(Record::Ret(ret)));
         assert_eq!(parse(&bytes_of(&ret)[..31]), None);
         assert_eq!(parse(&[0u8; 23]), None);
+        let go = GoEvent {
+            head: RawEvent {
+                kind: EVENT_RETURN_GO,
+                ..head
+            },
+            goid_key: 0xc000_0001,
+        };
+        assert_eq!(parse(&bytes_of(&go)), Some(Record::Go(go)));
+        assert_eq!(parse(&bytes_of(&go)[..24]), None);
     }
 }

@@ -69,6 +69,8 @@ pub struct LoadOptions {
 pub struct LoadedProbes {
     entry_prog: OwnedFd,
     return_prog: OwnedFd,
+    /// Plain uprobe for the RET instructions of Go functions.
+    ret_site_prog: OwnedFd,
     /// Kept so aya's maps stay alive as long as the programs.
     _ebpf: Ebpf,
     /// `None` once taken by [`LoadedProbes::take_maps`].
@@ -133,6 +135,7 @@ impl LoadedProbes {
 
         let entry_prog = load_program(&obj, names::ENTRY_PROGRAM)?;
         let return_prog = load_program(&obj, names::RETURN_PROGRAM)?;
+        let ret_site_prog = load_program(&obj, names::RET_SITE_PROGRAM)?;
 
         let events = ebpf
             .take_map(names::EVENTS_MAP)
@@ -145,6 +148,7 @@ impl LoadedProbes {
         Ok(Self {
             entry_prog,
             return_prog,
+            ret_site_prog,
             _ebpf: ebpf,
             maps: Some((events, lost)),
         })
@@ -167,11 +171,22 @@ impl LoadedProbes {
         pid: u32,
         returns: bool,
     ) -> Result<Vec<MultiLink>, AttachError> {
-        let mut links = vec![self.link(path, points, pid, false)?];
+        let mut links = vec![self.link(path, points, pid, Direction::Entry)?];
         if returns {
-            links.push(self.link(path, points, pid, true)?);
+            links.push(self.link(path, points, pid, Direction::Return)?);
         }
         Ok(links)
+    }
+
+    /// Attaches the RET-site program (a plain uprobe) to `points`, the RET
+    /// instructions of Go functions, each with its function id as cookie.
+    pub fn attach_ret_sites(
+        &self,
+        path: &Path,
+        points: &[ProbePoint],
+        pid: u32,
+    ) -> Result<MultiLink, AttachError> {
+        self.link(path, points, pid, Direction::RetSite)
     }
 
     fn link(
@@ -179,9 +194,14 @@ impl LoadedProbes {
         path: &Path,
         points: &[ProbePoint],
         pid: u32,
-        ret: bool,
+        direction: Direction,
     ) -> Result<MultiLink, AttachError> {
-        let direction = if ret { "return" } else { "entry" };
+        let ret = direction == Direction::Return;
+        let (direction, prog) = match direction {
+            Direction::Entry => ("entry", &self.entry_prog),
+            Direction::Return => ("return", &self.return_prog),
+            Direction::RetSite => ("RET-site", &self.ret_site_prog),
+        };
         let err = |source: std::io::Error| {
             let hint = match source.raw_os_error() {
                 Some(libc::ESRCH) => " (the process is gone)",
@@ -202,11 +222,6 @@ impl LoadedProbes {
             .map_err(|_| err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
         let offsets: Vec<u64> = points.iter().map(|p| p.file_offset).collect();
         let cookies: Vec<u64> = points.iter().map(|p| p.cookie).collect();
-        let prog = if ret {
-            &self.return_prog
-        } else {
-            &self.entry_prog
-        };
         let mut attr = Attr::default();
         attr.put_u32(0, prog.as_raw_fd() as u32);
         attr.put_u32(8, BPF_TRACE_UPROBE_MULTI);
@@ -223,6 +238,14 @@ impl LoadedProbes {
             count: points.len(),
         })
     }
+}
+
+/// Which program a link runs, and whether it is a return link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Entry,
+    Return,
+    RetSite,
 }
 
 fn load_program(obj: &aya_obj::Object, name: &'static str) -> Result<OwnedFd, AttachError> {

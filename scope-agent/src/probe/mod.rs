@@ -4,5 +4,6 @@
 
 pub mod args;
 pub mod attach;
+pub mod go;
 pub mod plan;
 pub mod watch;

@@ -43,6 +43,9 @@ pub struct PlannedFunction {
     /// Capture arguments and return value (`--args`, `--args-for`); set by
     /// [`super::args::select`].
     pub args: bool,
+    /// For a function of a Go module: its entry and RET-site probes
+    /// (`probe::go`); it gets no return probe.
+    pub go: Option<super::go::GoProbes>,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +53,9 @@ pub struct ModulePlan {
     pub candidate: ModuleCandidate,
     pub build_id: Option<String>,
     pub has_debug_info: bool,
+    /// Linked by the Go toolchain: entry + RET-site probes, per-goroutine
+    /// stacks, no return probes.
+    pub go: bool,
     pub functions: Vec<PlannedFunction>,
 }
 
@@ -157,6 +163,11 @@ pub fn build_plan(
             if default_mode && RUNTIME_FUNCTIONS.contains(&f.symbol.as_str()) {
                 continue;
             }
+            // Go binaries carry the whole runtime: by default only the
+            // user's `main` package is probed.
+            if default_mode && symbols.go && !f.name.starts_with("main.") {
+                continue;
+            }
             let mut hit = false;
             for &i in &selecting {
                 if patterns[i].matches_function(f) {
@@ -184,15 +195,21 @@ pub fn build_plan(
                     function_id,
                     symbol,
                     args: false,
+                    go: None,
                 }
             })
             .collect();
-        plan.modules.push(ModulePlan {
+        let mut module = ModulePlan {
             candidate: candidate.clone(),
             build_id: symbols.build_id.clone(),
             has_debug_info: symbols.has_debug_info,
+            go: symbols.go,
             functions,
-        });
+        };
+        if module.go {
+            super::go::plan_module(&mut module)?;
+        }
+        plan.modules.push(module);
     }
 
     for (i, pattern) in patterns.iter().enumerate() {

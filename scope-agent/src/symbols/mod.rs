@@ -11,11 +11,13 @@
 //! - [`maps`]: `/proc/PID/maps` → mapped modules; `DT_NEEDED` library search
 //! - [`demangle`]: Rust and C++ names
 //! - [`pattern`]: user patterns `[MODULE:]GLOB`
+//! - [`go`]: telling Go executables apart
 
 pub mod debuglink;
 pub mod demangle;
 pub mod dwarf;
 pub mod elf;
+pub mod go;
 pub mod maps;
 pub mod pattern;
 
@@ -38,6 +40,10 @@ pub enum SymbolError {
         "{path}: no symbols (the binary is stripped); rebuild with symbols or install its debug package"
     )]
     NoSymbols { path: PathBuf },
+    #[error(
+        "{path}: Go binary without symbols (built with -ldflags=-s or stripped), and its .gopclntab could not be read ({reason}): rebuild it without -s"
+    )]
+    GoNoSymbols { path: PathBuf, reason: String },
     #[error("no such process: {pid}")]
     NoSuchProcess { pid: u32 },
     #[error("{path}: {source}")]
@@ -94,6 +100,8 @@ pub struct ModuleSymbols {
     pub skipped: SkipCounts,
     /// The separate debug file used for symbols or DWARF, if any.
     pub debug_file: Option<PathBuf>,
+    /// Linked by the Go toolchain: probed without return probes.
+    pub go: bool,
 }
 
 /// Reads one ELF file. `open_path` is what to open (may be
@@ -132,6 +140,39 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
             collected = from_debug;
             used_debug_file = true;
         }
+    }
+    let go = go::is_go(&file);
+    if collected.defined == 0 && go {
+        // `-ldflags=-s` drops .symtab and DWARF; the runtime's own
+        // function table stays, and names every function.
+        let pcln = go::pclntab_functions(&file).map_err(|reason| SymbolError::GoNoSymbols {
+            path: display_path.to_path_buf(),
+            reason,
+        })?;
+        let functions = pcln
+            .into_iter()
+            .filter(|f| f.size > 0)
+            .filter_map(|f| {
+                Some(FunctionSymbol {
+                    file_offset: segments.file_offset(f.address)?,
+                    symbol: f.name.clone(),
+                    name: f.name,
+                    address: f.address,
+                    size: f.size,
+                    file: None,
+                    line: None,
+                })
+            })
+            .collect();
+        return Ok(ModuleSymbols {
+            path: display_path.to_path_buf(),
+            build_id,
+            has_debug_info: false,
+            functions,
+            skipped: SkipCounts::default(),
+            debug_file: None,
+            go,
+        });
     }
     if collected.defined == 0 {
         return Err(SymbolError::NoSymbols {
@@ -190,5 +231,6 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
         } else {
             None
         },
+        go,
     })
 }
