@@ -66,6 +66,29 @@ pub struct FunctionSymbol {
     pub file: Option<String>,
     /// `DW_AT_decl_line`, else the line of the entry address.
     pub line: Option<u32>,
+    /// DWARF formal parameters in order, `(name, type)`: `("x", "int")`.
+    /// An unnamed parameter has an empty name. Empty without DWARF.
+    pub params: Vec<(String, String)>,
+    /// DWARF return type (`void` for a C function returning nothing).
+    pub return_type: Option<String>,
+    /// Source language of its compile unit (`C`, `C++`, `Rust`, `Go`...).
+    pub language: Option<&'static str>,
+    /// How many times DWARF says the function was inlined somewhere.
+    pub inlined_count: u32,
+}
+
+/// One inlined instance of a function: code of `name` placed inside
+/// `caller` at `address`, called from `call_file:call_line`.
+#[derive(Debug, Clone)]
+pub struct InlinedFunction {
+    pub name: String,
+    /// The out-of-line function the code sits in, if DWARF names one.
+    pub caller: Option<String>,
+    pub address: u64,
+    /// Where a uprobe on the instance's first instruction would go.
+    pub file_offset: Option<u64>,
+    pub call_file: Option<String>,
+    pub call_line: Option<u32>,
 }
 
 /// Function symbols left out, by reason.
@@ -94,6 +117,11 @@ pub struct ModuleSymbols {
     pub skipped: SkipCounts,
     /// The separate debug file used for symbols or DWARF, if any.
     pub debug_file: Option<PathBuf>,
+    /// Inlined instances DWARF describes, sorted by address.
+    pub inlined: Vec<InlinedFunction>,
+    /// Things the user should know (a debug file of another build, a
+    /// missing `.dwo`); each names the files involved.
+    pub warnings: Vec<String>,
 }
 
 /// Reads one ELF file. `open_path` is what to open (may be
@@ -112,9 +140,10 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
     // only), or one whose DWARF was split off: look for the separate debug
     // file. Addresses in it are the binary's; file offsets still come from
     // the binary's own segments.
+    let mut warnings = Vec::new();
     let debug = if collected.defined_in_symtab == 0 || !has_own_dwarf {
         let link = elf::debuglink(&file);
-        debuglink::find(build_id.as_deref(), link.as_ref(), display_path)
+        debuglink::find(build_id.as_deref(), link.as_ref(), display_path, &mut warnings)
     } else {
         None
     };
@@ -147,18 +176,29 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
             .map(|(_, f)| f)
             .filter(|f| elf::has_dwarf(f))
     };
-    let locations = dwarf_source.and_then(|f| match dwarf::function_locations(f) {
+    let locations = dwarf_source.and_then(|f| match dwarf::function_locations(f, display_path) {
         Ok(l) => Some(l),
         Err(e) => {
-            log::warn!("{}: DWARF ignored: {e}", display_path.display());
+            warnings.push(format!("{}: DWARF ignored: {e}", display_path.display()));
             None
         }
     });
+    if let Some(l) = &locations
+        && !l.missing_dwo.is_empty()
+    {
+        warnings.push(format!(
+            "{}: split DWARF file{} {} not found (looked under the compilation directory and next to the binary, and for {}.dwp); those functions have no file:line",
+            display_path.display(),
+            if l.missing_dwo.len() == 1 { "" } else { "s" },
+            l.missing_dwo.join(", "),
+            display_path.display()
+        ));
+    }
     if locations.is_some() && !has_own_dwarf {
         used_debug_file = true;
     }
 
-    let functions = collected
+    let functions: Vec<FunctionSymbol> = collected
         .functions
         .into_iter()
         .map(|raw| {
@@ -171,6 +211,10 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
                 ),
                 file: location.and_then(|l| l.file.as_deref().map(str::to_string)),
                 line: location.and_then(|l| l.line),
+                params: location.map(|l| l.params.clone()).unwrap_or_default(),
+                return_type: location.and_then(|l| l.return_type.as_deref().map(str::to_string)),
+                language: location.and_then(|l| l.language),
+                inlined_count: location.map_or(0, |l| l.inlined),
                 symbol: raw.symbol,
                 address: raw.address,
                 size: raw.size,
@@ -178,6 +222,29 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
             }
         })
         .collect();
+
+    let inlined = locations
+        .as_ref()
+        .map(|l| {
+            l.inlined
+                .iter()
+                .map(|i| InlinedFunction {
+                    name: i.name.clone(),
+                    caller: i.caller_address.and_then(|a| {
+                        functions
+                            .binary_search_by_key(&a, |f| f.address)
+                            .ok()
+                            .and_then(|k| functions.get(k))
+                            .map(|f| f.name.clone())
+                    }),
+                    address: i.address,
+                    file_offset: segments.file_offset(i.address),
+                    call_file: i.call_file.as_deref().map(str::to_string),
+                    call_line: i.call_line,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
 
     Ok(ModuleSymbols {
         path: display_path.to_path_buf(),
@@ -190,5 +257,7 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
         } else {
             None
         },
+        inlined,
+        warnings,
     })
 }
