@@ -49,7 +49,7 @@ pub enum SymbolError {
 }
 
 /// One probeable function.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct FunctionSymbol {
     /// Demangled, without the Rust hash suffix or an ELF symbol version
     /// (`@GLIBC_2.2.5`); equal to `symbol` for C.

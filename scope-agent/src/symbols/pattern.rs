@@ -195,8 +195,7 @@ mod tests {
             address: 0x1000,
             size: 16,
             file_offset: 0x1000,
-            file: None,
-            line: None,
+            ..Default::default()
         }
     }
 
