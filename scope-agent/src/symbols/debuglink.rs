@@ -105,7 +105,9 @@ fn candidates(
                 out.push((dir.join(id).join("debuginfo"), Via::BuildId));
             }
             out.push((
-                dir.join(".build-id").join(head).join(format!("{tail}.debug")),
+                dir.join(".build-id")
+                    .join(head)
+                    .join(format!("{tail}.debug")),
                 Via::BuildId,
             ));
         }

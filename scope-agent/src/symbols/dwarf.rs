@@ -132,15 +132,17 @@ fn load_sections<'f>(
     file: &'f object::File<'_>,
     dwo: bool,
 ) -> Result<gimli::DwarfSections<Cow<'f, [u8]>>, object::Error> {
-    gimli::DwarfSections::load(|id: gimli::SectionId| -> Result<Cow<'f, [u8]>, object::Error> {
-        let name = if dwo { id.dwo_name() } else { Some(id.name()) };
-        match name.and_then(|n| file.section_by_name(n)) {
-            Some(section) if section.kind() != object::SectionKind::UninitializedData => {
-                section.uncompressed_data()
+    gimli::DwarfSections::load(
+        |id: gimli::SectionId| -> Result<Cow<'f, [u8]>, object::Error> {
+            let name = if dwo { id.dwo_name() } else { Some(id.name()) };
+            match name.and_then(|n| file.section_by_name(n)) {
+                Some(section) if section.kind() != object::SectionKind::UninitializedData => {
+                    section.uncompressed_data()
+                }
+                _ => Ok(Cow::Borrowed(&[])),
             }
-            _ => Ok(Cow::Borrowed(&[])),
-        }
-    })
+        },
+    )
 }
 
 /// Reads the functions DWARF describes in `file`. `binary_path` is where
@@ -322,9 +324,7 @@ fn read_split_unit(
     let Ok(sections) = gimli::DwarfPackageSections::load(
         |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, gimli::Error> {
             match id.dwo_name().and_then(|n| file.section_by_name(n)) {
-                Some(section) => section
-                    .uncompressed_data()
-                    .map_err(|_| gimli::Error::Io),
+                Some(section) => section.uncompressed_data().map_err(|_| gimli::Error::Io),
                 None => Ok(Cow::Borrowed(&[])),
             }
         },
@@ -355,10 +355,11 @@ fn read_split_unit(
 fn relocate<'d, 'p: 'd>(dwo: &mut Dwarf<'d>, parent: &Dwarf<'p>, endian: RunTimeEndian) {
     dwo.file_type = gimli::DwarfFileType::Dwo;
     dwo.debug_addr = gimli::DebugAddr::from(EndianSlice::new(parent.debug_addr_slice(), endian));
-    dwo.ranges.set_debug_ranges(gimli::DebugRanges::from(EndianSlice::new(
-        parent.ranges.debug_ranges().reader_slice(),
-        endian,
-    )));
+    dwo.ranges
+        .set_debug_ranges(gimli::DebugRanges::from(EndianSlice::new(
+            parent.ranges.debug_ranges().reader_slice(),
+            endian,
+        )));
 }
 
 /// Reads the unit `dwo_id` of a .dwo or .dwp, with the skeleton's

@@ -143,7 +143,12 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
     let mut warnings = Vec::new();
     let debug = if collected.defined_in_symtab == 0 || !has_own_dwarf {
         let link = elf::debuglink(&file);
-        debuglink::find(build_id.as_deref(), link.as_ref(), display_path, &mut warnings)
+        debuglink::find(
+            build_id.as_deref(),
+            link.as_ref(),
+            display_path,
+            &mut warnings,
+        )
     } else {
         None
     };
