@@ -131,6 +131,29 @@ pub struct ModuleSymbols {
 pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbols, SymbolError> {
     let mapped = MappedElf::open(open_path, display_path)?;
     let file = mapped.parse(display_path)?;
+    symbols_of(&file, display_path, true)
+}
+
+/// Reads ELF bytes already in memory, without looking for separate debug
+/// files: the entry point of the fuzz target (`fuzz/`). Never panics.
+pub fn load_module_bytes(data: &[u8], display_path: &Path) -> Result<ModuleSymbols, SymbolError> {
+    let file = object::File::parse(data).map_err(|e| SymbolError::Corrupt {
+        path: display_path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if file.format() != object::BinaryFormat::Elf {
+        return Err(SymbolError::NotElf {
+            path: display_path.to_path_buf(),
+        });
+    }
+    symbols_of(&file, display_path, false)
+}
+
+fn symbols_of(
+    file: &object::File<'_>,
+    display_path: &Path,
+    find_debug_file: bool,
+) -> Result<ModuleSymbols, SymbolError> {
     let build_id = elf::build_id(&file);
     let segments = ExecSegments::of(&file);
     let mut collected = elf::collect_functions(&file, &segments);
@@ -141,7 +164,7 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
     // file. Addresses in it are the binary's; file offsets still come from
     // the binary's own segments.
     let mut warnings = Vec::new();
-    let debug = if collected.defined_in_symtab == 0 || !has_own_dwarf {
+    let debug = if find_debug_file && (collected.defined_in_symtab == 0 || !has_own_dwarf) {
         let link = elf::debuglink(&file);
         debuglink::find(
             build_id.as_deref(),
@@ -174,7 +197,7 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
     }
 
     let dwarf_source = if has_own_dwarf {
-        Some(&file)
+        Some(file)
     } else {
         debug_file
             .as_ref()
