@@ -485,3 +485,51 @@ fn c_line_of(src: &Path, needle: &str) -> usize {
         .unwrap_or_else(|| panic!("{needle} not in {}", src.display()))
         + 1
 }
+
+/// A binary replaced on disk (renamed over, as installers do) after the
+/// process started: `attach` reads the mapped inode through
+/// `/proc/PID/map_files`, so the probe lands in the running code, not at
+/// the new file's address. The new build puts `leaf` elsewhere (-O0).
+#[test]
+fn attach_to_a_process_whose_binary_was_replaced() {
+    use scope_tests::ServeFixture;
+    use std::time::Duration;
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bin = cc(d, "prog", &[]);
+    cc(d, "prog.new", &["-O0", "-DREPLACED=1"]);
+    let address = |path: &Path| -> String {
+        let (row, _) = long_row(path, "leaf", &[]);
+        row.split_whitespace().nth(2).unwrap().to_string()
+    };
+    let old = address(&bin);
+    assert_ne!(old, address(&d.join("prog.new")), "the builds must differ");
+    let mut target = ServeFixture::spawn(&bin);
+    std::fs::rename(d.join("prog.new"), &bin).unwrap();
+    let pid = target.pid.to_string();
+    let listed = functions(&["--pid", &pid, "leaf"]);
+    assert!(listed.status.success(), "{}", listed.stderr);
+    assert!(listed.stdout.contains(&old), "{}", listed.stdout);
+    let out = d.join("out");
+    let mut agent = scope_tests::spawn_agent(&[
+        "attach",
+        "--pid",
+        &pid,
+        "-f",
+        "leaf",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    agent.wait_for_stderr("attached", Duration::from_secs(60));
+    target.run("count 100");
+    target.close_stdin();
+    assert!(target.wait().success());
+    let run = agent.wait(Duration::from_secs(60));
+    assert!(run.status.success(), "{}", run.stderr);
+    let rows = duckdb(&format!(
+        "SELECT count(*) AS n FROM read_parquet('{}', hive_partitioning=true)",
+        calls_glob(&out)
+    ));
+    assert_eq!(rows[0]["n"].as_i64(), Some(100));
+}
