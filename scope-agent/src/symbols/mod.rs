@@ -154,10 +154,10 @@ fn symbols_of(
     display_path: &Path,
     find_debug_file: bool,
 ) -> Result<ModuleSymbols, SymbolError> {
-    let build_id = elf::build_id(&file);
-    let segments = ExecSegments::of(&file);
-    let mut collected = elf::collect_functions(&file, &segments);
-    let has_own_dwarf = elf::has_dwarf(&file);
+    let build_id = elf::build_id(file);
+    let segments = ExecSegments::of(file);
+    let mut collected = elf::collect_functions(file, &segments);
+    let has_own_dwarf = elf::has_dwarf(file);
 
     // A stripped binary (perhaps with exported functions in `.dynsym`
     // only), or one whose DWARF was split off: look for the separate debug
@@ -165,7 +165,7 @@ fn symbols_of(
     // the binary's own segments.
     let mut warnings = Vec::new();
     let debug = if find_debug_file && (collected.defined_in_symtab == 0 || !has_own_dwarf) {
-        let link = elf::debuglink(&file);
+        let link = elf::debuglink(file);
         debuglink::find(
             build_id.as_deref(),
             link.as_ref(),
