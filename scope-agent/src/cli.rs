@@ -25,6 +25,13 @@ use crate::symbols::pattern::Pattern;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// A directory of separate debug files, searched before /usr/lib/debug:
+    /// a debuginfod cache (`DIR/<build-id>/debuginfo`) or a
+    /// `DIR/.build-id/xx/yyyy.debug` tree; repeatable. `$DEBUGINFOD_CACHE_PATH`
+    /// is searched too.
+    #[arg(long = "debug-dir", value_name = "DIR", global = true)]
+    pub debug_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +146,16 @@ pub struct FunctionsArgs {
     /// Print at most this many functions (0: all).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub limit: usize,
+
+    /// More columns: language, times inlined, build-id, and the signature
+    /// (return type and parameters) from DWARF.
+    #[arg(short, long)]
+    pub long: bool,
+
+    /// List the inlined instances of the functions PATTERN matches (name,
+    /// containing function, address, call site) instead of the functions.
+    #[arg(long, conflicts_with = "long")]
+    pub inlined: bool,
 }
 
 impl ProbeArgs {

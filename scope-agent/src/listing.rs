@@ -1,13 +1,15 @@
 //! `scope-agent functions`: what a pattern resolves to, without probing.
 //! Uses the same planner as `record`/`attach`, so what it lists is exactly
-//! what they would probe.
+//! what they would probe. `--long` adds what DWARF says about each function;
+//! `--inlined` lists inlined instances instead.
 
 use std::io::Write as _;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use crate::probe::plan::{ModuleCandidate, build_plan, short_name, skipped_total};
+use crate::symbols::load_module;
 use crate::symbols::pattern::Pattern;
 use crate::target::{program_modules, running_modules};
 
@@ -16,7 +18,23 @@ pub enum Source<'a> {
     Pid(u32),
 }
 
-pub fn list_functions(source: Source<'_>, pattern: Option<Pattern>, limit: usize) -> Result<()> {
+/// Which table to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// FUNCTION MODULE ADDRESS SIZE FILE:LINE
+    Short,
+    /// The short columns, then LANG INLINED BUILD-ID SIGNATURE.
+    Long,
+    /// Inlined instances: FUNCTION INLINED-INTO MODULE ADDRESS CALL-SITE.
+    Inlined,
+}
+
+pub fn list_functions(
+    source: Source<'_>,
+    pattern: Option<Pattern>,
+    limit: usize,
+    view: View,
+) -> Result<()> {
     let candidates: Vec<ModuleCandidate> = match source {
         Source::Pid(pid) => running_modules(pid)?,
         Source::Binary(path) => {
@@ -31,56 +49,41 @@ pub fn list_functions(source: Source<'_>, pattern: Option<Pattern>, limit: usize
         Some(p) => p,
         None => "*".parse()?,
     };
+    if view == View::Inlined {
+        return list_inlined(&candidates, &pattern, limit);
+    }
     let plan = build_plan(&candidates, std::slice::from_ref(&pattern), usize::MAX)?;
+    for w in &plan.warnings {
+        eprintln!("scope: warning: {w}");
+    }
 
-    let mut rows: Vec<[String; 5]> = Vec::new();
+    let mut rows: Vec<Vec<String>> = Vec::new();
     for (m, f) in plan.functions() {
-        let loc = match (&f.symbol.file, f.symbol.line) {
-            (Some(file), Some(line)) => format!("{file}:{line}"),
-            (Some(file), None) => file.clone(),
-            _ => "-".into(),
-        };
-        rows.push([
-            f.symbol.name.clone(),
+        let s = &f.symbol;
+        let mut row = vec![
+            s.name.clone(),
             short_name(&m.candidate.display_path),
-            format!("{:#x}", f.symbol.address),
-            f.symbol.size.to_string(),
-            loc,
-        ]);
+            format!("{:#x}", s.address),
+            s.size.to_string(),
+            location(s.file.as_deref(), s.line),
+        ];
+        if view == View::Long {
+            row.push(s.language.unwrap_or("-").to_string());
+            row.push(s.inlined_count.to_string());
+            row.push(m.build_id.clone().unwrap_or_else(|| "-".into()));
+            row.push(signature(s));
+        }
+        rows.push(row);
     }
     let total = rows.len();
     if limit > 0 {
         rows.truncate(limit);
     }
-    let header = ["FUNCTION", "MODULE", "ADDRESS", "SIZE", "FILE:LINE"];
-    let mut widths = header.map(str::len);
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count()).min(60);
-        }
+    let mut header = vec!["FUNCTION", "MODULE", "ADDRESS", "SIZE", "FILE:LINE"];
+    if view == View::Long {
+        header.extend(["LANG", "INLINED", "BUILD-ID", "SIGNATURE"]);
     }
-    let mut out = std::io::stdout().lock();
-    let line = |out: &mut std::io::StdoutLock<'_>, cells: [&str; 5]| {
-        writeln!(
-            out,
-            "{:<w0$}  {:<w1$}  {:>w2$}  {:>w3$}  {}",
-            cells[0],
-            cells[1],
-            cells[2],
-            cells[3],
-            cells[4],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3]
-        )
-    };
-    line(&mut out, header)?;
-    for r in &rows {
-        line(&mut out, [&r[0], &r[1], &r[2], &r[3], &r[4]])?;
-    }
-    out.flush()?;
-    drop(out);
+    print_table(&header, &rows, &[2, 3, 6])?;
     let skipped = skipped_total(&plan.skipped);
     eprintln!(
         "{total} function{} matched '{}'{}{}",
@@ -111,5 +114,149 @@ pub fn list_functions(source: Source<'_>, pattern: Option<Pattern>, limit: usize
             );
         }
     }
+    Ok(())
+}
+
+/// `file:line`, `file`, or `-`.
+fn location(file: Option<&str>, line: Option<u32>) -> String {
+    match (file, line) {
+        (Some(file), Some(line)) => format!("{file}:{line}"),
+        (Some(file), None) => file.to_string(),
+        _ => "-".into(),
+    }
+}
+
+/// `int (int x, const char *s)`: return type and parameters from DWARF;
+/// `-` without DWARF.
+fn signature(s: &crate::symbols::FunctionSymbol) -> String {
+    if s.return_type.is_none() && s.params.is_empty() {
+        return "-".into();
+    }
+    let params: Vec<String> = s
+        .params
+        .iter()
+        .map(|(name, ty)| {
+            if name.is_empty() {
+                ty.clone()
+            } else if ty.ends_with(['*', '&']) {
+                format!("{ty}{name}")
+            } else {
+                format!("{ty} {name}")
+            }
+        })
+        .collect();
+    format!(
+        "{} ({})",
+        s.return_type.as_deref().unwrap_or("?"),
+        params.join(", ")
+    )
+}
+
+/// `functions --inlined`: every inlined instance whose name the pattern
+/// matches, in every module the pattern selects.
+fn list_inlined(candidates: &[ModuleCandidate], pattern: &Pattern, limit: usize) -> Result<()> {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut searched = Vec::new();
+    let mut without_dwarf = Vec::new();
+    for c in candidates {
+        if !pattern.matches_module(&c.display_path, c.is_main) {
+            continue;
+        }
+        searched.push(c.display_path.display().to_string());
+        let symbols = match load_module(&c.open_path, &c.display_path) {
+            Ok(s) => s,
+            Err(e) if c.is_main || pattern.module.is_some() => return Err(e.into()),
+            Err(e) => {
+                eprintln!("scope: warning: {e}");
+                continue;
+            }
+        };
+        for w in &symbols.warnings {
+            eprintln!("scope: warning: {w}");
+        }
+        if !symbols.has_debug_info {
+            without_dwarf.push(c.display_path.display().to_string());
+        }
+        for i in &symbols.inlined {
+            if !pattern.matches_name(&i.name) {
+                continue;
+            }
+            rows.push(vec![
+                i.name.clone(),
+                i.caller.clone().unwrap_or_else(|| "-".into()),
+                short_name(&c.display_path),
+                format!("{:#x}", i.address),
+                location(i.call_file.as_deref(), i.call_line),
+            ]);
+        }
+    }
+    if searched.is_empty() {
+        bail!("no module matched '{}'", pattern.raw);
+    }
+    for m in &without_dwarf {
+        eprintln!("{m}: no DWARF debug info: inlined instances unknown");
+    }
+    if rows.is_empty() {
+        bail!(
+            "no inlined instances matched '{}' in {}",
+            pattern.raw,
+            searched.join(", ")
+        );
+    }
+    let total = rows.len();
+    if limit > 0 {
+        rows.truncate(limit);
+    }
+    print_table(
+        &["FUNCTION", "INLINED-INTO", "MODULE", "ADDRESS", "CALL-SITE"],
+        &rows,
+        &[3],
+    )?;
+    eprintln!(
+        "{total} inlined instance{} matched '{}'{}",
+        if total == 1 { "" } else { "s" },
+        pattern.raw,
+        if limit > 0 && total > limit {
+            format!(" ({limit} shown)")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+/// Columns separated by two spaces, widths capped at 60; the last column
+/// is not padded; `right` columns are right-aligned.
+fn print_table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count()).min(60);
+        }
+    }
+    let last = header.len().saturating_sub(1);
+    let mut out = std::io::stdout().lock();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| -> std::io::Result<()> {
+        let mut text = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            let w = widths.get(i).copied().unwrap_or(0);
+            if i == last {
+                text.push_str(cell);
+            } else if right.contains(&i) {
+                text.push_str(&format!("{cell:>w$}"));
+            } else {
+                text.push_str(&format!("{cell:<w$}"));
+            }
+        }
+        writeln!(out, "{}", text.trim_end())
+    };
+    line(&mut header.iter().copied())?;
+    for r in rows {
+        line(&mut r.iter().map(String::as_str))?;
+    }
+    out.flush()?;
     Ok(())
 }

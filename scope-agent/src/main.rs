@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use scope_agent::cli::{Cli, Command, parse_patterns};
-use scope_agent::listing::{Source, list_functions};
+use scope_agent::listing::{Source, View, list_functions};
 use scope_agent::session::{self, Target};
 
 fn main() -> ExitCode {
@@ -20,6 +20,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    scope_agent::symbols::debuglink::set_debug_dirs(cli.debug_dirs.clone());
     match cli.command {
         Command::Record(args) => {
             let cfg = args
@@ -54,7 +55,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(p) => parse_patterns(&[p]).map_err(anyhow::Error::msg)?.pop(),
                 None => None,
             };
-            list_functions(source, pattern, args.limit)?;
+            let view = if args.inlined {
+                View::Inlined
+            } else if args.long {
+                View::Long
+            } else {
+                View::Short
+            };
+            list_functions(source, pattern, args.limit, view)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -680,6 +680,11 @@ fn function_rows(plan: &Plan) -> Vec<FunctionRow> {
             size: f.symbol.size,
             file: f.symbol.file.clone(),
             line: f.symbol.line,
+            param_names: f.symbol.params.iter().map(|(n, _)| n.clone()).collect(),
+            param_types: f.symbol.params.iter().map(|(_, t)| t.clone()).collect(),
+            return_type: f.symbol.return_type.clone(),
+            language: f.symbol.language.map(str::to_string),
+            inlined_count: f.symbol.inlined_count,
         })
         .collect()
 }

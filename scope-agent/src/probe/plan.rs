@@ -152,6 +152,7 @@ pub fn build_plan(
                 continue;
             }
         };
+        plan.warnings.extend(symbols.warnings.iter().cloned());
         // Only meaningful when probing "everything": with explicit patterns
         // we cannot tell whether an unprobeable symbol would have matched.
         if default_mode {

@@ -80,7 +80,7 @@ pub struct StoreConfig {
 }
 
 /// One row of the `functions` table: a probed function.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FunctionRow {
     /// Dense id, from 1, shared with `calls.function_id`.
     pub function_id: u32,
@@ -100,6 +100,16 @@ pub struct FunctionRow {
     pub file: Option<String>,
     /// Source line, from DWARF.
     pub line: Option<u32>,
+    /// DWARF parameter names, in order (empty string for an unnamed one).
+    pub param_names: Vec<String>,
+    /// DWARF parameter types, parallel to `param_names` (`int`, `const char *`).
+    pub param_types: Vec<String>,
+    /// DWARF return type (`void` when none), null without DWARF.
+    pub return_type: Option<String>,
+    /// Source language from DWARF (`C`, `C++`, `Rust`, `Go`...).
+    pub language: Option<String>,
+    /// How many inlined instances of the function DWARF lists.
+    pub inlined_count: u32,
 }
 
 /// The one row of the `sessions` table.

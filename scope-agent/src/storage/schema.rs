@@ -56,6 +56,19 @@ pub static FUNCTIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("size", DataType::UInt64, false),
         Field::new("file", DataType::Utf8, true),
         Field::new("line", DataType::UInt32, true),
+        Field::new_list(
+            "param_names",
+            Field::new_list_field(DataType::Utf8, false),
+            false,
+        ),
+        Field::new_list(
+            "param_types",
+            Field::new_list_field(DataType::Utf8, false),
+            false,
+        ),
+        Field::new("return_type", DataType::Utf8, true),
+        Field::new("language", DataType::Utf8, true),
+        Field::new("inlined_count", DataType::UInt32, false),
     ]))
 });
 
@@ -213,6 +226,17 @@ pub(crate) fn functions_batch(rows: &[FunctionRow]) -> Result<RecordBatch, Arrow
         }
         Arc::new(b.finish())
     };
+    let lists = |f: fn(&FunctionRow) -> &[String]| -> ArrayRef {
+        let mut b = ListBuilder::new(StringBuilder::new())
+            .with_field(Field::new_list_field(DataType::Utf8, false));
+        for r in rows {
+            for v in f(r) {
+                b.values().append_value(v);
+            }
+            b.append(true);
+        }
+        Arc::new(b.finish())
+    };
     let mut line = UInt32Builder::with_capacity(rows.len());
     for r in rows {
         line.append_option(r.line);
@@ -231,6 +255,13 @@ pub(crate) fn functions_batch(rows: &[FunctionRow]) -> Result<RecordBatch, Arrow
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.size))),
         optional(|r| r.file.as_deref()),
         Arc::new(line.finish()),
+        lists(|r| &r.param_names),
+        lists(|r| &r.param_types),
+        optional(|r| r.return_type.as_deref()),
+        optional(|r| r.language.as_deref()),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.inlined_count),
+        )),
     ];
     RecordBatch::try_new(FUNCTIONS.clone(), columns)
 }

@@ -70,6 +70,7 @@ fn functions() -> Vec<FunctionRow> {
             size: 16,
             file: (id != 3).then(|| "a.c".to_string()),
             line: (id != 3).then_some(10 * id),
+            ..Default::default()
         })
         .collect()
 }

@@ -27,7 +27,11 @@ pub fn demangle(symbol: &str) -> String {
 
 fn demangle_cpp(symbol: &str) -> Option<String> {
     let parsed = CppSymbol::new(symbol.as_bytes()).ok()?;
-    let text = parsed.demangle(&DemangleOptions::default()).ok()?;
+    // Without the return type of template functions (`void ns::f<int>()`), so
+    // every name starts with its scope and `ns::*` globs match it.
+    let text = parsed
+        .demangle(&DemangleOptions::default().no_return_type())
+        .ok()?;
     if text.is_empty() { None } else { Some(text) }
 }
 
@@ -99,6 +103,8 @@ mod tests {
         assert!(v.contains("push_back"), "{v}");
         assert_eq!(demangle("_ZN3foo3barEv"), "foo::bar()");
         assert_eq!(demangle("_Z3addii"), "add(int, int)");
+        // A template function's return type is left out.
+        assert_eq!(demangle("_ZN3geo4makeIiEEvT_"), "geo::make<int>(int)");
     }
 
     #[test]

@@ -47,8 +47,9 @@ struct MapsLine {
 
 /// File-backed mappings of a process, one entry per file (dev, inode), only
 /// files with at least one executable mapping, main executable first, the
-/// rest in address order. `[vdso]`, anonymous mappings, memfd and deleted
-/// files are left out (deleted and memfd ones with a warning in the log).
+/// rest in address order. `[vdso]`, anonymous mappings and memfd files are
+/// left out (memfd with a warning in the log); a deleted or replaced file
+/// is kept, read through `map_files`, its path ending in ` (deleted)`.
 pub fn process_modules(pid: u32) -> Result<Vec<MappedModule>, SymbolError> {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     let maps_path = proc_dir.join("maps");
@@ -87,7 +88,14 @@ pub fn process_modules(pid: u32) -> Result<Vec<MappedModule>, SymbolError> {
     let mut warned: HashSet<&Path> = HashSet::new();
     for line in &lines {
         let name = line.path.as_os_str().as_bytes();
-        if name.ends_with(b" (deleted)") || name.starts_with(b"/memfd:") {
+        // A file deleted or replaced on disk since it was mapped (an
+        // upgrade renamed a new build over it) is still the running code:
+        // read and probe the mapped inode through map_files. Its display
+        // path keeps the kernel's " (deleted)" so the user sees why.
+        let deleted_but_mapped = name.ends_with(b" (deleted)")
+            && line.executable
+            && fs::metadata(map_files_path(&proc_dir, line)).is_ok_and(|m| m.ino() == line.inode);
+        if !deleted_but_mapped && (name.ends_with(b" (deleted)") || name.starts_with(b"/memfd:")) {
             if line.executable && warned.insert(&line.path) {
                 log::warn!(
                     "pid {pid}: {} is mapped but cannot be probed by path (deleted or memfd)",
@@ -126,10 +134,7 @@ pub fn process_modules(pid: u32) -> Result<Vec<MappedModule>, SymbolError> {
 /// `/proc/PID/map_files/<start>-<end>` when it can be opened, else
 /// `/proc/PID/root/<path>` when that is the same inode.
 fn open_path(proc_dir: &Path, line: &MapsLine) -> PathBuf {
-    // map_files names have no zero padding, unlike the maps lines.
-    let map_file = proc_dir
-        .join("map_files")
-        .join(format!("{:x}-{:x}", line.start, line.end));
+    let map_file = map_files_path(proc_dir, line);
     if fs::metadata(&map_file).is_ok() {
         return map_file;
     }
@@ -139,6 +144,14 @@ fn open_path(proc_dir: &Path, line: &MapsLine) -> PathBuf {
         Ok(m) if m.ino() == line.inode => rooted,
         _ => map_file,
     }
+}
+
+/// `/proc/PID/map_files/<start>-<end>` of a mapping.
+fn map_files_path(proc_dir: &Path, line: &MapsLine) -> PathBuf {
+    // map_files names have no zero padding, unlike the maps lines.
+    proc_dir
+        .join("map_files")
+        .join(format!("{:x}-{:x}", line.start, line.end))
 }
 
 /// `start-end perms offset major:minor inode   path` → a line naming a file.

@@ -55,7 +55,7 @@ pub enum SymbolError {
 }
 
 /// One probeable function.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct FunctionSymbol {
     /// Demangled, without the Rust hash suffix or an ELF symbol version
     /// (`@GLIBC_2.2.5`); equal to `symbol` for C.
@@ -72,6 +72,29 @@ pub struct FunctionSymbol {
     pub file: Option<String>,
     /// `DW_AT_decl_line`, else the line of the entry address.
     pub line: Option<u32>,
+    /// DWARF formal parameters in order, `(name, type)`: `("x", "int")`.
+    /// An unnamed parameter has an empty name. Empty without DWARF.
+    pub params: Vec<(String, String)>,
+    /// DWARF return type (`void` for a C function returning nothing).
+    pub return_type: Option<String>,
+    /// Source language of its compile unit (`C`, `C++`, `Rust`, `Go`...).
+    pub language: Option<&'static str>,
+    /// How many times DWARF says the function was inlined somewhere.
+    pub inlined_count: u32,
+}
+
+/// One inlined instance of a function: code of `name` placed inside
+/// `caller` at `address`, called from `call_file:call_line`.
+#[derive(Debug, Clone)]
+pub struct InlinedFunction {
+    pub name: String,
+    /// The out-of-line function the code sits in, if DWARF names one.
+    pub caller: Option<String>,
+    pub address: u64,
+    /// Where a uprobe on the instance's first instruction would go.
+    pub file_offset: Option<u64>,
+    pub call_file: Option<String>,
+    pub call_line: Option<u32>,
 }
 
 /// Function symbols left out, by reason.
@@ -102,6 +125,11 @@ pub struct ModuleSymbols {
     pub debug_file: Option<PathBuf>,
     /// Linked by the Go toolchain: probed without return probes.
     pub go: bool,
+    /// Inlined instances DWARF describes, sorted by address.
+    pub inlined: Vec<InlinedFunction>,
+    /// Things the user should know (a debug file of another build, a
+    /// missing `.dwo`); each names the files involved.
+    pub warnings: Vec<String>,
 }
 
 /// Reads one ELF file. `open_path` is what to open (may be
@@ -111,18 +139,47 @@ pub struct ModuleSymbols {
 pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbols, SymbolError> {
     let mapped = MappedElf::open(open_path, display_path)?;
     let file = mapped.parse(display_path)?;
-    let build_id = elf::build_id(&file);
-    let segments = ExecSegments::of(&file);
-    let mut collected = elf::collect_functions(&file, &segments);
-    let has_own_dwarf = elf::has_dwarf(&file);
+    symbols_of(&file, display_path, true)
+}
+
+/// Reads ELF bytes already in memory, without looking for separate debug
+/// files: the entry point of the fuzz target (`fuzz/`). Never panics.
+pub fn load_module_bytes(data: &[u8], display_path: &Path) -> Result<ModuleSymbols, SymbolError> {
+    let file = object::File::parse(data).map_err(|e| SymbolError::Corrupt {
+        path: display_path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if file.format() != object::BinaryFormat::Elf {
+        return Err(SymbolError::NotElf {
+            path: display_path.to_path_buf(),
+        });
+    }
+    symbols_of(&file, display_path, false)
+}
+
+fn symbols_of(
+    file: &object::File<'_>,
+    display_path: &Path,
+    find_debug_file: bool,
+) -> Result<ModuleSymbols, SymbolError> {
+    let build_id = elf::build_id(file);
+    let segments = ExecSegments::of(file);
+    let mut collected = elf::collect_functions(file, &segments);
+    let has_own_dwarf = elf::has_dwarf(file);
 
     // A stripped binary (perhaps with exported functions in `.dynsym`
     // only), or one whose DWARF was split off: look for the separate debug
     // file. Addresses in it are the binary's; file offsets still come from
     // the binary's own segments.
-    let debug = if collected.defined_in_symtab == 0 || !has_own_dwarf {
-        let link = elf::debuglink(&file);
-        debuglink::find(build_id.as_deref(), link.as_ref(), display_path)
+    let mut warnings = Vec::new();
+    let debug = if find_debug_file && (collected.defined_in_symtab == 0 || !has_own_dwarf) {
+        let link = elf::debuglink(file);
+        debuglink::find(
+            build_id.as_deref(),
+            link.as_ref(),
+            display_path,
+            &mut warnings,
+        )
     } else {
         None
     };
@@ -141,11 +198,11 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
             used_debug_file = true;
         }
     }
-    let go = go::is_go(&file);
+    let go = go::is_go(file);
     if collected.defined == 0 && go {
         // `-ldflags=-s` drops .symtab and DWARF; the runtime's own
         // function table stays, and names every function.
-        let pcln = go::pclntab_functions(&file).map_err(|reason| SymbolError::GoNoSymbols {
+        let pcln = go::pclntab_functions(file).map_err(|reason| SymbolError::GoNoSymbols {
             path: display_path.to_path_buf(),
             reason,
         })?;
@@ -161,6 +218,10 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
                     size: f.size,
                     file: None,
                     line: None,
+                    params: Vec::new(),
+                    return_type: None,
+                    language: Some("Go"),
+                    inlined_count: 0,
                 })
             })
             .collect();
@@ -172,6 +233,8 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
             skipped: SkipCounts::default(),
             debug_file: None,
             go,
+            inlined: Vec::new(),
+            warnings: Vec::new(),
         });
     }
     if collected.defined == 0 {
@@ -181,25 +244,36 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
     }
 
     let dwarf_source = if has_own_dwarf {
-        Some(&file)
+        Some(file)
     } else {
         debug_file
             .as_ref()
             .map(|(_, f)| f)
             .filter(|f| elf::has_dwarf(f))
     };
-    let locations = dwarf_source.and_then(|f| match dwarf::function_locations(f) {
+    let locations = dwarf_source.and_then(|f| match dwarf::function_locations(f, display_path) {
         Ok(l) => Some(l),
         Err(e) => {
-            log::warn!("{}: DWARF ignored: {e}", display_path.display());
+            warnings.push(format!("{}: DWARF ignored: {e}", display_path.display()));
             None
         }
     });
+    if let Some(l) = &locations
+        && !l.missing_dwo.is_empty()
+    {
+        warnings.push(format!(
+            "{}: split DWARF file{} {} not found (looked under the compilation directory and next to the binary, and for {}.dwp); those functions have no file:line",
+            display_path.display(),
+            if l.missing_dwo.len() == 1 { "" } else { "s" },
+            l.missing_dwo.join(", "),
+            display_path.display()
+        ));
+    }
     if locations.is_some() && !has_own_dwarf {
         used_debug_file = true;
     }
 
-    let functions = collected
+    let functions: Vec<FunctionSymbol> = collected
         .functions
         .into_iter()
         .map(|raw| {
@@ -212,6 +286,10 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
                 ),
                 file: location.and_then(|l| l.file.as_deref().map(str::to_string)),
                 line: location.and_then(|l| l.line),
+                params: location.map(|l| l.params.clone()).unwrap_or_default(),
+                return_type: location.and_then(|l| l.return_type.as_deref().map(str::to_string)),
+                language: location.and_then(|l| l.language),
+                inlined_count: location.map_or(0, |l| l.inlined),
                 symbol: raw.symbol,
                 address: raw.address,
                 size: raw.size,
@@ -219,6 +297,29 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
             }
         })
         .collect();
+
+    let inlined = locations
+        .as_ref()
+        .map(|l| {
+            l.inlined
+                .iter()
+                .map(|i| InlinedFunction {
+                    name: i.name.clone(),
+                    caller: i.caller_address.and_then(|a| {
+                        functions
+                            .binary_search_by_key(&a, |f| f.address)
+                            .ok()
+                            .and_then(|k| functions.get(k))
+                            .map(|f| f.name.clone())
+                    }),
+                    address: i.address,
+                    file_offset: segments.file_offset(i.address),
+                    call_file: i.call_file.as_deref().map(str::to_string),
+                    call_line: i.call_line,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
 
     Ok(ModuleSymbols {
         path: display_path.to_path_buf(),
@@ -232,5 +333,7 @@ pub fn load_module(open_path: &Path, display_path: &Path) -> Result<ModuleSymbol
             None
         },
         go,
+        inlined,
+        warnings,
     })
 }

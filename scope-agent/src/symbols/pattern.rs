@@ -137,7 +137,14 @@ impl Pattern {
         if self.name_glob.matches(&f.name) || self.name_glob.matches(&f.symbol) {
             return true;
         }
-        without_parameters(&f.name).is_some_and(|n| self.name_glob.matches(n))
+        self.matches_name(&f.name)
+    }
+
+    /// Whether the glob matches `name` (a demangled name), with or without
+    /// its C++ parameter list.
+    pub fn matches_name(&self, name: &str) -> bool {
+        self.name_glob.matches(name)
+            || without_parameters(name).is_some_and(|n| self.name_glob.matches(n))
     }
 }
 
@@ -188,8 +195,7 @@ mod tests {
             address: 0x1000,
             size: 16,
             file_offset: 0x1000,
-            file: None,
-            line: None,
+            ..Default::default()
         }
     }
 

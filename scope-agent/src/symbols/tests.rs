@@ -630,3 +630,65 @@ fn loads_libc_of_own_process() {
 fn offset_witness(x: u64) -> u64 {
     std::hint::black_box(x.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17) ^ 0x55aa)
 }
+
+/// The in-memory loader (the fuzz target's entry point) over damaged
+/// copies of optimised C++ with DWARF 5: prefixes at many lengths, and
+/// bytes overwritten inside the DWARF sections, where the parser works
+/// hardest. Every result is an error or a module, never a panic.
+#[test]
+fn damaged_dwarf_in_memory_does_not_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile(
+        dir.path(),
+        "c++",
+        "prog.cpp",
+        PROG_CPP,
+        "cpp",
+        &["-g", "-gdwarf-5", "-O2"],
+    );
+    let data = fs::read(&exe).expect("read");
+    let name = Path::new("damaged");
+    let whole = load_module_bytes(&data, name).expect("the undamaged file loads");
+    assert!(whole.has_debug_info);
+    assert!(
+        whole.functions.iter().any(|f| !f.params.is_empty()),
+        "parameters read"
+    );
+    let len = data.len();
+    for cut in (0..len).step_by(len / 211 + 1) {
+        let _ = load_module_bytes(data.get(..cut).expect("prefix"), name);
+    }
+    let file = object::File::parse(data.as_slice()).expect("parse");
+    let ranges: Vec<(usize, usize)> = {
+        use object::{Object, ObjectSection};
+        file.sections()
+            .filter(|s| s.name().is_ok_and(|n| n.starts_with(".debug_")))
+            .filter_map(|s| {
+                let (start, size) = s.file_range()?;
+                Some((usize::try_from(start).ok()?, usize::try_from(size).ok()?))
+            })
+            .filter(|&(_, size)| size > 0)
+            .collect()
+    };
+    assert!(!ranges.is_empty(), "DWARF sections found");
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..300 {
+        let mut copy = data.clone();
+        let (start, size) = ranges[round % ranges.len()];
+        for _ in 0..4 {
+            let at = start + usize::try_from(next() % size as u64).expect("fits");
+            if let Some(b) = copy.get_mut(at) {
+                *b = next() as u8;
+            }
+        }
+        if let Ok(m) = load_module_bytes(&copy, name) {
+            let _ = m.inlined.len();
+        }
+    }
+}
