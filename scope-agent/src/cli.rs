@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::probe::attach::AttachModeChoice;
 use crate::session::{SessionConfig, Target};
 use crate::symbols::pattern::Pattern;
 
@@ -81,6 +82,22 @@ pub struct ProbeArgs {
     /// No summary tables, only the one-line results.
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// How probes are attached: `multi` (one multi-uprobe link per module,
+    /// kernel 6.6+), `single` (one perf uprobe per function: slow to
+    /// detach, for older kernels), `auto` (multi if the kernel has it).
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_attach_mode, hide = true)]
+    pub attach_mode: AttachModeChoice,
+}
+
+/// `auto`, `multi` or `single`.
+pub fn parse_attach_mode(s: &str) -> Result<AttachModeChoice, String> {
+    match s {
+        "auto" => Ok(AttachModeChoice::Auto),
+        "multi" => Ok(AttachModeChoice::Multi),
+        "single" => Ok(AttachModeChoice::Single),
+        _ => Err(format!("'{s}' is not an attach mode (use auto, multi or single)")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +150,7 @@ impl ProbeArgs {
             segment_age: self.segment_time,
             top: self.top,
             quiet: self.quiet,
+            attach_mode: self.attach_mode,
         })
     }
 }

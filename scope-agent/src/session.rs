@@ -18,7 +18,9 @@ use anyhow::{Context as _, Result, bail};
 use crate::capture::correlator::Correlator;
 use crate::capture::pipeline::{SinkMsg, SinkThread};
 use crate::capture::ring::RingReader;
-use crate::probe::attach::{LoadOptions, LoadedProbes, ProbePoint};
+use crate::probe::attach::{
+    AttachMode, AttachModeChoice, LoadOptions, LoadedProbes, ProbePoint, check_function_count,
+};
 use crate::probe::plan::{Plan, build_plan, short_name, skipped_total};
 use crate::storage::{FunctionRow, ParquetStore, SessionRow, StoreConfig};
 use crate::summary::{CallStats, SortBy, Tee, format_duration_ns, render_top};
@@ -48,6 +50,8 @@ pub struct SessionConfig {
     pub segment_age: Duration,
     pub top: usize,
     pub quiet: bool,
+    /// Multi-uprobe links, one perf uprobe per function, or a feature probe.
+    pub attach_mode: AttachModeChoice,
 }
 
 /// How a session ended.
@@ -100,6 +104,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     for w in &plan.warnings {
         eprintln!("scope: warning: {w}");
     }
+    for m in &plan.modules {
+        check_function_count(&m.candidate.display_path, m.functions.len())?;
+    }
 
     let clock = SessionClock::now();
     let target_pid_for_id = match &cfg.target {
@@ -129,7 +136,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         Target::Record { .. } => None,
     };
 
+    let attach_started = Instant::now();
     let attached = load_and_attach(&cfg, &plan, pid);
+    let attach_time = attach_started.elapsed();
     let (probes, links) = match attached {
         Ok(x) => x,
         Err(e) => {
@@ -142,6 +151,7 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     let attached_count: usize = links.iter().filter(|l| l.0).map(|l| l.1.count).sum();
 
     let live_ktime = crate::time::monotonic_ns();
+    let attach_mode = probes.mode();
     let (events, lost) = probes.into_maps();
     let mut reader = RingReader::new(events, lost, clock.epoch_ns(live_ktime));
     let mut correlator = Correlator::new(clock.offset_ns, live_ktime);
@@ -154,9 +164,14 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         Target::Record { .. } => format!("{command_line} (pid {pid})"),
     };
     eprintln!(
-        "scope: attached {attached_count} functions in {} module{} of {what}{}{}",
+        "scope: attached {attached_count} functions in {} module{} of {what} in {}{}{}{}",
         plan.modules.len(),
         if plan.modules.len() == 1 { "" } else { "s" },
+        format_duration_ns(attach_time.as_nanos() as u64),
+        match attach_mode {
+            AttachMode::Multi => String::new(),
+            AttachMode::Single => format!(" ({})", attach_mode.name()),
+        },
         if skipped > 0 {
             format!("; {skipped} not probeable (size 0, PLT, aliases)")
         } else {
@@ -242,7 +257,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     }
 
     // Detach, then drain what the kernel wrote before the links closed.
+    let detach_started = Instant::now();
     drop(links);
+    let detach_time = detach_started.elapsed();
     let end_ns = clock.now_epoch_ns();
     reader.drain(&mut correlator);
     correlator.finish();
@@ -302,10 +319,11 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         );
     }
     eprintln!(
-        "scope: wrote {} files ({}) to {} (session {session_id})",
+        "scope: wrote {} files ({}) to {} (session {session_id}); detached in {}",
         summary.files.len(),
         human_bytes(summary.bytes),
-        cfg.out_dir.display()
+        cfg.out_dir.display(),
+        format_duration_ns(detach_time.as_nanos() as u64)
     );
     if !cfg.quiet && stats.total_calls() > 0 {
         let names: std::collections::HashMap<u32, String> = plan
@@ -343,14 +361,17 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     Ok(SessionOutcome { exit_code })
 }
 
-type Links = Vec<(bool, crate::probe::attach::MultiLink)>;
+type Links = Vec<(bool, crate::probe::attach::ProbeLink)>;
 
 fn load_and_attach(cfg: &SessionConfig, plan: &Plan, pid: u32) -> Result<(LoadedProbes, Links)> {
-    let probes = LoadedProbes::load(LoadOptions {
-        target_tgid: pid,
-        ring_bytes: cfg.ring_bytes,
-        wake_bytes: u64::from(cfg.ring_bytes / 4),
-    })?;
+    let mut probes = LoadedProbes::load(
+        LoadOptions {
+            target_tgid: pid,
+            ring_bytes: cfg.ring_bytes,
+            wake_bytes: u64::from(cfg.ring_bytes / 4),
+        },
+        cfg.attach_mode,
+    )?;
     let mut links = Vec::new();
     for m in &plan.modules {
         let points: Vec<ProbePoint> = m
