@@ -591,3 +591,37 @@ impl Attr {
         Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_functions_in_one_module_is_a_clear_error() {
+        let module = Path::new("/usr/lib/libhuge.so");
+        assert!(check_function_count(module, MAX_FUNCTIONS_PER_MODULE).is_ok());
+        let err = check_function_count(module, MAX_FUNCTIONS_PER_MODULE + 1)
+            .expect_err("over the limit")
+            .to_string();
+        assert!(err.contains("100001 functions matched in /usr/lib/libhuge.so"), "{err}");
+        assert!(err.contains("narrower -f pattern"), "{err}");
+    }
+
+    #[test]
+    fn the_feature_probe_finds_its_target_in_the_own_executable() {
+        let (path, offset) =
+            own_file_offset(multi_uprobe_feature_probe_target as *const () as usize)
+                .expect("the probe target is in an executable mapping");
+        assert!(path.is_absolute(), "{}", path.display());
+        assert!(offset > 0);
+        // The offset points at the function's bytes in the file.
+        let file = std::fs::read(&path).expect("readable");
+        let at = offset as usize;
+        // SAFETY: reading the first 4 code bytes of a function of this
+        // process, which is mapped and executable.
+        let code = unsafe {
+            std::slice::from_raw_parts(multi_uprobe_feature_probe_target as *const u8, 4)
+        };
+        assert_eq!(&file[at..at + 4], code);
+    }
+}

@@ -145,7 +145,8 @@ pub fn build_plan(
         };
         // Only meaningful when probing "everything": with explicit patterns
         // we cannot tell whether an unprobeable symbol would have matched.
-        if default_mode {
+        // A bare `*` would have matched every unprobeable symbol too.
+        if default_mode || selecting.iter().any(|&i| patterns[i].name == "*") {
             add_skips(&mut plan.skipped, &symbols.skipped);
         }
         let mut seen = HashSet::new();
