@@ -96,7 +96,9 @@ pub fn parse_attach_mode(s: &str) -> Result<AttachModeChoice, String> {
         "auto" => Ok(AttachModeChoice::Auto),
         "multi" => Ok(AttachModeChoice::Multi),
         "single" => Ok(AttachModeChoice::Single),
-        _ => Err(format!("'{s}' is not an attach mode (use auto, multi or single)")),
+        _ => Err(format!(
+            "'{s}' is not an attach mode (use auto, multi or single)"
+        )),
     }
 }
 

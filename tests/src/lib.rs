@@ -659,7 +659,12 @@ pub fn many_functions_source(n: usize) -> String {
 /// `<target>/fixtures/generated/<name>/<name>` unless the source there is
 /// already identical, and returns the binary's path. Safe to call from
 /// parallel processes (compiles to a name of its own, then renames).
-pub fn build_generated_c(name: &str, source: &str, opt: &str, extra: &[&str]) -> Result<PathBuf, String> {
+pub fn build_generated_c(
+    name: &str,
+    source: &str,
+    opt: &str,
+    extra: &[&str],
+) -> Result<PathBuf, String> {
     let dir = target_dir().join("fixtures/generated").join(name);
     let src = dir.join(format!("{name}.c"));
     let out = dir.join(name);

@@ -36,11 +36,14 @@ fn record_f_star_on_ten_thousand_functions_counts_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().display().to_string();
     let bin_s = bin.display().to_string();
-    let run = run_agent(&["record", "-q", "--out", &out, "-f", "f*", "--", &bin_s, "run", "1"]);
+    let run = run_agent(&[
+        "record", "-q", "--out", &out, "-f", "f*", "--", &bin_s, "run", "1",
+    ]);
     assert!(run.status.success(), "{}", run.stderr);
     // --max-functions (default 1000) only limits the default plan, not -f.
     assert!(
-        run.stderr.contains(&format!("attached {} functions", N + 1)),
+        run.stderr
+            .contains(&format!("attached {} functions", N + 1)),
         "{}",
         run.stderr
     );
@@ -177,4 +180,23 @@ fn an_unknown_attach_mode_is_a_clear_error() {
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn record_star_leaves_the_program_intact_and_reports_skips() {
+    require_root();
+    let bin = many_functions_fixture(N);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().display().to_string();
+    let bin_s = bin.display().to_string();
+    // `*` includes the C runtime; a return probe on `_start` would overwrite
+    // argc, so the program would print its usage and exit 2.
+    let run = run_agent(&[
+        "record", "-q", "--out", &out, "-f", "*", "--", &bin_s, "run", "1",
+    ]);
+    assert!(run.status.success(), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("ok"), "{}", run.stdout);
+    assert!(run.stderr.contains("not probeable"), "{}", run.stderr);
+    let expected: BTreeMap<i64, i64> = [(1, N as i64), (3, 1)].into();
+    assert_eq!(histogram(dir.path(), "f%"), expected);
 }

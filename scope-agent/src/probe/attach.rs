@@ -29,8 +29,8 @@ use std::path::Path;
 use std::num::NonZeroU32;
 
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope};
 use aya::programs::UProbe;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope};
 use aya::{Ebpf, EbpfLoader};
 use scope_common::names;
 
@@ -101,7 +101,9 @@ pub enum AttachError {
          ({MAX_FUNCTIONS_PER_MODULE}): choose fewer with a narrower -f pattern"
     )]
     TooMany { count: usize, module: String },
-    #[error("attaching {direction} probe of function id {cookie} (offset {offset:#x}) in {module} failed: {reason}")]
+    #[error(
+        "attaching {direction} probe of function id {cookie} (offset {offset:#x}) in {module} failed: {reason}"
+    )]
     Single {
         direction: &'static str,
         cookie: u64,
@@ -431,7 +433,9 @@ extern "C" fn multi_uprobe_feature_probe_target() -> u64 {
 /// on [`multi_uprobe_feature_probe_target`] in the agent's own executable,
 /// bound to the agent's pid. The link is closed at once.
 fn multi_link_works(entry_prog: &OwnedFd) -> bool {
-    let Some((path, offset)) = own_file_offset(multi_uprobe_feature_probe_target as *const () as usize) else {
+    let Some((path, offset)) =
+        own_file_offset(multi_uprobe_feature_probe_target as *const () as usize)
+    else {
         // Cannot find a target for the probe: assume the modern path, whose
         // errors at attach time are explicit.
         return true;
@@ -439,7 +443,14 @@ fn multi_link_works(entry_prog: &OwnedFd) -> bool {
     let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
         return true;
     };
-    match create_multi_link(entry_prog, &c_path, &[offset], &[0], std::process::id(), false) {
+    match create_multi_link(
+        entry_prog,
+        &c_path,
+        &[offset],
+        &[0],
+        std::process::id(),
+        false,
+    ) {
         Ok(_fd) => true,
         Err(e) => !lacks_feature(&e),
     }
@@ -603,7 +614,10 @@ mod tests {
         let err = check_function_count(module, MAX_FUNCTIONS_PER_MODULE + 1)
             .expect_err("over the limit")
             .to_string();
-        assert!(err.contains("100001 functions matched in /usr/lib/libhuge.so"), "{err}");
+        assert!(
+            err.contains("100001 functions matched in /usr/lib/libhuge.so"),
+            "{err}"
+        );
         assert!(err.contains("narrower -f pattern"), "{err}");
     }
 

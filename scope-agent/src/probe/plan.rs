@@ -155,6 +155,14 @@ pub fn build_plan(
             if default_mode && RUNTIME_FUNCTIONS.contains(&f.symbol.as_str()) {
                 continue;
             }
+            // `_start` is jumped to with argc where a return address would
+            // be: a return probe would overwrite argc. It never returns.
+            if f.symbol == "_start" {
+                if selecting.iter().any(|&i| patterns[i].matches_function(f)) {
+                    plan.skipped.not_executable += 1;
+                }
+                continue;
+            }
             let mut hit = false;
             for &i in &selecting {
                 if patterns[i].matches_function(f) {
