@@ -54,11 +54,11 @@ fn synthetic_block() -> (Vec<RawEvent>, u64) {
     let mut tid = 0;
     while out.len() + 6 <= BLOCK {
         // A few call trees on one thread, then switch (as CPUs interleave).
-        if rng.next() % 8 == 0 {
+        if rng.next().is_multiple_of(8) {
             tid = (tid + 1) % THREADS;
         }
         let base = 1 + (rng.next() % 330) as u32 * 3;
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             let (a, b, leaf) = (base, base + 1, base + 2);
             ev(&mut out, now, tid, a, EVENT_ENTRY);
             now += 20 + rng.next() % 200;

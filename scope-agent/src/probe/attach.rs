@@ -426,7 +426,7 @@ fn lacks_feature(e: &std::io::Error) -> bool {
 /// A function of the agent that is never called: the feature probe's target.
 #[inline(never)]
 extern "C" fn multi_uprobe_feature_probe_target() -> u64 {
-    std::hint::black_box(0x5c0_9e)
+    std::hint::black_box(0x5c09e)
 }
 
 /// The feature probe: whether a one-offset multi-uprobe link can be created
