@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::probe::attach::AttachModeChoice;
 use crate::session::{SessionConfig, Target};
 use crate::symbols::pattern::Pattern;
 
@@ -110,6 +111,23 @@ pub struct ProbeArgs {
     /// terminal the status line is rewritten in place four times a second).
     #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_duration)]
     pub status_interval: Duration,
+    /// How probes are attached: `multi` (one multi-uprobe link per module,
+    /// kernel 6.6+), `single` (one perf uprobe per function: slow to
+    /// detach, for older kernels), `auto` (multi if the kernel has it).
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_attach_mode, hide = true)]
+    pub attach_mode: AttachModeChoice,
+}
+
+/// `auto`, `multi` or `single`.
+pub fn parse_attach_mode(s: &str) -> Result<AttachModeChoice, String> {
+    match s {
+        "auto" => Ok(AttachModeChoice::Auto),
+        "multi" => Ok(AttachModeChoice::Multi),
+        "single" => Ok(AttachModeChoice::Single),
+        _ => Err(format!(
+            "'{s}' is not an attach mode (use auto, multi or single)"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +194,7 @@ impl ProbeArgs {
             top: self.top,
             quiet: self.quiet,
             status_interval: self.status_interval,
+            attach_mode: self.attach_mode,
         })
     }
 }

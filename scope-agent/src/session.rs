@@ -19,7 +19,9 @@ use crate::capture::correlator::{Correlator, CorrelatorCounts};
 use crate::capture::pipeline::{SinkMsg, SinkThread};
 use crate::capture::ring::RingReader;
 use crate::capture::{CallRecord, EventSink, LossRecord, MetricsRecord};
-use crate::probe::attach::{LoadOptions, LoadedProbes, ProbePoint};
+use crate::probe::attach::{
+    AttachMode, AttachModeChoice, LoadOptions, LoadedProbes, ProbePoint, check_function_count,
+};
 use crate::probe::plan::{Plan, build_plan, short_name, skipped_total};
 use crate::probe::watch::{PendingModules, split_pending};
 use crate::status::{Snapshot, StatusMode, StatusReporter, WriterGauges, loss_pct};
@@ -57,6 +59,8 @@ pub struct SessionConfig {
     pub quiet: bool,
     /// Period of the plain status lines when stderr is not a terminal.
     pub status_interval: Duration,
+    /// Multi-uprobe links, one perf uprobe per function, or a feature probe.
+    pub attach_mode: AttachModeChoice,
 }
 
 /// How a session ended.
@@ -157,6 +161,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     } else {
         Vec::new()
     };
+    for m in &plan.modules {
+        check_function_count(&m.candidate.display_path, m.functions.len())?;
+    }
 
     let clock = SessionClock::now();
     let target_pid_for_id = match &cfg.target {
@@ -189,7 +196,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         Target::Record { .. } => None,
     };
 
+    let attach_started = Instant::now();
     let attached = load_and_attach(&cfg, &plan, pid);
+    let attach_time = attach_started.elapsed();
     let (mut probes, mut links) = match attached {
         Ok(x) => x,
         Err(e) => {
@@ -210,6 +219,7 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     let attached_count: usize = links.iter().filter(|l| l.0).map(|l| l.1.count).sum();
 
     let live_ktime = crate::time::monotonic_ns();
+    let attach_mode = probes.mode();
     let (events, lost) = probes
         .take_maps()
         .context("the loaded eBPF object has no ring buffer")?;
@@ -238,9 +248,14 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         Target::Record { .. } => format!("{command_line} (pid {pid})"),
     };
     eprintln!(
-        "scope: attached {attached_count} functions in {} module{} of {what}{}{}",
+        "scope: attached {attached_count} functions in {} module{} of {what} in {}{}{}{}",
         plan.modules.len(),
         if plan.modules.len() == 1 { "" } else { "s" },
+        format_duration_ns(attach_time.as_nanos() as u64),
+        match attach_mode {
+            AttachMode::Multi => String::new(),
+            AttachMode::Single => format!(" ({})", attach_mode.name()),
+        },
         if skipped > 0 {
             format!("; {skipped} not probeable (size 0, PLT, aliases)")
         } else {
@@ -321,7 +336,13 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         }
         if !pending.is_empty() && last_module_poll.elapsed() >= MODULE_POLL {
             last_module_poll = Instant::now();
-            match attach_late_modules(&mut pending, &probes, &mut late_functions, pid, &mut links) {
+            match attach_late_modules(
+                &mut pending,
+                &mut probes,
+                &mut late_functions,
+                pid,
+                &mut links,
+            ) {
                 Ok(Some((plan, file))) => {
                     late_plans.push(plan);
                     late_files.push(file);
@@ -368,7 +389,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     // Detach, then drain what the kernel wrote before the links closed.
     // Events from while the links close one by one are outside the window.
     correlator.close_window(crate::time::monotonic_ns());
+    let detach_started = Instant::now();
     drop(links);
+    let detach_time = detach_started.elapsed();
     let end_ns = clock.now_epoch_ns();
     let since = correlator.pending();
     reader.drain(&mut correlator);
@@ -462,10 +485,11 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         );
     }
     eprintln!(
-        "scope: wrote {} files ({}) to {} (session {session_id})",
+        "scope: wrote {} files ({}) to {} (session {session_id}); detached in {}",
         summary.files.len() + late_files.len(),
         human_bytes(summary.bytes + late_files.iter().map(|f| f.1).sum::<u64>()),
-        cfg.out_dir.display()
+        cfg.out_dir.display(),
+        format_duration_ns(detach_time.as_nanos() as u64)
     );
     if !cfg.quiet && stats.total_calls() > 0 {
         let names: std::collections::HashMap<u32, String> = std::iter::once(&plan)
@@ -562,20 +586,23 @@ fn snapshot<S: EventSink + Send + 'static>(
     }
 }
 
-type Links = Vec<(bool, crate::probe::attach::MultiLink)>;
+type Links = Vec<(bool, crate::probe::attach::ProbeLink)>;
 
 fn load_and_attach(cfg: &SessionConfig, plan: &Plan, pid: u32) -> Result<(LoadedProbes, Links)> {
-    let probes = LoadedProbes::load(LoadOptions {
-        target_tgid: pid,
-        ring_bytes: cfg.ring_bytes,
-        wake_bytes: u64::from(cfg.ring_bytes / 4),
-    })?;
-    let links = attach_plan(&probes, plan, pid)?;
+    let mut probes = LoadedProbes::load(
+        LoadOptions {
+            target_tgid: pid,
+            ring_bytes: cfg.ring_bytes,
+            wake_bytes: u64::from(cfg.ring_bytes / 4),
+        },
+        cfg.attach_mode,
+    )?;
+    let links = attach_plan(&mut probes, plan, pid)?;
     Ok((probes, links))
 }
 
 /// Attaches every module of `plan` (entry and return links per module).
-fn attach_plan(probes: &LoadedProbes, plan: &Plan, pid: u32) -> Result<Links> {
+fn attach_plan(probes: &mut LoadedProbes, plan: &Plan, pid: u32) -> Result<Links> {
     let mut links = Vec::new();
     for m in &plan.modules {
         let points: Vec<ProbePoint> = m
@@ -619,7 +646,7 @@ fn attach_plan(probes: &LoadedProbes, plan: &Plan, pid: u32) -> Result<Links> {
 /// attaches them. Returns the new plan, or `None` when nothing new matched.
 fn attach_late_modules(
     pending: &mut PendingModules,
-    probes: &LoadedProbes,
+    probes: &mut LoadedProbes,
     late_functions: &mut LateFunctions,
     pid: u32,
     links: &mut Links,

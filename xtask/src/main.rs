@@ -3,6 +3,7 @@
 //! bpf-linker, and for `test` bpftrace, bpftool and Python's duckdb), check
 //! for root and kernel support, then build and run.
 
+mod bench;
 mod demo;
 mod process;
 mod setup;
@@ -47,8 +48,20 @@ enum Task {
     /// Build the test fixtures into target/fixtures (the tests build them
     /// on demand too).
     Fixtures,
-    /// Benchmarks (not implemented yet).
-    Bench,
+    /// Measure scope against bpftrace and uftrace side by side (every
+    /// figure a ratio from the same run), print the table and write it into
+    /// BENCHMARKS.md. Needs root; takes several minutes.
+    Bench {
+        /// Overhead trials (each runs every setup once, interleaved).
+        #[arg(long, default_value_t = 5)]
+        trials: usize,
+        /// Calls per overhead trial.
+        #[arg(long, default_value_t = 100_000)]
+        calls: u64,
+        /// Print the table without rewriting BENCHMARKS.md.
+        #[arg(long)]
+        no_write: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,10 +73,15 @@ fn main() -> ExitCode {
             cargo_test_args,
         } => suite::run_suite(!no_lint, &cargo_test_args),
         Task::Fixtures => build_fixtures(),
-        Task::Bench => {
-            eprintln!("cargo xtask bench: not implemented yet (see issue 5)");
-            return ExitCode::from(2);
-        }
+        Task::Bench {
+            trials,
+            calls,
+            no_write,
+        } => bench::run_bench(&bench::BenchOptions {
+            trials: trials.max(1),
+            calls: calls.max(1),
+            write: !no_write,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -178,7 +178,7 @@ pub fn ensure_test_tools() -> Result<()> {
 }
 
 /// `apt-get update` and `apt-get install` of `packages`.
-fn apt_install(packages: &[&str]) -> Result<()> {
+pub fn apt_install(packages: &[&str]) -> Result<()> {
     if !on_path("apt-get") {
         bail!(
             "{} missing and there is no apt-get: install them by hand",

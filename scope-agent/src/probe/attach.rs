@@ -11,6 +11,13 @@
 //! in tens of milliseconds; one perf link per function takes ~110 ms each to
 //! detach (see `shared/toolchain.md`).
 //!
+//! Kernels without multi-uprobe links (before 6.6) get the fallback: aya's
+//! own per-function perf-event uprobes, one per function and direction,
+//! with the function id as the BPF cookie. [`AttachModeChoice::Auto`] picks
+//! it by a feature probe: load the multi-uprobe program copy and create a
+//! one-offset link on a function of the agent itself, bound to the agent's
+//! pid (never called, so it never fires).
+//!
 //! All `unsafe` here is the `bpf(2)` syscall boundary.
 
 use std::collections::{HashMap, HashSet};
@@ -19,7 +26,11 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use std::num::NonZeroU32;
+
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
+use aya::programs::UProbe;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope};
 use aya::{Ebpf, EbpfLoader};
 use scope_common::names;
 
@@ -31,6 +42,39 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_KPROBE: u32 = 2;
 const BPF_TRACE_UPROBE_MULTI: u32 = 48;
 const BPF_F_UPROBE_MULTI_RETURN: u32 = 1;
+
+/// The most functions scope probes in one module. The kernel allows up to
+/// 2^20 offsets in one multi-uprobe link (`MAX_UPROBE_MULTI_CNT`), but each
+/// costs kernel memory and attach time; past this a pattern is almost
+/// certainly too broad.
+pub const MAX_FUNCTIONS_PER_MODULE: usize = 100_000;
+
+/// How probes are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// One `BPF_TRACE_UPROBE_MULTI` link per module and direction.
+    Multi,
+    /// One perf-event uprobe per function and direction (kernels before 6.6).
+    Single,
+}
+
+/// What the user asked for: a mode, or a feature probe to choose one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttachModeChoice {
+    #[default]
+    Auto,
+    Multi,
+    Single,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Multi => "multi-uprobe links",
+            AttachMode::Single => "one perf uprobe per function",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -52,6 +96,21 @@ pub enum AttachError {
     },
     #[error("eBPF map {0} missing from the object")]
     MissingMap(&'static str),
+    #[error(
+        "{count} functions matched in {module}, more than scope probes in one module \
+         ({MAX_FUNCTIONS_PER_MODULE}): choose fewer with a narrower -f pattern"
+    )]
+    TooMany { count: usize, module: String },
+    #[error(
+        "attaching {direction} probe of function id {cookie} (offset {offset:#x}) in {module} failed: {reason}"
+    )]
+    Single {
+        direction: &'static str,
+        cookie: u64,
+        offset: u64,
+        module: String,
+        reason: String,
+    },
 }
 
 /// Settings fixed when the programs are loaded.
@@ -67,21 +126,46 @@ pub struct LoadOptions {
 
 /// The loaded programs and the maps user space reads.
 pub struct LoadedProbes {
-    entry_prog: OwnedFd,
-    return_prog: OwnedFd,
-    /// Plain uprobe for the RET instructions of Go functions.
-    ret_site_prog: OwnedFd,
-    /// Kept so aya's maps stay alive as long as the programs.
-    _ebpf: Ebpf,
+    mode: AttachMode,
+    /// Multi mode: the program copies loaded with the multi-uprobe attach type.
+    entry_prog: Option<OwnedFd>,
+    return_prog: Option<OwnedFd>,
+    /// Keeps aya's maps alive as long as the programs; in single mode its
+    /// programs are the ones attached.
+    ebpf: Ebpf,
+    /// Multi mode: the RET-site program (a plain uprobe on the RET
+    /// instructions of Go functions) with the multi-uprobe attach type.
+    ret_site_prog: Option<OwnedFd>,
     /// `None` once taken by [`LoadedProbes::take_maps`].
     maps: Option<(RingBuf<MapData>, PerCpuArray<MapData, u64>)>,
 }
 
-/// One multi-uprobe link; dropping it detaches every probe in it.
+/// The probes of one module and direction; dropping it detaches them all.
 #[derive(Debug)]
-pub struct MultiLink {
-    _fd: OwnedFd,
+pub struct ProbeLink {
+    _inner: LinkInner,
+    /// Functions covered.
     pub count: usize,
+}
+
+#[derive(Debug)]
+#[expect(dead_code, reason = "held only to be dropped: dropping detaches")]
+enum LinkInner {
+    /// One multi-uprobe link: closing the fd detaches every probe in it.
+    Multi(OwnedFd),
+    /// One perf-event link per function (each detaches on drop).
+    Single(Vec<UProbeLink>),
+}
+
+/// Checks a module's function count against [`MAX_FUNCTIONS_PER_MODULE`].
+pub fn check_function_count(module: &Path, count: usize) -> Result<(), AttachError> {
+    if count > MAX_FUNCTIONS_PER_MODULE {
+        return Err(AttachError::TooMany {
+            count,
+            module: module.display().to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// One function to probe inside a module: the uprobe file offset and the
@@ -101,7 +185,9 @@ pub fn ring_size(requested: u32) -> u32 {
 }
 
 impl LoadedProbes {
-    pub fn load(opts: LoadOptions) -> Result<Self, AttachError> {
+    /// Loads the programs for the attach mode `choice` asks for
+    /// (`Auto`: multi-uprobe links if the kernel has them).
+    pub fn load(opts: LoadOptions, choice: AttachModeChoice) -> Result<Self, AttachError> {
         let ring_bytes = ring_size(opts.ring_bytes);
         let mut ebpf = EbpfLoader::new()
             .override_global(names::TARGET_TGID_GLOBAL, &opts.target_tgid, true)
@@ -133,9 +219,36 @@ impl LoadedProbes {
         obj.relocate_calls(&text_sections)
             .map_err(|e| AttachError::Load(error_chain(&e)))?;
 
-        let entry_prog = load_program(&obj, names::ENTRY_PROGRAM)?;
-        let return_prog = load_program(&obj, names::RETURN_PROGRAM)?;
-        let ret_site_prog = load_program(&obj, names::RET_SITE_PROGRAM)?;
+        let multi = match choice {
+            AttachModeChoice::Single => None,
+            AttachModeChoice::Multi => Some(load_multi_programs(&obj)?),
+            AttachModeChoice::Auto => match load_multi_programs(&obj) {
+                Ok(progs) if multi_link_works(&progs.0) => Some(progs),
+                Ok(_) => None,
+                Err(AttachError::ProgLoad { source, .. }) if lacks_feature(&source) => None,
+                Err(e) => return Err(e),
+            },
+        };
+        let (mode, entry_prog, return_prog, ret_site_prog) = match multi {
+            Some((entry, ret)) => (
+                AttachMode::Multi,
+                Some(entry),
+                Some(ret),
+                Some(load_program(&obj, names::RET_SITE_PROGRAM)?),
+            ),
+            None => {
+                for name in [
+                    names::ENTRY_PROGRAM,
+                    names::RETURN_PROGRAM,
+                    names::RET_SITE_PROGRAM,
+                ] {
+                    aya_uprobe(&mut ebpf, name)?
+                        .load()
+                        .map_err(|e| AttachError::Load(error_chain(&e)))?;
+                }
+                (AttachMode::Single, None, None, None)
+            }
+        };
 
         let events = ebpf
             .take_map(names::EVENTS_MAP)
@@ -146,12 +259,18 @@ impl LoadedProbes {
             .ok_or(AttachError::MissingMap(names::LOST_MAP))?;
         let lost = PerCpuArray::try_from(lost).map_err(|e| AttachError::Load(error_chain(&e)))?;
         Ok(Self {
+            mode,
             entry_prog,
             return_prog,
             ret_site_prog,
-            _ebpf: ebpf,
+            ebpf,
             maps: Some((events, lost)),
         })
+    }
+
+    /// How this load attaches probes.
+    pub fn mode(&self) -> AttachMode {
+        self.mode
     }
 
     /// Takes the maps user space reads (the ring and the loss counters),
@@ -165,12 +284,13 @@ impl LoadedProbes {
     /// `points` of the ELF file at `path`, for process `pid` only (0: every
     /// process that maps the file). Returns the links; dropping them detaches.
     pub fn attach_module(
-        &self,
+        &mut self,
         path: &Path,
         points: &[ProbePoint],
         pid: u32,
         returns: bool,
-    ) -> Result<Vec<MultiLink>, AttachError> {
+    ) -> Result<Vec<ProbeLink>, AttachError> {
+        check_function_count(path, points.len())?;
         let mut links = vec![self.link(path, points, pid, Direction::Entry)?];
         if returns {
             links.push(self.link(path, points, pid, Direction::Return)?);
@@ -181,27 +301,73 @@ impl LoadedProbes {
     /// Attaches the RET-site program (a plain uprobe) to `points`, the RET
     /// instructions of Go functions, each with its function id as cookie.
     pub fn attach_ret_sites(
-        &self,
+        &mut self,
         path: &Path,
         points: &[ProbePoint],
         pid: u32,
-    ) -> Result<MultiLink, AttachError> {
+    ) -> Result<ProbeLink, AttachError> {
+        check_function_count(path, points.len())?;
         self.link(path, points, pid, Direction::RetSite)
     }
 
     fn link(
-        &self,
+        &mut self,
         path: &Path,
         points: &[ProbePoint],
         pid: u32,
         direction: Direction,
-    ) -> Result<MultiLink, AttachError> {
-        let ret = direction == Direction::Return;
-        let (direction, prog) = match direction {
-            Direction::Entry => ("entry", &self.entry_prog),
-            Direction::Return => ("return", &self.return_prog),
-            Direction::RetSite => ("RET-site", &self.ret_site_prog),
-        };
+    ) -> Result<ProbeLink, AttachError> {
+        match self.mode {
+            AttachMode::Multi => self.multi_link(path, points, pid, direction),
+            AttachMode::Single => self.single_links(path, points, pid, direction),
+        }
+    }
+
+    /// One perf-event uprobe per point, through aya, cookie = function id.
+    fn single_links(
+        &mut self,
+        path: &Path,
+        points: &[ProbePoint],
+        pid: u32,
+        direction: Direction,
+    ) -> Result<ProbeLink, AttachError> {
+        let name = direction.program();
+        let direction = direction.name();
+        let program = aya_uprobe(&mut self.ebpf, name)?;
+        let scope = NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+        let mut links = Vec::with_capacity(points.len());
+        for p in points {
+            let err = |reason: String| AttachError::Single {
+                direction,
+                cookie: p.cookie,
+                offset: p.file_offset,
+                module: path.display().to_string(),
+                reason,
+            };
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(p.file_offset),
+                cookie: Some(p.cookie),
+            };
+            let id = program
+                .attach(point, path, scope)
+                .map_err(|e| err(error_chain(&e)))?;
+            links.push(program.take_link(id).map_err(|e| err(error_chain(&e)))?);
+        }
+        Ok(ProbeLink {
+            _inner: LinkInner::Single(links),
+            count: points.len(),
+        })
+    }
+
+    fn multi_link(
+        &self,
+        path: &Path,
+        points: &[ProbePoint],
+        pid: u32,
+        which: Direction,
+    ) -> Result<ProbeLink, AttachError> {
+        let ret = which == Direction::Return;
+        let direction = which.name();
         let err = |source: std::io::Error| {
             let hint = match source.raw_os_error() {
                 Some(libc::ESRCH) => " (the process is gone)",
@@ -222,19 +388,17 @@ impl LoadedProbes {
             .map_err(|_| err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
         let offsets: Vec<u64> = points.iter().map(|p| p.file_offset).collect();
         let cookies: Vec<u64> = points.iter().map(|p| p.cookie).collect();
-        let mut attr = Attr::default();
-        attr.put_u32(0, prog.as_raw_fd() as u32);
-        attr.put_u32(8, BPF_TRACE_UPROBE_MULTI);
-        attr.put_u64(16, c_path.as_ptr() as u64);
-        attr.put_u64(24, offsets.as_ptr() as u64);
-        attr.put_u64(32, 0);
-        attr.put_u64(40, cookies.as_ptr() as u64);
-        attr.put_u32(48, points.len() as u32);
-        attr.put_u32(52, if ret { BPF_F_UPROBE_MULTI_RETURN } else { 0 });
-        attr.put_u32(56, pid);
-        let fd = attr.bpf(BPF_LINK_CREATE).map_err(err)?;
-        Ok(MultiLink {
-            _fd: fd,
+        let prog = match which {
+            Direction::Entry => &self.entry_prog,
+            Direction::Return => &self.return_prog,
+            Direction::RetSite => &self.ret_site_prog,
+        };
+        let prog = prog
+            .as_ref()
+            .ok_or_else(|| err(std::io::Error::from_raw_os_error(libc::EBADF)))?;
+        let fd = create_multi_link(prog, &c_path, &offsets, &cookies, pid, ret).map_err(err)?;
+        Ok(ProbeLink {
+            _inner: LinkInner::Multi(fd),
             count: points.len(),
         })
     }
@@ -245,7 +409,129 @@ impl LoadedProbes {
 enum Direction {
     Entry,
     Return,
+    /// The RET instructions of Go functions (a plain uprobe, kind RETURN).
     RetSite,
+}
+
+impl Direction {
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Entry => "entry",
+            Direction::Return => "return",
+            Direction::RetSite => "RET-site",
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Direction::Entry => names::ENTRY_PROGRAM,
+            Direction::Return => names::RETURN_PROGRAM,
+            Direction::RetSite => names::RET_SITE_PROGRAM,
+        }
+    }
+}
+
+/// `bpf(BPF_LINK_CREATE)` of a `BPF_TRACE_UPROBE_MULTI` link.
+fn create_multi_link(
+    prog: &OwnedFd,
+    path: &CString,
+    offsets: &[u64],
+    cookies: &[u64],
+    pid: u32,
+    ret: bool,
+) -> Result<OwnedFd, std::io::Error> {
+    let mut attr = Attr::default();
+    attr.put_u32(0, prog.as_raw_fd() as u32);
+    attr.put_u32(8, BPF_TRACE_UPROBE_MULTI);
+    attr.put_u64(16, path.as_ptr() as u64);
+    attr.put_u64(24, offsets.as_ptr() as u64);
+    attr.put_u64(32, 0);
+    attr.put_u64(40, cookies.as_ptr() as u64);
+    attr.put_u32(48, offsets.len().min(cookies.len()) as u32);
+    attr.put_u32(52, if ret { BPF_F_UPROBE_MULTI_RETURN } else { 0 });
+    attr.put_u32(56, pid);
+    attr.bpf(BPF_LINK_CREATE)
+}
+
+/// Both program copies with the multi-uprobe attach type: (entry, return).
+fn load_multi_programs(obj: &aya_obj::Object) -> Result<(OwnedFd, OwnedFd), AttachError> {
+    Ok((
+        load_program(obj, names::ENTRY_PROGRAM)?,
+        load_program(obj, names::RETURN_PROGRAM)?,
+    ))
+}
+
+/// The kernel-internal ENOTSUPP, which some BPF paths return to user space.
+const KERNEL_ENOTSUPP: i32 = 524;
+
+/// Errors by which a kernel says it does not know multi-uprobe programs or links.
+fn lacks_feature(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | KERNEL_ENOTSUPP | libc::ENOSYS)
+    )
+}
+
+/// A function of the agent that is never called: the feature probe's target.
+#[inline(never)]
+extern "C" fn multi_uprobe_feature_probe_target() -> u64 {
+    std::hint::black_box(0x5c09e)
+}
+
+/// The feature probe: whether a one-offset multi-uprobe link can be created
+/// on [`multi_uprobe_feature_probe_target`] in the agent's own executable,
+/// bound to the agent's pid. The link is closed at once.
+fn multi_link_works(entry_prog: &OwnedFd) -> bool {
+    let Some((path, offset)) =
+        own_file_offset(multi_uprobe_feature_probe_target as *const () as usize)
+    else {
+        // Cannot find a target for the probe: assume the modern path, whose
+        // errors at attach time are explicit.
+        return true;
+    };
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return true;
+    };
+    match create_multi_link(
+        entry_prog,
+        &c_path,
+        &[offset],
+        &[0],
+        std::process::id(),
+        false,
+    ) {
+        Ok(_fd) => true,
+        Err(e) => !lacks_feature(&e),
+    }
+}
+
+/// The file and file offset of an address in the agent's own executable
+/// mappings, from `/proc/self/maps`.
+fn own_file_offset(addr: usize) -> Option<(std::path::PathBuf, u64)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    for line in maps.lines() {
+        let mut parts = line.split_whitespace();
+        let range = parts.next()?;
+        let perms = parts.next()?;
+        let off = parts.next()?;
+        let path = parts.nth(2)?;
+        let (lo, hi) = range.split_once('-')?;
+        let lo = usize::from_str_radix(lo, 16).ok()?;
+        let hi = usize::from_str_radix(hi, 16).ok()?;
+        if (lo..hi).contains(&addr) && perms.contains('x') && path.starts_with('/') {
+            let off = u64::from_str_radix(off, 16).ok()?;
+            return Some((path.into(), (addr - lo) as u64 + off));
+        }
+    }
+    None
+}
+
+/// One of aya's uprobe programs, by name.
+fn aya_uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, AttachError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| AttachError::Load(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| AttachError::Load(error_chain(&e)))
 }
 
 fn load_program(obj: &aya_obj::Object, name: &'static str) -> Result<OwnedFd, AttachError> {
@@ -363,5 +649,42 @@ impl Attr {
         // SAFETY: on success these commands return a new file descriptor that
         // nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_functions_in_one_module_is_a_clear_error() {
+        let module = Path::new("/usr/lib/libhuge.so");
+        assert!(check_function_count(module, MAX_FUNCTIONS_PER_MODULE).is_ok());
+        let err = check_function_count(module, MAX_FUNCTIONS_PER_MODULE + 1)
+            .expect_err("over the limit")
+            .to_string();
+        assert!(
+            err.contains("100001 functions matched in /usr/lib/libhuge.so"),
+            "{err}"
+        );
+        assert!(err.contains("narrower -f pattern"), "{err}");
+    }
+
+    #[test]
+    fn the_feature_probe_finds_its_target_in_the_own_executable() {
+        let (path, offset) =
+            own_file_offset(multi_uprobe_feature_probe_target as *const () as usize)
+                .expect("the probe target is in an executable mapping");
+        assert!(path.is_absolute(), "{}", path.display());
+        assert!(offset > 0);
+        // The offset points at the function's bytes in the file.
+        let file = std::fs::read(&path).expect("readable");
+        let at = offset as usize;
+        // SAFETY: reading the first 4 code bytes of a function of this
+        // process, which is mapped and executable.
+        let code = unsafe {
+            std::slice::from_raw_parts(multi_uprobe_feature_probe_target as *const u8, 4)
+        };
+        assert_eq!(&file[at..at + 4], code);
     }
 }

@@ -155,7 +155,8 @@ pub fn build_plan(
         plan.warnings.extend(symbols.warnings.iter().cloned());
         // Only meaningful when probing "everything": with explicit patterns
         // we cannot tell whether an unprobeable symbol would have matched.
-        if default_mode {
+        // A bare `*` would have matched every unprobeable symbol too.
+        if default_mode || selecting.iter().any(|&i| patterns[i].name == "*") {
             add_skips(&mut plan.skipped, &symbols.skipped);
         }
         let mut seen = HashSet::new();
@@ -167,6 +168,14 @@ pub fn build_plan(
             // Go binaries carry the whole runtime: by default only the
             // user's `main` package is probed.
             if default_mode && symbols.go && !f.name.starts_with("main.") {
+                continue;
+            }
+            // `_start` is jumped to with argc where a return address would
+            // be: a return probe would overwrite argc. It never returns.
+            if f.symbol == "_start" {
+                if selecting.iter().any(|&i| patterns[i].matches_function(f)) {
+                    plan.skipped.not_executable += 1;
+                }
                 continue;
             }
             let mut hit = false;
