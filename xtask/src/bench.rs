@@ -211,8 +211,16 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
     println!("\n{report}");
     if opts.write {
         let path = root.join("BENCHMARKS.md");
-        std::fs::write(&path, benchmarks_md(&report))
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        // Sections measured by other commands (below the marker) are kept.
+        let kept = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|old| {
+                old.find(GENERATED_END)
+                    .map(|i| old[i + GENERATED_END.len()..].to_string())
+            })
+            .unwrap_or_default();
+        let text = format!("{}{GENERATED_END}{kept}", benchmarks_md(&report));
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         println!("wrote {}", path.display());
     }
     println!(
@@ -660,7 +668,11 @@ fn today() -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// The whole of BENCHMARKS.md around the measured section.
+/// Ends the part of BENCHMARKS.md this command writes; what follows it
+/// (measured by other commands) is kept when the bench rewrites the file.
+const GENERATED_END: &str = "\n<!-- end of the part `cargo xtask bench` writes -->\n\n";
+
+/// The part of BENCHMARKS.md this command writes, around the measured section.
 fn benchmarks_md(report: &str) -> String {
     format!(
         "# scope: benchmarks\n\n\

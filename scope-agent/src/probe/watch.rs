@@ -158,13 +158,19 @@ mod tests {
     fn patterns_naming_absent_modules_wait_and_plan_on_arrival() {
         let exe = std::env::current_exe().unwrap().display().to_string();
         let main = candidate(&exe, true);
-        let patterns: Vec<Pattern> = ["main", "libc.so*:malloc", "libc.so*:qsort", "libnope*:x"]
-            .iter()
-            .map(|p| p.parse().unwrap())
-            .collect();
+        let patterns: Vec<Pattern> = [
+            "main",
+            "libc.so*:malloc",
+            "libc.so*:qsort",
+            "libc.so*:free",
+            "libnope*:x",
+        ]
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
         let (now, pending) = split_pending(std::slice::from_ref(&main), &patterns);
         assert_eq!(now.len(), 1);
-        assert_eq!(pending.len(), 3);
+        assert_eq!(pending.len(), 4);
 
         let mut watch = PendingModules::new(pending, std::slice::from_ref(&main), 7);
         // Nothing new: nothing planned.
@@ -175,7 +181,7 @@ mod tests {
                 .modules
                 .is_empty()
         );
-        // libc appears: malloc and qsort planned, ids from 7, once.
+        // libc appears: malloc, qsort and free planned, ids from 7, once.
         let libc = candidate(&libc_path(), false);
         let late = watch.poll(&[main.clone(), libc.clone()]);
         assert_eq!(late.plan.modules.len(), 1, "{:?}", late.warnings);
@@ -184,7 +190,15 @@ mod tests {
             .iter()
             .map(|f| f.function_id)
             .collect();
-        assert_eq!(ids, vec![7, 8]);
+        assert_eq!(ids, vec![7, 8, 9]);
+        // glibc's free is also cfree and __libc_free: whichever name is
+        // kept (free when a .symtab tells the versions apart), the pattern
+        // matched it through its aliases.
+        let free = &late.plan.modules[0].functions[2].symbol;
+        assert!(
+            free.name == "free" || free.aliases.iter().any(|a| a == "free"),
+            "{free:?}"
+        );
         assert!(late.warnings.is_empty(), "{:?}", late.warnings);
         // Seen modules are not planned twice.
         assert!(watch.poll(&[main, libc]).plan.modules.is_empty());

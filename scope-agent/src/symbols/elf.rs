@@ -184,13 +184,17 @@ impl ExecSegments {
 }
 
 /// Which of several symbols at one address names the function: the lowest
-/// key wins. Global before weak before local, plain names before
+/// key wins. Global or weak before local, default symbol versions before
+/// compatibility ones (`free@@V` before `cfree@V`), plain names before
 /// `_`-prefixed ones (`malloc` before `__libc_malloc`; mangled names count as
 /// plain), `.symtab` before `.dynsym`, then the name, so the choice is
 /// deterministic.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct AliasRank {
     binding: u8,
+    /// `cfree@GLIBC_2.2.5`: a non-default (compatibility) version, kept for
+    /// old binaries; `free@@GLIBC_2.2.5` is the name new code links to.
+    compat_version: bool,
     reserved_name: bool,
     dynamic_table: bool,
 }
@@ -202,6 +206,9 @@ pub(super) struct RawFunction {
     pub address: u64,
     pub size: u64,
     pub file_offset: u64,
+    /// Other names at the same address (`free` when the name kept is
+    /// `cfree`), unversioned, so a pattern may name any of them.
+    pub aliases: Vec<String>,
     rank: AliasRank,
 }
 
@@ -320,8 +327,9 @@ pub(super) fn collect_functions(
             continue;
         };
         let binding = match st_info >> 4 {
-            elf::STB_GLOBAL => 0,
-            elf::STB_WEAK => 1,
+            // A weak alias (`calloc` for `__libc_calloc`) is as public as
+            // a global one: the reserved-name rule decides between them.
+            elf::STB_GLOBAL | elf::STB_WEAK => 0,
             _ => 2,
         };
         out.functions.push(RawFunction {
@@ -329,8 +337,10 @@ pub(super) fn collect_functions(
             address,
             size,
             file_offset,
+            aliases: Vec::new(),
             rank: AliasRank {
                 binding,
+                compat_version: is_compat_version(name),
                 reserved_name: is_reserved_name(name),
                 dynamic_table,
             },
@@ -340,9 +350,29 @@ pub(super) fn collect_functions(
     out.functions
         .sort_by(|a, b| (a.address, &a.rank, &a.symbol).cmp(&(b.address, &b.rank, &b.symbol)));
     let before = out.functions.len();
-    out.functions.dedup_by_key(|f| f.address);
+    out.functions.dedup_by(|later, kept| {
+        if later.address != kept.address {
+            return false;
+        }
+        // The best-ranked name is kept; the others stay matchable.
+        let alias = String::from_utf8_lossy(unversioned(later.symbol.as_bytes())).into_owned();
+        if alias != String::from_utf8_lossy(unversioned(kept.symbol.as_bytes()))
+            && !kept.aliases.contains(&alias)
+        {
+            kept.aliases.push(alias);
+        }
+        true
+    });
     out.skipped.duplicate_address += before - out.functions.len();
     out
+}
+
+/// `name@VERSION` (one `@`): a symbol version that is not the default.
+fn is_compat_version(name: &[u8]) -> bool {
+    match name.iter().position(|&b| b == b'@') {
+        Some(i) if i > 0 => name.get(i + 1) != Some(&b'@'),
+        _ => false,
+    }
 }
 
 /// `name@VERSION` / `name@@VERSION` → `name`.
@@ -470,6 +500,7 @@ mod tests {
     fn alias_ranking() {
         let global_plain = AliasRank {
             binding: 0,
+            compat_version: false,
             reserved_name: false,
             dynamic_table: false,
         };
@@ -488,6 +519,17 @@ mod tests {
         assert!(global_plain < global_reserved);
         assert!(global_reserved < local_plain);
         assert!(global_plain < dynamic);
+        let compat = AliasRank {
+            compat_version: true,
+            ..global_plain.clone()
+        };
+        assert!(
+            global_reserved < compat,
+            "__libc_free before cfree@GLIBC_2.2.5"
+        );
+        assert!(is_compat_version(b"cfree@GLIBC_2.2.5"));
+        assert!(!is_compat_version(b"free@@GLIBC_2.2.5"));
+        assert!(!is_compat_version(b"free"));
         assert!(is_reserved_name(b"__libc_malloc"));
         assert!(!is_reserved_name(b"_ZN3foo3barEv"));
         assert!(!is_reserved_name(b"malloc"));

@@ -62,6 +62,10 @@ pub struct FunctionSymbol {
     pub name: String,
     /// The linkage name exactly as in the symbol table.
     pub symbol: String,
+    /// Other symbols at the same address (glibc's `free` is also `cfree`
+    /// and `__libc_free`); a pattern matching any of them selects the
+    /// function, which is probed once under `name`.
+    pub aliases: Vec<String>,
     /// `st_value`: the ELF virtual address.
     pub address: u64,
     pub size: u64,
@@ -222,6 +226,7 @@ fn symbols_of(
                     return_type: None,
                     language: Some("Go"),
                     inlined_count: 0,
+                    aliases: Vec::new(),
                 })
             })
             .collect();
@@ -291,6 +296,7 @@ fn symbols_of(
                 language: location.and_then(|l| l.language),
                 inlined_count: location.map_or(0, |l| l.inlined),
                 symbol: raw.symbol,
+                aliases: raw.aliases,
                 address: raw.address,
                 size: raw.size,
                 file_offset: raw.file_offset,

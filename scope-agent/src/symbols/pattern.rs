@@ -134,7 +134,10 @@ impl Pattern {
     /// its linkage name, or (for C++) its demangled name without the
     /// parameter list, so `ns::f*` and `std::vector<*>::push_back` both work.
     pub fn matches_function(&self, f: &FunctionSymbol) -> bool {
-        if self.name_glob.matches(&f.name) || self.name_glob.matches(&f.symbol) {
+        if self.name_glob.matches(&f.name)
+            || self.name_glob.matches(&f.symbol)
+            || f.aliases.iter().any(|a| self.name_glob.matches(a))
+        {
             return true;
         }
         self.matches_name(&f.name)
