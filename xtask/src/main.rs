@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod process;
 mod setup;
 mod suite;
@@ -40,6 +41,9 @@ enum Task {
         /// Skip `cargo fmt --check` and `cargo clippy`.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the 30 s fuzzing step (and its instrumented build).
+        #[arg(long)]
+        no_fuzz: bool,
         /// Extra arguments for `cargo test`, after `--`
         /// (e.g. `-- -p scope-tests --test record -- --nocapture`).
         #[arg(last = true)]
@@ -48,6 +52,13 @@ enum Task {
     /// Build the test fixtures into target/fixtures (the tests build them
     /// on demand too).
     Fixtures,
+    /// Fuzz the ELF + DWARF symbol loader with libFuzzer for a bounded time
+    /// (installs cargo-fuzz when missing; builds with the nightly toolchain).
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Measure scope against bpftrace and uftrace side by side (every
     /// figure a ratio from the same run), print the table and write it into
     /// BENCHMARKS.md. Needs root; takes several minutes.
@@ -70,9 +81,11 @@ fn main() -> ExitCode {
         Task::Demo { out } => demo::run_demo(&out),
         Task::Test {
             no_lint,
+            no_fuzz,
             cargo_test_args,
-        } => suite::run_suite(!no_lint, &cargo_test_args),
+        } => suite::run_suite(!no_lint, !no_fuzz, &cargo_test_args),
         Task::Fixtures => build_fixtures(),
+        Task::Fuzz { seconds } => fuzz::run_fuzz(seconds),
         Task::Bench {
             trials,
             calls,

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: everything CI runs, in order, each step timed:
 //! root/BPF check → toolchain → test tools → fmt → clippy → build the agent
-//! → `cargo test` with `SCOPE_AGENT_BIN` pointing at that build.
+//! → `cargo test` with `SCOPE_AGENT_BIN` pointing at that build → 30 s of
+//! fuzzing the symbol loader.
 
 use std::time::Instant;
 
@@ -13,9 +14,12 @@ use crate::setup::{ensure_root_and_bpf, ensure_test_tools, ensure_toolchain};
 /// the BPF target, and scope-agent's build script builds it.
 const WORKSPACE: [&str; 3] = ["--workspace", "--exclude", "scope-ebpf"];
 
-/// Runs the whole suite; `lint` adds the fmt and clippy steps;
-/// `cargo_test_args` go to `cargo test` as they are.
-pub fn run_suite(lint: bool, cargo_test_args: &[String]) -> Result<()> {
+/// Seconds of fuzzing in every run of the suite.
+const FUZZ_SECONDS: u64 = 30;
+
+/// Runs the whole suite; `lint` adds the fmt and clippy steps, `fuzz` the
+/// fuzzing step; `cargo_test_args` go to `cargo test` as they are.
+pub fn run_suite(lint: bool, fuzz: bool, cargo_test_args: &[String]) -> Result<()> {
     let start = Instant::now();
     let root = workspace_root();
     step("root and BPF", || ensure_root_and_bpf("test"))?;
@@ -51,6 +55,9 @@ pub fn run_suite(lint: bool, cargo_test_args: &[String]) -> Result<()> {
         }
         run(cmd.args(cargo_test_args))
     })?;
+    if fuzz {
+        step("fuzz", || crate::fuzz::run_fuzz(FUZZ_SECONDS))?;
+    }
     println!(
         "cargo xtask test: all steps passed ({:.1} s)",
         start.elapsed().as_secs_f64()
