@@ -41,7 +41,11 @@ fn functions_lists_both_instances() {
         assert!(rows.iter().all(|r| r[0] == "sq"), "{}", run.stdout);
         // sq has no out-of-line copy: only inlined instances exist.
         let plain = run_agent(&["functions", &bin.display().to_string(), "sq"]);
-        assert!(!plain.status.success(), "-O{opt}: sq is out of line:\n{}", plain.stdout);
+        assert!(
+            !plain.status.success(),
+            "-O{opt}: sq is out of line:\n{}",
+            plain.stdout
+        );
     }
 }
 
@@ -62,7 +66,11 @@ fn inlined_instances_are_counted_under_their_caller() {
         let bin = inlined_fixture(opt);
         let tmp = tempfile::tempdir().expect("tempdir");
         let out = tmp.path().join("data");
-        let run = record(&out, &bin, &["-f", "sq", "--inlined", "-f", "f1", "-f", "f2"]);
+        let run = record(
+            &out,
+            &bin,
+            &["-f", "sq", "--inlined", "-f", "f1", "-f", "f2"],
+        );
         assert!(run.status.success(), "-O{opt}: {}", run.stderr);
         assert!(
             run.stderr.contains(
@@ -74,21 +82,38 @@ fn inlined_instances_are_counted_under_their_caller() {
 
         // One functions row per function id; the instances say where they sit.
         let functions = duckdb(&format!(
-            "SELECT name, inlined_into, call_line, size, count(*) OVER (PARTITION BY function_id) AS rows_per_id \
+            "SELECT name, inlined_into, call_line, call_file LIKE '%.c' AS c_file, size, \
+                    count(*) OVER (PARTITION BY function_id) AS rows_per_id \
              FROM read_parquet('{}', hive_partitioning = true) ORDER BY name, inlined_into",
             functions_glob(&out)
         ));
         let got: Vec<Value> = functions
             .iter()
-            .map(|r| json!([r["name"], r["inlined_into"], r["call_line"], r["size"], r["rows_per_id"]]))
+            .map(|r| {
+                json!([
+                    r["name"],
+                    r["inlined_into"],
+                    r["call_line"],
+                    r["c_file"],
+                    r["size"] == 0,
+                    r["rows_per_id"]
+                ])
+            })
             .collect();
         assert_eq!(
             got,
             vec![
-                json!(["f1", null, null, got[0][3], 1]),
-                json!(["f2", null, null, got[1][3], 1]),
-                json!(["sq", "f1", fixture_line("return sq(x) + 1"), 0, 1]),
-                json!(["sq", "f2", fixture_line("return sq(x + 3) - 2"), 0, 1]),
+                json!(["f1", null, null, null, false, 1]),
+                json!(["f2", null, null, null, false, 1]),
+                json!(["sq", "f1", fixture_line("return sq(x) + 1"), true, true, 1]),
+                json!([
+                    "sq",
+                    "f2",
+                    fixture_line("return sq(x + 3) - 2"),
+                    true,
+                    true,
+                    1
+                ]),
             ],
             "-O{opt}"
         );
@@ -113,7 +138,16 @@ fn inlined_instances_are_counted_under_their_caller() {
         ));
         let got: Vec<Value> = calls
             .iter()
-            .map(|r| json!([r["name"], r["inlined_into"], r["n"], r["flagged"], r["untimed"], r["nested"]]))
+            .map(|r| {
+                json!([
+                    r["name"],
+                    r["inlined_into"],
+                    r["n"],
+                    r["flagged"],
+                    r["untimed"],
+                    r["nested"]
+                ])
+            })
             .collect();
         assert_eq!(
             got,
@@ -148,9 +182,9 @@ fn without_inlined_a_pattern_of_instances_only_says_what_inlined_would_do() {
     assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
     assert!(
         run.stderr.contains("no functions matched 'sq' in ")
-            && run
-                .stderr
-                .contains("it matches 2 inlined instances (--inlined would probe them, entry only)"),
+            && run.stderr.contains(
+                "it matches 2 inlined instances (--inlined would probe them, entry only)"
+            ),
         "{}",
         run.stderr
     );

@@ -404,12 +404,12 @@ impl Correlator {
     /// innermost open call of its stack; no frame is pushed (no return
     /// will come).
     fn emit_inline(&mut self, ev: &RawEvent, call_id: u64, key: StackKey) {
-        let (depth, parent) = self
-            .threads
-            .get(&key)
-            .map_or((0, 0), |t| {
-                (t.frames.len() as u32, t.frames.last().map_or(0, |f| f.call_id))
-            });
+        let (depth, parent) = self.threads.get(&key).map_or((0, 0), |t| {
+            (
+                t.frames.len() as u32,
+                t.frames.last().map_or(0, |f| f.call_id),
+            )
+        });
         self.counts.inlined += 1;
         self.out.push(CallRecord {
             pid: ev.tgid(),
@@ -789,5 +789,42 @@ mod tests {
         assert_eq!(calls[2].flags, flags::ENTRY_MISSING);
         assert_eq!((calls[2].args, calls[2].ret), (None, Some(3)));
         assert_eq!(c.counts().events, 5);
+    }
+
+    #[test]
+    fn inlined_instance_is_one_event_nested_under_the_open_call() {
+        // f1(10..100) runs inlined sq (id 9) at 50; sq at 200 runs outside
+        // any probed call.
+        let mut c = Correlator::new(1_000, 0);
+        c.set_inline(9);
+        for e in [
+            enter(10, 1, 1),
+            enter(50, 1, 9),
+            leave(100, 1, 1),
+            enter(200, 1, 9),
+        ] {
+            c.on_event(&e);
+        }
+        c.finish();
+        let calls = c.take_calls();
+        assert_eq!(calls.len(), 3);
+        let (sq, f1, sq2) = (calls[0], calls[1], calls[2]);
+        assert_eq!(
+            (sq.function_id, sq.depth, sq.parent_call_id),
+            (9, 1, f1.call_id)
+        );
+        assert_eq!((sq.start_ns, sq.duration_ns, sq.self_ns), (1_050, -1, -1));
+        assert_eq!(sq.flags, flags::INLINED);
+        // The instance took no time from its caller and pushed no frame.
+        assert_eq!((f1.flags, f1.duration_ns, f1.self_ns), (0, 90, 90));
+        assert_eq!(
+            (sq2.depth, sq2.parent_call_id, sq2.flags),
+            (0, 0, flags::INLINED)
+        );
+        let counts = c.counts();
+        assert_eq!(
+            (counts.inlined, counts.calls, counts.return_missing),
+            (2, 1, 0)
+        );
     }
 }
