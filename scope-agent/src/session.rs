@@ -659,17 +659,13 @@ fn attach_plan(probes: &mut LoadedProbes, plan: &Plan, pid: u32) -> Result<Links
             }
             continue;
         }
-        if !points.is_empty() {
-            let module_links =
-                probes.attach_module(&m.candidate.attach_path, &points, pid, true)?;
-            for (i, l) in module_links.into_iter().enumerate() {
-                // The first link of a module is the entry link.
-                links.push((i == 0, l));
-            }
-        }
         // Inlined instances: an entry probe on their first instruction and
         // nothing else (there is no return instruction of theirs to probe).
         // Not counted as attached functions; the agent says so separately.
+        // Attached before the module's own entry link: the kernel runs the
+        // handlers of one address newest first, so an instance at its
+        // caller's very first instruction still comes after the caller's
+        // entry and nests under it.
         let inline_points: Vec<ProbePoint> = m
             .functions
             .iter()
@@ -682,6 +678,14 @@ fn attach_plan(probes: &mut LoadedProbes, plan: &Plan, pid: u32) -> Result<Links
         if !inline_points.is_empty() {
             let l = probes.attach_module(&m.candidate.attach_path, &inline_points, pid, false)?;
             links.extend(l.into_iter().map(|l| (false, l)));
+        }
+        if !points.is_empty() {
+            let module_links =
+                probes.attach_module(&m.candidate.attach_path, &points, pid, true)?;
+            for (i, l) in module_links.into_iter().enumerate() {
+                // The first link of a module is the entry link.
+                links.push((i == 0, l));
+            }
         }
     }
     Ok(links)

@@ -1,5 +1,6 @@
 //! Inlined instances (`--inlined`) against tests/fixtures/c/inlined.c:
-//! `sq` exists only inlined, once in `f1` and once in `f2`. With
+//! `sq` exists only inlined, once in each of `f1`, `f2` and `f0` (at
+//! -O2, at f0's very first instruction). With
 //! `--inlined`, each instance is probed at its entry and counted exactly,
 //! with no duration, nested under the f1/f2 call it ran in; without it, a
 //! pattern that matches only inlined instances is an error that says what
@@ -13,6 +14,7 @@ use scope_tests::*;
 
 const N1: u64 = 30;
 const N2: u64 = 50;
+const N0: u64 = 20;
 
 /// The line of inlined.c holding `needle`.
 fn fixture_line(needle: &str) -> u64 {
@@ -37,7 +39,7 @@ fn functions_lists_both_instances() {
             .map(|l| l.split_whitespace().collect())
             .collect();
         let callers: Vec<&str> = rows.iter().map(|r| r[1]).collect();
-        assert_eq!(callers, ["f1", "f2"], "-O{opt}:\n{}", run.stdout);
+        assert_eq!(callers, ["f1", "f2", "f0"], "-O{opt}:\n{}", run.stdout);
         assert!(rows.iter().all(|r| r[0] == "sq"), "{}", run.stdout);
         // sq has no out-of-line copy: only inlined instances exist.
         let plain = run_agent(&["functions", &bin.display().to_string(), "sq"]);
@@ -52,10 +54,10 @@ fn functions_lists_both_instances() {
 fn record(out: &Path, bin: &Path, extra: &[&str]) -> AgentRun {
     let out_s = out.display().to_string();
     let bin_s = bin.display().to_string();
-    let (n1, n2) = (N1.to_string(), N2.to_string());
+    let (n1, n2, n0) = (N1.to_string(), N2.to_string(), N0.to_string());
     let mut args = vec!["record", "--out", &out_s, "-q"];
     args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", &bin_s, &n1, &n2]);
+    args.extend_from_slice(&["--", &bin_s, &n1, &n2, &n0]);
     run_agent(&args)
 }
 
@@ -66,15 +68,11 @@ fn inlined_instances_are_counted_under_their_caller() {
         let bin = inlined_fixture(opt);
         let tmp = tempfile::tempdir().expect("tempdir");
         let out = tmp.path().join("data");
-        let run = record(
-            &out,
-            &bin,
-            &["-f", "sq", "--inlined", "-f", "f1", "-f", "f2"],
-        );
+        let run = record(&out, &bin, &["-f", "sq", "--inlined", "-f", "f?"]);
         assert!(run.status.success(), "-O{opt}: {}", run.stderr);
         assert!(
             run.stderr.contains(
-                "scope: probing 2 inlined instances of 1 function (entry only: counts and timestamps, no durations)"
+                "scope: probing 3 inlined instances of 1 function (entry only: counts and timestamps, no durations)"
             ),
             "-O{opt}: {}",
             run.stderr
@@ -103,8 +101,10 @@ fn inlined_instances_are_counted_under_their_caller() {
         assert_eq!(
             got,
             vec![
+                json!(["f0", null, null, null, false, 1]),
                 json!(["f1", null, null, null, false, 1]),
                 json!(["f2", null, null, null, false, 1]),
+                json!(["sq", "f0", fixture_line("return sq(x) + 5"), true, true, 1]),
                 json!(["sq", "f1", fixture_line("return sq(x) + 1"), true, true, 1]),
                 json!([
                     "sq",
@@ -152,21 +152,38 @@ fn inlined_instances_are_counted_under_their_caller() {
         assert_eq!(
             got,
             vec![
+                json!(["f0", null, N0, 0, 0, 0]),
                 json!(["f1", null, N1, 0, 0, 0]),
                 json!(["f2", null, N2, 0, 0, 0]),
+                json!(["sq", "f0", N0, N0, N0, N0]),
                 json!(["sq", "f1", N1, N1, N1, N1]),
                 json!(["sq", "f2", N2, N2, N2, N2]),
             ],
             "-O{opt}"
         );
-        let total = 2 * (N1 + N2) + N1 + N2;
+        if opt == "2" {
+            // The instance in f0 shares its probe address with f0's entry:
+            // it still nests under f0 (checked above).
+            let same = duckdb(&format!(
+                "SELECT count(DISTINCT address) AS n FROM read_parquet('{}', hive_partitioning = true) \
+                 WHERE name = 'f0' OR inlined_into = 'f0'",
+                functions_glob(&out)
+            ));
+            assert_eq!(
+                same[0]["n"],
+                json!(1),
+                "-O2: sq is not at f0's first instruction"
+            );
+        }
+        let all = N1 + N2 + N0;
+        let total = 2 * all + all;
         let session = duckdb(&format!(
             "SELECT calls, events FROM read_parquet('{}/sessions/**/*.parquet', hive_partitioning = true)",
             out.display()
         ));
         assert_eq!(
             (session[0]["calls"].clone(), session[0]["events"].clone()),
-            (json!(N1 + N2 + N1 + N2), json!(total)),
+            (json!(2 * all), json!(total)),
             "-O{opt}: f1/f2 are two events a call, sq instances one"
         );
     }
@@ -178,12 +195,12 @@ fn without_inlined_a_pattern_of_instances_only_says_what_inlined_would_do() {
     let bin = inlined_fixture("2");
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("data");
-    let run = record(&out, &bin, &["-f", "sq", "-f", "f1"]);
+    let run = record(&out, &bin, &["-f", "sq", "-f", "f?"]);
     assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
     assert!(
         run.stderr.contains("no functions matched 'sq' in ")
             && run.stderr.contains(
-                "it matches 2 inlined instances (--inlined would probe them, entry only)"
+                "it matches 3 inlined instances (--inlined would probe them, entry only)"
             ),
         "{}",
         run.stderr
