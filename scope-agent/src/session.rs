@@ -308,6 +308,11 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
             "scope: no module matches '{p}' yet; its functions will be probed when the process loads it"
         );
     }
+    if cfg.inlined && !pending.is_empty() {
+        eprintln!(
+            "scope: note: --inlined applies to the modules mapped now; modules loaded later are probed without their inlined instances"
+        );
+    }
 
     if let Some(c) = child.as_mut()
         && let Err(e) = c.release()
