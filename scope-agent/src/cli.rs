@@ -73,6 +73,17 @@ pub struct ProbeArgs {
     #[arg(short = 'a', long = "args-for", value_name = "PATTERN")]
     pub args_for: Vec<String>,
 
+    /// Also probe the inlined instances of the functions -f matches.
+    ///
+    /// Each place DWARF says a matching function was inlined
+    /// (`functions --inlined` lists them) gets an entry probe on its first
+    /// instruction and a `functions` row of its own (`inlined_into`,
+    /// `call_file`, `call_line`). An inlined body has no return to probe,
+    /// so these calls have a count and a timestamp but no duration
+    /// (`calls.flags` 32), nested under the probed call they ran in.
+    #[arg(long)]
+    pub inlined: bool,
+
     /// Directory for the Parquet files (created 0700 if missing).
     #[arg(short, long, value_name = "DIR", default_value = "scope-data")]
     pub out: PathBuf,
@@ -195,6 +206,7 @@ impl ProbeArgs {
             quiet: self.quiet,
             status_interval: self.status_interval,
             attach_mode: self.attach_mode,
+            inlined: self.inlined,
         })
     }
 }

@@ -22,7 +22,7 @@ use crate::capture::{CallRecord, EventSink, LossRecord, MetricsRecord};
 use crate::probe::attach::{
     AttachMode, AttachModeChoice, LoadOptions, LoadedProbes, ProbePoint, check_function_count,
 };
-use crate::probe::plan::{Plan, build_plan, short_name, skipped_total};
+use crate::probe::plan::{Plan, build_plan_with, short_name, skipped_total};
 use crate::probe::watch::{PendingModules, split_pending};
 use crate::status::{Snapshot, StatusMode, StatusReporter, WriterGauges, loss_pct};
 use crate::storage::{FunctionRow, LateFunctions, ParquetStore, SessionRow, StoreConfig};
@@ -61,6 +61,9 @@ pub struct SessionConfig {
     pub status_interval: Duration,
     /// Multi-uprobe links, one perf uprobe per function, or a feature probe.
     pub attach_mode: AttachModeChoice,
+    /// Also probe the inlined instances the patterns match (`--inlined`):
+    /// entry only, so counts and timestamps without durations.
+    pub inlined: bool,
 }
 
 /// How a session ended.
@@ -121,9 +124,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     // as long as something else can be probed from the start.
     let (now, pending) = split_pending(&candidates, &cfg.patterns);
     let planned = if now.is_empty() && !pending.is_empty() {
-        build_plan(&candidates, &cfg.patterns, cfg.max_functions)
+        build_plan_with(&candidates, &cfg.patterns, cfg.max_functions, cfg.inlined)
     } else {
-        build_plan(&candidates, &now, cfg.max_functions)
+        build_plan_with(&candidates, &now, cfg.max_functions, cfg.inlined)
     };
     let mut plan = match planned {
         Ok(plan) => plan,
@@ -149,7 +152,10 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
             "scope: warning: arguments of {go_args} Go functions are not captured (Go passes them in other registers than the System V ABI)"
         );
     }
-    let with_args = with_args - go_args;
+    // An inlined instance has no call of its own: its arguments sit in
+    // whatever registers the caller chose, and it has no return.
+    let inline_args = drop_inline_args(&mut plan);
+    let with_args = with_args - go_args - inline_args;
     let go_tail_jumps = crate::probe::go::tail_jumps(&plan.modules);
     if go_tail_jumps > 0 {
         eprintln!(
@@ -231,6 +237,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     for (function_id, layout) in arg_layouts {
         correlator.set_layout(function_id, layout);
     }
+    for f in plan.inline_instances() {
+        correlator.set_inline(f.function_id);
+    }
     let gauges = Arc::new(WriterGauges::default());
     let writer = SinkThread::spawn(
         SessionSink {
@@ -272,6 +281,19 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     if with_args > 0 {
         eprintln!("scope: recording arguments and return values of {with_args} functions");
     }
+    let inline_count = plan.inline_instances().count();
+    if inline_count > 0 {
+        let of: std::collections::HashSet<&str> = plan
+            .inline_instances()
+            .map(|f| f.symbol.name.as_str())
+            .collect();
+        eprintln!(
+            "scope: probing {inline_count} inlined instance{} of {} function{} (entry only: counts and timestamps, no durations)",
+            if inline_count == 1 { "" } else { "s" },
+            of.len(),
+            if of.len() == 1 { "" } else { "s" }
+        );
+    }
     for m in &plan.modules {
         if !m.has_debug_info {
             eprintln!(
@@ -284,6 +306,11 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     for p in pending.patterns() {
         eprintln!(
             "scope: no module matches '{p}' yet; its functions will be probed when the process loads it"
+        );
+    }
+    if cfg.inlined && !pending.is_empty() {
+        eprintln!(
+            "scope: note: --inlined applies to the modules mapped now; modules loaded later are probed without their inlined instances"
         );
     }
 
@@ -495,7 +522,7 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         let names: std::collections::HashMap<u32, String> = std::iter::once(&plan)
             .chain(&late_plans)
             .flat_map(Plan::functions)
-            .map(|(_, f)| (f.function_id, f.symbol.name.clone()))
+            .map(|(_, f)| (f.function_id, summary_name(f)))
             .collect();
         let name_of = |id: u32| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
         eprintln!("\ntop functions by total time:");
@@ -579,7 +606,11 @@ fn snapshot<S: EventSink + Send + 'static>(
 ) -> Snapshot {
     Snapshot {
         events: counts.events,
-        calls: counts.calls + counts.entry_missing + counts.unwound + counts.no_return_probe,
+        calls: counts.calls
+            + counts.entry_missing
+            + counts.unwound
+            + counts.no_return_probe
+            + counts.inlined,
         lost: reader.lost_total(),
         ring_fill_pct: reader.fill_pct(),
         backlog: writer.backlog(),
@@ -608,6 +639,7 @@ fn attach_plan(probes: &mut LoadedProbes, plan: &Plan, pid: u32) -> Result<Links
         let points: Vec<ProbePoint> = m
             .functions
             .iter()
+            .filter(|f| f.inline_site.is_none())
             .map(|f| ProbePoint {
                 file_offset: f.symbol.file_offset,
                 // The args flag rides in the cookie: the kernel tests it
@@ -632,10 +664,33 @@ fn attach_plan(probes: &mut LoadedProbes, plan: &Plan, pid: u32) -> Result<Links
             }
             continue;
         }
-        let module_links = probes.attach_module(&m.candidate.attach_path, &points, pid, true)?;
-        for (i, l) in module_links.into_iter().enumerate() {
-            // The first link of a module is the entry link.
-            links.push((i == 0, l));
+        // Inlined instances: an entry probe on their first instruction and
+        // nothing else (there is no return instruction of theirs to probe).
+        // Not counted as attached functions; the agent says so separately.
+        // Attached before the module's own entry link: the kernel runs the
+        // handlers of one address newest first, so an instance at its
+        // caller's very first instruction still comes after the caller's
+        // entry and nests under it.
+        let inline_points: Vec<ProbePoint> = m
+            .functions
+            .iter()
+            .filter(|f| f.inline_site.is_some())
+            .map(|f| ProbePoint {
+                file_offset: f.symbol.file_offset,
+                cookie: u64::from(f.function_id),
+            })
+            .collect();
+        if !inline_points.is_empty() {
+            let l = probes.attach_module(&m.candidate.attach_path, &inline_points, pid, false)?;
+            links.extend(l.into_iter().map(|l| (false, l)));
+        }
+        if !points.is_empty() {
+            let module_links =
+                probes.attach_module(&m.candidate.attach_path, &points, pid, true)?;
+            for (i, l) in module_links.into_iter().enumerate() {
+                // The first link of a module is the entry link.
+                links.push((i == 0, l));
+            }
         }
     }
     Ok(links)
@@ -712,8 +767,36 @@ fn function_rows(plan: &Plan) -> Vec<FunctionRow> {
             return_type: f.symbol.return_type.clone(),
             language: f.symbol.language.map(str::to_string),
             inlined_count: f.symbol.inlined_count,
+            inlined_into: f.inline_site.as_ref().and_then(|s| s.caller.clone()),
+            call_file: f.inline_site.as_ref().and_then(|s| s.call_file.clone()),
+            call_line: f.inline_site.as_ref().and_then(|s| s.call_line),
         })
         .collect()
+}
+
+/// The summary's name of a probed function: an inlined instance says where
+/// it sits (`sq [inlined into f1]`).
+fn summary_name(f: &crate::probe::plan::PlannedFunction) -> String {
+    match &f.inline_site {
+        Some(site) => format!(
+            "{} [inlined into {}]",
+            f.symbol.name,
+            site.caller.as_deref().unwrap_or("?")
+        ),
+        None => f.symbol.name.clone(),
+    }
+}
+
+/// Clears argument capture on inlined instances; returns how many had it.
+fn drop_inline_args(plan: &mut Plan) -> usize {
+    let mut n = 0;
+    for f in plan.modules.iter_mut().flat_map(|m| m.functions.iter_mut()) {
+        if f.inline_site.is_some() && f.args {
+            f.args = false;
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Whether `pid` has exited: no such process, or a zombie (its maps are

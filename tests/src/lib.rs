@@ -888,3 +888,13 @@ pub fn bpf_link_ids() -> Vec<u32> {
         .filter_map(|l| l["id"].as_u64().and_then(|id| u32::try_from(id).ok()))
         .collect()
 }
+
+/// The inlined-functions fixture, tests/fixtures/c/inlined.c (`sq` inlined
+/// into `f1` and `f2`), built at `-O<opt>` (see [`build_generated_c`]).
+pub fn inlined_fixture(opt: &str) -> PathBuf {
+    let path = workspace_root().join("tests/fixtures/c/inlined.c");
+    let source = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    build_generated_c(&format!("inlined-O{opt}"), &source, opt, &[])
+        .unwrap_or_else(|e| panic!("building {}: {e}", path.display()))
+}

@@ -22,6 +22,10 @@
 //!   24-byte event tells which thread lost what, so every call open at the
 //!   time (and every call completed in the same drain) is marked.
 //!
+//! An inlined instance (`--inlined`) has an entry probe and nothing else:
+//! its entry pushes no frame and becomes a call at once, nested under the
+//! thread's innermost open call, with no duration ([`flags::INLINED`]).
+//!
 //! Go functions are paired per goroutine, not per thread: a goroutine that
 //! blocks inside a call may resume on another thread, so its return arrives
 //! from a different tid than its entry. Their events carry the goroutine's
@@ -29,7 +33,7 @@
 //! the thread its entry ran on. Go stacks have no kernel nesting limit
 //! (RET sites are plain uprobes).
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use scope_common::{
     ArgsEvent, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_ENTRY_GO, EVENT_RETURN, EVENT_RETURN_GO,
     EVENT_RETURN_RET, GoEvent, RawEvent, RetEvent,
@@ -86,6 +90,8 @@ pub struct CorrelatorCounts {
     /// Calls taken so far that carry [`flags::LOSS_WHILE_OPEN`].
     pub loss_marked: u64,
     pub unknown_kind: u64,
+    /// Entries of inlined instances: calls without a duration.
+    pub inlined: u64,
     /// Go calls that returned on another thread than they entered on:
     /// calls a per-thread stack would have mis-paired.
     pub migrated: u64,
@@ -113,6 +119,8 @@ pub struct Correlator {
     /// Bumped by every [`Self::note_loss`]: a frame pushed under an older
     /// generation was open when events were lost.
     loss_gen: u64,
+    /// Function ids of inlined instances: entry-only probes.
+    inline_ids: FxHashSet<u32>,
 }
 
 impl Correlator {
@@ -127,7 +135,14 @@ impl Correlator {
             counts: CorrelatorCounts::default(),
             layouts: FxHashMap::default(),
             loss_gen: 0,
+            inline_ids: FxHashSet::default(),
         }
+    }
+
+    /// Marks `function_id` as an inlined instance: its entry events are
+    /// calls of their own, without a return (see [`flags::INLINED`]).
+    pub fn set_inline(&mut self, function_id: u32) {
+        self.inline_ids.insert(function_id);
     }
 
     /// Sets how the argument registers of `function_id` become values.
@@ -253,6 +268,10 @@ impl Correlator {
         self.counts.entries += 1;
         let call_id = self.next_call_id;
         self.next_call_id += 1;
+        if !self.inline_ids.is_empty() && self.inline_ids.contains(&ev.function_id) {
+            self.emit_inline(ev, call_id, key);
+            return;
+        }
         let thread = self.threads.entry(key).or_default();
         thread.pid = ev.tgid();
         thread.frames.push(Frame {
@@ -378,6 +397,33 @@ impl Correlator {
             flags: loss_flag(&frame),
             args: frame.args,
             ret,
+        });
+    }
+
+    /// An inlined instance's entry: a call of its own at once, under the
+    /// innermost open call of its stack; no frame is pushed (no return
+    /// will come).
+    fn emit_inline(&mut self, ev: &RawEvent, call_id: u64, key: StackKey) {
+        let (depth, parent) = self.threads.get(&key).map_or((0, 0), |t| {
+            (
+                t.frames.len() as u32,
+                t.frames.last().map_or(0, |f| f.call_id),
+            )
+        });
+        self.counts.inlined += 1;
+        self.out.push(CallRecord {
+            pid: ev.tgid(),
+            tid: ev.tid(),
+            call_id,
+            parent_call_id: parent,
+            function_id: ev.function_id,
+            depth,
+            start_ns: ev.ktime_ns as i64 + self.clock_offset_ns,
+            duration_ns: -1,
+            self_ns: -1,
+            flags: flags::INLINED,
+            args: None,
+            ret: None,
         });
     }
 
@@ -743,5 +789,42 @@ mod tests {
         assert_eq!(calls[2].flags, flags::ENTRY_MISSING);
         assert_eq!((calls[2].args, calls[2].ret), (None, Some(3)));
         assert_eq!(c.counts().events, 5);
+    }
+
+    #[test]
+    fn inlined_instance_is_one_event_nested_under_the_open_call() {
+        // f1(10..100) runs inlined sq (id 9) at 50; sq at 200 runs outside
+        // any probed call.
+        let mut c = Correlator::new(1_000, 0);
+        c.set_inline(9);
+        for e in [
+            enter(10, 1, 1),
+            enter(50, 1, 9),
+            leave(100, 1, 1),
+            enter(200, 1, 9),
+        ] {
+            c.on_event(&e);
+        }
+        c.finish();
+        let calls = c.take_calls();
+        assert_eq!(calls.len(), 3);
+        let (sq, f1, sq2) = (calls[0], calls[1], calls[2]);
+        assert_eq!(
+            (sq.function_id, sq.depth, sq.parent_call_id),
+            (9, 1, f1.call_id)
+        );
+        assert_eq!((sq.start_ns, sq.duration_ns, sq.self_ns), (1_050, -1, -1));
+        assert_eq!(sq.flags, flags::INLINED);
+        // The instance took no time from its caller and pushed no frame.
+        assert_eq!((f1.flags, f1.duration_ns, f1.self_ns), (0, 90, 90));
+        assert_eq!(
+            (sq2.depth, sq2.parent_call_id, sq2.flags),
+            (0, 0, flags::INLINED)
+        );
+        let counts = c.counts();
+        assert_eq!(
+            (counts.inlined, counts.calls, counts.return_missing),
+            (2, 1, 0)
+        );
     }
 }

@@ -30,6 +30,11 @@ pub mod flags {
     /// lost and a later return paired with it: duration and nesting are
     /// uncertain. Combined with the flags above.
     pub const LOSS_WHILE_OPEN: u8 = 16;
+    /// An inlined instance (`--inlined`): only its entry is probed (an
+    /// inlined body has no return instruction), so the row is one event:
+    /// `start_ns` is exact, `duration_ns` and `self_ns` are null, and its
+    /// parent is the innermost probed call open on the thread at the time.
+    pub const INLINED: u8 = 32;
 }
 
 /// One completed (or cut-off) function call. Plain data, `Copy`, so batches

@@ -3,11 +3,11 @@
 //!
 //! Symbols are read once per module here and never again during the session.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::symbols::pattern::Pattern;
-use crate::symbols::{FunctionSymbol, SkipCounts, SymbolError, load_module};
+use crate::symbols::{FunctionSymbol, ModuleSymbols, SkipCounts, SymbolError, load_module};
 
 /// A file the target has mapped (or will map) that patterns may select.
 #[derive(Debug, Clone)]
@@ -46,6 +46,20 @@ pub struct PlannedFunction {
     /// For a function of a Go module: its entry and RET-site probes
     /// (`probe::go`); it gets no return probe.
     pub go: Option<super::go::GoProbes>,
+    /// For an inlined instance (`--inlined`): where its code sits. Probed
+    /// at its first instruction only (there is no return instruction to
+    /// probe), so its calls have a count and a start, no duration.
+    pub inline_site: Option<InlineSite>,
+}
+
+/// Where an inlined instance sits: the function its code was placed in and
+/// the call site in the source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InlineSite {
+    /// The out-of-line function the code sits in, if DWARF names one.
+    pub caller: Option<String>,
+    pub call_file: Option<String>,
+    pub call_line: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,11 +83,21 @@ pub struct Plan {
     pub truncated_from: Option<usize>,
     /// Modules matched by a pattern whose symbols could not be read.
     pub warnings: Vec<String>,
+    /// Without `--inlined`: how many inlined instances the patterns match
+    /// (not probed; for a hint).
+    pub inlined_not_probed: usize,
 }
 
 impl Plan {
     pub fn function_count(&self) -> usize {
         self.modules.iter().map(|m| m.functions.len()).sum()
+    }
+
+    /// Planned inlined instances (entry-only probes).
+    pub fn inline_instances(&self) -> impl Iterator<Item = &PlannedFunction> {
+        self.functions()
+            .map(|(_, f)| f)
+            .filter(|f| f.inline_site.is_some())
     }
 
     pub fn functions(&self) -> impl Iterator<Item = (&ModulePlan, &PlannedFunction)> {
@@ -85,8 +109,13 @@ impl Plan {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("no functions matched '{pattern}' in {modules}")]
-    NoMatch { pattern: String, modules: String },
+    #[error("no functions matched '{pattern}' in {modules}{hint}")]
+    NoMatch {
+        pattern: String,
+        modules: String,
+        /// Empty, or why: `; --inlined would probe 2 inlined instances`.
+        hint: String,
+    },
     #[error("no module matched '{module}' (pattern '{pattern}'); mapped files: {available}")]
     NoModule {
         pattern: String,
@@ -105,12 +134,26 @@ pub fn build_plan(
     patterns: &[Pattern],
     default_limit: usize,
 ) -> Result<Plan, PlanError> {
+    build_plan_with(candidates, patterns, default_limit, false)
+}
+
+/// [`build_plan`], and with `inlined` (`--inlined`) the inlined instances
+/// whose name a pattern matches, each at its entry address (see
+/// [`plan_inlined`]). Instances are never selected with no pattern, nor in
+/// Go modules.
+pub fn build_plan_with(
+    candidates: &[ModuleCandidate],
+    patterns: &[Pattern],
+    default_limit: usize,
+    inlined: bool,
+) -> Result<Plan, PlanError> {
     let mut plan = Plan::default();
     let default_mode = patterns.is_empty();
     let default_pattern: Vec<Pattern> = if default_mode {
         vec!["*".parse().map_err(|_| PlanError::NoMatch {
             pattern: "*".into(),
             modules: String::new(),
+            hint: String::new(),
         })?]
     } else {
         Vec::new()
@@ -124,6 +167,8 @@ pub fn build_plan(
     let mut matched = vec![false; patterns.len()];
     let mut module_matched = vec![false; patterns.len()];
     let mut searched: Vec<Vec<String>> = vec![Vec::new(); patterns.len()];
+    // Inlined instances each pattern matches (probed or not).
+    let mut inline_matched = vec![0usize; patterns.len()];
     let mut next_id: u32 = 1;
 
     for candidate in candidates {
@@ -193,12 +238,30 @@ pub fn build_plan(
             plan.truncated_from = Some(functions.len());
             functions.truncate(default_limit);
         }
-        if functions.is_empty() {
+        let instances = if default_mode || symbols.go {
+            Vec::new()
+        } else {
+            plan_inlined(&symbols, patterns, &selecting, &mut inline_matched)
+        };
+        let instances = if inlined {
+            for (i, &n) in inline_matched.iter().enumerate() {
+                if n > 0 {
+                    matched[i] = true;
+                }
+            }
+            instances
+        } else {
+            plan.inlined_not_probed += instances.len();
+            Vec::new()
+        };
+        if functions.is_empty() && instances.is_empty() {
             continue;
         }
         let functions = functions
             .into_iter()
-            .map(|symbol| {
+            .map(|symbol| (symbol, None))
+            .chain(instances)
+            .map(|(symbol, inline_site)| {
                 let function_id = next_id;
                 next_id += 1;
                 PlannedFunction {
@@ -206,6 +269,7 @@ pub fn build_plan(
                     symbol,
                     args: false,
                     go: None,
+                    inline_site,
                 }
             })
             .collect();
@@ -235,13 +299,93 @@ pub fn build_plan(
             });
         }
         if !matched[i] {
+            let n = inline_matched[i];
             return Err(PlanError::NoMatch {
                 pattern: pattern.raw.clone(),
                 modules: searched[i].join(", "),
+                hint: if n > 0 && !inlined {
+                    format!(
+                        "; it matches {n} inlined instance{} (--inlined would probe {}, entry only)",
+                        if n == 1 { "" } else { "s" },
+                        if n == 1 { "it" } else { "them" }
+                    )
+                } else {
+                    String::new()
+                },
             });
         }
     }
     Ok(plan)
+}
+
+/// The inlined instances of `symbols` whose name a selecting pattern
+/// matches, as probe targets at their first instruction; counts the matches
+/// per pattern in `matched`. An instance without a file offset (its address
+/// is outside executable code) is left out; two instances of one function
+/// at one address (nested inlining) are probed once.
+fn plan_inlined(
+    symbols: &ModuleSymbols,
+    patterns: &[Pattern],
+    selecting: &[usize],
+    matched: &mut [usize],
+) -> Vec<(FunctionSymbol, Option<InlineSite>)> {
+    let mut seen = HashSet::new();
+    let mut hits = Vec::new();
+    for inst in &symbols.inlined {
+        let Some(file_offset) = inst.file_offset else {
+            continue;
+        };
+        let mut hit = false;
+        for &i in selecting {
+            if patterns[i].matches_name(&inst.name) {
+                hit = true;
+                matched[i] += 1;
+            }
+        }
+        if hit && seen.insert((inst.address, inst.name.as_str())) {
+            hits.push((inst, file_offset));
+        }
+    }
+    if hits.is_empty() {
+        return Vec::new();
+    }
+    // What DWARF says about the function itself, when it also has an
+    // out-of-line copy; and how many instances each name has.
+    let outlines: HashMap<&str, &FunctionSymbol> = symbols
+        .functions
+        .iter()
+        .map(|f| (f.name.as_str(), f))
+        .collect();
+    let mut counts: HashMap<&str, u32> = HashMap::new();
+    for inst in &symbols.inlined {
+        *counts.entry(inst.name.as_str()).or_default() += 1;
+    }
+    hits.into_iter()
+        .map(|(inst, file_offset)| {
+            let outline = outlines.get(inst.name.as_str()).copied();
+            (
+                FunctionSymbol {
+                    name: inst.name.clone(),
+                    symbol: outline.map_or_else(|| inst.name.clone(), |f| f.symbol.clone()),
+                    address: inst.address,
+                    size: 0,
+                    file_offset,
+                    file: outline.and_then(|f| f.file.clone()),
+                    line: outline.and_then(|f| f.line),
+                    params: outline.map(|f| f.params.clone()).unwrap_or_default(),
+                    return_type: outline.and_then(|f| f.return_type.clone()),
+                    language: outline.and_then(|f| f.language),
+                    inlined_count: counts.get(inst.name.as_str()).copied().unwrap_or(0),
+                    aliases: Vec::new(),
+                },
+                Some(InlineSite {
+                    caller: inst.caller.clone(),
+                    call_file: inst.call_file.clone(),
+                    call_line: inst.call_line,
+                }),
+            )
+        })
+        .collect()
 }
 
 fn has_glob(s: &str) -> bool {

@@ -110,6 +110,12 @@ pub struct FunctionRow {
     pub language: Option<String>,
     /// How many inlined instances of the function DWARF lists.
     pub inlined_count: u32,
+    /// For an inlined instance (`--inlined`): the function its code sits
+    /// in; null for an ordinary function (or when DWARF does not say).
+    pub inlined_into: Option<String>,
+    /// For an inlined instance: the call site it was inlined at.
+    pub call_file: Option<String>,
+    pub call_line: Option<u32>,
 }
 
 /// The one row of the `sessions` table.

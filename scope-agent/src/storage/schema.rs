@@ -69,6 +69,9 @@ pub static FUNCTIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("return_type", DataType::Utf8, true),
         Field::new("language", DataType::Utf8, true),
         Field::new("inlined_count", DataType::UInt32, false),
+        Field::new("inlined_into", DataType::Utf8, true),
+        Field::new("call_file", DataType::Utf8, true),
+        Field::new("call_line", DataType::UInt32, true),
     ]))
 });
 
@@ -261,6 +264,11 @@ pub(crate) fn functions_batch(rows: &[FunctionRow]) -> Result<RecordBatch, Arrow
         optional(|r| r.language.as_deref()),
         Arc::new(UInt32Array::from_iter_values(
             rows.iter().map(|r| r.inlined_count),
+        )),
+        optional(|r| r.inlined_into.as_deref()),
+        optional(|r| r.call_file.as_deref()),
+        Arc::new(UInt32Array::from(
+            rows.iter().map(|r| r.call_line).collect::<Vec<_>>(),
         )),
     ];
     RecordBatch::try_new(FUNCTIONS.clone(), columns)
