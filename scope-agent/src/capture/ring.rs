@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use scope_common::{
-    ArgsEvent, EVENT_ENTRY_ARGS, EVENT_ENTRY_GO, EVENT_RETURN_GO, EVENT_RETURN_RET, GoEvent,
-    RawEvent, RetEvent,
+    ArgsEvent, ArgsStrEvent, EVENT_ENTRY_ARGS, EVENT_ENTRY_ARGS_STR, EVENT_ENTRY_GO,
+    EVENT_RETURN_GO, EVENT_RETURN_RET, GoEvent, RawEvent, RetEvent,
 };
 
 use super::LossRecord;
@@ -93,6 +93,7 @@ impl RingReader {
             match parse(bytes) {
                 Some(Record::Plain(ev)) => correlator.on_event(&ev),
                 Some(Record::Args(ev)) => correlator.on_args_entry(&ev),
+                Some(Record::ArgsStr(ev)) => correlator.on_args_str_entry(&ev),
                 Some(Record::Ret(ev)) => correlator.on_ret_return(&ev),
                 Some(Record::Go(ev)) => correlator.on_go_event(&ev),
                 None => {
@@ -225,6 +226,8 @@ impl Drop for RingPositions {
 pub enum Record {
     Plain(RawEvent),
     Args(ArgsEvent),
+    /// An entry with `char *` strings (boxed: 608 bytes).
+    ArgsStr(Box<ArgsStrEvent>),
     Ret(RetEvent),
     /// A Go entry or RET-site hit, with the goroutine pointer.
     Go(GoEvent),
@@ -236,6 +239,7 @@ pub fn parse(bytes: &[u8]) -> Option<Record> {
     let head: RawEvent = read(bytes)?;
     Some(match head.kind {
         EVENT_ENTRY_ARGS => Record::Args(read(bytes)?),
+        EVENT_ENTRY_ARGS_STR => Record::ArgsStr(Box::new(read(bytes)?)),
         EVENT_RETURN_RET => Record::Ret(read(bytes)?),
         EVENT_ENTRY_GO | EVENT_RETURN_GO => Record::Go(read(bytes)?),
         _ => Record::Plain(head),
