@@ -516,7 +516,7 @@ mod tests {
             leave(100, 1, 1),
         ]);
         assert_eq!(calls.len(), 3);
-        let (c, b, a) = (calls[0], calls[1], calls[2]);
+        let (c, b, a) = (&calls[0], &calls[1], &calls[2]);
         assert_eq!((a.function_id, a.depth, a.parent_call_id), (1, 0, 0));
         assert_eq!(
             (b.function_id, b.depth, b.parent_call_id),
@@ -589,7 +589,7 @@ mod tests {
         ]);
         let flags: Vec<u8> = calls.iter().map(|c| c.flags).collect();
         assert_eq!(flags, vec![flags::UNWOUND, flags::UNWOUND, 0, 0]);
-        let last = calls[3];
+        let last = &calls[3];
         assert_eq!(
             (last.function_id, last.depth, last.parent_call_id),
             (4, 0, 0)
@@ -684,17 +684,17 @@ mod tests {
         let calls = c.take_calls();
         assert_eq!(calls.len(), 4);
         assert!(calls.iter().all(|c| c.flags == 0));
-        let worker_a = calls[2];
+        let worker_a = &calls[2];
         assert_eq!((worker_a.function_id, worker_a.depth), (1, 0));
         // Reported on the entry's thread, though it returned on thread 2.
         assert_eq!((worker_a.tid, worker_a.duration_ns), (1, 6));
         assert_eq!(worker_a.self_ns, 4);
-        for leaf in [calls[0], calls[1]] {
+        for leaf in [&calls[0], &calls[1]] {
             assert_eq!((leaf.function_id, leaf.depth), (2, 1));
             assert_eq!(leaf.parent_call_id, worker_a.call_id);
         }
         assert_eq!((calls[0].tid, calls[1].tid), (1, 2));
-        let worker_b = calls[3];
+        let worker_b = &calls[3];
         assert_eq!(
             (worker_b.tid, worker_b.depth, worker_b.duration_ns),
             (1, 0, 4)
