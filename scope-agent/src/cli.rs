@@ -63,7 +63,8 @@ pub struct ProbeArgs {
     /// at entry, System V x86-64) go to `calls.args`, one list element per
     /// parameter, typed from DWARF (null for a float or a struct by value);
     /// the integer return value (rax) goes to `calls.ret`. Off by default:
-    /// nothing but timing is recorded unless asked. Strings are not followed.
+    /// nothing but timing is recorded unless asked. Strings are not followed
+    /// (see --arg-strings).
     #[arg(long = "args")]
     pub args: bool,
 
