@@ -308,5 +308,22 @@ mod tests {
         };
         assert_eq!(parse(&bytes_of(&go)), Some(Record::Go(go)));
         assert_eq!(parse(&bytes_of(&go)[..24]), None);
+        let mut strs = ArgsStrEvent {
+            args: ArgsEvent {
+                head: RawEvent {
+                    kind: EVENT_ENTRY_ARGS_STR,
+                    ..head
+                },
+                args: [1, 2, 3, 4, 5, 6],
+            },
+            str_len: [3, -14],
+            strs: [[0; scope_common::STR_BUF]; scope_common::MAX_STR_ARGS],
+        };
+        strs.strs[0][..3].copy_from_slice(b"ab\0");
+        let b = bytes_of(&strs);
+        assert_eq!(b.len(), 608);
+        assert_eq!(parse(&b), Some(Record::ArgsStr(Box::new(strs))));
+        // Only the 72-byte prefix: too short for the kind.
+        assert_eq!(parse(&b[..72]), None);
     }
 }
