@@ -41,9 +41,9 @@ fn call(i: u64) -> CallRecord {
         }),
         ret: i.is_multiple_of(3).then_some(-7 * i as i64),
         // Every sixth call has strings (one null element, one non-ASCII).
-        arg_strings: i.is_multiple_of(6).then(|| {
-            vec![Some(format!("s{i}")), None, Some("é…".to_string())].into_boxed_slice()
-        }),
+        arg_strings: i
+            .is_multiple_of(6)
+            .then(|| vec![Some(format!("s{i}")), None, Some("é…".to_string())].into_boxed_slice()),
     }
 }
 
