@@ -63,7 +63,8 @@ pub struct ProbeArgs {
     /// at entry, System V x86-64) go to `calls.args`, one list element per
     /// parameter, typed from DWARF (null for a float or a struct by value);
     /// the integer return value (rax) goes to `calls.ret`. Off by default:
-    /// nothing but timing is recorded unless asked. Strings are not followed.
+    /// nothing but timing is recorded unless asked. Strings are not followed
+    /// (see --arg-strings).
     #[arg(long = "args")]
     pub args: bool,
 
@@ -83,6 +84,15 @@ pub struct ProbeArgs {
     /// (`calls.flags` 32), nested under the probed call they ran in.
     #[arg(long)]
     pub inlined: bool,
+
+    /// With --args/--args-for: also read the NUL-terminated strings that
+    /// `char *` parameters (const char *, unsigned char *; from DWARF)
+    /// point to at entry, at most N bytes each (1..=256), into
+    /// `calls.arg_strings`. Longer strings are cut to N bytes and end with
+    /// "…". Only the first two string parameters of a function are read.
+    /// Off by default: strings can hold anything the program handles.
+    #[arg(long = "arg-strings", value_name = "N")]
+    pub arg_strings: Option<u64>,
 
     /// Directory for the Parquet files (created 0700 if missing).
     #[arg(short, long, value_name = "DIR", default_value = "scope-data")]
@@ -191,7 +201,23 @@ impl ProbeArgs {
     pub fn into_config(self, target: Target) -> Result<SessionConfig, String> {
         let patterns = parse_patterns(&self.functions)?;
         let args_for = parse_patterns(&self.args_for)?;
+        let arg_strings = match self.arg_strings {
+            None => None,
+            Some(n) if !self.args && args_for.is_empty() => {
+                return Err(format!(
+                    "--arg-strings {n} needs --args or --args-for: strings are read only for functions whose arguments are captured"
+                ));
+            }
+            Some(n @ 1..=256) => Some(n as u32),
+            Some(n) => {
+                return Err(format!(
+                    "--arg-strings {n}: the cap must be 1..={} bytes per string",
+                    scope_common::MAX_STR
+                ));
+            }
+        };
         Ok(SessionConfig {
+            arg_strings,
             target,
             patterns,
             args_all: self.args,

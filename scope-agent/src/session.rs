@@ -7,6 +7,7 @@
 //! (permissions, output directory, command, symbols, patterns) is checked
 //! before a child is started or a probe is attached.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +50,8 @@ pub struct SessionConfig {
     pub args_all: bool,
     /// Capture them for the probed functions matching these patterns.
     pub args_for: Vec<Pattern>,
+    /// `--arg-strings`: read `char *` arguments, at most this many bytes each.
+    pub arg_strings: Option<u32>,
     pub out_dir: PathBuf,
     pub duration: Option<Duration>,
     pub ring_bytes: u32,
@@ -203,7 +206,18 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     };
 
     let attach_started = Instant::now();
-    let attached = load_and_attach(&cfg, &plan, pid);
+    // --arg-strings: the registers of each function's string parameters ride
+    // in its cookie.
+    let str_cookies: HashMap<u32, u64> = if cfg.arg_strings.is_some() {
+        arg_layouts
+            .iter()
+            .map(|(id, l)| (*id, l.string_cookie()))
+            .filter(|(_, c)| *c != 0)
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let attached = load_and_attach(&cfg, &plan, pid, &str_cookies);
     let attach_time = attach_started.elapsed();
     let (mut probes, mut links) = match attached {
         Ok(x) => x,
@@ -240,6 +254,7 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     for f in plan.inline_instances() {
         correlator.set_inline(f.function_id);
     }
+    correlator.set_str_cap(cfg.arg_strings.unwrap_or(0) as usize);
     let gauges = Arc::new(WriterGauges::default());
     let writer = SinkThread::spawn(
         SessionSink {
@@ -619,21 +634,32 @@ fn snapshot<S: EventSink + Send + 'static>(
 
 type Links = Vec<(bool, crate::probe::attach::ProbeLink)>;
 
-fn load_and_attach(cfg: &SessionConfig, plan: &Plan, pid: u32) -> Result<(LoadedProbes, Links)> {
+fn load_and_attach(
+    cfg: &SessionConfig,
+    plan: &Plan,
+    pid: u32,
+    str_cookies: &HashMap<u32, u64>,
+) -> Result<(LoadedProbes, Links)> {
     let mut probes = LoadedProbes::load(
         LoadOptions {
             target_tgid: pid,
             ring_bytes: cfg.ring_bytes,
             wake_bytes: u64::from(cfg.ring_bytes / 4),
+            str_cap: cfg.arg_strings.unwrap_or(0),
         },
         cfg.attach_mode,
     )?;
-    let links = attach_plan(&mut probes, plan, pid)?;
+    let links = attach_plan(&mut probes, plan, pid, str_cookies)?;
     Ok((probes, links))
 }
 
 /// Attaches every module of `plan` (entry and return links per module).
-fn attach_plan(probes: &mut LoadedProbes, plan: &Plan, pid: u32) -> Result<Links> {
+fn attach_plan(
+    probes: &mut LoadedProbes,
+    plan: &Plan,
+    pid: u32,
+    str_cookies: &HashMap<u32, u64>,
+) -> Result<Links> {
     let mut links = Vec::new();
     for m in &plan.modules {
         let points: Vec<ProbePoint> = m
@@ -647,6 +673,7 @@ fn attach_plan(probes: &mut LoadedProbes, plan: &Plan, pid: u32) -> Result<Links
                 cookie: u64::from(f.function_id)
                     | if f.args {
                         scope_common::COOKIE_ARGS_FLAG
+                            | str_cookies.get(&f.function_id).copied().unwrap_or(0)
                     } else {
                         0
                     },
@@ -718,7 +745,7 @@ fn attach_late_modules(
         return Ok(None);
     }
     let file = late_functions.write(&function_rows(&late.plan))?;
-    let new_links = attach_plan(probes, &late.plan, pid)?;
+    let new_links = attach_plan(probes, &late.plan, pid, &HashMap::new())?;
     for m in &late.plan.modules {
         eprintln!(
             "scope: attached {} more function{} in {} (loaded after the start)",

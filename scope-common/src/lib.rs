@@ -52,6 +52,9 @@ pub const EVENT_ENTRY_GO: u32 = 5;
 /// when Go moves the goroutine's stack); a plain uprobe on every RET
 /// instruction of the function stands in for it.
 pub const EVENT_RETURN_GO: u32 = 6;
+/// An entry with the six argument registers and up to two NUL-terminated
+/// strings read from user memory (`--arg-strings`): an [`ArgsStrEvent`].
+pub const EVENT_ENTRY_ARGS_STR: u32 = 7;
 
 /// Integer/pointer argument registers of the System V x86-64 ABI, in order:
 /// rdi, rsi, rdx, rcx, r8, r9.
@@ -68,6 +71,38 @@ pub const COOKIE_ARGS_FLAG: u64 = 1 << 32;
 /// Go's register ABI, Go >= 1.17 on amd64), so the agent pairs calls per
 /// goroutine rather than per thread. The args flag is ignored with it.
 pub const COOKIE_GO_FLAG: u64 = 1 << 33;
+
+/// Cookie bits 40..42 and 43..45 (`--arg-strings`): the register (1 = rdi
+/// … 6 = r9; 0 = none) of the first and of the second `char *` parameter,
+/// set by the agent from DWARF. With either one set (and
+/// [`COOKIE_ARGS_FLAG`]), the entry program reads those strings into an
+/// [`ArgsStrEvent`]; no map lookup decides it.
+pub const COOKIE_STR0_SHIFT: u32 = 40;
+pub const COOKIE_STR1_SHIFT: u32 = 43;
+/// Mask of one 3-bit string register field of the cookie (after the shift).
+pub const COOKIE_STR_MASK: u64 = 0b111;
+/// String parameters read per call (the first two `char *` parameters).
+pub const MAX_STR_ARGS: usize = 2;
+/// The largest `--arg-strings` cap: bytes kept per string.
+pub const MAX_STR: usize = 256;
+/// Bytes reserved per string in an [`ArgsStrEvent`]: the cap, one more byte
+/// that tells a string of exactly `cap` bytes from a longer (truncated) one,
+/// the NUL, rounded up to 8.
+pub const STR_BUF: usize = MAX_STR + 8;
+
+/// An entry with strings: the [`ArgsEvent`] (kind [`EVENT_ENTRY_ARGS_STR`]),
+/// then per string field of the cookie the return value of
+/// `bpf_probe_read_user_str` (bytes copied including the NUL, negative on a
+/// fault such as a NULL pointer, 0 when the field is unused) and the bytes.
+/// The kernel reads at most `cap + 2` bytes (cap + 1 characters and the NUL),
+/// so `len == cap + 2` means the string is longer than the cap. 608 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArgsStrEvent {
+    pub args: ArgsEvent,
+    pub str_len: [i32; MAX_STR_ARGS],
+    pub strs: [[u8; STR_BUF]; MAX_STR_ARGS],
+}
 
 /// An entry or RET-site hit of a Go function: the plain header (kind
 /// [`EVENT_ENTRY_GO`] or [`EVENT_RETURN_GO`]) then r14, the current
@@ -118,6 +153,9 @@ pub mod names {
     /// Global set at load time: force a wake-up of the reader once this many
     /// bytes wait in the ring; below it, events are submitted without one.
     pub const WAKE_BYTES_GLOBAL: &str = "WAKE_BYTES";
+    /// Global set at load time: `--arg-strings` cap, bytes kept per string
+    /// (1..=[`super::MAX_STR`]; 0 when strings are off).
+    pub const STR_CAP_GLOBAL: &str = "STR_CAP";
 }
 
 /// Default ring-buffer size (bytes, a power of two multiple of the page size).
@@ -140,7 +178,14 @@ unsafe impl aya::Pod for RetEvent {}
 // SAFETY: #[repr(C)], Copy, only u64 fields after a Pod header, no padding.
 unsafe impl aya::Pod for GoEvent {}
 
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], Copy, integers and byte arrays only; 72 + 8 + 528
+// bytes with no padding (asserted below).
+unsafe impl aya::Pod for ArgsStrEvent {}
+
 const _: () = assert!(core::mem::size_of::<RawEvent>() == 24);
 const _: () = assert!(core::mem::size_of::<GoEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<ArgsEvent>() == 24 + 8 * MAX_ARGS);
 const _: () = assert!(core::mem::size_of::<RetEvent>() == 32);
+const _: () =
+    assert!(core::mem::size_of::<ArgsStrEvent>() == 72 + 4 * MAX_STR_ARGS + STR_BUF * MAX_STR_ARGS);

@@ -9,6 +9,13 @@
 //! argument registers (72 bytes) and the return record holds rax (32 bytes).
 //! The flag is in the cookie the programs read anyway: no map lookup.
 //!
+//! With `--arg-strings`, the cookie also names (bits 40..45, two 3-bit
+//! fields) the registers of up to two `char *` parameters; the entry then
+//! reserves a fixed-size [`ArgsStrEvent`] and reads each string with
+//! `bpf_probe_read_user_str` straight into the ring record, at most
+//! `STR_CAP + 2` bytes (a load-time global). Functions without string
+//! parameters keep the 72-byte record.
+//!
 //! Go functions get no return probe (a uretprobe rewrites the return address
 //! on the goroutine's stack, which Go may move). Their cookie carries
 //! [`COOKIE_GO_FLAG`]: the entry record then holds r14 (the goroutine's `g`
@@ -20,15 +27,24 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::bpf_probe_read_user_str,
+    },
     macros::{map, uprobe, uretprobe},
     maps::{PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
 use scope_common::{
-    ArgsEvent, COOKIE_ARGS_FLAG, COOKIE_GO_FLAG, DEFAULT_RING_BYTES, EVENT_ENTRY, EVENT_ENTRY_ARGS,
-    EVENT_ENTRY_GO, EVENT_RETURN, EVENT_RETURN_GO, EVENT_RETURN_RET, GoEvent, RawEvent, RetEvent,
+    ArgsEvent, ArgsStrEvent, COOKIE_ARGS_FLAG, COOKIE_GO_FLAG, COOKIE_STR_MASK, COOKIE_STR0_SHIFT,
+    COOKIE_STR1_SHIFT, DEFAULT_RING_BYTES, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_ENTRY_ARGS_STR,
+    EVENT_ENTRY_GO, EVENT_RETURN, EVENT_RETURN_GO, EVENT_RETURN_RET, GoEvent, MAX_ARGS, MAX_STR,
+    RawEvent, RetEvent,
 };
+
+/// Both string register fields of the cookie.
+const COOKIE_STR_FIELDS: u64 =
+    (COOKIE_STR_MASK << COOKIE_STR0_SHIFT) | (COOKIE_STR_MASK << COOKIE_STR1_SHIFT);
 
 /// Events to user space. The agent sets the real size at load time.
 #[map]
@@ -46,6 +62,10 @@ static TARGET_TGID: u32 = 0;
 #[unsafe(no_mangle)]
 static WAKE_BYTES: u64 = 256 * 1024;
 
+/// `--arg-strings`: bytes kept per string (0: off). Set at load time.
+#[unsafe(no_mangle)]
+static STR_CAP: u32 = 0;
+
 #[uprobe]
 pub fn scope_entry(ctx: ProbeContext) -> u32 {
     let Some((pid_tgid, cookie)) = admit(ctx.as_ptr()) else {
@@ -59,6 +79,8 @@ pub fn scope_entry(ctx: ProbeContext) -> u32 {
             head: head(pid_tgid, cookie, EVENT_ENTRY_GO),
             goid_key: g,
         });
+    } else if cookie & COOKIE_STR_FIELDS != 0 {
+        args_with_strings(&ctx, pid_tgid, cookie);
     } else {
         // rdi, rsi, rdx, rcx, r8, r9 (System V x86-64), read from the
         // saved registers: no helper call, no user memory touched.
@@ -101,6 +123,67 @@ pub fn scope_ret_site(ctx: ProbeContext) -> u32 {
         goid_key: g,
     });
     0
+}
+
+/// An entry with its registers and up to two user strings, written straight
+/// into a fixed-size ring record (608 bytes: too big for the BPF stack).
+#[inline(always)]
+fn args_with_strings(ctx: &ProbeContext, pid_tgid: u64, cookie: u64) {
+    let Some(mut entry) = EVENTS.reserve::<ArgsStrEvent>(0) else {
+        count_loss();
+        return;
+    };
+    let reg = |n: usize| ctx.arg::<u64>(n).unwrap_or(0);
+    let p = entry.as_mut_ptr();
+    // SAFETY: a load-time constant, read like TARGET_TGID.
+    let cap = unsafe { core::ptr::read_volatile(&STR_CAP) };
+    // cap + 1 characters and the NUL: a result of cap + 2 means truncated.
+    let size = if cap as usize > MAX_STR {
+        MAX_STR as u32
+    } else {
+        cap
+    } + 2;
+    // SAFETY: `p` points at the reserved, writable record of this type;
+    // every field is written before the submit (the string bytes past each
+    // NUL are not read by the agent).
+    unsafe {
+        (*p).args = ArgsEvent {
+            head: head(pid_tgid, cookie, EVENT_ENTRY_ARGS_STR),
+            args: [reg(0), reg(1), reg(2), reg(3), reg(4), reg(5)],
+        };
+        let regs = (*p).args.args.as_ptr();
+        (*p).str_len[0] = read_str(
+            regs,
+            cookie >> COOKIE_STR0_SHIFT,
+            (*p).strs[0].as_mut_ptr(),
+            size,
+        );
+        (*p).str_len[1] = read_str(
+            regs,
+            cookie >> COOKIE_STR1_SHIFT,
+            (*p).strs[1].as_mut_ptr(),
+            size,
+        );
+    }
+    submit(entry);
+}
+
+/// Reads the NUL-terminated user string whose address is in the register
+/// the 3-bit `field` names (1 = rdi … 6 = r9; taken from the registers
+/// already copied into the record, `regs`) into `dst` (`size` <= `STR_BUF`
+/// bytes). 0 when the field is unused, negative on a fault.
+#[inline(always)]
+fn read_str(regs: *const u64, field: u64, dst: *mut u8, size: u32) -> i32 {
+    let field = field & COOKIE_STR_MASK;
+    if field == 0 || field > MAX_ARGS as u64 {
+        return 0;
+    }
+    // SAFETY: `regs` points at the record's six saved registers and
+    // `field - 1` is below six (checked above).
+    let src = unsafe { core::ptr::read_volatile(regs.add((field - 1) as usize)) };
+    // SAFETY: `dst` has room for `size` bytes; the helper reads user memory
+    // safely (a bad address is an error, never a fault).
+    unsafe { bpf_probe_read_user_str(dst.cast(), size, src as *const core::ffi::c_void) as i32 }
 }
 
 /// r14 at the probed instruction: the current goroutine's `g` in Go's
@@ -146,6 +229,13 @@ fn record<T: 'static>(fill: impl FnOnce() -> T) {
         return;
     };
     entry.write(fill());
+    submit(entry);
+}
+
+/// Submits a filled record without a wake-up unless a quarter of the ring
+/// is waiting.
+#[inline(always)]
+fn submit<T: 'static>(entry: aya_ebpf::maps::ring_buf::RingBufEntry<T>) {
     // SAFETY: as above, a load-time constant.
     let wake_bytes = unsafe { core::ptr::read_volatile(&WAKE_BYTES) };
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= wake_bytes {

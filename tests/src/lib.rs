@@ -898,3 +898,13 @@ pub fn inlined_fixture(opt: &str) -> PathBuf {
     build_generated_c(&format!("inlined-O{opt}"), &source, opt, &[])
         .unwrap_or_else(|e| panic!("building {}: {e}", path.display()))
 }
+
+/// The string-argument fixture, tests/fixtures/c/strings.c, compiled at
+/// `-O<opt>` (rebuilt when the source changes).
+pub fn strings_fixture(opt: &str) -> PathBuf {
+    let path = workspace_root().join("tests/fixtures/c/strings.c");
+    let source = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    build_generated_c(&format!("strings-O{opt}"), &source, opt, &[])
+        .unwrap_or_else(|e| panic!("building {}: {e}", path.display()))
+}

@@ -8,9 +8,14 @@
 //! not whatever the upper half of rdi held) or null when the parameter is not
 //! in an integer register at all (floats, structs by value, ...).
 
-use scope_common::MAX_ARGS;
+use scope_common::{
+    ArgsStrEvent, COOKIE_STR0_SHIFT, COOKIE_STR1_SHIFT, MAX_ARGS, MAX_STR_ARGS, STR_BUF,
+};
 
-use super::CallArgs;
+use super::{ArgStrings, CallArgs};
+
+/// Appended to a string cut at the `--arg-strings` cap.
+pub const TRUNCATED_MARK: char = '…';
 
 /// How one register is turned into a stored value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -58,6 +63,9 @@ pub struct ArgLayout {
     pub slots: [ArgSlot; MAX_ARGS],
     /// How rax becomes `ret` (`Null` for `void` and non-integer returns).
     pub ret: RegValue,
+    /// Slots whose parameter is a pointer to a 1-byte character type
+    /// (`char *`, `const char *`, `unsigned char *`), bit i for slot i.
+    pub strings: u8,
 }
 
 impl Default for ArgLayout {
@@ -74,8 +82,71 @@ impl Default for ArgLayout {
             len: MAX_ARGS as u8,
             slots,
             ret: RegValue::Raw,
+            strings: 0,
         }
     }
+}
+
+impl ArgLayout {
+    /// The slots whose strings the kernel reads: the first
+    /// [`MAX_STR_ARGS`] string slots held in a register.
+    pub fn string_slots(&self) -> [Option<usize>; MAX_STR_ARGS] {
+        let mut out = [None; MAX_STR_ARGS];
+        let slots = (0..usize::from(self.len.min(MAX_ARGS as u8)))
+            .filter(|&i| self.strings & (1 << i) != 0 && self.slots[i].value != RegValue::Null);
+        for (o, i) in out.iter_mut().zip(slots) {
+            *o = Some(i);
+        }
+        out
+    }
+
+    /// The cookie bits that make the kernel read this function's strings:
+    /// the register (1 = rdi … 6 = r9) of each string slot in its 3-bit
+    /// field; 0 without string slots.
+    pub fn string_cookie(&self) -> u64 {
+        let mut cookie = 0;
+        for (n, slot) in self.string_slots().into_iter().enumerate() {
+            if let Some(i) = slot {
+                let shift = if n == 0 {
+                    COOKIE_STR0_SHIFT
+                } else {
+                    COOKIE_STR1_SHIFT
+                };
+                cookie |= (u64::from(self.slots[i].reg) + 1) << shift;
+            }
+        }
+        cookie
+    }
+
+    /// The `arg_strings` of one entry record: one element per slot, the
+    /// strings the kernel read in the string slots, `None` elsewhere.
+    pub fn strings(&self, ev: &ArgsStrEvent, cap: usize) -> ArgStrings {
+        let mut out = vec![None; usize::from(self.len.min(MAX_ARGS as u8))];
+        for (n, slot) in self.string_slots().into_iter().enumerate() {
+            if let Some(i) = slot {
+                out[i] = decode_str(ev.str_len[n], &ev.strs[n], cap);
+            }
+        }
+        out.into_boxed_slice()
+    }
+}
+
+/// One string as the kernel read it: `len` is `bpf_probe_read_user_str`'s
+/// result (bytes including the NUL; negative when the pointer could not be
+/// read, e.g. NULL). The kernel reads up to `cap + 1` characters, so more
+/// than `cap` means the string is longer: it is cut to `cap` bytes and
+/// [`TRUNCATED_MARK`] is appended. Invalid UTF-8 is replaced (lossy).
+pub fn decode_str(len: i32, buf: &[u8; STR_BUF], cap: usize) -> Option<String> {
+    if len <= 0 {
+        return None;
+    }
+    let chars = (len as usize - 1).min(STR_BUF);
+    let keep = chars.min(cap);
+    let mut s = String::from_utf8_lossy(&buf[..keep]).into_owned();
+    if chars > cap {
+        s.push(TRUNCATED_MARK);
+    }
+    Some(s)
 }
 
 impl ArgLayout {
@@ -132,6 +203,7 @@ mod tests {
             len: 3,
             slots,
             ret: RegValue::Null,
+            strings: 0,
         };
         let args = layout.args(&[0xffff_ffff, 42, 9, 9, 9, 9]);
         assert_eq!(args.len, 3);
@@ -143,5 +215,56 @@ mod tests {
         let default = ArgLayout::default().args(&[1, 2, 3, 4, 5, 6]);
         assert_eq!(default.len, 6);
         assert_eq!(default.get(5), Some(6));
+    }
+
+    #[test]
+    fn strings_decode_with_cap_and_mark() {
+        let mut buf = [0u8; STR_BUF];
+        buf[..6].copy_from_slice(b"hello\0");
+        assert_eq!(decode_str(6, &buf, 8).as_deref(), Some("hello"));
+        // Exactly cap bytes: not truncated.
+        assert_eq!(decode_str(6, &buf, 5).as_deref(), Some("hello"));
+        // cap + 1 characters read: longer than the cap.
+        assert_eq!(decode_str(6, &buf, 4).as_deref(), Some("hell…"));
+        assert_eq!(decode_str(1, &buf, 4).as_deref(), Some(""));
+        assert_eq!(decode_str(-14, &buf, 4), None);
+        assert_eq!(decode_str(0, &buf, 4), None);
+        buf[0] = 0xff;
+        assert_eq!(decode_str(3, &buf, 8).as_deref(), Some("\u{fffd}e"));
+    }
+
+    #[test]
+    fn string_slots_name_registers_in_the_cookie() {
+        // f(double d, const char *a, int n, char *b, char *c): a in rdi,
+        // b in rdx, c in rcx; only the first two strings are read.
+        let mut slots = [ArgSlot::default(); MAX_ARGS];
+        for (slot, reg) in [(1, 0), (2, 1), (3, 2), (4, 3)] {
+            slots[slot] = ArgSlot {
+                reg,
+                value: RegValue::Raw,
+            };
+        }
+        let layout = ArgLayout {
+            len: 5,
+            slots,
+            ret: RegValue::Null,
+            strings: 0b11010,
+        };
+        assert_eq!(layout.string_slots(), [Some(1), Some(3)]);
+        assert_eq!(
+            layout.string_cookie(),
+            (1 << COOKIE_STR0_SHIFT) | (3 << COOKIE_STR1_SHIFT)
+        );
+        let mut ev = ArgsStrEvent {
+            args: Default::default(),
+            str_len: [3, -14],
+            strs: [[0; STR_BUF]; MAX_STR_ARGS],
+        };
+        ev.strs[0][..3].copy_from_slice(b"hi\0");
+        assert_eq!(
+            &*layout.strings(&ev, 16),
+            &[None, Some("hi".to_string()), None, None, None]
+        );
+        assert_eq!(ArgLayout::default().string_cookie(), 0);
     }
 }

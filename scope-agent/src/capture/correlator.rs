@@ -35,18 +35,18 @@
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use scope_common::{
-    ArgsEvent, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_ENTRY_GO, EVENT_RETURN, EVENT_RETURN_GO,
-    EVENT_RETURN_RET, GoEvent, RawEvent, RetEvent,
+    ArgsEvent, ArgsStrEvent, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_ENTRY_ARGS_STR, EVENT_ENTRY_GO,
+    EVENT_RETURN, EVENT_RETURN_GO, EVENT_RETURN_RET, GoEvent, RawEvent, RetEvent,
 };
 
 use super::args::ArgLayout;
-use super::{CallArgs, CallRecord, flags};
+use super::{ArgStrings, CallArgs, CallRecord, flags};
 
 /// The kernel installs at most this many return probes per thread at once;
 /// deeper calls fire their entry probe but never their return probe.
 pub const MAX_URETPROBE_DEPTH: usize = 64;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Frame {
     call_id: u64,
     /// The thread the entry ran on (a goroutine may return on another).
@@ -57,6 +57,8 @@ struct Frame {
     child_ns: u64,
     /// Argument values, for functions whose arguments are captured.
     args: Option<CallArgs>,
+    /// `char *` arguments read at entry (`--arg-strings`).
+    strings: Option<ArgStrings>,
     /// [`Correlator::loss_gen`] when the frame was pushed.
     loss_gen: u64,
 }
@@ -116,6 +118,8 @@ pub struct Correlator {
     /// Register layouts of the functions whose arguments are captured;
     /// others use [`ArgLayout::default`].
     layouts: FxHashMap<u32, ArgLayout>,
+    /// `--arg-strings` cap (bytes kept per string).
+    str_cap: usize,
     /// Bumped by every [`Self::note_loss`]: a frame pushed under an older
     /// generation was open when events were lost.
     loss_gen: u64,
@@ -134,6 +138,7 @@ impl Correlator {
             out: Vec::with_capacity(8192),
             counts: CorrelatorCounts::default(),
             layouts: FxHashMap::default(),
+            str_cap: 0,
             loss_gen: 0,
             inline_ids: FxHashSet::default(),
         }
@@ -214,7 +219,7 @@ impl Correlator {
     pub fn on_event(&mut self, ev: &RawEvent) {
         self.counts.events += 1;
         match ev.kind {
-            EVENT_ENTRY => self.on_entry(ev, None, StackKey::Thread(ev.tid())),
+            EVENT_ENTRY => self.on_entry(ev, None, None, StackKey::Thread(ev.tid())),
             EVENT_RETURN => self.on_return(ev, None, StackKey::Thread(ev.tid())),
             _ => self.counts.unknown_kind += 1,
         }
@@ -228,7 +233,32 @@ impl Correlator {
             return;
         }
         let args = self.layout(ev.head.function_id).args(&ev.args);
-        self.on_entry(&ev.head, Some(args), StackKey::Thread(ev.head.tid()));
+        self.on_entry(&ev.head, Some(args), None, StackKey::Thread(ev.head.tid()));
+    }
+
+    /// An entry with its argument registers and `char *` strings
+    /// ([`EVENT_ENTRY_ARGS_STR`]).
+    pub fn on_args_str_entry(&mut self, ev: &ArgsStrEvent) {
+        self.counts.events += 1;
+        let head = &ev.args.head;
+        if head.kind != EVENT_ENTRY_ARGS_STR {
+            self.counts.unknown_kind += 1;
+            return;
+        }
+        let layout = self.layout(head.function_id);
+        let args = layout.args(&ev.args.args);
+        let strings = layout.strings(ev, self.str_cap);
+        self.on_entry(
+            head,
+            Some(args),
+            Some(strings),
+            StackKey::Thread(head.tid()),
+        );
+    }
+
+    /// The `--arg-strings` cap the kernel was loaded with.
+    pub fn set_str_cap(&mut self, cap: usize) {
+        self.str_cap = cap;
     }
 
     /// A return with its return register ([`EVENT_RETURN_RET`]).
@@ -254,13 +284,19 @@ impl Correlator {
             StackKey::Goroutine(head.tgid(), ev.goid_key)
         };
         match head.kind {
-            EVENT_ENTRY_GO => self.on_entry(head, None, key),
+            EVENT_ENTRY_GO => self.on_entry(head, None, None, key),
             EVENT_RETURN_GO => self.on_return(head, None, key),
             _ => self.counts.unknown_kind += 1,
         }
     }
 
-    fn on_entry(&mut self, ev: &RawEvent, args: Option<CallArgs>, key: StackKey) {
+    fn on_entry(
+        &mut self,
+        ev: &RawEvent,
+        args: Option<CallArgs>,
+        strings: Option<ArgStrings>,
+        key: StackKey,
+    ) {
         if ev.ktime_ns > self.end_ktime {
             self.counts.after_end += 1;
             return;
@@ -281,6 +317,7 @@ impl Correlator {
             start_ktime: ev.ktime_ns,
             child_ns: 0,
             args,
+            strings,
             loss_gen: self.loss_gen,
         });
     }
@@ -326,6 +363,7 @@ impl Correlator {
                     self_ns: -1,
                     flags: flags::NO_RETURN_PROBE | loss_flag(&frame),
                     args: frame.args,
+                    arg_strings: frame.strings,
                     ret: None,
                 });
             }
@@ -366,6 +404,7 @@ impl Correlator {
                     self_ns: duration.saturating_sub(frame.child_ns) as i64,
                     flags: flags::UNWOUND | loss_flag(&frame),
                     args: frame.args,
+                    arg_strings: frame.strings,
                     ret: None,
                 });
             }
@@ -396,6 +435,7 @@ impl Correlator {
             self_ns: duration.saturating_sub(frame.child_ns) as i64,
             flags: loss_flag(&frame),
             args: frame.args,
+            arg_strings: frame.strings,
             ret,
         });
     }
@@ -424,6 +464,7 @@ impl Correlator {
             flags: flags::INLINED,
             args: None,
             ret: None,
+            arg_strings: None,
         });
     }
 
@@ -444,6 +485,7 @@ impl Correlator {
             self_ns: -1,
             flags: flags::ENTRY_MISSING,
             args: None,
+            arg_strings: None,
             ret,
         });
     }
@@ -474,6 +516,7 @@ impl Correlator {
                     self_ns: -1,
                     flags: flags::RETURN_MISSING | loss,
                     args: frame.args,
+                    arg_strings: frame.strings,
                     ret: None,
                 });
             }
@@ -520,7 +563,7 @@ mod tests {
             leave(100, 1, 1),
         ]);
         assert_eq!(calls.len(), 3);
-        let (c, b, a) = (calls[0], calls[1], calls[2]);
+        let (c, b, a) = (&calls[0], &calls[1], &calls[2]);
         assert_eq!((a.function_id, a.depth, a.parent_call_id), (1, 0, 0));
         assert_eq!(
             (b.function_id, b.depth, b.parent_call_id),
@@ -593,7 +636,7 @@ mod tests {
         ]);
         let flags: Vec<u8> = calls.iter().map(|c| c.flags).collect();
         assert_eq!(flags, vec![flags::UNWOUND, flags::UNWOUND, 0, 0]);
-        let last = calls[3];
+        let last = &calls[3];
         assert_eq!(
             (last.function_id, last.depth, last.parent_call_id),
             (4, 0, 0)
@@ -688,17 +731,17 @@ mod tests {
         let calls = c.take_calls();
         assert_eq!(calls.len(), 4);
         assert!(calls.iter().all(|c| c.flags == 0));
-        let worker_a = calls[2];
+        let worker_a = &calls[2];
         assert_eq!((worker_a.function_id, worker_a.depth), (1, 0));
         // Reported on the entry's thread, though it returned on thread 2.
         assert_eq!((worker_a.tid, worker_a.duration_ns), (1, 6));
         assert_eq!(worker_a.self_ns, 4);
-        for leaf in [calls[0], calls[1]] {
+        for leaf in [&calls[0], &calls[1]] {
             assert_eq!((leaf.function_id, leaf.depth), (2, 1));
             assert_eq!(leaf.parent_call_id, worker_a.call_id);
         }
         assert_eq!((calls[0].tid, calls[1].tid), (1, 2));
-        let worker_b = calls[3];
+        let worker_b = &calls[3];
         assert_eq!(
             (worker_b.tid, worker_b.depth, worker_b.duration_ns),
             (1, 0, 4)
@@ -808,7 +851,7 @@ mod tests {
         c.finish();
         let calls = c.take_calls();
         assert_eq!(calls.len(), 3);
-        let (sq, f1, sq2) = (calls[0], calls[1], calls[2]);
+        let (sq, f1, sq2) = (&calls[0], &calls[1], &calls[2]);
         assert_eq!(
             (sq.function_id, sq.depth, sq.parent_call_id),
             (9, 1, f1.call_id)

@@ -37,9 +37,9 @@ pub mod flags {
     pub const INLINED: u8 = 32;
 }
 
-/// One completed (or cut-off) function call. Plain data, `Copy`, so batches
-/// move between threads without per-record allocation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+/// One completed (or cut-off) function call. Plain data; only
+/// `arg_strings` (present only with `--arg-strings`) allocates.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct CallRecord {
     pub pid: u32,
     pub tid: u32,
@@ -64,7 +64,15 @@ pub struct CallRecord {
     /// The integer return value (rax), when captured and meaningful; `None`
     /// (stored as null) otherwise.
     pub ret: Option<i64>,
+    /// `--arg-strings`: one element per `args` slot, the string a `char *`
+    /// parameter pointed to at entry (see [`args::decode_str`]), `None` for
+    /// other slots and unreadable pointers. `None` as a whole (stored as
+    /// null) unless strings were captured for this call.
+    pub arg_strings: Option<ArgStrings>,
 }
+
+/// The strings of one call's `char *` parameters, one element per slot.
+pub type ArgStrings = Box<[Option<String>]>;
 
 /// The argument values of one call: `len` slots of `values`, each the
 /// register's bits as an `i64` (sign- or zero-extended from the DWARF type's

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use scope_common::{
-    ArgsEvent, EVENT_ENTRY_ARGS, EVENT_ENTRY_GO, EVENT_RETURN_GO, EVENT_RETURN_RET, GoEvent,
-    RawEvent, RetEvent,
+    ArgsEvent, ArgsStrEvent, EVENT_ENTRY_ARGS, EVENT_ENTRY_ARGS_STR, EVENT_ENTRY_GO,
+    EVENT_RETURN_GO, EVENT_RETURN_RET, GoEvent, RawEvent, RetEvent,
 };
 
 use super::LossRecord;
@@ -93,6 +93,7 @@ impl RingReader {
             match parse(bytes) {
                 Some(Record::Plain(ev)) => correlator.on_event(&ev),
                 Some(Record::Args(ev)) => correlator.on_args_entry(&ev),
+                Some(Record::ArgsStr(ev)) => correlator.on_args_str_entry(&ev),
                 Some(Record::Ret(ev)) => correlator.on_ret_return(&ev),
                 Some(Record::Go(ev)) => correlator.on_go_event(&ev),
                 None => {
@@ -225,6 +226,8 @@ impl Drop for RingPositions {
 pub enum Record {
     Plain(RawEvent),
     Args(ArgsEvent),
+    /// An entry with `char *` strings (boxed: 608 bytes).
+    ArgsStr(Box<ArgsStrEvent>),
     Ret(RetEvent),
     /// A Go entry or RET-site hit, with the goroutine pointer.
     Go(GoEvent),
@@ -236,6 +239,7 @@ pub fn parse(bytes: &[u8]) -> Option<Record> {
     let head: RawEvent = read(bytes)?;
     Some(match head.kind {
         EVENT_ENTRY_ARGS => Record::Args(read(bytes)?),
+        EVENT_ENTRY_ARGS_STR => Record::ArgsStr(Box::new(read(bytes)?)),
         EVENT_RETURN_RET => Record::Ret(read(bytes)?),
         EVENT_ENTRY_GO | EVENT_RETURN_GO => Record::Go(read(bytes)?),
         _ => Record::Plain(head),
@@ -304,5 +308,22 @@ mod tests {
         };
         assert_eq!(parse(&bytes_of(&go)), Some(Record::Go(go)));
         assert_eq!(parse(&bytes_of(&go)[..24]), None);
+        let mut strs = ArgsStrEvent {
+            args: ArgsEvent {
+                head: RawEvent {
+                    kind: EVENT_ENTRY_ARGS_STR,
+                    ..head
+                },
+                args: [1, 2, 3, 4, 5, 6],
+            },
+            str_len: [3, -14],
+            strs: [[0; scope_common::STR_BUF]; scope_common::MAX_STR_ARGS],
+        };
+        strs.strs[0][..3].copy_from_slice(b"ab\0");
+        let b = bytes_of(&strs);
+        assert_eq!(b.len(), 608);
+        assert_eq!(parse(&b), Some(Record::ArgsStr(Box::new(strs))));
+        // Only the 72-byte prefix: too short for the kind.
+        assert_eq!(parse(&b[..72]), None);
     }
 }

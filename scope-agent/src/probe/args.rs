@@ -270,6 +270,7 @@ fn layout(unit: &Unit<'_>, sub: &Sub<'_>, cplusplus: bool) -> ArgLayout {
         len: sub.params.len().min(MAX_ARGS) as u8,
         slots: [ArgSlot::default(); MAX_ARGS],
         ret: RegValue::Null,
+        strings: 0,
     };
     // No DW_AT_type on the subprogram: void.
     let ret_class = sub.ret.as_ref().map(|t| classify(unit, t));
@@ -289,6 +290,9 @@ fn layout(unit: &Unit<'_>, sub: &Sub<'_>, cplusplus: bool) -> ArgLayout {
         let class = t.as_ref().map_or(Class::Unknown, |t| classify(unit, t));
         match class {
             Class::Integer(value) if next_reg < MAX_ARGS => {
+                if t.as_ref().is_some_and(|t| char_pointer(unit, t)) {
+                    out.strings |= 1 << i;
+                }
                 out.slots[i] = ArgSlot {
                     reg: next_reg as u8,
                     value,
@@ -370,6 +374,64 @@ fn fields(unit: &Unit<'_>, offset: UnitOffset, depth: usize) -> Option<Fields> {
         kind = Some(this);
     }
     kind
+}
+
+/// Whether `t` is a pointer to a 1-byte character type (`char *`, `const
+/// char *`, `unsigned char *`, through typedefs and qualifiers): a
+/// parameter `--arg-strings` reads as a NUL-terminated string.
+fn char_pointer(unit: &Unit<'_>, t: &AttributeValue<Reader<'_>>) -> bool {
+    let Some(pointer) = strip(unit, t) else {
+        return false;
+    };
+    let Ok(die) = unit.entry(pointer) else {
+        return false;
+    };
+    if die.tag() != gimli::DW_TAG_pointer_type {
+        return false;
+    }
+    let Some(pointee) = die
+        .attr_value(gimli::DW_AT_type)
+        .and_then(|t| strip(unit, &t))
+    else {
+        return false;
+    };
+    let Ok(die) = unit.entry(pointee) else {
+        return false;
+    };
+    die.tag() == gimli::DW_TAG_base_type
+        && matches!(
+            die.attr_value(gimli::DW_AT_byte_size)
+                .and_then(|v| v.udata_value()),
+            Some(1)
+        )
+        && matches!(
+            die.attr_value(gimli::DW_AT_encoding),
+            Some(AttributeValue::Encoding(
+                gimli::DW_ATE_signed_char | gimli::DW_ATE_unsigned_char
+            ))
+        )
+}
+
+/// The type `t` names after typedefs and qualifiers.
+fn strip(unit: &Unit<'_>, t: &AttributeValue<Reader<'_>>) -> Option<UnitOffset> {
+    let AttributeValue::UnitRef(mut offset) = *t else {
+        return None;
+    };
+    for _ in 0..MAX_HOPS {
+        let die = unit.entry(offset).ok()?;
+        match die.tag() {
+            gimli::DW_TAG_typedef
+            | gimli::DW_TAG_const_type
+            | gimli::DW_TAG_volatile_type
+            | gimli::DW_TAG_restrict_type
+            | gimli::DW_TAG_atomic_type => match die.attr_value(gimli::DW_AT_type) {
+                Some(AttributeValue::UnitRef(o)) => offset = o,
+                _ => return None,
+            },
+            _ => return Some(offset),
+        }
+    }
+    None
 }
 
 fn classify(unit: &Unit<'_>, t: &AttributeValue<Reader<'_>>) -> Class {

@@ -122,6 +122,8 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Force a reader wake-up once this many bytes wait in the ring.
     pub wake_bytes: u64,
+    /// `--arg-strings` cap in bytes (0: strings off).
+    pub str_cap: u32,
 }
 
 /// The loaded programs and the maps user space reads.
@@ -192,6 +194,7 @@ impl LoadedProbes {
         let mut ebpf = EbpfLoader::new()
             .override_global(names::TARGET_TGID_GLOBAL, &opts.target_tgid, true)
             .override_global(names::WAKE_BYTES_GLOBAL, &opts.wake_bytes, true)
+            .override_global(names::STR_CAP_GLOBAL, &opts.str_cap, true)
             .map_max_entries(names::EVENTS_MAP, ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| AttachError::Load(error_chain(&e)))?;

@@ -172,7 +172,7 @@ struct Segment<T> {
     written_rows: u64,
 }
 
-impl<T: Copy> Segment<T> {
+impl<T: Clone> Segment<T> {
     fn new(
         dir: PathBuf,
         schema: SchemaRef,
@@ -513,7 +513,7 @@ fn segment_name(seq: u32) -> String {
 
 /// Writes the buffered rows of `seg` as its next file, if it has any. On
 /// failure the rows stay buffered, so a later call retries them.
-fn flush<T: Copy>(
+fn flush<T: Clone>(
     seg: &mut Segment<T>,
     props: &WriterProperties,
     files: &mut Vec<(PathBuf, u64)>,

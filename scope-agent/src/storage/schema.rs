@@ -21,6 +21,8 @@ use crate::capture::{CallRecord, LossRecord, MetricsRecord};
 /// `self_ns` are null when unknown. `args` (a list of Int64, one per
 /// parameter, an element null when the parameter is not in an integer
 /// register) and `ret` are null unless arguments were captured (`--args`).
+/// `arg_strings` (a list of Utf8, one per parameter, an element null unless
+/// the parameter is a readable `char *`) is null unless `--arg-strings`.
 pub static CALLS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("pid", DataType::UInt32, false),
@@ -36,12 +38,18 @@ pub static CALLS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("flags", DataType::UInt8, false),
         Field::new("args", args_type(), true),
         Field::new("ret", DataType::Int64, true),
+        Field::new("arg_strings", arg_strings_type(), true),
     ]))
 });
 
 /// `List<Int64>` with nullable elements, as `ListBuilder<Int64Builder>` makes it.
 fn args_type() -> DataType {
     DataType::List(Arc::new(Field::new("item", DataType::Int64, true)))
+}
+
+/// `List<Utf8>` with nullable elements, as `ListBuilder<StringBuilder>` makes it.
+fn arg_strings_type() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
 }
 
 /// Schema of `functions`.
@@ -151,6 +159,7 @@ pub(crate) fn calls_batch(rows: &[CallRecord]) -> Result<RecordBatch, ArrowError
         Arc::new(UInt8Array::from_iter_values(rows.iter().map(|c| c.flags))),
         args_column(rows),
         Arc::new(Int64Array::from_iter(rows.iter().map(|c| c.ret))),
+        arg_strings_column(rows),
     ];
     RecordBatch::try_new(CALLS.clone(), columns)
 }
@@ -166,6 +175,22 @@ fn args_column(rows: &[CallRecord]) -> ArrayRef {
             Some(args) => {
                 for i in 0..usize::from(args.len) {
                     b.values().append_option(args.get(i));
+                }
+                b.append(true);
+            }
+            None => b.append_null(),
+        }
+    }
+    Arc::new(b.finish())
+}
+
+fn arg_strings_column(rows: &[CallRecord]) -> ArrayRef {
+    let mut b = ListBuilder::with_capacity(arrow_array::builder::StringBuilder::new(), rows.len());
+    for row in rows {
+        match &row.arg_strings {
+            Some(strings) => {
+                for s in strings.iter() {
+                    b.values().append_option(s.as_deref());
                 }
                 b.append(true);
             }

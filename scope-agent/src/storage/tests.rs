@@ -40,6 +40,10 @@ fn call(i: u64) -> CallRecord {
             null_mask: 0b100,
         }),
         ret: i.is_multiple_of(3).then_some(-7 * i as i64),
+        // Every sixth call has strings (one null element, one non-ASCII).
+        arg_strings: i
+            .is_multiple_of(6)
+            .then(|| vec![Some(format!("s{i}")), None, Some("é…".to_string())].into_boxed_slice()),
     }
 }
 
@@ -118,7 +122,16 @@ fn read_calls(out: &Path) -> Vec<CallRecord> {
             let flags = b.column(9).as_primitive::<UInt8Type>().clone();
             let args = b.column(10).as_list::<i32>().clone();
             let ret = i64c(11);
+            let strings = b.column(12).as_list::<i32>().clone();
             for r in 0..b.num_rows() {
+                let arg_strings = strings.is_valid(r).then(|| {
+                    let list = strings.value(r);
+                    let list = list.as_string::<i32>();
+                    (0..list.len())
+                        .map(|k| list.is_valid(k).then(|| list.value(k).to_string()))
+                        .collect::<Vec<_>>()
+                        .into_boxed_slice()
+                });
                 let args = args.is_valid(r).then(|| {
                     let list = args.value(r);
                     let list = list.as_primitive::<Int64Type>();
@@ -152,6 +165,7 @@ fn read_calls(out: &Path) -> Vec<CallRecord> {
                     flags: flags.value(r),
                     args,
                     ret: ret.is_valid(r).then(|| ret.value(r)),
+                    arg_strings,
                 });
             }
         }
@@ -233,8 +247,9 @@ fn nulls_and_schema() {
     let batches = read(&partition(tmp.path(), "calls").join("part-00000.parquet"));
     assert_eq!(batches.len(), 1);
     let b = &batches[0];
-    assert_eq!(b.schema().fields().len(), 12);
+    assert_eq!(b.schema().fields().len(), 13);
     assert!(col_is_null(b, "args", 0) && col_is_null(b, "ret", 1));
+    assert!(col_is_null(b, "arg_strings", 0) && col_is_null(b, "arg_strings", 1));
     assert!(b.schema().field_with_name("session_id").is_err());
     let col = |name: &str| b.column_by_name(name).expect("column").clone();
     assert_eq!(col("parent_call_id").null_count(), 1);
