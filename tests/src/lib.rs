@@ -592,53 +592,10 @@ pub fn functions_glob(out: &Path) -> String {
     format!("{}/functions/**/*.parquet", out.display())
 }
 
-/// The argument-capture fixture, tests/fixtures/c/args.c, compiled at
-/// `-O<opt>` at most once per process (rebuilt when the source is newer).
+/// The argument-capture fixture, tests/fixtures/c/args.c, built at
+/// `-O<opt>` (see [`c_fixture_file`]).
 pub fn args_fixture(opt: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
-    let mut built = BUILT
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = built.get(opt) {
-        return path.clone();
-    }
-    let source = workspace_root().join("tests/fixtures/c/args.c");
-    let out = target_dir()
-        .join("fixtures")
-        .join(format!("args-O{opt}"))
-        .join("args");
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let source_time =
-        modified(&source).unwrap_or_else(|| panic!("cannot read {}", source.display()));
-    if modified(&out).is_none_or(|t| t < source_time) {
-        let dir = out.parent().expect("fixture path has a parent");
-        std::fs::create_dir_all(dir)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        let nonce = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let tmp = dir.join(format!(".args.{}.{nonce}.tmp", std::process::id()));
-        let mut cmd = Command::new("cc");
-        cmd.args(["-g", &format!("-O{opt}"), "-fno-omit-frame-pointer", "-o"])
-            .arg(&tmp)
-            .arg(&source);
-        let output = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", describe(&cmd)));
-        assert!(
-            output.status.success(),
-            "{} failed ({}):\n{}",
-            describe(&cmd),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        std::fs::rename(&tmp, &out).unwrap_or_else(|e| {
-            panic!("cannot rename {} to {}: {e}", tmp.display(), out.display())
-        });
-    }
-    built.insert(opt.to_string(), out.clone());
-    out
+    c_fixture_file("args", opt)
 }
 
 /// Whether the Go toolchain is on PATH.
@@ -890,21 +847,23 @@ pub fn bpf_link_ids() -> Vec<u32> {
 }
 
 /// The inlined-functions fixture, tests/fixtures/c/inlined.c (`sq` inlined
-/// into `f1` and `f2`), built at `-O<opt>` (see [`build_generated_c`]).
+/// into `f1` and `f2`), built at `-O<opt>` (see [`c_fixture_file`]).
 pub fn inlined_fixture(opt: &str) -> PathBuf {
-    let path = workspace_root().join("tests/fixtures/c/inlined.c");
-    let source = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    build_generated_c(&format!("inlined-O{opt}"), &source, opt, &[])
-        .unwrap_or_else(|e| panic!("building {}: {e}", path.display()))
+    c_fixture_file("inlined", opt)
 }
 
-/// The string-argument fixture, tests/fixtures/c/strings.c, compiled at
-/// `-O<opt>` (rebuilt when the source changes).
+/// The string-argument fixture, tests/fixtures/c/strings.c, built at
+/// `-O<opt>` (see [`c_fixture_file`]).
 pub fn strings_fixture(opt: &str) -> PathBuf {
-    let path = workspace_root().join("tests/fixtures/c/strings.c");
+    c_fixture_file("strings", opt)
+}
+
+/// tests/fixtures/c/`<name>`.c built at `-O<opt>` with [`build_generated_c`]
+/// (rebuilt when the source changes; safe from parallel test processes).
+pub fn c_fixture_file(name: &str, opt: &str) -> PathBuf {
+    let path = workspace_root().join(format!("tests/fixtures/c/{name}.c"));
     let source = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    build_generated_c(&format!("strings-O{opt}"), &source, opt, &[])
+    build_generated_c(&format!("{name}-O{opt}"), &source, opt, &[])
         .unwrap_or_else(|e| panic!("building {}: {e}", path.display()))
 }
