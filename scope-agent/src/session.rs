@@ -520,6 +520,16 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
             counts.entry_missing, counts.return_missing, counts.unwound, counts.no_return_probe
         );
     }
+    // Events read but in no row: say how many, never drop them silently.
+    let unused = counts.after_end + counts.unknown_kind + reader.malformed();
+    if unused > 0 {
+        eprintln!(
+            "scope: {unused} events read but not in any call: {} after recording ended (while links closed), {} of an unknown kind, {} too short for their kind",
+            counts.after_end,
+            counts.unknown_kind,
+            reader.malformed()
+        );
+    }
     if counts.migrated > 0 {
         eprintln!(
             "scope: {} Go calls returned on another thread than they entered on (paired per goroutine)",
