@@ -867,3 +867,27 @@ pub fn c_fixture_file(name: &str, opt: &str) -> PathBuf {
     build_generated_c(&format!("{name}-O{opt}"), &source, opt, &[])
         .unwrap_or_else(|e| panic!("building {}: {e}", path.display()))
 }
+
+/// Runs `scope-agent record --out OUT [-f PATTERN]... EXTRA... -- CMD...` to
+/// completion.
+pub fn record_with(out: &Path, patterns: &[&str], extra: &[&str], cmd: &[&str]) -> AgentRun {
+    let out = out.display().to_string();
+    let mut argv = vec!["record", "--out", out.as_str()];
+    for p in patterns {
+        argv.extend(["-f", p]);
+    }
+    argv.extend_from_slice(extra);
+    argv.push("--");
+    argv.extend_from_slice(cmd);
+    run_agent(&argv)
+}
+
+/// Panics with the agent's status and stderr unless it exited successfully.
+pub fn assert_success(run: &AgentRun) {
+    assert!(
+        run.status.success(),
+        "agent failed: {:?}\nstderr:\n{}",
+        run.status,
+        run.stderr
+    );
+}

@@ -14,27 +14,17 @@ const N: i64 = 20;
 const LONG: &str = "the quick brown fox jumps over the lazy dog, again and again and again";
 
 fn record(out: &Path, extra: &[&str], bin: &Path) -> AgentRun {
-    let mut args: Vec<String> = vec!["record".into(), "--out".into(), out.display().to_string()];
-    for f in ["greet", "three"] {
-        args.push("-f".into());
-        args.push(f.into());
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push("--".into());
-    args.push(bin.display().to_string());
-    args.push("calls".into());
-    args.push(N.to_string());
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    run_agent(&argv)
+    let n = N.to_string();
+    record_with(
+        out,
+        &["greet", "three"],
+        extra,
+        &[bin.to_str().unwrap(), "calls", &n],
+    )
 }
 
 fn ok(run: &AgentRun) {
-    assert!(
-        run.status.success(),
-        "agent failed: {:?}\nstderr:\n{}",
-        run.status,
-        run.stderr
-    );
+    assert_success(run);
 }
 
 /// (args, ret, arg_strings) of every call of `function`, in call order.

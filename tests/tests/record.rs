@@ -5,15 +5,7 @@
 use scope_tests::*;
 
 fn record(out: &std::path::Path, patterns: &[&str], cmd: &[&str]) -> AgentRun {
-    let mut args: Vec<String> = vec!["record".into(), "--out".into(), out.display().to_string()];
-    for p in patterns {
-        args.push("-f".into());
-        args.push((*p).into());
-    }
-    args.push("--".into());
-    args.extend(cmd.iter().map(|s| s.to_string()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    run_agent(&argv)
+    record_with(out, patterns, &[], cmd)
 }
 
 /// calls per function name, with the design doc's join.
@@ -47,12 +39,7 @@ fn scalar(sql: &str) -> i64 {
 }
 
 fn ok(run: &AgentRun) {
-    assert!(
-        run.status.success(),
-        "agent failed: {:?}\nstderr:\n{}",
-        run.status,
-        run.stderr
-    );
+    assert_success(run);
 }
 
 #[test]
