@@ -133,7 +133,7 @@ fn a_killed_agent_leaves_readable_segments_and_no_probes() {
     let held = link_ids_held_by(agent.pid());
     assert_eq!(held.len(), 2, "entry and return links: {held:?}");
     assert!(
-        held.iter().all(|id| live_link_ids().contains(id)),
+        held.iter().all(|id| bpf_link_ids().contains(id)),
         "{held:?}"
     );
     agent.signal(libc::SIGKILL);
@@ -145,58 +145,21 @@ fn a_killed_agent_leaves_readable_segments_and_no_probes() {
     // The agent's links died with it: the target runs unprobed and fine.
     target.run("count 100");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while held.iter().any(|id| live_link_ids().contains(id)) {
+    while held.iter().any(|id| bpf_link_ids().contains(id)) {
         assert!(
             std::time::Instant::now() < deadline,
             "links {held:?} outlived the agent: {:?}",
-            live_link_ids()
+            bpf_link_ids()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let links = std::process::Command::new("bpftool")
-        .args(["link", "show"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    assert!(
-        !links.contains(&format!("pid {pid}")),
-        "a uprobe link for pid {pid} outlived the agent:\n{links}"
-    );
 }
 
-/// Ids of the uprobe_multi BPF links a process holds open, from the
-/// `link_type`/`link_id` lines of /proc/PID/fdinfo.
-fn link_ids_held_by(pid: u32) -> Vec<u64> {
-    let mut ids = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
-        let Ok(info) = std::fs::read_to_string(e.unwrap().path()) else {
-            continue;
-        };
-        if !info
-            .lines()
-            .any(|l| l.starts_with("link_type:") && l.contains("probe_multi"))
-        {
-            continue;
-        }
-        if let Some(id) = info
-            .lines()
-            .find_map(|l| l.strip_prefix("link_id:"))
-            .and_then(|v| v.trim().parse().ok())
-        {
-            ids.push(id);
-        }
-    }
-    ids.sort_unstable();
-    ids
-}
-
-/// Ids of every BPF link in the system (`bpftool -j link show`).
-fn live_link_ids() -> Vec<u64> {
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "link", "show"])
-        .output()
-        .expect("bpftool runs");
-    assert!(out.status.success(), "bpftool link show failed");
-    let links: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    links.iter().filter_map(|l| l["id"].as_u64()).collect()
+/// Ids of the uprobe_multi links (entry and return) a process holds open.
+fn link_ids_held_by(pid: u32) -> Vec<u32> {
+    bpf_links_held_by(pid)
+        .into_iter()
+        .filter(|(_, kind)| kind.contains("probe_multi"))
+        .map(|(id, _)| id)
+        .collect()
 }
