@@ -617,6 +617,16 @@ impl EventSink for SessionSink {
         self.publish(r)
     }
 
+    fn write_governor(&mut self, rows: &[crate::capture::GovernorRecord]) -> Result<()> {
+        let r = self.store.write_governor(rows);
+        self.publish(r)
+    }
+
+    fn write_aggregates(&mut self, rows: &[crate::capture::AggregateRecord]) -> Result<()> {
+        let r = self.store.write_aggregates(rows);
+        self.publish(r)
+    }
+
     fn tick(&mut self) -> Result<()> {
         let r = self.store.tick();
         self.publish(r)

@@ -127,12 +127,67 @@ pub struct MetricsRecord {
     pub rows_buffered: u64,
 }
 
+/// One decision of the overhead governor: a row of `governor`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct GovernorRecord {
+    /// Unix epoch nanoseconds.
+    pub ts_ns: i64,
+    /// The function the decision is about; `None` for a session-wide row
+    /// (the calibration, the prediction after the warm-up, backpressure).
+    pub function_id: Option<u32>,
+    /// "calibrate", "predict", "demote", "promote", "resample", "backpressure", "unmanaged"
+    pub action: &'static str,
+    /// Why, in words (shown to users as is).
+    pub reason: String,
+    /// The function's (or the target's, for session rows) calls per second of target CPU time, when known.
+    pub calls_per_s: Option<f64>,
+    /// Predicted slowdown of the target in percent after this decision, when known.
+    pub predicted_pct: Option<f64>,
+    /// 1-in-N sampling in force for the function after the decision (1: every call recorded); None for session rows.
+    pub sample_n: Option<u32>,
+    /// The --max-overhead budget in percent.
+    pub budget_pct: f64,
+}
+
+/// What the governor knows of one function over one interval where it was
+/// not recorded call by call: a row of `aggregates`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct AggregateRecord {
+    pub function_id: u32,
+    /// Unix epoch ns: the interval.
+    pub start_ns: i64,
+    pub end_ns: i64,
+    /// "warmup" (counted in the kernel before recording began; no durations) or "sampled".
+    pub mode: &'static str,
+    /// 1-in-N: the function was probed N-th of the time.
+    pub sample_n: u32,
+    /// Nanoseconds within the interval during which the function was probed.
+    pub observed_ns: u64,
+    /// Calls seen (counted, or recorded during the sampling windows).
+    pub calls_seen: u64,
+    /// calls_seen scaled to the whole interval (calls_seen * interval / observed).
+    pub calls_estimated: u64,
+    /// Sum of the durations of the seen calls that completed; None for "warmup".
+    pub total_ns: Option<u64>,
+    /// log2 histogram of those durations: element i counts durations in [2^i, 2^(i+1)) ns (element 0 also holds 0 and 1 ns); 64 elements; None for "warmup".
+    pub log2_hist: Option<Vec<u64>>,
+}
+
 /// Where the capture pipeline delivers its output.
 pub trait EventSink {
     fn write_calls(&mut self, calls: &[CallRecord]) -> anyhow::Result<()>;
     fn write_losses(&mut self, losses: &[LossRecord]) -> anyhow::Result<()>;
     /// The agent's self-metrics; ignored unless the sink keeps them.
     fn write_metrics(&mut self, _metrics: &[MetricsRecord]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// The overhead governor's decisions; ignored unless the sink keeps them.
+    fn write_governor(&mut self, _rows: &[GovernorRecord]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// What the governor knows of functions over intervals where they were
+    /// not recorded call by call; ignored unless the sink keeps them.
+    fn write_aggregates(&mut self, _rows: &[AggregateRecord]) -> anyhow::Result<()> {
         Ok(())
     }
     /// Called about once a second while recording, so time-based work

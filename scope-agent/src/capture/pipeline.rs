@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
-use super::{CallRecord, EventSink, LossRecord, MetricsRecord};
+use super::{AggregateRecord, CallRecord, EventSink, GovernorRecord, LossRecord, MetricsRecord};
 
 pub enum SinkMsg {
     Calls(Vec<CallRecord>),
     Losses(Vec<LossRecord>),
     Metrics(MetricsRecord),
+    Governor(Vec<GovernorRecord>),
+    Aggregates(Vec<AggregateRecord>),
 }
 
 /// A sink running on its own thread.
@@ -60,6 +62,8 @@ fn run<S: EventSink>(mut sink: S, rx: Receiver<SinkMsg>) -> (S, anyhow::Result<(
             Ok(SinkMsg::Calls(calls)) => sink.write_calls(&calls),
             Ok(SinkMsg::Losses(losses)) => sink.write_losses(&losses),
             Ok(SinkMsg::Metrics(m)) => sink.write_metrics(&[m]),
+            Ok(SinkMsg::Governor(rows)) => sink.write_governor(&rows),
+            Ok(SinkMsg::Aggregates(rows)) => sink.write_aggregates(&rows),
             Err(RecvTimeoutError::Timeout) => sink.tick(),
             Err(RecvTimeoutError::Disconnected) => return (sink, Ok(())),
         };

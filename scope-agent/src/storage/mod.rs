@@ -8,6 +8,8 @@
 //! <out_dir>/losses/session_id=<id>/part-<seq>.parquet
 //! <out_dir>/sessions/session_id=<id>/part-0.parquet
 //! <out_dir>/agent_metrics/session_id=<id>/part-<seq>.parquet   (only if rows were written)
+//! <out_dir>/governor/session_id=<id>/part-<seq>.parquet        (only if rows were written)
+//! <out_dir>/aggregates/session_id=<id>/part-<seq>.parquet      (only if rows were written)
 //! ```
 //!
 //! Columns (see [`schema`](self::schema) for the exact Arrow types):
@@ -24,6 +26,20 @@
 //! - `agent_metrics`: ts_ns, events, calls, lost, events_per_s,
 //!   ring_fill_pct (null when unknown), agent_cpu_pct, files_written,
 //!   rows_buffered
+//! - `governor`: one row per decision of the overhead governor: ts_ns,
+//!   function_id (null for a session-wide row), action (`calibrate`,
+//!   `predict`, `demote`, `promote`, `resample`, `backpressure`,
+//!   `unmanaged`), reason (text shown to users), calls_per_s (null when
+//!   unknown), predicted_pct (null when unknown), sample_n (1-in-N in force
+//!   for the function after the decision; null for a session-wide row),
+//!   budget_pct (the `--max-overhead` budget)
+//! - `aggregates`: per function and interval where it was not recorded call
+//!   by call: function_id, start_ns, end_ns, mode (`warmup` or `sampled`),
+//!   sample_n, observed_ns (time within the interval the function was
+//!   probed), calls_seen, calls_estimated (calls_seen scaled to the whole
+//!   interval), total_ns (null for `warmup`), log2_hist (List<UInt64> of 64
+//!   elements, element i counting durations in [2^i, 2^(i+1)) ns, element 0
+//!   also 0 and 1 ns; null for `warmup`)
 //!
 //! # `session_id` lives only in the directory name
 //!
@@ -63,7 +79,9 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
 use parquet::schema::types::ColumnPath;
 
-use crate::capture::{CallRecord, EventSink, LossRecord, MetricsRecord};
+use crate::capture::{
+    AggregateRecord, CallRecord, EventSink, GovernorRecord, LossRecord, MetricsRecord,
+};
 
 /// Zstd level of every column chunk.
 const ZSTD_LEVEL: i32 = 3;
@@ -192,6 +210,17 @@ impl<T: Clone> Segment<T> {
     fn is_old(&self, max_age: Duration) -> bool {
         self.opened.is_some_and(|t| t.elapsed() >= max_age)
     }
+
+    /// Buffers `rows` (whatever their number) for the next segment.
+    fn buffer(&mut self, rows: &[T]) {
+        if rows.is_empty() {
+            return;
+        }
+        if self.rows.is_empty() {
+            self.opened = Some(Instant::now());
+        }
+        self.rows.extend_from_slice(rows);
+    }
 }
 
 /// Writes one recording session as Parquet files (see the module docs).
@@ -207,6 +236,10 @@ pub struct ParquetStore {
     /// Created on its first flush, so a store that never gets metrics
     /// leaves no `agent_metrics` directory.
     metrics: Segment<MetricsRecord>,
+    /// Created on its first flush, like `metrics`.
+    governor: Segment<GovernorRecord>,
+    /// Created on its first flush, like `metrics`.
+    aggregates: Segment<AggregateRecord>,
     functions_dir: PathBuf,
     sessions_dir: PathBuf,
     functions_written: bool,
@@ -271,11 +304,19 @@ impl ParquetStore {
             calls: Segment::new(calls_dir, schema::CALLS.clone(), schema::calls_batch),
             losses: Segment::new(losses_dir, schema::LOSSES.clone(), schema::losses_batch),
             metrics: Segment::new(
-                cfg.out_dir
-                    .join("agent_metrics")
-                    .join(format!("session_id={}", cfg.session_id)),
+                cfg.out_dir.join("agent_metrics").join(&partition),
                 schema::AGENT_METRICS.clone(),
                 schema::metrics_batch,
+            ),
+            governor: Segment::new(
+                cfg.out_dir.join("governor").join(&partition),
+                schema::GOVERNOR.clone(),
+                schema::governor_batch,
+            ),
+            aggregates: Segment::new(
+                cfg.out_dir.join("aggregates").join(&partition),
+                schema::AGGREGATES.clone(),
+                schema::aggregates_batch,
             ),
             functions_dir,
             sessions_dir,
@@ -308,6 +349,12 @@ impl ParquetStore {
         }
         if self.metrics.is_old(max_age) {
             self.flush_metrics()?;
+        }
+        if self.governor.is_old(max_age) {
+            self.flush_governor()?;
+        }
+        if self.aggregates.is_old(max_age) {
+            self.flush_aggregates()?;
         }
         Ok(())
     }
@@ -346,6 +393,8 @@ impl ParquetStore {
             keep(self.write_empty_losses());
         }
         keep(self.flush_metrics());
+        keep(self.flush_governor());
+        keep(self.flush_aggregates());
         if !self.functions_written {
             keep(self.write_functions(&[]));
         }
@@ -411,24 +460,33 @@ impl ParquetStore {
     }
 
     fn flush_metrics(&mut self) -> Result<()> {
-        if self.metrics.rows.is_empty() {
-            return Ok(());
-        }
-        if self.metrics.seq == 0 {
-            durable::ensure_dir(&self.metrics.dir).map_err(|e| {
-                anyhow!(
-                    "cannot create output directory {}: {e}",
-                    self.metrics.dir.display()
-                )
-            })?;
-        }
         let Self {
             metrics,
             props,
             files,
             ..
         } = self;
-        flush(metrics, props, files)
+        flush_optional(metrics, props, files)
+    }
+
+    fn flush_governor(&mut self) -> Result<()> {
+        let Self {
+            governor,
+            props,
+            files,
+            ..
+        } = self;
+        flush_optional(governor, props, files)
+    }
+
+    fn flush_aggregates(&mut self) -> Result<()> {
+        let Self {
+            aggregates,
+            props,
+            files,
+            ..
+        } = self;
+        flush_optional(aggregates, props, files)
     }
 
     fn write_empty_calls(&mut self) -> Result<()> {
@@ -494,10 +552,17 @@ impl EventSink for ParquetStore {
     }
 
     fn write_metrics(&mut self, metrics: &[MetricsRecord]) -> Result<()> {
-        if self.metrics.rows.is_empty() {
-            self.metrics.opened = Some(Instant::now());
-        }
-        self.metrics.rows.extend_from_slice(metrics);
+        self.metrics.buffer(metrics);
+        self.tick()
+    }
+
+    fn write_governor(&mut self, rows: &[GovernorRecord]) -> Result<()> {
+        self.governor.buffer(rows);
+        self.tick()
+    }
+
+    fn write_aggregates(&mut self, rows: &[AggregateRecord]) -> Result<()> {
+        self.aggregates.buffer(rows);
         self.tick()
     }
 
@@ -531,6 +596,24 @@ fn flush<T: Clone>(
     seg.rows.clear();
     seg.opened = None;
     Ok(())
+}
+
+/// [`flush`] for a table written only if it gets rows (`agent_metrics`,
+/// `governor`, `aggregates`): its partition directory (and the table's, if
+/// missing) is created, 0700, just before its first file.
+fn flush_optional<T: Clone>(
+    seg: &mut Segment<T>,
+    props: &WriterProperties,
+    files: &mut Vec<(PathBuf, u64)>,
+) -> Result<()> {
+    if seg.rows.is_empty() {
+        return Ok(());
+    }
+    if seg.seq == 0 {
+        durable::ensure_dir(&seg.dir)
+            .map_err(|e| anyhow!("cannot create output directory {}: {e}", seg.dir.display()))?;
+    }
+    flush(seg, props, files)
 }
 
 /// See [`ParquetStore::late_functions`].

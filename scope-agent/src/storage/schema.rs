@@ -1,4 +1,4 @@
-//! Arrow schemas of the four tables (public, for readers and tests) and the conversion of buffered rows into
+//! Arrow schemas of the tables (public, for readers and tests) and the conversion of buffered rows into
 //! [`RecordBatch`]es.
 //!
 //! None of the schemas has a `session_id` column: it comes from the Hive
@@ -7,7 +7,9 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow_array::builder::{Int64Builder, ListBuilder, StringBuilder, UInt32Builder};
+use arrow_array::builder::{
+    Int64Builder, ListBuilder, StringBuilder, UInt32Builder, UInt64Builder,
+};
 use arrow_array::{
     ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, UInt8Array,
     UInt32Array, UInt64Array,
@@ -15,7 +17,7 @@ use arrow_array::{
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
 use super::{FunctionRow, SessionRow};
-use crate::capture::{CallRecord, LossRecord, MetricsRecord};
+use crate::capture::{AggregateRecord, CallRecord, GovernorRecord, LossRecord, MetricsRecord};
 
 /// Schema of `calls`. `parent_call_id` is null at a root, `duration_ns` and
 /// `self_ns` are null when unknown. `args` (a list of Int64, one per
@@ -109,6 +111,48 @@ pub static AGENT_METRICS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("rows_buffered", DataType::UInt64, false),
     ]))
 });
+
+/// Schema of `governor`: the overhead governor's decisions, one row each.
+/// `function_id` is null for a session-wide row (calibration, prediction,
+/// backpressure), and so is `sample_n`; `calls_per_s` and `predicted_pct`
+/// are null when unknown.
+pub static GOVERNOR: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("ts_ns", DataType::Int64, false),
+        Field::new("function_id", DataType::UInt32, true),
+        Field::new("action", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("calls_per_s", DataType::Float64, true),
+        Field::new("predicted_pct", DataType::Float64, true),
+        Field::new("sample_n", DataType::UInt32, true),
+        Field::new("budget_pct", DataType::Float64, false),
+    ]))
+});
+
+/// Schema of `aggregates`: per function and interval, what is known of the
+/// calls that were not recorded one by one. `total_ns` and `log2_hist` (64
+/// elements, element i counting durations in [2^i, 2^(i+1)) ns) are null for
+/// `mode = 'warmup'`.
+pub static AGGREGATES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("function_id", DataType::UInt32, false),
+        Field::new("start_ns", DataType::Int64, false),
+        Field::new("end_ns", DataType::Int64, false),
+        Field::new("mode", DataType::Utf8, false),
+        Field::new("sample_n", DataType::UInt32, false),
+        Field::new("observed_ns", DataType::UInt64, false),
+        Field::new("calls_seen", DataType::UInt64, false),
+        Field::new("calls_estimated", DataType::UInt64, false),
+        Field::new("total_ns", DataType::UInt64, true),
+        Field::new("log2_hist", log2_hist_type(), true),
+    ]))
+});
+
+/// `List<UInt64>` with nullable elements, as `ListBuilder<UInt64Builder>`
+/// makes it (like `args`; the elements are never null in practice).
+fn log2_hist_type() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::UInt64, true)))
+}
 
 /// Schema of `sessions`.
 pub static SESSIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -236,6 +280,80 @@ pub(crate) fn metrics_batch(rows: &[MetricsRecord]) -> Result<RecordBatch, Arrow
         u64s(|m| m.rows_buffered),
     ];
     RecordBatch::try_new(AGENT_METRICS.clone(), columns)
+}
+
+/// Builds a `governor` batch.
+pub(crate) fn governor_batch(rows: &[GovernorRecord]) -> Result<RecordBatch, ArrowError> {
+    let strings = |f: fn(&GovernorRecord) -> &str| -> ArrayRef {
+        let mut b = StringBuilder::with_capacity(rows.len(), 0);
+        for r in rows {
+            b.append_value(f(r));
+        }
+        Arc::new(b.finish())
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|g| g.ts_ns))),
+        Arc::new(UInt32Array::from_iter(rows.iter().map(|g| g.function_id))),
+        strings(|g| g.action),
+        strings(|g| &g.reason),
+        Arc::new(Float64Array::from_iter(rows.iter().map(|g| g.calls_per_s))),
+        Arc::new(Float64Array::from_iter(
+            rows.iter().map(|g| g.predicted_pct),
+        )),
+        Arc::new(UInt32Array::from_iter(rows.iter().map(|g| g.sample_n))),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|g| g.budget_pct),
+        )),
+    ];
+    RecordBatch::try_new(GOVERNOR.clone(), columns)
+}
+
+/// Builds an `aggregates` batch.
+pub(crate) fn aggregates_batch(rows: &[AggregateRecord]) -> Result<RecordBatch, ArrowError> {
+    let u64s = |f: fn(&AggregateRecord) -> u64| -> ArrayRef {
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(f)))
+    };
+    let mut mode = StringBuilder::with_capacity(rows.len(), 0);
+    for r in rows {
+        mode.append_value(r.mode);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|a| a.function_id),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|a| a.start_ns),
+        )),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|a| a.end_ns))),
+        Arc::new(mode.finish()),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|a| a.sample_n),
+        )),
+        u64s(|a| a.observed_ns),
+        u64s(|a| a.calls_seen),
+        u64s(|a| a.calls_estimated),
+        Arc::new(UInt64Array::from_iter(rows.iter().map(|a| a.total_ns))),
+        log2_hist_column(rows),
+    ];
+    RecordBatch::try_new(AGGREGATES.clone(), columns)
+}
+
+fn log2_hist_column(rows: &[AggregateRecord]) -> ArrayRef {
+    let values: usize = rows
+        .iter()
+        .filter_map(|a| a.log2_hist.as_ref().map(Vec::len))
+        .sum();
+    let mut b = ListBuilder::with_capacity(UInt64Builder::with_capacity(values), rows.len());
+    for row in rows {
+        match &row.log2_hist {
+            Some(hist) => {
+                b.values().append_slice(hist);
+                b.append(true);
+            }
+            None => b.append_null(),
+        }
+    }
+    Arc::new(b.finish())
 }
 
 /// Builds a `functions` batch.

@@ -670,3 +670,222 @@ fn agent_metrics_are_written_only_when_there_are_some() {
         .as_primitive::<UInt64Type>();
     assert_eq!(lost.values().to_vec(), vec![0, 1, 2]);
 }
+
+#[test]
+fn governor_and_aggregates_are_written_only_when_there_are_some() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let mut store = ParquetStore::create(config(&out, 2)).expect("create");
+    // Empty batches are no rows either.
+    store.write_governor(&[]).expect("governor");
+    store.write_aggregates(&[]).expect("aggregates");
+    store.tick().expect("tick");
+    let summary = store.finish(&session_row()).expect("finish");
+    assert!(!out.join("governor").exists());
+    assert!(!out.join("aggregates").exists());
+    for f in &summary.files {
+        let s = f.to_string_lossy();
+        assert!(
+            !s.contains("/governor/") && !s.contains("/aggregates/"),
+            "{s}"
+        );
+    }
+}
+
+fn governor_rows() -> Vec<GovernorRecord> {
+    vec![
+        GovernorRecord {
+            ts_ns: 1_000,
+            function_id: None,
+            action: "calibrate",
+            reason: "probe cost 1.2 µs per call".into(),
+            calls_per_s: None,
+            predicted_pct: None,
+            sample_n: None,
+            budget_pct: 5.0,
+        },
+        GovernorRecord {
+            ts_ns: 2_000,
+            function_id: Some(7),
+            action: "demote",
+            reason: "too hot: 2.5M calls/s".into(),
+            calls_per_s: Some(2.5e6),
+            predicted_pct: Some(4.25),
+            sample_n: Some(16),
+            budget_pct: 5.0,
+        },
+    ]
+}
+
+fn aggregate_rows() -> Vec<AggregateRecord> {
+    let hist: Vec<u64> = (0..64).map(|i| i * 3).collect();
+    vec![
+        AggregateRecord {
+            function_id: 3,
+            start_ns: 10,
+            end_ns: 20,
+            mode: "warmup",
+            sample_n: 1,
+            observed_ns: 10,
+            calls_seen: 1_000,
+            calls_estimated: 1_000,
+            total_ns: None,
+            log2_hist: None,
+        },
+        AggregateRecord {
+            function_id: 7,
+            start_ns: 20,
+            end_ns: 120,
+            mode: "sampled",
+            sample_n: 16,
+            observed_ns: 25,
+            calls_seen: 40,
+            calls_estimated: 160,
+            total_ns: Some(u64::MAX - 1),
+            log2_hist: Some(hist),
+        },
+    ]
+}
+
+#[test]
+fn governor_and_aggregates_round_trip() {
+    use arrow_array::types::Float64Type;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let mut store = ParquetStore::create(config(&out, 2)).expect("create");
+    let governor = governor_rows();
+    let aggregates = aggregate_rows();
+    store.write_governor(&governor[..1]).expect("governor");
+    store.write_governor(&governor[1..]).expect("governor");
+    store.write_aggregates(&aggregates).expect("aggregates");
+    // Buffered until finish (the segment is not old yet).
+    assert!(!out.join("governor").exists());
+    let summary = store.finish(&session_row()).expect("finish");
+
+    for table in ["governor", "aggregates"] {
+        let dir = partition(&out, table);
+        assert_eq!(mode(&out.join(table)), 0o700, "{table}");
+        assert_eq!(mode(&dir), 0o700, "{table}");
+        assert_eq!(names(&dir), ["part-00000.parquet"], "{table}");
+        let file = dir.join("part-00000.parquet");
+        assert!(summary.files.contains(&file), "{:?}", summary.files);
+        assert_eq!(mode(&file), 0o600, "{table}");
+    }
+
+    // governor
+    let batches = read(&partition(&out, "governor").join("part-00000.parquet"));
+    assert_eq!(batches.len(), 1);
+    let b = &batches[0];
+    assert_eq!(b.schema(), *schema::GOVERNOR);
+    assert_eq!(b.num_rows(), 2);
+    let col = |n: &str| b.column_by_name(n).expect("column").clone();
+    assert_eq!(
+        col("ts_ns").as_primitive::<Int64Type>().values(),
+        &[1_000, 2_000]
+    );
+    let fid = col("function_id");
+    assert!(fid.is_null(0));
+    assert_eq!(fid.as_primitive::<UInt32Type>().value(1), 7);
+    let action = col("action");
+    let action = action.as_string::<i32>();
+    assert_eq!((action.value(0), action.value(1)), ("calibrate", "demote"));
+    let reason = col("reason");
+    let reason = reason.as_string::<i32>();
+    assert_eq!(reason.value(0), "probe cost 1.2 µs per call");
+    assert_eq!(reason.value(1), "too hot: 2.5M calls/s");
+    let cps = col("calls_per_s");
+    assert!(cps.is_null(0));
+    assert_eq!(cps.as_primitive::<Float64Type>().value(1), 2.5e6);
+    let pred = col("predicted_pct");
+    assert!(pred.is_null(0));
+    assert_eq!(pred.as_primitive::<Float64Type>().value(1), 4.25);
+    let n = col("sample_n");
+    assert!(n.is_null(0));
+    assert_eq!(n.as_primitive::<UInt32Type>().value(1), 16);
+    assert_eq!(
+        col("budget_pct").as_primitive::<Float64Type>().values(),
+        &[5.0, 5.0]
+    );
+
+    // aggregates
+    let batches = read(&partition(&out, "aggregates").join("part-00000.parquet"));
+    assert_eq!(batches.len(), 1);
+    let b = &batches[0];
+    assert_eq!(b.schema(), *schema::AGGREGATES);
+    assert_eq!(b.num_rows(), 2);
+    let col = |n: &str| b.column_by_name(n).expect("column").clone();
+    let u64s = |n: &str| col(n).as_primitive::<UInt64Type>().values().to_vec();
+    assert_eq!(
+        col("function_id").as_primitive::<UInt32Type>().values(),
+        &[3, 7]
+    );
+    assert_eq!(
+        col("start_ns").as_primitive::<Int64Type>().values(),
+        &[10, 20]
+    );
+    assert_eq!(
+        col("end_ns").as_primitive::<Int64Type>().values(),
+        &[20, 120]
+    );
+    let m = col("mode");
+    let m = m.as_string::<i32>();
+    assert_eq!((m.value(0), m.value(1)), ("warmup", "sampled"));
+    assert_eq!(
+        col("sample_n").as_primitive::<UInt32Type>().values(),
+        &[1, 16]
+    );
+    assert_eq!(u64s("observed_ns"), [10, 25]);
+    assert_eq!(u64s("calls_seen"), [1_000, 40]);
+    assert_eq!(u64s("calls_estimated"), [1_000, 160]);
+    let total = col("total_ns");
+    assert!(total.is_null(0));
+    assert_eq!(total.as_primitive::<UInt64Type>().value(1), u64::MAX - 1);
+    let hist = col("log2_hist");
+    let hist = hist.as_list::<i32>();
+    assert!(hist.is_null(0));
+    assert!(hist.is_valid(1));
+    let h = hist.value(1);
+    let h = h.as_primitive::<UInt64Type>();
+    assert_eq!(h.len(), 64);
+    assert_eq!(h.null_count(), 0);
+    assert_eq!(
+        h.values().to_vec(),
+        aggregates[1].log2_hist.clone().expect("hist")
+    );
+}
+
+#[test]
+fn governor_and_aggregates_are_flushed_on_age() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("out");
+    let mut store = ParquetStore::create(config(&out, 2)).expect("create");
+    store.write_governor(&governor_rows()).expect("governor");
+    store
+        .write_aggregates(&aggregate_rows())
+        .expect("aggregates");
+    assert!(!out.join("governor").exists());
+    assert!(!out.join("aggregates").exists());
+    let old = Some(Instant::now() - Duration::from_secs(7200));
+    store.governor.opened = old;
+    store.aggregates.opened = old;
+    store.tick().expect("tick");
+    for table in ["governor", "aggregates"] {
+        let file = partition(&out, table).join("part-00000.parquet");
+        let rows: usize = read(&file).iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(rows, 2, "{table}");
+    }
+    // The next rows go to the next segment.
+    store
+        .write_governor(&governor_rows()[..1])
+        .expect("governor");
+    store.finish(&session_row()).expect("finish");
+    assert_eq!(
+        names(&partition(&out, "governor")),
+        ["part-00000.parquet", "part-00001.parquet"]
+    );
+    assert_eq!(
+        names(&partition(&out, "aggregates")),
+        ["part-00000.parquet"]
+    );
+}
