@@ -132,11 +132,51 @@ pub struct ProbeArgs {
     /// terminal the status line is rewritten in place four times a second).
     #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_duration)]
     pub status_interval: Duration,
+
+    /// Keep the target's slowdown under PCT percent (or `off`). Before
+    /// recording, scope measures the per-call cost of its probes on this
+    /// machine and counts calls for --warmup; it prints the predicted
+    /// slowdown of recording every call. Functions too hot for the budget
+    /// are sampled: probed for one 50 ms window in every N, N in the
+    /// `governor` table, scaled counts and durations in `aggregates`. They
+    /// are promoted back when they cool down. Only functions with links of
+    /// their own (up to 256) can be sampled. `off` records every call.
+    #[arg(long, value_name = "PCT", default_value = "5", value_parser = parse_overhead)]
+    pub max_overhead: Overhead,
+
+    /// How long the governor counts before it decides. `attach` counts in
+    /// the kernel without recording; `record` records from the first call
+    /// and decides after this long.
+    #[arg(long, value_name = "D", default_value = "250ms", value_parser = parse_duration)]
+    pub warmup: Duration,
+
     /// How probes are attached: `multi` (one multi-uprobe link per module,
     /// kernel 6.6+), `single` (one perf uprobe per function: slow to
     /// detach, for older kernels), `auto` (multi if the kernel has it).
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_attach_mode, hide = true)]
     pub attach_mode: AttachModeChoice,
+}
+
+/// `--max-overhead`: a budget in percent, or `None` for `off`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Overhead(pub Option<f64>);
+
+/// `5`, `2.5`, `5%`, or `off`.
+pub fn parse_overhead(s: &str) -> Result<Overhead, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("none") {
+        return Ok(Overhead(None));
+    }
+    let v: f64 = t
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("'{s}' is not a percentage (try 5, 2.5 or off)"))?;
+    if !(v > 0.0 && v <= 1000.0) {
+        return Err(format!(
+            "'{s}': the overhead budget must be above 0 and at most 1000 percent (or off)"
+        ));
+    }
+    Ok(Overhead(Some(v)))
 }
 
 /// `auto`, `multi` or `single`.
@@ -233,6 +273,8 @@ impl ProbeArgs {
             status_interval: self.status_interval,
             attach_mode: self.attach_mode,
             inlined: self.inlined,
+            max_overhead: self.max_overhead.0,
+            warmup: self.warmup,
         })
     }
 }
@@ -288,6 +330,16 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overhead_budgets() {
+        assert_eq!(parse_overhead("5"), Ok(Overhead(Some(5.0))));
+        assert_eq!(parse_overhead("2.5%"), Ok(Overhead(Some(2.5))));
+        assert_eq!(parse_overhead("off"), Ok(Overhead(None)));
+        assert!(parse_overhead("0").is_err());
+        assert!(parse_overhead("-3").is_err());
+        assert!(parse_overhead("lots").unwrap_err().contains("'lots'"));
+    }
 
     #[test]
     fn durations() {

@@ -8,6 +8,7 @@
 //! knows nothing of eBPF; `session` runs one recording from start to end.
 pub mod capture;
 pub mod cli;
+pub mod governor;
 pub mod listing;
 pub mod probe;
 pub mod session;

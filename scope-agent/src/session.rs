@@ -7,7 +7,7 @@
 //! (permissions, output directory, command, symbols, patterns) is checked
 //! before a child is started or a probe is attached.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,9 +19,11 @@ use anyhow::{Context as _, Result, bail};
 use crate::capture::correlator::{Correlator, CorrelatorCounts};
 use crate::capture::pipeline::{SinkMsg, SinkThread};
 use crate::capture::ring::RingReader;
-use crate::capture::{CallRecord, EventSink, LossRecord, MetricsRecord};
+use crate::capture::{AggregateRecord, CallRecord, EventSink, LossRecord, MetricsRecord};
+use crate::governor::{self, FnLoad, Governor, GovernorSetup};
 use crate::probe::attach::{
-    AttachMode, AttachModeChoice, LoadOptions, LoadedProbes, ProbePoint, check_function_count,
+    AttachMode, AttachModeChoice, LoadOptions, LoadedProbes, ProbeLink, ProbePoint,
+    check_function_count, close_links,
 };
 use crate::probe::plan::{Plan, build_plan_with, short_name, skipped_total};
 use crate::probe::watch::{PendingModules, split_pending};
@@ -31,6 +33,7 @@ use crate::summary::{CallStats, SortBy, format_duration_ns, render_top};
 use crate::symbols::pattern::Pattern;
 use crate::target::{GatedChild, ProcessWatch, program_modules, resolve_program, running_modules};
 use crate::time::{SessionClock, session_id};
+use rustc_hash::FxHashMap;
 
 /// What to profile.
 #[derive(Debug, Clone)]
@@ -67,6 +70,10 @@ pub struct SessionConfig {
     /// Also probe the inlined instances the patterns match (`--inlined`):
     /// entry only, so counts and timestamps without durations.
     pub inlined: bool,
+    /// `--max-overhead`: the governor's budget in percent (`None`: off).
+    pub max_overhead: Option<f64>,
+    /// `--warmup`: how long the governor counts before it decides.
+    pub warmup: Duration,
 }
 
 /// How a session ended.
@@ -217,9 +224,17 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     } else {
         HashMap::new()
     };
-    let attached = load_and_attach(&cfg, &plan, pid, &str_cookies);
-    let attach_time = attach_started.elapsed();
-    let (mut probes, mut links) = match attached {
+    let mut attach_time = Duration::ZERO;
+    let attached = load_and_attach(
+        &cfg,
+        &plan,
+        pid,
+        &str_cookies,
+        &stop,
+        &clock,
+        &mut attach_time,
+    );
+    let (mut probes, mut links, mut governor) = match attached {
         Ok(x) => x,
         Err(e) => {
             if let Some(c) = child.as_mut() {
@@ -236,7 +251,15 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
             return Err(e);
         }
     };
-    let attached_count: usize = links.iter().filter(|l| l.0).map(|l| l.1.count).sum();
+    if attach_time.is_zero() {
+        attach_time = attach_started.elapsed();
+    }
+    let attached_count: usize = links
+        .iter()
+        .filter(|l| l.0)
+        .map(|l| l.1.count)
+        .sum::<usize>()
+        + governor.as_ref().map_or(0, |g| g.governed_ids().count());
 
     let live_ktime = crate::time::monotonic_ns();
     let attach_mode = probes.mode();
@@ -255,6 +278,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         correlator.set_inline(f.function_id);
     }
     correlator.set_str_cap(cfg.arg_strings.unwrap_or(0) as usize);
+    if let Some(g) = &governor {
+        g.init_correlator(&mut correlator);
+    }
     let gauges = Arc::new(WriterGauges::default());
     let writer = SinkThread::spawn(
         SessionSink {
@@ -357,11 +383,37 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         if reader.lost_since_check() {
             correlator.note_loss(since);
         }
+        if let Some(g) = governor.as_mut() {
+            g.step(
+                &mut probes,
+                &mut correlator,
+                reader.fill_pct(),
+                clock.now_epoch_ns(),
+            );
+            let (rows, aggs, messages) = g.take_rows();
+            if !messages.is_empty() {
+                status.clear();
+                for m in messages {
+                    eprintln!("scope: governor: {m}");
+                }
+            }
+            if (!rows.is_empty() && !writer.send(SinkMsg::Governor(rows)))
+                || (!aggs.is_empty() && !writer.send(SinkMsg::Aggregates(aggs)))
+            {
+                writer_failed = true;
+                stop_reason = "the writer stopped".to_string();
+                break;
+            }
+        }
         if correlator.pending() >= BATCH
             || (correlator.pending() > 0 && last_flush.elapsed() >= Duration::from_millis(100))
         {
             last_flush = Instant::now();
-            if !writer.send(SinkMsg::Calls(correlator.take_calls())) {
+            let calls = correlator.take_calls();
+            if let Some(g) = governor.as_mut() {
+                g.observe(&calls);
+            }
+            if !writer.send(SinkMsg::Calls(calls)) {
                 writer_failed = true;
                 stop_reason = "the writer stopped".to_string();
                 break;
@@ -395,7 +447,8 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         }
         // After the loss read, so the status and metrics totals include it.
         status.see_fill(reader.fill_pct());
-        let snap = snapshot(&correlator.counts(), &reader, &writer);
+        let mut snap = snapshot(&correlator.counts(), &reader, &writer);
+        snap.governor = governor.as_ref().and_then(|g| g.status());
         status.maybe_print(&snap);
         if let Some(m) = status.metrics_due(&snap, clock.now_epoch_ns(), false)
             && !writer.send(SinkMsg::Metrics(m))
@@ -432,7 +485,11 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     // Events from while the links close one by one are outside the window.
     correlator.close_window(crate::time::monotonic_ns());
     let detach_started = Instant::now();
-    drop(links);
+    let mut all_links: Vec<ProbeLink> = links.into_iter().map(|(_, l)| l).collect();
+    if let Some(g) = governor.as_mut() {
+        all_links.extend(g.take_links());
+    }
+    close_links(all_links);
     let detach_time = detach_started.elapsed();
     let end_ns = clock.now_epoch_ns();
     let since = correlator.pending();
@@ -445,11 +502,24 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     status.clear();
     let mean_cpu_pct = status.mean_cpu_pct();
     if !writer_failed {
-        writer.send(SinkMsg::Calls(correlator.take_calls()));
+        let calls = correlator.take_calls();
+        if let Some(g) = governor.as_mut() {
+            g.observe(&calls);
+            g.finish(end_ns);
+            let (rows, aggs, _) = g.take_rows();
+            if !rows.is_empty() {
+                writer.send(SinkMsg::Governor(rows));
+            }
+            if !aggs.is_empty() {
+                writer.send(SinkMsg::Aggregates(aggs));
+            }
+        }
+        writer.send(SinkMsg::Calls(calls));
         if !losses.is_empty() {
             writer.send(SinkMsg::Losses(losses));
         }
-        let snap = snapshot(&correlator.counts(), &reader, &writer);
+        let mut snap = snapshot(&correlator.counts(), &reader, &writer);
+        snap.governor = governor.as_ref().and_then(|g| g.status());
         if let Some(m) = status.metrics_due(&snap, end_ns, true) {
             writer.send(SinkMsg::Metrics(m));
         }
@@ -528,6 +598,36 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
             counts.after_end,
             counts.unknown_kind,
             reader.malformed()
+        );
+    }
+    if counts.window_edge > 0 {
+        eprintln!(
+            "scope: {} events of sampled functions fell on the edges of their sampling windows (while links were attached or detached) and are not in calls",
+            counts.window_edge
+        );
+    }
+    if counts.window_cut > 0 {
+        eprintln!(
+            "scope: {} calls of sampled functions were open when their sampling window closed (flags & 64 in calls; not a loss)",
+            counts.window_cut
+        );
+    }
+    if let Some(g) = &governor {
+        let sampled = g.status().map_or(0, |s| s.0);
+        eprintln!(
+            "scope: governor (budget {}%): {} demoted, {} promoted, {} backpressure step{}; {} function{} sampled at the end{}",
+            g.budget_pct(),
+            g.demotions,
+            g.promotions,
+            g.backpressure,
+            if g.backpressure == 1 { "" } else { "s" },
+            sampled,
+            if sampled == 1 { "" } else { "s" },
+            if g.demotions > 0 {
+                "; their estimated counts are in the aggregates table"
+            } else {
+                ""
+            }
         );
     }
     if counts.migrated > 0 {
@@ -649,54 +749,338 @@ fn snapshot<S: EventSink + Send + 'static>(
         lost: reader.lost_total(),
         ring_fill_pct: reader.fill_pct(),
         backlog: writer.backlog(),
+        governor: None,
     }
 }
 
 type Links = Vec<(bool, crate::probe::attach::ProbeLink)>;
 
+#[allow(clippy::too_many_arguments)]
 fn load_and_attach(
     cfg: &SessionConfig,
     plan: &Plan,
     pid: u32,
     str_cookies: &HashMap<u32, u64>,
-) -> Result<(LoadedProbes, Links)> {
+    stop: &AtomicBool,
+    clock: &SessionClock,
+    attach_time: &mut Duration,
+) -> Result<(LoadedProbes, Links, Option<Governor>)> {
     let mut probes = LoadedProbes::load(
         LoadOptions {
             target_tgid: pid,
             ring_bytes: cfg.ring_bytes,
             wake_bytes: u64::from(cfg.ring_bytes / 4),
             str_cap: cfg.arg_strings.unwrap_or(0),
+            count_slots: u32::try_from(plan.function_count() + 1).unwrap_or(u32::MAX),
         },
         cfg.attach_mode,
     )?;
-    let links = attach_plan(&mut probes, plan, pid, str_cookies)?;
-    Ok((probes, links))
+    let prep = match cfg.max_overhead {
+        Some(budget) => Some(prepare_governor(
+            cfg,
+            &mut probes,
+            plan,
+            pid,
+            budget,
+            str_cookies,
+            stop,
+            clock,
+        )?),
+        None => None,
+    };
+    let started = Instant::now();
+    let (own, skip) = match &prep {
+        Some(p) => (p.own.clone(), p.skip.clone()),
+        None => (BTreeSet::new(), BTreeSet::new()),
+    };
+    let (links, own_links) = attach_plan(&mut probes, plan, pid, str_cookies, &own, &skip)?;
+    *attach_time = started.elapsed();
+    let governor = prep.map(|p| {
+        let mut g = p.governor;
+        for (id, l) in own_links {
+            g.adopt_links(id, l);
+        }
+        g
+    });
+    Ok((probes, links, governor))
 }
 
+/// The governor before the recording links attach: its functions, and which
+/// of them start sampled.
+struct GovernorPrep {
+    governor: Governor,
+    /// Functions with links of their own.
+    own: BTreeSet<u32>,
+    /// Of those, the ones sampled from the start (not attached now).
+    skip: BTreeSet<u32>,
+}
+
+/// The functions the governor may sample: not Go, not inlined instances.
+/// (function id, module index, probe point with the recording cookie)
+fn governable(plan: &Plan, str_cookies: &HashMap<u32, u64>) -> Vec<(u32, usize, ProbePoint)> {
+    let mut out = Vec::new();
+    for (i, m) in plan.modules.iter().enumerate() {
+        if m.go {
+            continue;
+        }
+        for f in m.functions.iter().filter(|f| f.inline_site.is_none()) {
+            out.push((
+                f.function_id,
+                i,
+                ProbePoint {
+                    file_offset: f.symbol.file_offset,
+                    cookie: recording_cookie(f, str_cookies),
+                },
+            ));
+        }
+    }
+    out
+}
+
+/// Measures the probe cost, and for `attach` counts calls in the kernel for
+/// `--warmup` and decides which functions start sampled; prints the
+/// prediction.
+#[allow(clippy::too_many_arguments)]
+fn prepare_governor(
+    cfg: &SessionConfig,
+    probes: &mut LoadedProbes,
+    plan: &Plan,
+    pid: u32,
+    budget: f64,
+    str_cookies: &HashMap<u32, u64>,
+    stop: &AtomicBool,
+    clock: &SessionClock,
+) -> Result<GovernorPrep> {
+    let cost = governor::calibrate(probes).map_err(|e| {
+        anyhow::anyhow!(
+            "the overhead governor could not measure the probe cost on this machine: {e} (record without it: --max-overhead off)"
+        )
+    })?;
+    let cands = governable(plan, str_cookies);
+    let names: FxHashMap<u32, String> = plan
+        .functions()
+        .map(|(_, f)| (f.function_id, summary_name(f)))
+        .collect();
+    let modules: Vec<PathBuf> = plan
+        .modules
+        .iter()
+        .map(|m| m.candidate.attach_path.clone())
+        .collect();
+    let cost_line = format!(
+        "probes cost {:.1} µs per recorded call here ({:.1} µs to count one), measured just now",
+        cost.full_ns / 1000.0,
+        cost.entry_ns / 1000.0
+    );
+    match &cfg.target {
+        Target::Record { .. } => {
+            let governed: BTreeMap<u32, (usize, ProbePoint)> = if cands.len()
+                <= governor::MAX_GOVERNED
+            {
+                cands.iter().map(|(id, m, p)| (*id, (*m, *p))).collect()
+            } else {
+                eprintln!(
+                    "scope: governor: {} functions probed, more than the {} it can sample one by one: it predicts, but every call is recorded (narrow -f, or use attach, which counts first)",
+                    cands.len(),
+                    governor::MAX_GOVERNED
+                );
+                BTreeMap::new()
+            };
+            if !cfg.quiet {
+                eprintln!(
+                    "scope: governor: {cost_line}; budget {budget}%, decided after the first {}",
+                    format_duration_ns(cfg.warmup.as_nanos() as u64)
+                );
+            }
+            let own = governed.keys().copied().collect();
+            let mut g = Governor::new(GovernorSetup {
+                budget_pct: budget,
+                cost,
+                pid,
+                modules,
+                governed,
+                names,
+                first_tick: cfg.warmup,
+                now_ns: clock.now_epoch_ns(),
+            });
+            g.note(clock.now_epoch_ns(), "calibrate", cost_line, None);
+            Ok(GovernorPrep {
+                governor: g,
+                own,
+                skip: BTreeSet::new(),
+            })
+        }
+        Target::Attach { .. } => {
+            // Count every governable function's calls in the kernel.
+            let mut by_module: BTreeMap<usize, Vec<ProbePoint>> = BTreeMap::new();
+            for (id, m, p) in &cands {
+                by_module.entry(*m).or_default().push(ProbePoint {
+                    file_offset: p.file_offset,
+                    cookie: u64::from(*id),
+                });
+            }
+            let mut count_links = Vec::new();
+            for (m, points) in by_module {
+                count_links.push(probes.attach_counts(&modules[m], &points, pid)?);
+            }
+            let start_ns = clock.now_epoch_ns();
+            let cpu0 = governor::target_cpu_ns(pid).unwrap_or(0);
+            let started = Instant::now();
+            while started.elapsed() < cfg.warmup
+                && !stop.load(Ordering::Relaxed)
+                && !process_gone(pid)
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let wall = started.elapsed();
+            let counts = probes.read_counts();
+            let cpu1 = governor::target_cpu_ns(pid).unwrap_or(cpu0);
+            let end_ns = clock.now_epoch_ns();
+            close_links(count_links);
+            let count_of = |id: u32| counts.get(id as usize).copied().unwrap_or(0);
+            let total: u64 = cands.iter().map(|(id, _, _)| count_of(*id)).sum();
+            let cpu_ns = cpu1.saturating_sub(cpu0) as f64;
+            let probe_ns = total as f64 * cost.entry_ns;
+            // The hottest functions called in the warm-up get their own links.
+            let mut active: Vec<(u32, usize, ProbePoint, u64)> = cands
+                .iter()
+                .map(|(id, m, p)| (*id, *m, *p, count_of(*id)))
+                .filter(|c| c.3 > 0)
+                .collect();
+            active.sort_by(|a, b| b.3.cmp(&a.3).then(a.0.cmp(&b.0)));
+            active.truncate(governor::MAX_GOVERNED);
+            let governed: BTreeMap<u32, (usize, ProbePoint)> =
+                active.iter().map(|c| (c.0, (c.1, c.2))).collect();
+            let loads: Vec<FnLoad> = cands
+                .iter()
+                .map(|(id, _, _)| FnLoad {
+                    id: *id,
+                    overhead_pct: governor::overhead_pct(
+                        count_of(*id) as f64,
+                        cost.full_ns,
+                        cpu_ns,
+                        probe_ns,
+                    ),
+                    governed: governed.contains_key(id),
+                })
+                .filter(|l| l.overhead_pct > 0.0)
+                .collect();
+            let decision = governor::decide(&loads, budget);
+            let own: BTreeSet<u32> = governed.keys().copied().collect();
+            let mut g = Governor::new(GovernorSetup {
+                budget_pct: budget,
+                cost,
+                pid,
+                modules,
+                governed,
+                names: names.clone(),
+                first_tick: governor::TICK,
+                now_ns: end_ns,
+            });
+            for l in &loads {
+                g.set_overhead(l.id, l.overhead_pct);
+            }
+            g.note(start_ns, "calibrate", cost_line.clone(), None);
+            let rate = total as f64 / wall.as_secs_f64().max(1e-3);
+            let predict = format!(
+                "warm-up {}: {} calls counted ({}/s) in {} function{}; recording every call would slow pid {pid} by {:.1}%",
+                format_duration_ns(wall.as_nanos() as u64),
+                total,
+                crate::status::si(rate),
+                active.len(),
+                if active.len() == 1 { "" } else { "s" },
+                decision.full_pct
+            );
+            g.note(end_ns, "predict", predict.clone(), Some(decision.full_pct));
+            for (id, _, _, count) in &active {
+                g.warmup_aggregate(AggregateRecord {
+                    function_id: *id,
+                    start_ns,
+                    end_ns,
+                    mode: "warmup",
+                    sample_n: 1,
+                    observed_ns: wall.as_nanos() as u64,
+                    calls_seen: *count,
+                    calls_estimated: *count,
+                    total_ns: None,
+                    log2_hist: None,
+                });
+            }
+            g.start_sampled(&decision, end_ns, "warm-up");
+            if !cfg.quiet {
+                eprintln!("scope: governor: {cost_line}");
+                eprintln!("scope: governor: {predict}");
+            }
+            if decision.sampled.is_empty() {
+                eprintln!("scope: governor: within the {budget}% budget: recording every call");
+            } else {
+                let list: Vec<String> = decision
+                    .sampled
+                    .iter()
+                    .take(5)
+                    .map(|id| names.get(id).cloned().unwrap_or_else(|| format!("#{id}")))
+                    .collect();
+                eprintln!(
+                    "scope: governor: budget {budget}%: sampling {} function{} 1 in {} ({}{}), predicted {:.1}%",
+                    decision.sampled.len(),
+                    if decision.sampled.len() == 1 { "" } else { "s" },
+                    decision.n,
+                    list.join(", "),
+                    if decision.sampled.len() > 5 {
+                        ", …"
+                    } else {
+                        ""
+                    },
+                    decision.predicted_pct
+                );
+            }
+            Ok(GovernorPrep {
+                governor: g,
+                own,
+                skip: decision.sampled,
+            })
+        }
+    }
+}
+
+/// A function's cookie when recorded: its id, and the args and string
+/// flags when its arguments are captured.
+fn recording_cookie(
+    f: &crate::probe::plan::PlannedFunction,
+    str_cookies: &HashMap<u32, u64>,
+) -> u64 {
+    // The args flag rides in the cookie: the kernel tests it without a lookup.
+    u64::from(f.function_id)
+        | if f.args {
+            scope_common::COOKIE_ARGS_FLAG | str_cookies.get(&f.function_id).copied().unwrap_or(0)
+        } else {
+            0
+        }
+}
+
+/// Links of the governed functions, each its own: (function id, links).
+type OwnLinks = Vec<(u32, Vec<ProbeLink>)>;
+
 /// Attaches every module of `plan` (entry and return links per module).
+/// Functions in `own` get links of their own (the governor may detach them
+/// one by one); those also in `skip` start sampled and are not attached.
 fn attach_plan(
     probes: &mut LoadedProbes,
     plan: &Plan,
     pid: u32,
     str_cookies: &HashMap<u32, u64>,
-) -> Result<Links> {
+    own: &BTreeSet<u32>,
+    skip: &BTreeSet<u32>,
+) -> Result<(Links, OwnLinks)> {
     let mut links = Vec::new();
+    let mut own_links = Vec::new();
     for m in &plan.modules {
         let points: Vec<ProbePoint> = m
             .functions
             .iter()
-            .filter(|f| f.inline_site.is_none())
+            .filter(|f| f.inline_site.is_none() && (m.go || !own.contains(&f.function_id)))
             .map(|f| ProbePoint {
                 file_offset: f.symbol.file_offset,
-                // The args flag rides in the cookie: the kernel tests it
-                // without a lookup.
-                cookie: u64::from(f.function_id)
-                    | if f.args {
-                        scope_common::COOKIE_ARGS_FLAG
-                            | str_cookies.get(&f.function_id).copied().unwrap_or(0)
-                    } else {
-                        0
-                    },
+                cookie: recording_cookie(f, str_cookies),
             })
             .collect();
         if m.go {
@@ -739,8 +1123,22 @@ fn attach_plan(
                 links.push((i == 0, l));
             }
         }
+        // Governed functions: an entry and a return link each.
+        for f in m
+            .functions
+            .iter()
+            .filter(|f| f.inline_site.is_none() && own.contains(&f.function_id))
+            .filter(|f| !skip.contains(&f.function_id))
+        {
+            let point = ProbePoint {
+                file_offset: f.symbol.file_offset,
+                cookie: recording_cookie(f, str_cookies),
+            };
+            let l = probes.attach_module(&m.candidate.attach_path, &[point], pid, true)?;
+            own_links.push((f.function_id, l));
+        }
     }
-    Ok(links)
+    Ok((links, own_links))
 }
 
 /// Polls the target's mappings for modules a pending pattern names (loaded
@@ -765,7 +1163,14 @@ fn attach_late_modules(
         return Ok(None);
     }
     let file = late_functions.write(&function_rows(&late.plan))?;
-    let new_links = attach_plan(probes, &late.plan, pid, &HashMap::new())?;
+    let (new_links, _) = attach_plan(
+        probes,
+        &late.plan,
+        pid,
+        &HashMap::new(),
+        &BTreeSet::new(),
+        &BTreeSet::new(),
+    )?;
     for m in &late.plan.modules {
         eprintln!(
             "scope: attached {} more function{} in {} (loaded after the start)",

@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub ring_fill_pct: Option<f64>,
     /// Batches waiting for the writer, and the channel's capacity.
     pub backlog: (usize, usize),
+    /// The governor: (functions sampled, 1-in-N, predicted slowdown %).
+    pub governor: Option<(usize, u32, f64)>,
 }
 
 /// Where the status goes.
@@ -225,6 +227,15 @@ impl StatusReporter {
             cpu,
             self.gauges.files_written.load(Ordering::Relaxed),
         );
+        if let Some((sampled, n, pct)) = snap.governor {
+            if sampled > 0 {
+                line.push_str(&format!(
+                    ", {sampled} fn sampled 1/{n}, predicted slowdown {pct:.1}%"
+                ));
+            } else {
+                line.push_str(&format!(", predicted slowdown {pct:.1}%"));
+            }
+        }
         if let Some(why) = behind(snap, fill) {
             line.push_str("; ");
             line.push_str(&why);
@@ -272,7 +283,7 @@ pub fn agent_cpu_ns() -> u64 {
 }
 
 /// `950`, `12.3K`, `4.56M`.
-fn si(v: f64) -> String {
+pub fn si(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.2}M", v / 1e6)
     } else if v >= 1e3 {

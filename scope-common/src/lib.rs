@@ -143,6 +143,10 @@ pub const RING_RECORD_BYTES: usize = 8 + core::mem::size_of::<RawEvent>();
 pub mod names {
     pub const EVENTS_MAP: &str = "EVENTS";
     pub const LOST_MAP: &str = "LOST";
+    /// Per-CPU calls per function id, written by [`COUNT_PROGRAM`].
+    pub const COUNTS_MAP: &str = "COUNTS";
+    /// Entry-only program of the governor's warm-up: counts, records nothing.
+    pub const COUNT_PROGRAM: &str = "scope_count";
     pub const ENTRY_PROGRAM: &str = "scope_entry";
     pub const RETURN_PROGRAM: &str = "scope_return";
     /// Plain uprobe on the RET instructions of Go functions.

@@ -54,6 +54,12 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Calls per function id during the governor's warm-up: `scope_count`
+/// adds one per entry, per CPU (no atomics). The agent sets the size at
+/// load time (the number of function ids).
+#[map]
+static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Keep only events of this tgid (0: keep all). Set by the agent at load time.
 #[unsafe(no_mangle)]
 static TARGET_TGID: u32 = 0;
@@ -105,6 +111,22 @@ pub fn scope_return(ctx: RetProbeContext) -> u32 {
             head: head(pid_tgid, cookie, EVENT_RETURN_RET),
             ret: ctx.ret::<u64>(),
         });
+    }
+    0
+}
+
+/// The governor's warm-up: counts entries per function id in the kernel and
+/// writes nothing to the ring. Attached (entry only) before recording
+/// starts, to measure how often each function is called.
+#[uprobe]
+pub fn scope_count(ctx: ProbeContext) -> u32 {
+    let Some((_, cookie)) = admit(ctx.as_ptr()) else {
+        return 0;
+    };
+    if let Some(counter) = COUNTS.get_ptr_mut(cookie as u32) {
+        // SAFETY: this CPU's slot of a per-CPU array; nothing else writes it
+        // while this program runs on this CPU.
+        unsafe { *counter += 1 };
     }
     0
 }

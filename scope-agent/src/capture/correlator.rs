@@ -61,6 +61,15 @@ struct Frame {
     strings: Option<ArgStrings>,
     /// [`Correlator::loss_gen`] when the frame was pushed.
     loss_gen: u64,
+    /// The governor closed this function's sampling window while the call
+    /// was open: no return will come. Emitted (flag 64) once it is on top.
+    cut: bool,
+}
+
+/// [`flags::WINDOW_CLOSED`] for a frame whose sampling window closed.
+#[inline]
+fn cut_flag(frame: &Frame) -> u8 {
+    if frame.cut { flags::WINDOW_CLOSED } else { 0 }
 }
 
 /// Whose call stack an event belongs to.
@@ -100,6 +109,13 @@ pub struct CorrelatorCounts {
     /// Entries, and returns without an open frame, after the window closed
     /// (while the links were being detached): outside the recording.
     pub after_end: u64,
+    /// Calls of sampled functions still open when their sampling window
+    /// closed ([`flags::WINDOW_CLOSED`]).
+    pub window_cut: u64,
+    /// Events of sampled functions at the edges of their windows, left
+    /// out: entries while the window's links were still being attached or
+    /// already being detached, and returns of such entries.
+    pub window_edge: u64,
 }
 
 /// Turns a stream of [`RawEvent`]s (in per-thread order) into [`CallRecord`]s.
@@ -125,6 +141,12 @@ pub struct Correlator {
     loss_gen: u64,
     /// Function ids of inlined instances: entry-only probes.
     inline_ids: FxHashSet<u32>,
+    /// Some frame is marked [`Frame::cut`] and not yet emitted.
+    any_cut: bool,
+    /// Sampled functions: the kernel-time interval of their current window
+    /// (`[start, end)`; `end` is `u64::MAX` while it is open). Entries
+    /// outside it are window edges, not calls.
+    windows: FxHashMap<u32, (u64, u64)>,
 }
 
 impl Correlator {
@@ -141,6 +163,96 @@ impl Correlator {
             str_cap: 0,
             loss_gen: 0,
             inline_ids: FxHashSet::default(),
+            any_cut: false,
+            windows: FxHashMap::default(),
+        }
+    }
+
+    /// `ids` are sampled, and their window's links are all attached since
+    /// kernel time `start`: their entries count from then on.
+    pub fn open_window(&mut self, ids: &FxHashSet<u32>, start: u64) {
+        for id in ids {
+            self.windows.insert(*id, (start, u64::MAX));
+        }
+    }
+
+    /// The window of `ids` ends at kernel time `end` (taken before their
+    /// links start to close): later entries are edges. Also how a function
+    /// recorded in full becomes sampled.
+    pub fn end_window(&mut self, ids: &FxHashSet<u32>, end: u64) {
+        for id in ids {
+            let w = self.windows.entry(*id).or_insert((0, end));
+            w.1 = end;
+        }
+    }
+
+    /// `id` is recorded in full again.
+    pub fn unsample(&mut self, id: u32) {
+        self.windows.remove(&id);
+    }
+
+    /// The governor closed the sampling window of `ids` (their links are
+    /// detached and every event they wrote has been read): calls of them
+    /// still open will never see their return. Each is emitted with
+    /// [`flags::RETURN_MISSING`] | [`flags::WINDOW_CLOSED`] as soon as no
+    /// open call sits above it (so depth and parent of the calls above stay
+    /// right). Returns how many were marked.
+    pub fn cut_window(&mut self, ids: &FxHashSet<u32>) -> usize {
+        if ids.is_empty() {
+            return 0;
+        }
+        let mut marked = 0;
+        let mut keys = Vec::new();
+        for (key, thread) in &mut self.threads {
+            for f in thread.frames.iter_mut() {
+                if !f.cut && ids.contains(&f.function_id) {
+                    f.cut = true;
+                    marked += 1;
+                    keys.push(*key);
+                }
+            }
+        }
+        if marked > 0 {
+            self.any_cut = true;
+            keys.sort_unstable();
+            keys.dedup();
+            for key in keys {
+                self.pop_cut(key);
+            }
+        }
+        marked
+    }
+
+    /// Emits the cut frames on top of `key`'s stack.
+    fn pop_cut(&mut self, key: StackKey) {
+        let Some(thread) = self.threads.get_mut(&key) else {
+            return;
+        };
+        while thread.frames.last().is_some_and(|f| f.cut) {
+            let Some(frame) = thread.frames.pop() else {
+                break;
+            };
+            let loss = if frame.loss_gen == self.loss_gen {
+                0
+            } else {
+                flags::LOSS_WHILE_OPEN
+            };
+            self.counts.window_cut += 1;
+            self.out.push(CallRecord {
+                pid: thread.pid,
+                tid: frame.tid,
+                call_id: frame.call_id,
+                parent_call_id: thread.frames.last().map_or(0, |f| f.call_id),
+                function_id: frame.function_id,
+                depth: thread.frames.len() as u32,
+                start_ns: frame.start_ktime as i64 + self.clock_offset_ns,
+                duration_ns: -1,
+                self_ns: -1,
+                flags: flags::RETURN_MISSING | flags::WINDOW_CLOSED | loss,
+                args: frame.args,
+                arg_strings: frame.strings,
+                ret: None,
+            });
         }
     }
 
@@ -301,6 +413,13 @@ impl Correlator {
             self.counts.after_end += 1;
             return;
         }
+        if !self.windows.is_empty()
+            && let Some(&(start, end)) = self.windows.get(&ev.function_id)
+            && !(start..end).contains(&ev.ktime_ns)
+        {
+            self.counts.window_edge += 1;
+            return;
+        }
         self.counts.entries += 1;
         let call_id = self.next_call_id;
         self.next_call_id += 1;
@@ -319,6 +438,7 @@ impl Correlator {
             args,
             strings,
             loss_gen: self.loss_gen,
+            cut: false,
         });
     }
 
@@ -328,6 +448,10 @@ impl Correlator {
         let Some(thread) = self.threads.get_mut(&key) else {
             if after_end {
                 self.counts.after_end += 1;
+                return;
+            }
+            if self.windows.contains_key(&ev.function_id) {
+                self.counts.window_edge += 1;
                 return;
             }
             self.emit_entry_missing(ev, 0, 0, ret);
@@ -368,9 +492,17 @@ impl Correlator {
                 });
             }
         }
-        let Some(pos) = frames.iter().rposition(|f| f.function_id == ev.function_id) else {
+        let Some(pos) = frames
+            .iter()
+            .rposition(|f| f.function_id == ev.function_id && !f.cut)
+        else {
             if after_end {
                 self.counts.after_end += 1;
+                return;
+            }
+            if self.windows.contains_key(&ev.function_id) {
+                // The return of an entry left out at a window's edge.
+                self.counts.window_edge += 1;
                 return;
             }
             // Not on this thread's stack: its entry was before probes went
@@ -402,7 +534,7 @@ impl Correlator {
                     start_ns: frame.start_ktime as i64 + self.clock_offset_ns,
                     duration_ns: duration as i64,
                     self_ns: duration.saturating_sub(frame.child_ns) as i64,
-                    flags: flags::UNWOUND | loss_flag(&frame),
+                    flags: flags::UNWOUND | loss_flag(&frame) | cut_flag(&frame),
                     args: frame.args,
                     arg_strings: frame.strings,
                     ret: None,
@@ -438,6 +570,9 @@ impl Correlator {
             arg_strings: frame.strings,
             ret,
         });
+        if self.any_cut {
+            self.pop_cut(key);
+        }
     }
 
     /// An inlined instance's entry: a call of its own at once, under the
@@ -514,7 +649,7 @@ impl Correlator {
                     start_ns: frame.start_ktime as i64 + self.clock_offset_ns,
                     duration_ns: -1,
                     self_ns: -1,
-                    flags: flags::RETURN_MISSING | loss,
+                    flags: flags::RETURN_MISSING | loss | cut_flag(&frame),
                     args: frame.args,
                     arg_strings: frame.strings,
                     ret: None,

@@ -35,6 +35,10 @@ pub mod flags {
     /// `start_ns` is exact, `duration_ns` and `self_ns` are null, and its
     /// parent is the innermost probed call open on the thread at the time.
     pub const INLINED: u8 = 32;
+    /// The overhead governor samples this function in windows, and its
+    /// window closed (its probes detached) while the call was open: the
+    /// return was never probed (with [`RETURN_MISSING`]; not a loss).
+    pub const WINDOW_CLOSED: u8 = 64;
 }
 
 /// One completed (or cut-off) function call. Plain data; only

@@ -124,6 +124,8 @@ pub struct LoadOptions {
     pub wake_bytes: u64,
     /// `--arg-strings` cap in bytes (0: strings off).
     pub str_cap: u32,
+    /// Slots of the warm-up call counters: the highest function id + 1.
+    pub count_slots: u32,
 }
 
 /// The loaded programs and the maps user space reads.
@@ -138,6 +140,10 @@ pub struct LoadedProbes {
     /// Multi mode: the RET-site program (a plain uprobe on the RET
     /// instructions of Go functions) with the multi-uprobe attach type.
     ret_site_prog: Option<OwnedFd>,
+    /// Multi mode: the governor's warm-up program (entry only, counts).
+    count_prog: Option<OwnedFd>,
+    /// The warm-up's per-CPU call counters, by function id.
+    counts: PerCpuArray<MapData, u64>,
     /// `None` once taken by [`LoadedProbes::take_maps`].
     maps: Option<(RingBuf<MapData>, PerCpuArray<MapData, u64>)>,
 }
@@ -196,6 +202,7 @@ impl LoadedProbes {
             .override_global(names::WAKE_BYTES_GLOBAL, &opts.wake_bytes, true)
             .override_global(names::STR_CAP_GLOBAL, &opts.str_cap, true)
             .map_max_entries(names::EVENTS_MAP, ring_bytes)
+            .map_max_entries(names::COUNTS_MAP, opts.count_slots.max(1))
             .load(EBPF_OBJECT)
             .map_err(|e| AttachError::Load(error_chain(&e)))?;
 
@@ -232,26 +239,33 @@ impl LoadedProbes {
                 Err(e) => return Err(e),
             },
         };
-        let (mode, entry_prog, return_prog, ret_site_prog) = match multi {
+        let (mode, entry_prog, return_prog, ret_site_prog, count_prog) = match multi {
             Some((entry, ret)) => (
                 AttachMode::Multi,
                 Some(entry),
                 Some(ret),
                 Some(load_program(&obj, names::RET_SITE_PROGRAM)?),
+                Some(load_program(&obj, names::COUNT_PROGRAM)?),
             ),
             None => {
                 for name in [
                     names::ENTRY_PROGRAM,
                     names::RETURN_PROGRAM,
                     names::RET_SITE_PROGRAM,
+                    names::COUNT_PROGRAM,
                 ] {
                     aya_uprobe(&mut ebpf, name)?
                         .load()
                         .map_err(|e| AttachError::Load(error_chain(&e)))?;
                 }
-                (AttachMode::Single, None, None, None)
+                (AttachMode::Single, None, None, None, None)
             }
         };
+        let counts = ebpf
+            .take_map(names::COUNTS_MAP)
+            .ok_or(AttachError::MissingMap(names::COUNTS_MAP))?;
+        let counts =
+            PerCpuArray::try_from(counts).map_err(|e| AttachError::Load(error_chain(&e)))?;
 
         let events = ebpf
             .take_map(names::EVENTS_MAP)
@@ -266,6 +280,8 @@ impl LoadedProbes {
             entry_prog,
             return_prog,
             ret_site_prog,
+            count_prog,
+            counts,
             ebpf,
             maps: Some((events, lost)),
         })
@@ -311,6 +327,31 @@ impl LoadedProbes {
     ) -> Result<ProbeLink, AttachError> {
         check_function_count(path, points.len())?;
         self.link(path, points, pid, Direction::RetSite)
+    }
+
+    /// Attaches the governor's counting program (entry only) to `points`:
+    /// calls are counted per function id in the kernel, nothing is recorded.
+    pub fn attach_counts(
+        &mut self,
+        path: &Path,
+        points: &[ProbePoint],
+        pid: u32,
+    ) -> Result<ProbeLink, AttachError> {
+        check_function_count(path, points.len())?;
+        self.link(path, points, pid, Direction::Count)
+    }
+
+    /// The warm-up counters: calls per function id (index), summed over CPUs.
+    pub fn read_counts(&self) -> Vec<u64> {
+        let slots = self.counts.len();
+        (0..slots)
+            .map(|i| {
+                self.counts
+                    .get(&i, 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .unwrap_or(0)
+            })
+            .collect()
     }
 
     fn link(
@@ -395,6 +436,7 @@ impl LoadedProbes {
             Direction::Entry => &self.entry_prog,
             Direction::Return => &self.return_prog,
             Direction::RetSite => &self.ret_site_prog,
+            Direction::Count => &self.count_prog,
         };
         let prog = prog
             .as_ref()
@@ -407,6 +449,28 @@ impl LoadedProbes {
     }
 }
 
+/// Closes `links` on parallel threads and waits for all of them. Closing a
+/// uprobe link waits for a kernel grace period (tens of milliseconds); the
+/// waits of links closed together overlap, so many small links close in
+/// about the time of one.
+pub fn close_links(links: Vec<ProbeLink>) {
+    if links.len() <= 1 {
+        drop(links);
+        return;
+    }
+    std::thread::scope(|s| {
+        for l in links {
+            if std::thread::Builder::new()
+                .name("scope-detach".into())
+                .spawn_scoped(s, move || drop(l))
+                .is_err()
+            {
+                // No thread: it was dropped with the closure, on this one.
+            }
+        }
+    });
+}
+
 /// Which program a link runs, and whether it is a return link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Direction {
@@ -414,6 +478,8 @@ enum Direction {
     Return,
     /// The RET instructions of Go functions (a plain uprobe, kind RETURN).
     RetSite,
+    /// The governor's warm-up: entries counted in the kernel.
+    Count,
 }
 
 impl Direction {
@@ -422,6 +488,7 @@ impl Direction {
             Direction::Entry => "entry",
             Direction::Return => "return",
             Direction::RetSite => "RET-site",
+            Direction::Count => "counting",
         }
     }
 
@@ -430,6 +497,7 @@ impl Direction {
             Direction::Entry => names::ENTRY_PROGRAM,
             Direction::Return => names::RETURN_PROGRAM,
             Direction::RetSite => names::RET_SITE_PROGRAM,
+            Direction::Count => names::COUNT_PROGRAM,
         }
     }
 }
@@ -510,7 +578,7 @@ fn multi_link_works(entry_prog: &OwnedFd) -> bool {
 
 /// The file and file offset of an address in the agent's own executable
 /// mappings, from `/proc/self/maps`.
-fn own_file_offset(addr: usize) -> Option<(std::path::PathBuf, u64)> {
+pub(crate) fn own_file_offset(addr: usize) -> Option<(std::path::PathBuf, u64)> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     for line in maps.lines() {
         let mut parts = line.split_whitespace();
