@@ -270,6 +270,20 @@ pub fn sampling_n(o: f64, room: f64) -> u32 {
     (n.ceil().max(2.0) as u32).min(MAX_N)
 }
 
+/// Calls of a function sampled in windows, scaled from the `seen` ones to
+/// the whole interval by the time observed (`on_ns` of `wall_ns`). Inside
+/// its windows the probes slow the target, so for a function whose full
+/// recording would cost much this is a lower bound: the function runs
+/// faster between windows. (Scaling by the modelled slowdown too was tried;
+/// on a shared VM the per-call cost moves by 2x from one second to the
+/// next, and the estimate with it.)
+pub fn scaled_calls(seen: u64, on_ns: f64, wall_ns: f64) -> u64 {
+    if on_ns <= 0.0 {
+        return seen;
+    }
+    (seen as f64 * wall_ns.max(on_ns) / on_ns).round() as u64
+}
+
 /// The inverse of [`windowed_overhead`]: the full-recording cost `o` of
 /// functions sampled 1 in `n` whose windows were measured to cost `m`
 /// (fractions). Capped at 1000 (a 1000-fold slowdown) where `m` says the
@@ -283,13 +297,17 @@ pub fn full_from_windowed(m: f64, n: u32) -> f64 {
     (m * n / denom).clamp(0.0, 1000.0)
 }
 
-/// Overhead (percent of the target's own CPU time) of recording `calls`
-/// calls, given the target used `cpu_ns` of CPU of which `probe_ns` went to
-/// the probes themselves.
-pub fn overhead_pct(calls: f64, cost_ns: f64, cpu_ns: f64, probe_ns: f64) -> f64 {
-    // The target's own work; never below a hundredth of its CPU time (the
-    // calibration's error must not make the prediction explode).
-    let work = (cpu_ns - probe_ns).max(cpu_ns * 0.01).max(1.0);
+/// Slowdown (percent) of recording `calls` calls at `cost_ns` each, for a
+/// target that used `cpu_ns` of CPU over `wall_ns`, `probe_ns` of it in the
+/// probes themselves. The probes' time is set against the target's own
+/// time: its CPU time when it is busy (several threads may use more CPU
+/// than wall time), the wall time when it mostly waits (a probe on a thread
+/// that sleeps between calls delays it only by the probe).
+pub fn overhead_pct(calls: f64, cost_ns: f64, cpu_ns: f64, wall_ns: f64, probe_ns: f64) -> f64 {
+    let own = cpu_ns.max(wall_ns);
+    // Never below a hundredth of it: the calibration's error must not make
+    // the prediction explode.
+    let work = (own - probe_ns).max(own * 0.01).max(1.0);
     100.0 * calls * cost_ns / work
 }
 
@@ -577,7 +595,12 @@ impl Governor {
             self.last_backpressure = Some(now);
             self.on_backpressure(correlator, fill, now_ns);
         }
-        if now.duration_since(self.tick_started) >= self.tick_len {
+        // Ticks wait (up to half a second) for a moment with no window open
+        // or closing, when promotions can attach without two links at once.
+        let due = now.duration_since(self.tick_started);
+        if due >= self.tick_len
+            && (self.quiet() || due >= self.tick_len + Duration::from_millis(500))
+        {
             self.tick(probes, correlator, now, now_ns);
         }
     }
@@ -620,6 +643,11 @@ impl Governor {
             ids,
             closed: false,
         });
+    }
+
+    /// No sampling window open or closing.
+    fn quiet(&self) -> bool {
+        matches!(self.window, Window::Off { .. }) && self.closings.is_empty()
     }
 
     fn sampled_ids(&self) -> FxHashSet<u32> {
@@ -839,7 +867,8 @@ impl Governor {
                     if on_ns > 0.0 {
                         // What this tick's windows cost, turned into what
                         // recording every call would (see windowed_overhead).
-                        let m = overhead_pct(seen, self.cost.full_ns, cpu_ns, probe_ns) / 100.0;
+                        let m = overhead_pct(seen, self.cost.full_ns, cpu_ns, wall_ns, probe_ns)
+                            / 100.0;
                         total_calls += seen * wall_ns / on_ns;
                         100.0 * full_from_windowed(m, self.n)
                     } else {
@@ -848,7 +877,7 @@ impl Governor {
                 }
                 _ => {
                     total_calls += seen;
-                    overhead_pct(seen, self.cost.full_ns, cpu_ns, probe_ns)
+                    overhead_pct(seen, self.cost.full_ns, cpu_ns, wall_ns, probe_ns)
                 }
             };
             if let Some(g) = self.governed.get_mut(&id) {
@@ -866,11 +895,7 @@ impl Governor {
         sampled_sorted.sort_unstable();
         for id in sampled_sorted {
             let a = self.aggs.remove(&id).unwrap_or_default();
-            let est = if on_ns > 0.0 {
-                (a.seen as f64 * wall_ns / on_ns).round() as u64
-            } else {
-                0
-            };
+            let est = scaled_calls(a.seen, on_ns, wall_ns);
             self.agg_rows.push(AggregateRecord {
                 function_id: id,
                 start_ns: self.tick_started_ns,
@@ -927,9 +952,17 @@ impl Governor {
             .filter(|id| !decision.sampled.contains(id))
             .copied()
             .collect();
-        if must_act || (promote_ok && !to_promote.is_empty()) || decision.n * 2 < self.n {
+        let quiet = self.quiet();
+        let promote = promote_ok && !to_promote.is_empty() && quiet;
+        if must_act || promote || (decision.n * 2 < self.n && to_promote.is_empty()) {
             let old_n = self.n;
-            self.n = decision.n.max(1);
+            // Functions that stay sampled keep a real N (≥ 2) even when the
+            // promotions are put off.
+            self.n = if promote || to_promote.is_empty() {
+                decision.n.max(1)
+            } else {
+                decision.n.max(self.n).max(2)
+            };
             self.predicted_pct = Some(decision.predicted_pct);
             for id in to_demote {
                 let pct = loads
@@ -949,7 +982,6 @@ impl Governor {
             }
             // Promote only with no window open or closing, so a function
             // never has two links at once.
-            let quiet = matches!(self.window, Window::Off { .. }) && self.closings.is_empty();
             for id in to_promote {
                 if !quiet {
                     break;
@@ -1041,11 +1073,7 @@ impl Governor {
                 sample_n: self.n,
                 observed_ns: on.as_nanos() as u64,
                 calls_seen: a.seen,
-                calls_estimated: if on_ns > 0.0 {
-                    (a.seen as f64 * wall_ns / on_ns).round() as u64
-                } else {
-                    0
-                },
+                calls_estimated: scaled_calls(a.seen, on_ns, wall_ns),
                 total_ns: Some(a.total_ns),
                 log2_hist: Some(if a.hist.is_empty() {
                     vec![0; 64]
@@ -1117,6 +1145,14 @@ mod tests {
     }
 
     #[test]
+    fn sampled_counts_are_scaled_by_the_time_observed() {
+        // 100 calls seen in 50 ms of a 1 s interval.
+        assert_eq!(scaled_calls(100, 5e7, 1e9), 2000);
+        // Never observed: nothing to scale.
+        assert_eq!(scaled_calls(7, 0.0, 1e9), 7);
+    }
+
+    #[test]
     fn the_window_model_inverts() {
         for (o, n) in [(0.1, 2), (5.0, 10), (48.0, 21), (300.0, 400)] {
             let m = windowed_overhead(o, n);
@@ -1130,12 +1166,15 @@ mod tests {
 
     #[test]
     fn overhead_is_relative_to_the_targets_own_work() {
-        // 1000 calls at 10 µs on a target that used 1 s of CPU, 10 ms of it
-        // in the probes: 10 ms / 990 ms.
-        let pct = overhead_pct(1000.0, 10_000.0, 1e9, 1e7);
+        // 1000 calls at 10 µs on a target that used 1 s of CPU in 1 s, 10 ms
+        // of it in the probes: 10 ms / 990 ms.
+        let pct = overhead_pct(1000.0, 10_000.0, 1e9, 1e9, 1e7);
         assert!((pct - 100.0 * 1e7 / 9.9e8).abs() < 1e-9, "{pct}");
-        // Probes costing more than the CPU seen: clamped, never negative.
-        assert!(overhead_pct(10.0, 1e6, 1e6, 2e6) > 0.0);
+        // A target that sleeps: 5 calls in 1.5 s of wall time, 60 µs of CPU.
+        let pct = overhead_pct(5.0, 20_000.0, 6e4, 1.5e9, 1e5);
+        assert!(pct < 0.01, "{pct}");
+        // Probes costing more than the time seen: clamped, never negative.
+        assert!(overhead_pct(10.0, 1e6, 1e6, 1e6, 2e6) > 0.0);
     }
 
     #[test]

@@ -958,6 +958,7 @@ fn prepare_governor(
                         count_of(*id) as f64,
                         cost.full_ns,
                         cpu_ns,
+                        wall.as_nanos() as f64,
                         probe_ns,
                     ),
                     governed: governed.contains_key(id),
@@ -1008,8 +1009,8 @@ fn prepare_governor(
             g.start_sampled(&decision, end_ns, "warm-up");
             if !cfg.quiet {
                 eprintln!("scope: governor: {cost_line}");
-                eprintln!("scope: governor: {predict}");
             }
+            eprintln!("scope: governor: {predict}");
             if decision.sampled.is_empty() {
                 eprintln!("scope: governor: within the {budget}% budget: recording every call");
             } else {

@@ -204,6 +204,9 @@ fn a_full_disk_stops_the_recording_cleanly() {
     let run = run_agent(&[
         "record",
         "-q",
+        // Every call, so the disk fills.
+        "--max-overhead",
+        "off",
         "-f",
         "leaf",
         "--segment-rows",

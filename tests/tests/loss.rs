@@ -38,6 +38,9 @@ fn recorded_plus_lost_is_exactly_every_probe_hit() {
     let mut agent = spawn_agent(&[
         "record",
         "-q",
+        // Every call: the exact count is the point.
+        "--max-overhead",
+        "off",
         "--ring-size",
         "4K",
         "--status-interval",

@@ -1,0 +1,248 @@
+//! The overhead governor (`--max-overhead`, default 5%), on the C fixture's
+//! `govern` mode: a hot `leaf` in a loop and a cold `tleaf` every 1000th
+//! iteration, with the loop's exact counts printed by the fixture.
+//!
+//! What is exact: the cold function is never demoted and keeps every call;
+//! the hot one is demoted, with the decision and N in `governor`, and is
+//! recorded only in windows (fewer calls than it made, each one complete);
+//! `--max-overhead off` records every call. What is estimated (the scaled
+//! count in `aggregates`) is checked against the exact count within wide
+//! bounds that a missing scale factor (about 20x) would still fail.
+
+use std::time::Duration;
+
+use scope_tests::*;
+
+type Row = serde_json::Map<String, serde_json::Value>;
+
+fn int(row: &Row, key: &str) -> i64 {
+    row[key]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{key} is not an integer in {row:?}"))
+}
+
+/// `leaf N tleaf M` from the fixture's stdout.
+fn fixture_counts(stdout: &str) -> (i64, i64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("leaf "))
+        .unwrap_or_else(|| panic!("no counts in the fixture's output:\n{stdout}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[1].parse().unwrap(), f[3].parse().unwrap())
+}
+
+fn function_id(out: &std::path::Path, name: &str) -> i64 {
+    let rows = duckdb(&format!(
+        "SELECT function_id FROM read_parquet('{}') WHERE name = '{name}'",
+        functions_glob(out)
+    ));
+    assert_eq!(rows.len(), 1, "{name}: {rows:?}");
+    int(&rows[0], "function_id")
+}
+
+fn calls_of(out: &std::path::Path, id: i64) -> i64 {
+    int(
+        &duckdb(&format!(
+            "SELECT count(*) AS n FROM read_parquet('{}') WHERE function_id = {id}",
+            calls_glob(out)
+        ))[0],
+        "n",
+    )
+}
+
+fn governor_rows(out: &std::path::Path) -> Vec<Row> {
+    duckdb(&format!(
+        "SELECT function_id, action, reason, predicted_pct, sample_n, budget_pct \
+         FROM read_parquet('{}/governor/**/*.parquet') ORDER BY ts_ns",
+        out.display()
+    ))
+}
+
+#[test]
+fn record_demotes_the_hot_function_and_keeps_every_call_of_the_cold_one() {
+    require_root();
+    let bin = fixture(Lang::C, "2");
+    let dir = tempfile::tempdir().unwrap();
+    let bin_s = bin.display().to_string();
+    // 2.5 s of leaf at about 60k calls/s (16 µs of work between calls):
+    // recording all of it would cost about 100% here; then 2.5 s idle.
+    let run = record_with(
+        dir.path(),
+        &["leaf", "tleaf"],
+        &["-q"],
+        &[&bin_s, "govern", "2500", "1000", "6400", "2500"],
+    );
+    assert_success(&run);
+    let (leafs, tleafs) = fixture_counts(&run.stdout);
+    assert!(
+        run.stderr
+            .contains("recording every call would slow the target by"),
+        "the prediction is printed: {}",
+        run.stderr
+    );
+    let out = dir.path();
+    let leaf = function_id(out, "leaf");
+    let tleaf = function_id(out, "tleaf");
+
+    // The cold function: every call, never demoted.
+    assert_eq!(calls_of(out, tleaf), tleafs, "{}", run.stderr);
+    let rows = governor_rows(out);
+    let actions = |id: i64, action: &str| {
+        rows.iter()
+            .filter(|r| r["function_id"].as_i64() == Some(id) && r["action"] == action)
+            .count()
+    };
+    assert_eq!(actions(tleaf, "demote"), 0, "{rows:?}");
+    // Calibration and prediction are session rows.
+    for a in ["calibrate", "predict"] {
+        assert!(
+            rows.iter()
+                .any(|r| r["action"] == a && r["function_id"].is_null()),
+            "{a}: {rows:?}"
+        );
+    }
+    // The hot one: demoted with N >= 2, and promoted again when the loop
+    // stops calling it.
+    let demote = rows
+        .iter()
+        .find(|r| r["function_id"].as_i64() == Some(leaf) && r["action"] == "demote")
+        .unwrap_or_else(|| panic!("leaf demoted: {rows:?}\n{}", run.stderr));
+    assert!(int(demote, "sample_n") >= 2, "{demote:?}");
+    assert_eq!(demote["budget_pct"].as_f64(), Some(5.0), "{demote:?}");
+    assert!(
+        actions(leaf, "promote") >= 1,
+        "promoted once idle: {rows:?}\n{}",
+        run.stderr
+    );
+
+    // Sampled, so fewer calls than made, and each recorded call is whole
+    // (or cut by its window, flag 64) at depth 0.
+    let recorded = calls_of(out, leaf);
+    assert!(
+        recorded > 0 && recorded < leafs,
+        "{recorded} of {leafs}: {}",
+        run.stderr
+    );
+    let bad = duckdb(&format!(
+        "SELECT count(*) AS n FROM read_parquet('{}') WHERE function_id = {leaf} \
+         AND (depth <> 0 OR (flags & ~(2 | 64)) <> 0 OR ((flags & 64) = 0 AND duration_ns IS NULL))",
+        calls_glob(out)
+    ));
+    assert_eq!(int(&bad[0], "n"), 0, "{}", run.stderr);
+
+    // The aggregates scale what the windows saw to the interval: together
+    // with the calls recorded in full, within wide bounds of the exact count.
+    let agg = duckdb(&format!(
+        "SELECT sum(calls_seen) AS seen, sum(calls_estimated) AS est, \
+         min(sample_n) AS n, bool_and(len(log2_hist) = 64) AS hist \
+         FROM read_parquet('{}/aggregates/**/*.parquet') WHERE function_id = {leaf} AND mode = 'sampled'",
+        out.display()
+    ));
+    let (seen, est) = (int(&agg[0], "seen"), int(&agg[0], "est"));
+    assert!(int(&agg[0], "n") >= 2, "{agg:?}");
+    assert_eq!(agg[0]["hist"], true, "{agg:?}");
+    let full_before = duckdb(&format!(
+        "SELECT count(*) AS n FROM read_parquet('{}') c WHERE function_id = {leaf} \
+         AND start_ns < (SELECT min(ts_ns) FROM read_parquet('{}/governor/**/*.parquet') \
+                         WHERE action = 'demote')",
+        calls_glob(out),
+        out.display()
+    ));
+    let total = int(&full_before[0], "n") + est;
+    assert!(seen > 0 && est > seen, "{agg:?}");
+    assert!(
+        total * 4 >= leafs && total <= leafs * 2,
+        "estimated {total} (warm-up + scaled windows) for {leafs} calls: {agg:?}"
+    );
+}
+
+#[test]
+fn attach_counts_in_the_kernel_first_and_predicts() {
+    require_root();
+    let bin = fixture(Lang::C, "2");
+    let mut target = ChildGuard::spawn(
+        std::process::Command::new(&bin)
+            .args(["govern", "6000", "1000", "200"])
+            .stdout(std::process::Stdio::null()),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().display().to_string();
+    let pid = target.pid().to_string();
+    let run = run_agent(&[
+        "attach",
+        "-q",
+        "--pid",
+        &pid,
+        "-f",
+        "leaf",
+        "-f",
+        "tleaf",
+        "--duration",
+        "2s",
+        "--out",
+        &out,
+    ]);
+    target.kill();
+    assert_success(&run);
+    assert!(
+        run.stderr.contains("warm-up") && run.stderr.contains("calls counted"),
+        "{}",
+        run.stderr
+    );
+    let leaf = function_id(dir.path(), "leaf");
+    // The warm-up's kernel counts are in aggregates, exact, without durations.
+    let warm = duckdb(&format!(
+        "SELECT calls_seen, calls_estimated, total_ns IS NULL AS no_total \
+         FROM read_parquet('{out}/aggregates/**/*.parquet') WHERE mode = 'warmup' AND function_id = {leaf}"
+    ));
+    assert_eq!(warm.len(), 1, "{warm:?}");
+    assert!(int(&warm[0], "calls_seen") > 0, "{warm:?}");
+    assert_eq!(warm[0]["calls_seen"], warm[0]["calls_estimated"]);
+    assert_eq!(warm[0]["no_total"], true);
+    // leaf (about 2M calls/s unprobed) starts sampled: never attached in full.
+    let rows = governor_rows(dir.path());
+    let demote = rows
+        .iter()
+        .find(|r| r["function_id"].as_i64() == Some(leaf) && r["action"] == "demote")
+        .unwrap_or_else(|| panic!("leaf demoted at the warm-up: {rows:?}"));
+    assert!(
+        demote["reason"].as_str().unwrap().contains("warm-up"),
+        "{demote:?}"
+    );
+    let predicted = rows
+        .iter()
+        .find(|r| r["action"] == "predict")
+        .and_then(|r| r["predicted_pct"].as_f64())
+        .unwrap_or_else(|| panic!("a prediction: {rows:?}"));
+    assert!(predicted > 5.0, "{predicted}: {rows:?}");
+}
+
+#[test]
+fn max_overhead_off_records_every_call() {
+    require_root();
+    let bin = fixture(Lang::C, "2");
+    let dir = tempfile::tempdir().unwrap();
+    let bin_s = bin.display().to_string();
+    let run = record_with(
+        dir.path(),
+        &["leaf"],
+        &["-q", "--max-overhead", "off"],
+        &[&bin_s, "govern", "600", "1000", "200"],
+    );
+    assert_success(&run);
+    let (leafs, _) = fixture_counts(&run.stdout);
+    assert_eq!(calls_of(dir.path(), function_id(dir.path(), "leaf")), leafs);
+    assert!(!dir.path().join("governor").exists());
+    assert!(!run.stderr.contains("governor"), "{}", run.stderr);
+}
+
+#[test]
+fn a_bad_budget_is_refused_by_name() {
+    for bad in ["0", "-1", "lots"] {
+        let run = run_agent(&["record", "--max-overhead", bad, "--", "true"]);
+        assert!(!run.status.success());
+        assert!(run.stderr.contains(&format!("'{bad}'")), "{}", run.stderr);
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    }
+}
