@@ -1177,6 +1177,100 @@ mod tests {
         assert!(overhead_pct(10.0, 1e6, 1e6, 1e6, 2e6) > 0.0);
     }
 
+    fn governor_of(ids: &[u32]) -> Governor {
+        Governor::new(GovernorSetup {
+            budget_pct: 5.0,
+            cost: Cost {
+                full_ns: 10_000.0,
+                entry_ns: 5_000.0,
+            },
+            pid: std::process::id(),
+            modules: vec![PathBuf::from("/bin/true")],
+            governed: ids
+                .iter()
+                .map(|&id| {
+                    (
+                        id,
+                        (
+                            0,
+                            ProbePoint {
+                                file_offset: 0x1000 + u64::from(id),
+                                cookie: u64::from(id),
+                            },
+                        ),
+                    )
+                })
+                .collect(),
+            names: ids.iter().map(|&id| (id, format!("f{id}"))).collect(),
+            first_tick: TICK,
+            now_ns: 0,
+        })
+    }
+
+    fn calls(id: u32, n: usize) -> Vec<CallRecord> {
+        (0..n)
+            .map(|i| CallRecord {
+                function_id: id,
+                call_id: i as u64 + 1,
+                duration_ns: 1000,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn backpressure_samples_the_hottest_recorded_function_then_samples_more() {
+        let mut g = governor_of(&[1, 2, 3]);
+        let mut c = Correlator::new(0, 0);
+        g.observe(&calls(1, 10));
+        g.observe(&calls(2, 500));
+        g.observe(&calls(3, 40));
+        // The ring is 70% full: the hottest function (2) is sampled at once.
+        g.on_backpressure(&mut c, 70.0, 1);
+        let (rows, _, messages) = g.take_rows();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].action, "backpressure");
+        assert_eq!(rows[0].function_id, Some(2));
+        assert_eq!(rows[0].sample_n, Some(2));
+        assert!(messages[0].contains("f2 is now sampled 1 in 2"), "{messages:?}");
+        assert_eq!(g.sampled_ids(), FxHashSet::from_iter([2]));
+        // Again: the next hottest.
+        g.on_backpressure(&mut c, 70.0, 2);
+        assert_eq!(g.sampled_ids(), FxHashSet::from_iter([2, 3]));
+        g.on_backpressure(&mut c, 70.0, 3);
+        assert_eq!(g.sampled_ids(), FxHashSet::from_iter([1, 2, 3]));
+        g.take_rows();
+        // Nothing left recorded in full: N doubles.
+        g.on_backpressure(&mut c, 90.0, 4);
+        let (rows, _, _) = g.take_rows();
+        assert_eq!(rows[0].function_id, None);
+        assert_eq!(rows[0].sample_n, Some(4));
+        assert_eq!(g.backpressure, 4);
+        assert_eq!(g.demotions, 3);
+    }
+
+    #[test]
+    fn sampled_calls_make_aggregates_with_a_log2_histogram() {
+        let mut g = governor_of(&[7]);
+        let mut c = Correlator::new(0, 0);
+        g.observe(&calls(7, 5));
+        g.on_backpressure(&mut c, 60.0, 1);
+        let mut sampled = calls(7, 3);
+        sampled[0].duration_ns = 0;
+        sampled[1].duration_ns = 1500; // [1024, 2048): bucket 10
+        sampled[2].duration_ns = -1; // cut: counted, no duration
+        g.observe(&sampled);
+        g.finish(5);
+        let (_, aggs, _) = g.take_rows();
+        assert_eq!(aggs.len(), 1);
+        let a = &aggs[0];
+        assert_eq!((a.function_id, a.mode, a.calls_seen), (7, "sampled", 3));
+        assert_eq!(a.total_ns, Some(1500));
+        let hist = a.log2_hist.as_ref().unwrap();
+        assert_eq!(hist.len(), 64);
+        assert_eq!((hist[0], hist[10], hist.iter().sum::<u64>()), (1, 1, 2));
+    }
+
     #[test]
     fn calibration_target_is_callable() {
         assert_eq!(calibration_target(0), 0);
