@@ -974,9 +974,10 @@ impl Governor {
                     self.budget_pct
                 );
                 self.messages.push(format!(
-                    "{} sampled 1 in {} ({pct:.1}% if every call were recorded)",
+                    "{} sampled 1 in {} ({pct:.1}% if every call were recorded); predicted {:.1}%",
                     self.name(id),
-                    self.n
+                    self.n,
+                    decision.predicted_pct
                 ));
                 self.demote(correlator, id, now_ns, "demote", reason);
             }
@@ -1232,7 +1233,10 @@ mod tests {
         assert_eq!(rows[0].action, "backpressure");
         assert_eq!(rows[0].function_id, Some(2));
         assert_eq!(rows[0].sample_n, Some(2));
-        assert!(messages[0].contains("f2 is now sampled 1 in 2"), "{messages:?}");
+        assert!(
+            messages[0].contains("f2 is now sampled 1 in 2"),
+            "{messages:?}"
+        );
         assert_eq!(g.sampled_ids(), FxHashSet::from_iter([2]));
         // Again: the next hottest.
         g.on_backpressure(&mut c, 70.0, 2);

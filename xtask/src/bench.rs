@@ -131,7 +131,8 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
             ]))?;
             scope_out = work.join(format!("overhead-{t}"));
             let mut cmd = command(&agent);
-            cmd.args(["record", "-q", "--out"])
+            // Every call recorded: the governor is off for this row.
+            cmd.args(["record", "-q", "--max-overhead", "off", "--out"])
                 .arg(&scope_out)
                 .args(["-f", "leaf", "--"])
                 .arg(&fixture)
@@ -190,6 +191,10 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
     let pipe_wall = field(&pipeline_out, "events_per_s")?;
     let pipe_cpu = field(&pipeline_out, "events_per_cpu_s")?;
 
+    let governor = step("governor at 5% on the govern workload", || {
+        governor_trials(&agent, &fixture, opts.trials, &work)
+    })?;
+
     let mut attach = Vec::new();
     for (bin, functions, with_bpftrace) in [(&many1k, 1001, true), (&many10k, 10_001, false)] {
         let figures = step(&format!("attach/detach {functions} functions"), || {
@@ -207,6 +212,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
         pipe_cpu,
         &attach,
         &lost_lines,
+        &governor,
     );
     println!("\n{report}");
     if opts.write {
@@ -228,6 +234,89 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// One interleaved pair of runs of the `govern` workload: unprobed, and
+/// under `scope-agent record` with the governor at its default 5%.
+struct GovTrial {
+    /// Mean leaf calls per second after the first second.
+    base_rate: f64,
+    gov_rate: f64,
+    /// Leaf calls over the whole fixed-length run.
+    base_total: f64,
+    gov_total: f64,
+    /// The governor's predicted slowdown after its decision (percent).
+    predicted: f64,
+}
+
+/// (mean rate after the first second, total calls) from `govern` output.
+fn govern_figures(stdout: &str) -> Result<(f64, f64)> {
+    let rates: Vec<f64> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("rate "))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let steady = &rates[rates.len().min(10)..];
+    if steady.is_empty() {
+        bail!("the govern workload printed too few rates:\n{stdout}");
+    }
+    let total = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("leaf "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .with_context(|| format!("no leaf count in the govern output:\n{stdout}"))?;
+    Ok((steady.iter().sum::<f64>() / steady.len() as f64, total))
+}
+
+fn governor_trials(
+    agent: &Path,
+    fixture: &Path,
+    trials: usize,
+    work: &Path,
+) -> Result<Vec<GovTrial>> {
+    let args = ["govern", "5000", "1000", "200"];
+    let mut out = Vec::new();
+    for t in 0..trials {
+        let base = output(command(fixture).args(args))?;
+        let (base_rate, base_total) = govern_figures(&String::from_utf8_lossy(&base.stdout))?;
+        let run = output(
+            command(agent)
+                .args(["record", "-q", "--out"])
+                .arg(work.join(format!("governor-{t}")))
+                .args(["-f", "leaf", "-f", "tleaf", "--"])
+                .arg(fixture)
+                .args(args),
+        )?;
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        let (gov_rate, gov_total) = govern_figures(&String::from_utf8_lossy(&run.stdout))?;
+        let predicted = stderr
+            .lines()
+            .filter_map(|l| l.split("predicted ").nth(1))
+            .filter_map(|v| {
+                v.trim_end_matches(|c: char| !c.is_ascii_digit())
+                    .parse::<f64>()
+                    .ok()
+            })
+            .next_back()
+            .with_context(|| format!("no prediction in the agent's output:\n{stderr}"))?;
+        println!(
+            "    trial {}/{trials}: unprobed {:.0} calls/s, governed {:.0} calls/s ({:+.1}%), whole run {:+.1}%, predicted {predicted:.1}%",
+            t + 1,
+            base_rate,
+            gov_rate,
+            100.0 * (base_rate / gov_rate - 1.0),
+            100.0 * (base_total / gov_total - 1.0)
+        );
+        out.push(GovTrial {
+            base_rate,
+            gov_rate,
+            base_total,
+            gov_total,
+            predicted,
+        });
+    }
+    Ok(out)
 }
 
 /// bpftrace and uftrace, from Debian packages, when missing.
@@ -413,7 +502,18 @@ fn attach_figures(
     let start = Instant::now();
     let mut scope = Watched::spawn(
         command(agent)
-            .args(["attach", "-q", "--pid", &pid, "-f", "f*", "--out"])
+            // Attach speed alone: no calibration and warm-up before it.
+            .args([
+                "attach",
+                "-q",
+                "--max-overhead",
+                "off",
+                "--pid",
+                &pid,
+                "-f",
+                "f*",
+                "--out",
+            ])
             .arg(work.join(format!("attach-{functions}"))),
     )?;
     let line = scope.wait_for("attached", Duration::from_secs(60))?;
@@ -523,6 +623,7 @@ fn render(
     pipe_cpu: f64,
     attach: &[AttachFigures],
     lost_lines: &[String],
+    governor: &[GovTrial],
 ) -> String {
     let col = |f: fn(&Trial) -> f64| median(trials.iter().map(f).collect());
     let (bare, count, scope, printf, uftrace) = (
@@ -619,7 +720,18 @@ fn render(
         raw / per_call,
         verdict(per_call <= 8.0)
     );
-    s.push_str("| slowdown of a real workload with the governor at 5% | not implemented (issue 5 governor) | – | – | ≤ 5% | **not measured** |\n");
+    {
+        let g = |f: fn(&GovTrial) -> f64| median(governor.iter().map(f).collect());
+        let steady = g(|t| 100.0 * (t.base_rate / t.gov_rate - 1.0));
+        let whole = g(|t| 100.0 * (t.base_total / t.gov_total - 1.0));
+        let predicted = g(|t| t.predicted);
+        let ratio = predicted / steady.max(0.01);
+        let _ = writeln!(
+            s,
+            "| slowdown of a workload with the governor at 5% (fixture `govern 5000 1000 200`: `leaf` about 2 M calls/s unprobed, 16x over budget if every call were recorded; `tleaf` every 1000th call; `record`) | steady state (after the first second) {steady:.1}%, whole run {whole:.1}% (the 250 ms warm-up records every call) | the same workload unprobed | predicted {predicted:.1}% = {ratio:.2}x the steady state | ≤ 5%, prediction within 2x | {} |",
+            verdict(steady <= 5.0 && (0.5..=2.0).contains(&ratio))
+        );
+    }
     let _ = writeln!(
         s,
         "| uftrace on the same fixture built with `-pg` (in-process reference) | {scope:.0} ns/call | `uftrace record`: {uftrace:.0} ns/call | scope/uftrace {ratio_uftrace:.2}x | report | – |"
