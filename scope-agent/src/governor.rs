@@ -889,30 +889,8 @@ impl Governor {
                 governed: governed.is_some(),
             });
         }
-        // Aggregates of the sampled functions over this tick.
+        self.push_aggregates(now_ns, on, wall_ns);
         let sampled = self.sampled_ids();
-        let mut sampled_sorted: Vec<u32> = sampled.iter().copied().collect();
-        sampled_sorted.sort_unstable();
-        for id in sampled_sorted {
-            let a = self.aggs.remove(&id).unwrap_or_default();
-            let est = scaled_calls(a.seen, on_ns, wall_ns);
-            self.agg_rows.push(AggregateRecord {
-                function_id: id,
-                start_ns: self.tick_started_ns,
-                end_ns: now_ns,
-                mode: "sampled",
-                sample_n: self.n,
-                observed_ns: on.as_nanos() as u64,
-                calls_seen: a.seen,
-                calls_estimated: est,
-                total_ns: Some(a.total_ns),
-                log2_hist: Some(if a.hist.is_empty() {
-                    vec![0; 64]
-                } else {
-                    a.hist
-                }),
-            });
-        }
 
         let current: f64 = loads
             .iter()
@@ -1048,22 +1026,10 @@ impl Governor {
         out
     }
 
-    /// Final rows (the last partial tick's aggregates).
-    pub fn finish(&mut self, now_ns: i64) {
-        let now = Instant::now();
-        let wall = now.duration_since(self.tick_started);
-        let mut on = self.window_on;
-        if let Window::On { since, .. } = &self.window {
-            on += now.duration_since((*since).max(self.tick_started));
-        }
-        let wall_ns = wall.as_nanos().max(1) as f64;
-        let on_ns = on.as_nanos() as f64;
-        let ids: Vec<u32> = self
-            .sampled_ids()
-            .into_iter()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+    /// One `aggregates` row per sampled function for the interval from the
+    /// tick's start to `now_ns` (`on` of it observed, `wall_ns` long).
+    fn push_aggregates(&mut self, now_ns: i64, on: Duration, wall_ns: f64) {
+        let ids: BTreeSet<u32> = self.sampled_ids().into_iter().collect();
         for id in ids {
             let a = self.aggs.remove(&id).unwrap_or_default();
             self.agg_rows.push(AggregateRecord {
@@ -1074,7 +1040,7 @@ impl Governor {
                 sample_n: self.n,
                 observed_ns: on.as_nanos() as u64,
                 calls_seen: a.seen,
-                calls_estimated: scaled_calls(a.seen, on_ns, wall_ns),
+                calls_estimated: scaled_calls(a.seen, on.as_nanos() as f64, wall_ns),
                 total_ns: Some(a.total_ns),
                 log2_hist: Some(if a.hist.is_empty() {
                     vec![0; 64]
@@ -1083,6 +1049,17 @@ impl Governor {
                 }),
             });
         }
+    }
+
+    /// Final rows (the last partial tick's aggregates).
+    pub fn finish(&mut self, now_ns: i64) {
+        let now = Instant::now();
+        let wall = now.duration_since(self.tick_started);
+        let mut on = self.window_on;
+        if let Window::On { since, .. } = &self.window {
+            on += now.duration_since((*since).max(self.tick_started));
+        }
+        self.push_aggregates(now_ns, on, wall.as_nanos().max(1) as f64);
     }
 }
 
