@@ -67,9 +67,12 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// Ring fill at which the governor samples more (the kernel drops at 100%).
 pub const BACKPRESSURE_FILL_PCT: f64 = 50.0;
 /// Functions kept fully recorded may use this share of the budget; the
-/// sampled ones get up to [`SAMPLED_SHARE`] in all.
+/// sampled ones get up to [`SAMPLED_SHARE`] in all. The model leaves out
+/// what opening and closing windows costs the target (its code pages are
+/// rewritten each time): measured, windows cost about 1.3x the model, so
+/// the sampled share is 60%.
 const FULL_SHARE: f64 = 0.5;
-const SAMPLED_SHARE: f64 = 0.8;
+const SAMPLED_SHARE: f64 = 0.6;
 /// A sampled function is promoted only if the prediction stays below this
 /// share of the budget.
 const PROMOTE_SHARE: f64 = 0.8;
@@ -1090,13 +1093,13 @@ mod tests {
     #[test]
     fn the_hottest_functions_are_sampled_within_the_budget() {
         // A leaf at 2000% and a cold function at 0.5%: the cold one stays,
-        // the leaf is sampled so its windows cost at most 4 - 0.5 = 3.5%:
-        // N = ceil(1 + (20 / 0.035 - 1) / 21) = 29.
+        // the leaf is sampled so its windows cost at most 3 - 0.5 = 2.5%:
+        // N = ceil(1 + (20 / 0.025 - 1) / 21) = 40.
         let d = decide(&[load(1, 2000.0, true), load(2, 0.5, true)], 5.0);
         assert_eq!(d.sampled, BTreeSet::from([1]));
-        assert_eq!(d.n, 29);
-        assert!(d.predicted_pct <= 4.0, "{d:?}");
-        assert!(d.predicted_pct > 3.0, "{d:?}");
+        assert_eq!(d.n, 40);
+        assert!(d.predicted_pct <= 3.0, "{d:?}");
+        assert!(d.predicted_pct > 2.0, "{d:?}");
         assert!((d.full_pct - 2000.5).abs() < 1e-9);
     }
 
@@ -1118,7 +1121,7 @@ mod tests {
         // However hot, a window costs at most its own length: N stays near
         // 1 / budget.
         let d = decide(&[load(1, 1e9, true)], 5.0);
-        assert_eq!(d.n, 26);
+        assert_eq!(d.n, 35);
         assert_eq!(sampling_n(1.0, 0.0), MAX_N);
     }
 
