@@ -570,6 +570,11 @@ impl Governor {
         )
     }
 
+    /// Functions sampled now.
+    pub fn sampled_count(&self) -> usize {
+        self.governed.values().filter(|g| g.sampled).count()
+    }
+
     /// For the status line: (functions sampled, N, predicted percent).
     pub fn status(&self) -> Option<(usize, u32, f64)> {
         let sampled = self.governed.values().filter(|g| g.sampled).count();

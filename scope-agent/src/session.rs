@@ -613,7 +613,7 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         );
     }
     if let Some(g) = &governor {
-        let sampled = g.status().map_or(0, |s| s.0);
+        let sampled = g.sampled_count();
         eprintln!(
             "scope: governor (budget {}%): {} demoted, {} promoted, {} backpressure step{}; {} function{} sampled at the end{}",
             g.budget_pct(),

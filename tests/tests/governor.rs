@@ -219,6 +219,39 @@ fn attach_counts_in_the_kernel_first_and_predicts() {
 }
 
 #[test]
+fn a_filling_ring_makes_the_governor_sample_before_its_first_estimate() {
+    require_root();
+    let bin = fixture(Lang::C, "2");
+    let dir = tempfile::tempdir().unwrap();
+    let bin_s = bin.display().to_string();
+    // The smallest ring (128 events) and a warm-up longer than the run: only
+    // backpressure can make the governor act.
+    let run = record_with(
+        dir.path(),
+        &["leaf", "tleaf"],
+        &["-q", "--ring-size", "4K", "--warmup", "30s"],
+        &[&bin_s, "govern", "1500", "1000", "200"],
+    );
+    assert_success(&run);
+    assert!(
+        run.stderr.contains("full: sampling more before the kernel drops events"),
+        "{}",
+        run.stderr
+    );
+    let leaf = function_id(dir.path(), "leaf");
+    let rows = governor_rows(dir.path());
+    assert!(
+        rows.iter()
+            .any(|r| r["action"] == "backpressure" && r["function_id"].as_i64() == Some(leaf)),
+        "the hottest function is sampled first: {rows:?}"
+    );
+    assert!(
+        !rows.iter().any(|r| r["action"] == "predict"),
+        "no estimate was due yet: {rows:?}"
+    );
+}
+
+#[test]
 fn max_overhead_off_records_every_call() {
     require_root();
     let bin = fixture(Lang::C, "2");
