@@ -62,6 +62,8 @@ pub const MAX_GOVERNED: usize = 256;
 pub const MAX_N: u32 = 100_000;
 /// How long a sampling window stays open.
 pub const WINDOW: Duration = Duration::from_millis(50);
+/// The shortest warm-up of `record` (see `Governor::far_over_budget`).
+const EARLY_MIN: Duration = Duration::from_millis(30);
 /// How often the governor re-estimates.
 pub const TICK: Duration = Duration::from_secs(1);
 /// Ring fill at which the governor samples more (the kernel drops at 100%).
@@ -375,6 +377,8 @@ pub struct Governor {
     last_backpressure: Option<Instant>,
     /// Whether the first estimate (the prediction) was made.
     predicted_once: bool,
+    /// The correlator's entries when the governor started.
+    warmup_entries0: u64,
     rows: Vec<GovernorRecord>,
     agg_rows: Vec<AggregateRecord>,
     messages: Vec<String>,
@@ -437,6 +441,7 @@ impl Governor {
             aggs: BTreeMap::new(),
             last_backpressure: None,
             predicted_once: false,
+            warmup_entries0: 0,
             rows: Vec::new(),
             agg_rows: Vec::new(),
             messages: Vec::new(),
@@ -570,6 +575,12 @@ impl Governor {
         )
     }
 
+    /// Whether the first estimate is still to come (the session then hands
+    /// over calls after every drain, not every 100 ms).
+    pub fn wants_calls(&self) -> bool {
+        !self.predicted_once
+    }
+
     /// Functions sampled now.
     pub fn sampled_count(&self) -> usize {
         self.governed.values().filter(|g| g.sampled).count()
@@ -606,6 +617,11 @@ impl Governor {
         // Ticks wait (up to half a second) for a moment with no window open
         // or closing, when promotions can attach without two links at once.
         let due = now.duration_since(self.tick_started);
+        if !self.predicted_once && due < self.tick_len && self.far_over_budget(correlator, due) {
+            // The warm-up of `record` records every call: when that alone
+            // is far over budget, decide now rather than at its end.
+            self.tick_len = due;
+        }
         if due >= self.tick_len
             && (self.quiet() || due >= self.tick_len + Duration::from_millis(500))
         {
@@ -651,6 +667,32 @@ impl Governor {
             ids,
             closed: false,
         });
+    }
+
+    /// During `record`'s warm-up (after [`EARLY_MIN`]): whether the calls
+    /// recorded so far already cost more than ten times the budget.
+    fn far_over_budget(&mut self, correlator: &Correlator, due: Duration) -> bool {
+        if due < EARLY_MIN {
+            return false;
+        }
+        let calls = correlator
+            .counts()
+            .entries
+            .saturating_sub(self.warmup_entries0);
+        let probe_ns = calls as f64 * self.cost.full_ns;
+        if probe_ns < 1e6 {
+            return false;
+        }
+        let cpu = target_cpu_ns(self.pid).unwrap_or(self.tick_cpu_ns);
+        let cpu_ns = cpu.saturating_sub(self.tick_cpu_ns) as f64;
+        let pct = overhead_pct(
+            calls as f64,
+            self.cost.full_ns,
+            cpu_ns,
+            due.as_nanos() as f64,
+            probe_ns,
+        );
+        pct > 10.0 * self.budget_pct
     }
 
     /// No sampling window open or closing.

@@ -383,6 +383,25 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         if reader.lost_since_check() {
             correlator.note_loss(since);
         }
+        // While the governor's first estimate is due, every drain is flushed
+        // so that it sees the calls.
+        let eager = governor.as_ref().is_some_and(Governor::wants_calls);
+        if correlator.pending() >= BATCH
+            || (correlator.pending() > 0
+                && (eager || last_flush.elapsed() >= Duration::from_millis(100)))
+        {
+            last_flush = Instant::now();
+            let calls = correlator.take_calls();
+            if let Some(g) = governor.as_mut() {
+                g.observe(&calls);
+            }
+            if !writer.send(SinkMsg::Calls(calls)) {
+                writer_failed = true;
+                stop_reason = "the writer stopped".to_string();
+                break;
+            }
+        }
+        // After the flush, so the governor has seen every call read so far.
         if let Some(g) = governor.as_mut() {
             g.step(
                 &mut probes,
@@ -400,20 +419,6 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
             if (!rows.is_empty() && !writer.send(SinkMsg::Governor(rows)))
                 || (!aggs.is_empty() && !writer.send(SinkMsg::Aggregates(aggs)))
             {
-                writer_failed = true;
-                stop_reason = "the writer stopped".to_string();
-                break;
-            }
-        }
-        if correlator.pending() >= BATCH
-            || (correlator.pending() > 0 && last_flush.elapsed() >= Duration::from_millis(100))
-        {
-            last_flush = Instant::now();
-            let calls = correlator.take_calls();
-            if let Some(g) = governor.as_mut() {
-                g.observe(&calls);
-            }
-            if !writer.send(SinkMsg::Calls(calls)) {
                 writer_failed = true;
                 stop_reason = "the writer stopped".to_string();
                 break;

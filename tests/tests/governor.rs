@@ -234,7 +234,8 @@ fn a_filling_ring_makes_the_governor_sample_before_its_first_estimate() {
     );
     assert_success(&run);
     assert!(
-        run.stderr.contains("full: sampling more before the kernel drops events"),
+        run.stderr
+            .contains("full: sampling more before the kernel drops events"),
         "{}",
         run.stderr
     );
