@@ -43,6 +43,18 @@ pub enum Command {
     Attach(AttachArgs),
     /// List the functions a pattern resolves to (name, module, address, size, file:line)
     Functions(FunctionsArgs),
+    /// Measure what a probe costs on this machine: a function of the agent
+    /// timed bare, with entry + return probes (recording), an entry probe
+    /// only (the governor's warm-up) and a uprobe.session probe
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// Measurements to take (each 3 × 1000 calls per probe shape); the
+    /// median is reported.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub rounds: usize,
 }
 
 #[derive(Debug, Args)]

@@ -117,10 +117,24 @@ fn best_per_call() -> f64 {
         / f64::from(CALIBRATION_CALLS)
 }
 
-/// Measures [`Cost`] with the loaded programs on [`calibration_target`]
-/// (links bound to the agent's pid; the programs' tgid test drops the
-/// events, so only the trap and the test are timed, which is the cost).
-pub fn calibrate(probes: &mut LoadedProbes) -> Result<Cost, String> {
+/// Per-call costs of the probe shapes, measured on this machine now
+/// (`scope-agent calibrate`), in ns per call of a tiny function.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbeCosts {
+    /// The function's own call, unprobed.
+    pub bare_ns: f64,
+    /// Entry + return links (uprobe + uretprobe), as when recording.
+    pub entry_return_ns: f64,
+    /// An entry link only, as in the warm-up.
+    pub entry_ns: f64,
+    /// One `uprobe.session` link (one program at entry and return); `None`
+    /// when the kernel has none.
+    pub session_ns: Option<f64>,
+}
+
+/// Measures [`ProbeCosts`] (see [`calibrate`]); the session link too when
+/// `session` is set.
+pub fn measure_costs(probes: &mut LoadedProbes, session: bool) -> Result<ProbeCosts, String> {
     let (path, offset) =
         crate::probe::attach::own_file_offset(calibration_target as *const () as usize)
             .ok_or("cannot find the calibration function in the agent's own mappings")?;
@@ -129,26 +143,46 @@ pub fn calibrate(probes: &mut LoadedProbes) -> Result<Cost, String> {
         cookie: 0,
     }];
     let me = std::process::id();
-    let base = best_per_call();
-    let full = {
-        let links = probes
-            .attach_module(&path, &point, me, true)
-            .map_err(|e| e.to_string())?;
-        let t = best_per_call();
-        close_links(links);
-        t
+    let bare = best_per_call();
+    let links = probes
+        .attach_module(&path, &point, me, true)
+        .map_err(|e| e.to_string())?;
+    let full = best_per_call();
+    close_links(links);
+    let link = probes
+        .attach_counts(&path, &point, me)
+        .map_err(|e| e.to_string())?;
+    let entry = best_per_call();
+    drop(link);
+    let session_ns = if session {
+        match probes.attach_session_counts(&path, &point, me) {
+            Some(Ok(link)) => {
+                let t = best_per_call();
+                drop(link);
+                Some(t - bare)
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None => None,
+        }
+    } else {
+        None
     };
-    let entry = {
-        let link = probes
-            .attach_counts(&path, &point, me)
-            .map_err(|e| e.to_string())?;
-        let t = best_per_call();
-        drop(link);
-        t
-    };
+    Ok(ProbeCosts {
+        bare_ns: bare,
+        entry_return_ns: full - bare,
+        entry_ns: entry - bare,
+        session_ns,
+    })
+}
+
+/// Measures [`Cost`] with the loaded programs on [`calibration_target`]
+/// (links bound to the agent's pid; the programs' tgid test drops the
+/// events, so only the trap and the test are timed, which is the cost).
+pub fn calibrate(probes: &mut LoadedProbes) -> Result<Cost, String> {
+    let m = measure_costs(probes, false)?;
     Ok(Cost {
-        full_ns: (full - base).max(50.0),
-        entry_ns: (entry - base).max(25.0),
+        full_ns: m.entry_return_ns.max(50.0),
+        entry_ns: m.entry_ns.max(25.0),
     })
 }
 

@@ -40,6 +40,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             session::run(cfg)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Calibrate(args) => {
+            calibrate(args.rounds.max(1))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Functions(args) => {
             let (source, pattern) = match (args.pid, args.args.as_slice()) {
                 (Some(pid), []) => (Source::Pid(pid), None),
@@ -66,4 +70,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `scope-agent calibrate`: the probe shapes' per-call costs, each round
+/// and the medians.
+fn calibrate(rounds: usize) -> anyhow::Result<()> {
+    use scope_agent::probe::attach::{AttachModeChoice, LoadOptions, LoadedProbes};
+    session::require_root()?;
+    let mut probes = LoadedProbes::load(
+        LoadOptions {
+            // No process has this tgid: every event is dropped by the
+            // programs' first test, so only the probe itself is timed.
+            target_tgid: u32::MAX,
+            ring_bytes: 64 * 1024,
+            wake_bytes: 16 * 1024,
+            str_cap: 0,
+            count_slots: 1,
+        },
+        AttachModeChoice::Auto,
+    )?;
+    let mut all = Vec::with_capacity(rounds);
+    for i in 0..rounds {
+        let m =
+            scope_agent::governor::measure_costs(&mut probes, true).map_err(anyhow::Error::msg)?;
+        println!(
+            "round {}: bare {:.1} ns, entry+return {:.0} ns, entry {:.0} ns, session {}",
+            i + 1,
+            m.bare_ns,
+            m.entry_return_ns,
+            m.entry_ns,
+            m.session_ns
+                .map_or_else(|| "unsupported".to_string(), |v| format!("{v:.0} ns"))
+        );
+        all.push(m);
+    }
+    let median = |f: &dyn Fn(&scope_agent::governor::ProbeCosts) -> Option<f64>| {
+        let mut v: Vec<f64> = all.iter().filter_map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let er = median(&|m| Some(m.entry_return_ns)).unwrap_or(0.0);
+    let e = median(&|m| Some(m.entry_ns)).unwrap_or(0.0);
+    println!("entry_return_ns {er:.0}");
+    println!("entry_ns {e:.0}");
+    match median(&|m| m.session_ns) {
+        Some(s) => {
+            println!("session_ns {s:.0}");
+            println!(
+                "uprobe.session costs {:.2}x uprobe + uretprobe per call here",
+                s / er.max(1.0)
+            );
+        }
+        None => println!("session_ns unsupported"),
+    }
+    Ok(())
 }

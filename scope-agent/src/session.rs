@@ -1272,7 +1272,7 @@ fn process_state(pid: u32) -> Option<String> {
     rest.split_whitespace().next().map(str::to_string)
 }
 
-fn require_root() -> Result<()> {
+pub fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("scope-agent needs root to load eBPF programs and attach uprobes: run it with sudo");

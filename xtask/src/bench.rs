@@ -195,6 +195,19 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
         governor_trials(&agent, &fixture, opts.trials, &work)
     })?;
 
+    let session = step(
+        "uprobe.session vs uprobe + uretprobe (scope-agent calibrate)",
+        || {
+            let out = output(command(&agent).args(["calibrate", "--rounds", "7"]))?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            print!("{}", indent(&text));
+            let er = field(&text, "entry_return_ns")?;
+            let e = field(&text, "entry_ns")?;
+            let session = field(&text, "session_ns").ok();
+            Ok((er, e, session))
+        },
+    )?;
+
     let mut attach = Vec::new();
     for (bin, functions, with_bpftrace) in [(&many1k, 1001, true), (&many10k, 10_001, false)] {
         let figures = step(&format!("attach/detach {functions} functions"), || {
@@ -213,6 +226,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
         &attach,
         &lost_lines,
         &governor,
+        session,
     );
     println!("\n{report}");
     if opts.write {
@@ -624,6 +638,7 @@ fn render(
     attach: &[AttachFigures],
     lost_lines: &[String],
     governor: &[GovTrial],
+    session: (f64, f64, Option<f64>),
 ) -> String {
     let col = |f: fn(&Trial) -> f64| median(trials.iter().map(f).collect());
     let (bare, count, scope, printf, uftrace) = (
@@ -730,6 +745,18 @@ fn render(
             s,
             "| slowdown of a workload with the governor at 5% (fixture `govern 5000 1000 200`: `leaf` about 2 M calls/s unprobed, 16x over budget if every call were recorded; `tleaf` every 1000th call; `record`) | steady state (after the first second) {steady:.1}%, whole run {whole:.1}% (the 250 ms warm-up records every call) | the same workload unprobed | predicted {predicted:.1}% = {ratio:.2}x the steady state | ≤ 5%, prediction within 2x | {} |",
             verdict(steady <= 5.0 && (0.5..=2.0).contains(&ratio))
+        );
+    }
+    {
+        let (er, e, ses) = session;
+        let _ = writeln!(
+            s,
+            "| `uprobe.session` (one program at entry and return, one link) vs uprobe + uretprobe links, per call of one function (`scope-agent calibrate`, median of 7) | {} | uprobe + uretprobe: {er:.0} ns/call (entry alone: {e:.0} ns) | {} | consider if it measures better | – |",
+            ses.map_or_else(
+                || "unsupported by this kernel".to_string(),
+                |v| format!("{v:.0} ns/call")
+            ),
+            ses.map_or_else(|| "–".to_string(), |v| format!("{:.2}x", v / er.max(1.0)))
         );
     }
     let _ = writeln!(

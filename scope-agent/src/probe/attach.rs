@@ -41,6 +41,9 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_KPROBE: u32 = 2;
 const BPF_TRACE_UPROBE_MULTI: u32 = 48;
+/// One program run at entry and (when it returns 0) at return, one link
+/// (kernel 6.13+). Used only to measure its cost (`scope-agent calibrate`).
+const BPF_TRACE_UPROBE_SESSION: u32 = 57;
 const BPF_F_UPROBE_MULTI_RETURN: u32 = 1;
 
 /// The most functions scope probes in one module. The kernel allows up to
@@ -144,6 +147,9 @@ pub struct LoadedProbes {
     count_prog: Option<OwnedFd>,
     /// The warm-up's per-CPU call counters, by function id.
     counts: PerCpuArray<MapData, u64>,
+    /// Multi mode, kernels with `uprobe.session`: the counting program
+    /// loaded as a session program (for `scope-agent calibrate`).
+    session_prog: Option<OwnedFd>,
     /// `None` once taken by [`LoadedProbes::take_maps`].
     maps: Option<(RingBuf<MapData>, PerCpuArray<MapData, u64>)>,
 }
@@ -261,6 +267,12 @@ impl LoadedProbes {
                 (AttachMode::Single, None, None, None, None)
             }
         };
+        let session_prog = match mode {
+            AttachMode::Multi => {
+                load_program_as(&obj, names::COUNT_PROGRAM, BPF_TRACE_UPROBE_SESSION).ok()
+            }
+            AttachMode::Single => None,
+        };
         let counts = ebpf
             .take_map(names::COUNTS_MAP)
             .ok_or(AttachError::MissingMap(names::COUNTS_MAP))?;
@@ -282,6 +294,7 @@ impl LoadedProbes {
             ret_site_prog,
             count_prog,
             counts,
+            session_prog,
             ebpf,
             maps: Some((events, lost)),
         })
@@ -339,6 +352,19 @@ impl LoadedProbes {
     ) -> Result<ProbeLink, AttachError> {
         check_function_count(path, points.len())?;
         self.link(path, points, pid, Direction::Count)
+    }
+
+    /// Attaches the counting program as a `uprobe.session` program: it
+    /// runs at entry and at return from one link. `None` when the kernel
+    /// has no session uprobes. For measuring, not for recording.
+    pub fn attach_session_counts(
+        &mut self,
+        path: &Path,
+        points: &[ProbePoint],
+        pid: u32,
+    ) -> Option<Result<ProbeLink, AttachError>> {
+        self.session_prog.as_ref()?;
+        Some(self.multi_link(path, points, pid, Direction::Session))
     }
 
     /// The warm-up counters: calls per function id (index), summed over CPUs.
@@ -437,11 +463,18 @@ impl LoadedProbes {
             Direction::Return => &self.return_prog,
             Direction::RetSite => &self.ret_site_prog,
             Direction::Count => &self.count_prog,
+            Direction::Session => &self.session_prog,
         };
         let prog = prog
             .as_ref()
             .ok_or_else(|| err(std::io::Error::from_raw_os_error(libc::EBADF)))?;
-        let fd = create_multi_link(prog, &c_path, &offsets, &cookies, pid, ret).map_err(err)?;
+        let attach_type = if which == Direction::Session {
+            BPF_TRACE_UPROBE_SESSION
+        } else {
+            BPF_TRACE_UPROBE_MULTI
+        };
+        let fd = create_multi_link(prog, &c_path, &offsets, &cookies, pid, ret, attach_type)
+            .map_err(err)?;
         Ok(ProbeLink {
             _inner: LinkInner::Multi(fd),
             count: points.len(),
@@ -480,6 +513,8 @@ enum Direction {
     RetSite,
     /// The governor's warm-up: entries counted in the kernel.
     Count,
+    /// The counting program as a session program (entry and return).
+    Session,
 }
 
 impl Direction {
@@ -489,6 +524,7 @@ impl Direction {
             Direction::Return => "return",
             Direction::RetSite => "RET-site",
             Direction::Count => "counting",
+            Direction::Session => "session",
         }
     }
 
@@ -497,7 +533,7 @@ impl Direction {
             Direction::Entry => names::ENTRY_PROGRAM,
             Direction::Return => names::RETURN_PROGRAM,
             Direction::RetSite => names::RET_SITE_PROGRAM,
-            Direction::Count => names::COUNT_PROGRAM,
+            Direction::Count | Direction::Session => names::COUNT_PROGRAM,
         }
     }
 }
@@ -510,10 +546,11 @@ fn create_multi_link(
     cookies: &[u64],
     pid: u32,
     ret: bool,
+    attach_type: u32,
 ) -> Result<OwnedFd, std::io::Error> {
     let mut attr = Attr::default();
     attr.put_u32(0, prog.as_raw_fd() as u32);
-    attr.put_u32(8, BPF_TRACE_UPROBE_MULTI);
+    attr.put_u32(8, attach_type);
     attr.put_u64(16, path.as_ptr() as u64);
     attr.put_u64(24, offsets.as_ptr() as u64);
     attr.put_u64(32, 0);
@@ -570,6 +607,7 @@ fn multi_link_works(entry_prog: &OwnedFd) -> bool {
         &[0],
         std::process::id(),
         false,
+        BPF_TRACE_UPROBE_MULTI,
     ) {
         Ok(_fd) => true,
         Err(e) => !lacks_feature(&e),
@@ -606,6 +644,14 @@ fn aya_uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UPro
 }
 
 fn load_program(obj: &aya_obj::Object, name: &'static str) -> Result<OwnedFd, AttachError> {
+    load_program_as(obj, name, BPF_TRACE_UPROBE_MULTI)
+}
+
+fn load_program_as(
+    obj: &aya_obj::Object,
+    name: &'static str,
+    attach_type: u32,
+) -> Result<OwnedFd, AttachError> {
     let program = obj
         .programs
         .get(name)
@@ -634,7 +680,7 @@ fn load_program(obj: &aya_obj::Object, name: &'static str) -> Result<OwnedFd, At
             attr.put_u64(32, log.as_mut_ptr() as u64);
         }
         attr.bytes[48..64].copy_from_slice(&prog_name);
-        attr.put_u32(68, BPF_TRACE_UPROBE_MULTI);
+        attr.put_u32(68, attach_type);
         attr.bpf(BPF_PROG_LOAD)
     };
     match attempt(None) {
