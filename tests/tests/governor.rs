@@ -281,6 +281,28 @@ fn max_overhead_off_records_every_call() {
 }
 
 #[test]
+fn calibrate_measures_each_probe_shape() {
+    require_root();
+    let run = run_agent(&["calibrate", "--rounds", "2"]);
+    assert_success(&run);
+    let value = |name: &str| -> f64 {
+        run.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{}", run.stdout))
+    };
+    // A probe costs at least a trap: far more than the bare call.
+    assert!(value("entry_return_ns ") > 100.0, "{}", run.stdout);
+    assert!(value("entry_ns ") > 50.0, "{}", run.stdout);
+    assert_eq!(
+        run.stdout.lines().filter(|l| l.starts_with("round ")).count(),
+        2,
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
 fn a_bad_budget_is_refused_by_name() {
     for bad in ["0", "-1", "lots"] {
         let run = run_agent(&["record", "--max-overhead", bad, "--", "true"]);
