@@ -359,6 +359,8 @@ struct Governed {
     sampled: bool,
     /// Last estimate of its overhead if fully recorded (percent).
     overhead_pct: f64,
+    /// Last estimate of its calls per second (0: unknown).
+    rate: f64,
 }
 
 /// Links being closed on a thread; once closed and the ring drained, the
@@ -457,6 +459,7 @@ impl Governor {
                             links: Vec::new(),
                             sampled: false,
                             overhead_pct: 0.0,
+                            rate: 0.0,
                         },
                     )
                 })
@@ -534,7 +537,7 @@ impl Governor {
                 reason: format!(
                     "{reason}: recording every call would cost {overhead:.1}% by itself"
                 ),
-                calls_per_s: None,
+                calls_per_s: self.rate(id),
                 predicted_pct: Some(decision.predicted_pct),
                 sample_n: Some(decision.n),
                 budget_pct: self.budget_pct,
@@ -548,11 +551,18 @@ impl Governor {
         correlator.end_window(&self.sampled_ids(), 0);
     }
 
-    /// Sets a governed function's estimated overhead (from the warm-up).
-    pub fn set_overhead(&mut self, id: u32, pct: f64) {
+    /// Sets a governed function's estimated overhead and calls per second
+    /// (from the warm-up).
+    pub fn set_overhead(&mut self, id: u32, pct: f64, rate: f64) {
         if let Some(g) = self.governed.get_mut(&id) {
             g.overhead_pct = pct;
+            g.rate = rate;
         }
+    }
+
+    /// The last estimate of a function's calls per second, if any.
+    fn rate(&self, id: u32) -> Option<f64> {
+        self.governed.get(&id).map(|g| g.rate).filter(|r| *r > 0.0)
     }
 
     /// A session-wide row (calibration, prediction).
@@ -861,7 +871,7 @@ impl Governor {
             function_id: Some(id),
             action,
             reason,
-            calls_per_s: None,
+            calls_per_s: self.rate(id),
             predicted_pct: self.predicted_pct,
             sample_n: Some(self.n),
             budget_pct: self.budget_pct,
@@ -896,7 +906,7 @@ impl Governor {
                     function_id: Some(id),
                     action: "promote",
                     reason,
-                    calls_per_s: None,
+                    calls_per_s: self.rate(id),
                     predicted_pct: self.predicted_pct,
                     sample_n: Some(1),
                     budget_pct: self.budget_pct,
@@ -964,8 +974,16 @@ impl Governor {
                     overhead_pct(seen, self.cost.full_ns, cpu_ns, wall_ns, probe_ns)
                 }
             };
+            let est = match governed {
+                Some((true, _)) if on_ns > 0.0 => seen * wall_ns / on_ns,
+                Some((true, _)) => -1.0,
+                _ => seen,
+            };
             if let Some(g) = self.governed.get_mut(&id) {
                 g.overhead_pct = pct;
+                if est >= 0.0 {
+                    g.rate = est * 1e9 / wall_ns;
+                }
             }
             loads.push(FnLoad {
                 id,

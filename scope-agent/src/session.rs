@@ -983,7 +983,8 @@ fn prepare_governor(
                 now_ns: end_ns,
             });
             for l in &loads {
-                g.set_overhead(l.id, l.overhead_pct);
+                let rate = count_of(l.id) as f64 / wall.as_secs_f64().max(1e-3);
+                g.set_overhead(l.id, l.overhead_pct, rate);
             }
             g.note(start_ns, "calibrate", cost_line.clone(), None);
             let rate = total as f64 / wall.as_secs_f64().max(1e-3);

@@ -53,7 +53,7 @@ fn calls_of(out: &std::path::Path, id: i64) -> i64 {
 
 fn governor_rows(out: &std::path::Path) -> Vec<Row> {
     duckdb(&format!(
-        "SELECT function_id, action, reason, predicted_pct, sample_n, budget_pct \
+        "SELECT function_id, action, reason, calls_per_s, predicted_pct, sample_n, budget_pct \
          FROM read_parquet('{}/governor/**/*.parquet') ORDER BY ts_ns",
         out.display()
     ))
@@ -118,6 +118,10 @@ fn record_demotes_the_hot_function_and_keeps_every_call_of_the_cold_one() {
         .unwrap_or_else(|| panic!("leaf demoted: {rows:?}\n{}", run.stderr));
     assert!(int(demote, "sample_n") >= 2, "{demote:?}");
     assert_eq!(demote["budget_pct"].as_f64(), Some(5.0), "{demote:?}");
+    assert!(
+        demote["calls_per_s"].as_f64().is_some_and(|r| r > 0.0),
+        "{demote:?}"
+    );
     assert!(
         actions(leaf, "promote") >= 1,
         "promoted once idle: {rows:?}\n{}",
@@ -219,6 +223,11 @@ fn attach_counts_in_the_kernel_first_and_predicts() {
         demote["reason"].as_str().unwrap().contains("warm-up"),
         "{demote:?}"
     );
+    // The warm-up's rate: at least 1000 counted calls a second.
+    assert!(
+        demote["calls_per_s"].as_f64().is_some_and(|r| r > 1000.0),
+        "{demote:?}"
+    );
     let predicted = rows
         .iter()
         .find(|r| r["action"] == "predict")
@@ -295,7 +304,10 @@ fn calibrate_measures_each_probe_shape() {
     assert!(value("entry_return_ns ") > 100.0, "{}", run.stdout);
     assert!(value("entry_ns ") > 50.0, "{}", run.stdout);
     assert_eq!(
-        run.stdout.lines().filter(|l| l.starts_with("round ")).count(),
+        run.stdout
+            .lines()
+            .filter(|l| l.starts_with("round "))
+            .count(),
         2,
         "{}",
         run.stdout
