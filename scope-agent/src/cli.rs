@@ -345,6 +345,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_governor_is_on_at_five_percent_by_default() {
+        let cli = Cli::try_parse_from(["scope-agent", "record", "--", "true"]).expect("parses");
+        let Command::Record(args) = cli.command else {
+            panic!("record");
+        };
+        assert_eq!(args.probe.max_overhead, Overhead(Some(5.0)));
+        assert_eq!(args.probe.warmup, Duration::from_millis(250));
+    }
+
+    #[test]
     fn overhead_budgets() {
         assert_eq!(parse_overhead("5"), Ok(Overhead(Some(5.0))));
         assert_eq!(parse_overhead("2.5%"), Ok(Overhead(Some(2.5))));

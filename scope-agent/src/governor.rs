@@ -62,8 +62,14 @@ pub const MAX_GOVERNED: usize = 256;
 pub const MAX_N: u32 = 100_000;
 /// How long a sampling window stays open.
 pub const WINDOW: Duration = Duration::from_millis(50);
-/// The shortest warm-up of `record` (see `Governor::far_over_budget`).
+/// The shortest interval before an early tick (see
+/// `Governor::far_over_budget`), and so the shortest warm-up of `record`.
 const EARLY_MIN: Duration = Duration::from_millis(30);
+/// Calls added to what a sampled function's windows saw, for the upper
+/// bound its promotion is decided on (about the 95% Poisson bound of 0).
+const PSEUDO_CALLS: f64 = 3.0;
+/// A demoted function stays sampled at least this long (no flapping).
+const COOLDOWN: Duration = Duration::from_secs(3);
 /// How often the governor re-estimates.
 pub const TICK: Duration = Duration::from_secs(1);
 /// Ring fill at which the governor samples more (the kernel drops at 100%).
@@ -361,6 +367,8 @@ struct Governed {
     overhead_pct: f64,
     /// Last estimate of its calls per second (0: unknown).
     rate: f64,
+    /// When it was last demoted: it is not promoted again for [`COOLDOWN`].
+    demoted_at: Option<Instant>,
 }
 
 /// Links being closed on a thread; once closed and the ring drained, the
@@ -413,8 +421,8 @@ pub struct Governor {
     last_backpressure: Option<Instant>,
     /// Whether the first estimate (the prediction) was made.
     predicted_once: bool,
-    /// The correlator's entries when the governor started.
-    warmup_entries0: u64,
+    /// When a tick last came early (see `far_over_budget`).
+    last_early: Option<Instant>,
     rows: Vec<GovernorRecord>,
     agg_rows: Vec<AggregateRecord>,
     messages: Vec<String>,
@@ -460,6 +468,7 @@ impl Governor {
                             sampled: false,
                             overhead_pct: 0.0,
                             rate: 0.0,
+                            demoted_at: None,
                         },
                     )
                 })
@@ -478,7 +487,7 @@ impl Governor {
             aggs: BTreeMap::new(),
             last_backpressure: None,
             predicted_once: false,
-            warmup_entries0: 0,
+            last_early: None,
             rows: Vec::new(),
             agg_rows: Vec::new(),
             messages: Vec::new(),
@@ -619,12 +628,6 @@ impl Governor {
         )
     }
 
-    /// Whether the first estimate is still to come (the session then hands
-    /// over calls after every drain, not every 100 ms).
-    pub fn wants_calls(&self) -> bool {
-        !self.predicted_once
-    }
-
     /// Functions sampled now.
     pub fn sampled_count(&self) -> usize {
         self.governed.values().filter(|g| g.sampled).count()
@@ -661,10 +664,19 @@ impl Governor {
         // Ticks wait (up to half a second) for a moment with no window open
         // or closing, when promotions can attach without two links at once.
         let due = now.duration_since(self.tick_started);
-        if !self.predicted_once && due < self.tick_len && self.far_over_budget(correlator, due) {
-            // The warm-up of `record` records every call: when that alone
-            // is far over budget, decide now rather than at its end.
+        // The warm-up of `record` records every call, and a function cold
+        // so far may heat up: when what is recorded in full is already far
+        // over budget, decide now rather than at the end of the interval
+        // (at most every quarter second).
+        let factor = if self.predicted_once { 3.0 } else { 10.0 };
+        if due < self.tick_len
+            && self
+                .last_early
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(250))
+            && self.far_over_budget(due, factor)
+        {
             self.tick_len = due;
+            self.last_early = Some(now);
         }
         if due >= self.tick_len
             && (self.quiet() || due >= self.tick_len + Duration::from_millis(500))
@@ -713,16 +725,19 @@ impl Governor {
         });
     }
 
-    /// During `record`'s warm-up (after [`EARLY_MIN`]): whether the calls
-    /// recorded so far already cost more than ten times the budget.
-    fn far_over_budget(&mut self, correlator: &Correlator, due: Duration) -> bool {
+    /// Whether the calls of functions recorded in full since the tick
+    /// began (at least [`EARLY_MIN`] ago) already cost more than `factor`
+    /// times the budget: then the tick comes now.
+    fn far_over_budget(&self, due: Duration, factor: f64) -> bool {
         if due < EARLY_MIN {
             return false;
         }
-        let calls = correlator
-            .counts()
-            .entries
-            .saturating_sub(self.warmup_entries0);
+        let calls: u64 = self
+            .seen
+            .iter()
+            .filter(|(id, _)| !self.governed.get(id).is_some_and(|g| g.sampled))
+            .map(|(_, n)| n)
+            .sum();
         let probe_ns = calls as f64 * self.cost.full_ns;
         if probe_ns < 1e6 {
             return false;
@@ -736,7 +751,7 @@ impl Governor {
             due.as_nanos() as f64,
             probe_ns,
         );
-        pct > 10.0 * self.budget_pct
+        pct > factor * self.budget_pct
     }
 
     /// No sampling window open or closing.
@@ -864,6 +879,7 @@ impl Governor {
             return;
         }
         g.sampled = true;
+        g.demoted_at = Some(Instant::now());
         let links = std::mem::take(&mut g.links);
         self.demotions += 1;
         self.rows.push(GovernorRecord {
@@ -953,19 +969,40 @@ impl Governor {
             .copied()
             .chain(self.governed.keys().copied())
             .collect();
+        // The sampled functions share their windows, so the model is
+        // inverted for all of them together (what the windows cost → what
+        // recording all of them would), and the result shared out by each
+        // one's part of the windows' cost.
+        let window_cost =
+            |seen: f64| overhead_pct(seen, self.cost.full_ns, cpu_ns, wall_ns, probe_ns) / 100.0;
+        let sampled_m: f64 = self
+            .governed
+            .iter()
+            .filter(|(_, g)| g.sampled)
+            .map(|(id, _)| window_cost(self.seen.get(id).copied().unwrap_or(0) as f64))
+            .sum();
+        let sampled_full = full_from_windowed(sampled_m, self.n);
+        // From a window's cost to the cost of recording in full.
+        let amplify = if sampled_m > 1e-9 {
+            sampled_full / sampled_m
+        } else {
+            f64::from(self.n)
+        };
+        // A sampled function's decision uses an upper bound: a few calls in
+        // rare, slowed windows say little, and a function seen 0 times must
+        // not look free (it would flap between sampled and recorded).
+        let mut upper: FxHashMap<u32, f64> = FxHashMap::default();
         for id in ids {
             let seen = self.seen.get(&id).copied().unwrap_or(0) as f64;
             let governed = self.governed.get(&id).map(|g| (g.sampled, g.overhead_pct));
             let pct = match governed {
                 Some((true, previous)) => {
                     if on_ns > 0.0 {
-                        // What this tick's windows cost, turned into what
-                        // recording every call would (see windowed_overhead).
-                        let m = overhead_pct(seen, self.cost.full_ns, cpu_ns, wall_ns, probe_ns)
-                            / 100.0;
                         total_calls += seen * wall_ns / on_ns;
-                        100.0 * full_from_windowed(m, self.n)
+                        upper.insert(id, 100.0 * amplify * window_cost(seen + PSEUDO_CALLS));
+                        100.0 * amplify * window_cost(seen)
                     } else {
+                        upper.insert(id, previous);
                         previous
                     }
                 }
@@ -980,7 +1017,9 @@ impl Governor {
                 _ => seen,
             };
             if let Some(g) = self.governed.get_mut(&id) {
-                g.overhead_pct = pct;
+                // Sampled: the upper bound is what the next decisions use,
+                // also in ticks without a window.
+                g.overhead_pct = upper.get(&id).copied().unwrap_or(pct);
                 if est >= 0.0 {
                     g.rate = est * 1e9 / wall_ns;
                 }
@@ -991,6 +1030,13 @@ impl Governor {
                 governed: governed.is_some(),
             });
         }
+        let decide_loads: Vec<FnLoad> = loads
+            .iter()
+            .map(|l| FnLoad {
+                overhead_pct: upper.get(&l.id).copied().unwrap_or(l.overhead_pct),
+                ..*l
+            })
+            .collect();
         self.push_aggregates(now_ns, on, wall_ns);
         let sampled = self.sampled_ids();
 
@@ -1004,7 +1050,7 @@ impl Governor {
                 }
             })
             .sum();
-        let decision = decide(&loads, self.budget_pct);
+        let decision = decide(&decide_loads, self.budget_pct);
         if !self.predicted_once {
             self.predicted_once = true;
             let rate = total_calls / wall.as_secs_f64().max(1e-3);
@@ -1030,6 +1076,12 @@ impl Governor {
         let to_promote: Vec<u32> = sampled
             .iter()
             .filter(|id| !decision.sampled.contains(id))
+            .filter(|id| {
+                self.governed
+                    .get(id)
+                    .and_then(|g| g.demoted_at)
+                    .is_none_or(|t| now.duration_since(t) >= COOLDOWN)
+            })
             .copied()
             .collect();
         let quiet = self.quiet();

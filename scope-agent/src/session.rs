@@ -383,9 +383,9 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         if reader.lost_since_check() {
             correlator.note_loss(since);
         }
-        // While the governor's first estimate is due, every drain is flushed
-        // so that it sees the calls.
-        let eager = governor.as_ref().is_some_and(Governor::wants_calls);
+        // With the governor, every drain is flushed, so it sees the calls
+        // when it decides (and can decide early).
+        let eager = governor.is_some();
         if correlator.pending() >= BATCH
             || (correlator.pending() > 0
                 && (eager || last_flush.elapsed() >= Duration::from_millis(100)))

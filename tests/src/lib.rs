@@ -444,8 +444,23 @@ pub struct RunningAgent {
     args: String,
 }
 
-/// Starts `scope-agent <args>` with stdout and stderr collected.
+/// The arguments the agent gets for `args`: tests count calls exactly, so a
+/// `record` or `attach` without its own `--max-overhead` records every call
+/// (`--max-overhead off`). The overhead governor's tests (governor.rs) give
+/// a budget explicitly; its default is checked in the CLI's unit tests.
+pub fn agent_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut out = args.to_vec();
+    let recording = matches!(args.first(), Some(&"record" | &"attach"));
+    if recording && !args.iter().any(|a| a.starts_with("--max-overhead")) {
+        out.splice(1..1, ["--max-overhead", "off"]);
+    }
+    out
+}
+
+/// Starts `scope-agent <args>` with stdout and stderr collected (see
+/// [`agent_args`]).
 pub fn spawn_agent(args: &[&str]) -> RunningAgent {
+    let args = &agent_args(args)[..];
     let mut guard = ChildGuard::spawn(
         Command::new(agent_bin())
             .args(args)
