@@ -667,19 +667,21 @@ impl Governor {
         // The warm-up of `record` records every call, and a function cold
         // so far may heat up: when what is recorded in full is already far
         // over budget, decide now rather than at the end of the interval
-        // (at most every quarter second).
+        // (at most every 90 ms).
         let factor = if self.predicted_once { 3.0 } else { 10.0 };
-        if due < self.tick_len
+        let urgent = due < self.tick_len
             && self
                 .last_early
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(250))
-            && self.far_over_budget(due, factor)
-        {
+                .is_none_or(|t| now.duration_since(t) >= EARLY_MIN * 3)
+            && self.far_over_budget(due, factor);
+        if urgent {
+            // Demotions need no quiet moment (promotions wait for one).
             self.tick_len = due;
             self.last_early = Some(now);
         }
-        if due >= self.tick_len
-            && (self.quiet() || due >= self.tick_len + Duration::from_millis(500))
+        if urgent
+            || (due >= self.tick_len
+                && (self.quiet() || due >= self.tick_len + Duration::from_millis(500)))
         {
             self.tick(probes, correlator, now, now_ns);
         }

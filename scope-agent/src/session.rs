@@ -620,7 +620,7 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
     if let Some(g) = &governor {
         let sampled = g.sampled_count();
         eprintln!(
-            "scope: governor (budget {}%): {} demoted, {} promoted, {} backpressure step{}; {} function{} sampled at the end{}",
+            "scope: governor (budget {}%): {} demoted, {} promoted, {} backpressure step{}; {} function{} sampled at the end{}{}",
             g.budget_pct(),
             g.demotions,
             g.promotions,
@@ -632,7 +632,10 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
                 "; their estimated counts are in the aggregates table"
             } else {
                 ""
-            }
+            },
+            g.status()
+                .map(|(_, _, p)| format!("; predicted slowdown {p:.1}%"))
+                .unwrap_or_default()
         );
     }
     if counts.migrated > 0 {

@@ -194,6 +194,9 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
     let governor = step("governor at 5% on the govern workload", || {
         governor_trials(&agent, &fixture, opts.trials, &work)
     })?;
+    let python = step("governor at 5% on CPython (json loop)", || {
+        python_trials(&agent, opts.trials.min(3), &work)
+    })?;
 
     let session = step(
         "uprobe.session vs uprobe + uretprobe (scope-agent calibrate)",
@@ -226,6 +229,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
         &attach,
         &lost_lines,
         &governor,
+        python.as_ref(),
         session,
     );
     println!("\n{report}");
@@ -265,22 +269,123 @@ struct GovTrial {
 
 /// (mean rate after the first second, total calls) from `govern` output.
 fn govern_figures(stdout: &str) -> Result<(f64, f64)> {
+    workload_figures(stdout, 10, "leaf ")
+}
+
+/// (mean of the `rate` lines after the first `skip`, the first number after
+/// `total`) from a self-timed workload's output.
+fn workload_figures(stdout: &str, skip: usize, total: &str) -> Result<(f64, f64)> {
     let rates: Vec<f64> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("rate "))
         .filter_map(|v| v.trim().parse().ok())
         .collect();
-    let steady = &rates[rates.len().min(10)..];
+    let steady = &rates[rates.len().min(skip)..];
     if steady.is_empty() {
         bail!("the govern workload printed too few rates:\n{stdout}");
     }
     let total = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("leaf "))
+        .find_map(|l| l.strip_prefix(total))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|v| v.parse::<f64>().ok())
-        .with_context(|| format!("no leaf count in the govern output:\n{stdout}"))?;
+        .with_context(|| format!("no `{total}` count in the workload's output:\n{stdout}"))?;
     Ok((steady.iter().sum::<f64>() / steady.len() as f64, total))
+}
+
+/// The governor's last predicted slowdown from the agent's stderr: the
+/// summary's `predicted slowdown X%`.
+fn predicted_pct(stderr: &str) -> Result<f64> {
+    stderr
+        .lines()
+        .filter_map(|l| l.split("predicted slowdown ").nth(1))
+        .filter_map(|v| {
+            v.split('%')
+                .next()
+                .and_then(|n| n.trim().parse::<f64>().ok())
+        })
+        .next_back()
+        .with_context(|| format!("no prediction in the agent's output:\n{stderr}"))
+}
+
+/// The real workload: CPython's json module in a loop
+/// (tests/fixtures/python/json_loop.py), unprobed and under `record` with
+/// the governor at 5%, interleaved; plus one run recording every call.
+struct PythonFigures {
+    trials: Vec<GovTrial>,
+    /// How many times slower recording every call makes it.
+    full_factor: f64,
+    functions: String,
+}
+
+const PYTHON: &str = "/usr/bin/python3.11";
+const PYTHON_PATTERNS: [&str; 3] = ["PyObject_*", "PyLong_*", "PyUnicode_*"];
+
+fn python_trials(agent: &Path, trials: usize, work: &Path) -> Result<Option<PythonFigures>> {
+    if !Path::new(PYTHON).exists() {
+        println!("    {PYTHON} not found: the real-workload row is left out");
+        return Ok(None);
+    }
+    let script = workspace_root().join("tests/fixtures/python/json_loop.py");
+    let record = |dir: &str, extra: &[&str], secs: &str| -> Result<(String, String)> {
+        let mut cmd = command(agent);
+        cmd.args(["record", "-q"])
+            .args(extra)
+            .arg("--out")
+            .arg(work.join(dir));
+        for p in PYTHON_PATTERNS {
+            cmd.args(["-f", p]);
+        }
+        cmd.args(["--", PYTHON]).arg(&script).arg(secs);
+        let out = output(&mut cmd)?;
+        Ok((
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let mut out = Vec::new();
+    let mut functions = String::new();
+    for t in 0..trials {
+        let base = output(command(PYTHON).arg(&script).arg("5"))?;
+        let (base_rate, base_total) =
+            workload_figures(&String::from_utf8_lossy(&base.stdout), 2, "iterations ")?;
+        let (stdout, stderr) = record(&format!("python-{t}"), &[], "5")?;
+        let (gov_rate, gov_total) = workload_figures(&stdout, 2, "iterations ")?;
+        let predicted = predicted_pct(&stderr)?;
+        if let Some(l) = stderr.lines().find(|l| l.contains("attached ")) {
+            functions = l
+                .split(" functions")
+                .next()
+                .unwrap_or("")
+                .replace("scope: attached ", "");
+        }
+        println!(
+            "    trial {}/{trials}: unprobed {base_rate:.1} it/s, governed {gov_rate:.1} it/s after the first second, whole run {:+.1}%, predicted {predicted:.1}%",
+            t + 1,
+            100.0 * (base_total / gov_total - 1.0)
+        );
+        out.push(GovTrial {
+            base_rate,
+            gov_rate,
+            base_total,
+            gov_total,
+            predicted,
+        });
+    }
+    let (stdout, _) = record("python-full", &["--max-overhead", "off"], "2")?;
+    let full_rate = stdout
+        .lines()
+        .find_map(|l| l.split("per_s ").nth(1))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .context("no per_s from the fully recorded python run")?;
+    let base = median(out.iter().map(|t| t.base_total / 5.0).collect());
+    let full_factor = base / full_rate.max(1e-9);
+    println!("    recording every call: {full_rate:.2} it/s ({full_factor:.0}x slower)");
+    Ok(Some(PythonFigures {
+        trials: out,
+        full_factor,
+        functions,
+    }))
 }
 
 fn governor_trials(
@@ -304,16 +409,7 @@ fn governor_trials(
         )?;
         let stderr = String::from_utf8_lossy(&run.stderr);
         let (gov_rate, gov_total) = govern_figures(&String::from_utf8_lossy(&run.stdout))?;
-        let predicted = stderr
-            .lines()
-            .filter_map(|l| l.split("predicted ").nth(1))
-            .filter_map(|v| {
-                v.trim_end_matches(|c: char| !c.is_ascii_digit())
-                    .parse::<f64>()
-                    .ok()
-            })
-            .next_back()
-            .with_context(|| format!("no prediction in the agent's output:\n{stderr}"))?;
+        let predicted = predicted_pct(&stderr)?;
         println!(
             "    trial {}/{trials}: unprobed {:.0} calls/s, governed {:.0} calls/s ({:+.1}%), whole run {:+.1}%, predicted {predicted:.1}%",
             t + 1,
@@ -638,6 +734,7 @@ fn render(
     attach: &[AttachFigures],
     lost_lines: &[String],
     governor: &[GovTrial],
+    python: Option<&PythonFigures>,
     session: (f64, f64, Option<f64>),
 ) -> String {
     let col = |f: fn(&Trial) -> f64| median(trials.iter().map(f).collect());
@@ -747,6 +844,21 @@ fn render(
             verdict(steady <= 5.0 && (0.5..=2.0).contains(&ratio))
         );
     }
+    if let Some(py) = python {
+        let g = |f: fn(&GovTrial) -> f64| median(py.trials.iter().map(f).collect());
+        let steady = g(|t| 100.0 * (t.base_rate / t.gov_rate - 1.0));
+        let whole = g(|t| 100.0 * (t.base_total / t.gov_total - 1.0));
+        let predicted = g(|t| t.predicted);
+        let ratio = predicted / whole.max(0.01);
+        let _ = writeln!(
+            s,
+            "| slowdown of a real workload with the governor at 5%: CPython 3.11 `json` dumps + loads in a loop for 5 s (`tests/fixtures/python/json_loop.py`), probes on `{}` ({} functions of `python3.11`, no DWARF); recording every call makes it {:.0}x slower | whole run {whole:.1}% (after the first second {steady:.1}%) | the same run unprobed | predicted {predicted:.1}% = {ratio:.2}x the whole run | ≤ 5%, prediction within 2x | {} |",
+            PYTHON_PATTERNS.join("`, `"),
+            py.functions,
+            py.full_factor,
+            verdict(whole <= 5.0 && (0.5..=2.0).contains(&ratio))
+        );
+    }
     {
         let (er, e, ses) = session;
         let _ = writeln!(
@@ -848,14 +960,26 @@ into the Parquet store on one thread; events per second of that thread's\n  \
 CPU time, and of wall time including the disk.\n\
 - Bytes per call: the `calls` Parquet files of the last overhead run\n  \
 divided by its call count. Each file has fixed costs (footer,\n  \
-dictionaries), so longer runs store fewer bytes per call.\n\n\
+dictionaries), so longer runs store fewer bytes per call.\n\
+- Governor: a workload timed by itself, run unprobed and under\n  \
+`scope-agent record` with the default `--max-overhead 5`, interleaved.\n  \
+The fixture's `govern 5000 1000 200` mode (a 2 M calls/s `leaf`) reports\n  \
+its rate every 100 ms (steady state: after the first second); the real\n  \
+workload is CPython's `json` in a loop with probes on its exported API\n  \
+(whole run, 3 trials). The prediction is the governor's own final figure.\n\
+- `uprobe.session`: `scope-agent calibrate` times a function of the agent\n  \
+with each probe shape attached (the programs drop the events by their\n  \
+first test, so the probe itself is timed).\n\n\
 ## Results\n\n{report}\n\
 ## Reproduce one row by hand\n\n\
 ```sh\n\
 cc -g -O2 -pthread tests/fixtures/c/fixture.c -o /tmp/c2\n\
 /tmp/c2 time 300000\n\
 bpftrace -q -e 'uprobe:/tmp/c2:leaf {{ @c = count(); }} uretprobe:/tmp/c2:leaf {{ @r = count(); }}' -c '/tmp/c2 time 300000'\n\
-target/release/scope-agent record -q --out /tmp/ob -f leaf -- /tmp/c2 time 300000\n\
+target/release/scope-agent record -q --max-overhead off --out /tmp/ob -f leaf -- /tmp/c2 time 300000\n\
+/usr/bin/python3.11 tests/fixtures/python/json_loop.py 5\n\
+target/release/scope-agent record -q -f 'PyObject_*' -f 'PyLong_*' -f 'PyUnicode_*' -- /usr/bin/python3.11 tests/fixtures/python/json_loop.py 5\n\
+sudo target/release/scope-agent calibrate\n\
 du -sb /tmp/ob/calls\n\
 ```\n"
     )
