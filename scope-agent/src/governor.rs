@@ -423,6 +423,8 @@ pub struct Governor {
     predicted_once: bool,
     /// When a tick last came early (see `far_over_budget`).
     last_early: Option<Instant>,
+    /// When the last "unmanaged" warning was given.
+    last_unmanaged: Option<Instant>,
     rows: Vec<GovernorRecord>,
     agg_rows: Vec<AggregateRecord>,
     messages: Vec<String>,
@@ -488,6 +490,7 @@ impl Governor {
             last_backpressure: None,
             predicted_once: false,
             last_early: None,
+            last_unmanaged: None,
             rows: Vec::new(),
             agg_rows: Vec::new(),
             messages: Vec::new(),
@@ -734,10 +737,15 @@ impl Governor {
         if due < EARLY_MIN {
             return false;
         }
+        // After the first decision, only calls a tick could act on count:
+        // those of governed functions recorded in full.
         let calls: u64 = self
             .seen
             .iter()
-            .filter(|(id, _)| !self.governed.get(id).is_some_and(|g| g.sampled))
+            .filter(|(id, _)| match self.governed.get(id) {
+                Some(g) => !g.sampled,
+                None => !self.predicted_once,
+            })
             .map(|(_, n)| n)
             .sum();
         let probe_ns = calls as f64 * self.cost.full_ns;
@@ -1069,6 +1077,28 @@ impl Governor {
         }
         let promote_ok = decision.predicted_pct <= PROMOTE_SHARE * self.budget_pct;
         let must_act = current > self.budget_pct;
+        // Functions without links of their own cannot be sampled: when they
+        // alone break the budget, say so (at most every 10 s).
+        let unmanaged: Vec<&FnLoad> = loads
+            .iter()
+            .filter(|l| !l.governed && l.overhead_pct > 0.0)
+            .collect();
+        let unmanaged_pct: f64 = unmanaged.iter().map(|l| l.overhead_pct).sum();
+        if unmanaged_pct > self.budget_pct
+            && self
+                .last_unmanaged
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+        {
+            self.last_unmanaged = Some(now);
+            let reason = format!(
+                "{} function{} without links of their own (not called during the warm-up, or past the {MAX_GOVERNED} the governor can sample) cost {unmanaged_pct:.1}%, over the {}% budget; narrow -f, or attach again to count them",
+                unmanaged.len(),
+                if unmanaged.len() == 1 { "" } else { "s" },
+                self.budget_pct
+            );
+            self.messages.push(reason.clone());
+            self.note(now_ns, "unmanaged", reason, Some(current));
+        }
         let to_demote: Vec<u32> = decision
             .sampled
             .iter()

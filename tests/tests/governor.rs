@@ -282,6 +282,41 @@ fn a_filling_ring_makes_the_governor_sample_before_its_first_estimate() {
 }
 
 #[test]
+fn functions_past_what_the_governor_can_sample_are_recorded_and_reported() {
+    require_root();
+    // 1,001 functions: more than the governor gives links of their own in
+    // `record`, so it can only predict and say so; every call is kept.
+    let bin = many_functions_fixture(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let bin_s = bin.display().to_string();
+    let run = record_with(
+        dir.path(),
+        &["f*"],
+        &["-q", "--max-overhead", "5"],
+        &[&bin_s, "run", "30"],
+    );
+    assert_success(&run);
+    assert!(
+        run.stderr.contains("more than the 256 it can sample"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("without links of their own"),
+        "{}",
+        run.stderr
+    );
+    let rows = governor_rows(dir.path());
+    assert!(rows.iter().any(|r| r["action"] == "unmanaged"), "{rows:?}");
+    assert!(!rows.iter().any(|r| r["action"] == "demote"), "{rows:?}");
+    let n = duckdb(&format!(
+        "SELECT count(*) AS n FROM read_parquet('{}')",
+        calls_glob(dir.path())
+    ));
+    assert_eq!(int(&n[0], "n"), 30 * 1000 + 3, "{}", run.stderr);
+}
+
+#[test]
 fn max_overhead_off_records_every_call() {
     require_root();
     let bin = fixture(Lang::C, "2");

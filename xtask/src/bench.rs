@@ -195,7 +195,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
         governor_trials(&agent, &fixture, opts.trials, &work)
     })?;
     let python = step("governor at 5% on CPython (json loop)", || {
-        python_trials(&agent, opts.trials.min(3), &work)
+        python_trials(&agent, opts.trials, &work)
     })?;
 
     let session = step(
@@ -966,7 +966,7 @@ dictionaries), so longer runs store fewer bytes per call.\n\
 The fixture's `govern 5000 1000 200` mode (a 2 M calls/s `leaf`) reports\n  \
 its rate every 100 ms (steady state: after the first second); the real\n  \
 workload is CPython's `json` in a loop with probes on its exported API\n  \
-(whole run, 3 trials). The prediction is the governor's own final figure.\n\
+(whole run). The prediction is the governor's own final figure.\n\
 - `uprobe.session`: `scope-agent calibrate` times a function of the agent\n  \
 with each probe shape attached (the programs drop the events by their\n  \
 first test, so the probe itself is timed).\n\n\
