@@ -188,6 +188,9 @@ struct Segment<T> {
     seq: u32,
     /// Rows written to files so far.
     written_rows: u64,
+    /// Written only if it gets rows (`agent_metrics`, `governor`,
+    /// `aggregates`): its directory is created just before its first file.
+    optional: bool,
 }
 
 impl<T: Clone> Segment<T> {
@@ -204,7 +207,14 @@ impl<T: Clone> Segment<T> {
             opened: None,
             seq: 0,
             written_rows: 0,
+            optional: false,
         }
+    }
+
+    /// A table written only if it gets rows (see [`Segment::optional`]).
+    fn optional(mut self) -> Self {
+        self.optional = true;
+        self
     }
 
     fn is_old(&self, max_age: Duration) -> bool {
@@ -307,17 +317,20 @@ impl ParquetStore {
                 cfg.out_dir.join("agent_metrics").join(&partition),
                 schema::AGENT_METRICS.clone(),
                 schema::metrics_batch,
-            ),
+            )
+            .optional(),
             governor: Segment::new(
                 cfg.out_dir.join("governor").join(&partition),
                 schema::GOVERNOR.clone(),
                 schema::governor_batch,
-            ),
+            )
+            .optional(),
             aggregates: Segment::new(
                 cfg.out_dir.join("aggregates").join(&partition),
                 schema::AGGREGATES.clone(),
                 schema::aggregates_batch,
-            ),
+            )
+            .optional(),
             functions_dir,
             sessions_dir,
             functions_written: false,
@@ -340,23 +353,13 @@ impl ParquetStore {
     /// Writes a segment whose first row is older than
     /// [`StoreConfig::segment_max_age`].
     pub fn tick(&mut self) -> Result<()> {
-        let max_age = self.cfg.segment_max_age;
-        if self.calls.is_old(max_age) {
-            self.flush_calls()?;
-        }
-        if self.losses.is_old(max_age) {
-            self.flush_losses()?;
-        }
-        if self.metrics.is_old(max_age) {
-            self.flush_metrics()?;
-        }
-        if self.governor.is_old(max_age) {
-            self.flush_governor()?;
-        }
-        if self.aggregates.is_old(max_age) {
-            self.flush_aggregates()?;
-        }
-        Ok(())
+        let age = self.cfg.segment_max_age;
+        let (props, files) = (&self.props, &mut self.files);
+        flush_if_old(&mut self.calls, age, props, files)?;
+        flush_if_old(&mut self.losses, age, props, files)?;
+        flush_if_old(&mut self.metrics, age, props, files)?;
+        flush_if_old(&mut self.governor, age, props, files)?;
+        flush_if_old(&mut self.aggregates, age, props, files)
     }
 
     /// Files finished so far.
@@ -384,17 +387,17 @@ impl ParquetStore {
                 first_err = Some(e);
             }
         };
-        keep(self.flush_calls());
+        keep(flush(&mut self.calls, &self.props, &mut self.files));
         if self.calls.seq == 0 && self.calls.rows.is_empty() {
             keep(self.write_empty_calls());
         }
-        keep(self.flush_losses());
+        keep(flush(&mut self.losses, &self.props, &mut self.files));
         if self.losses.seq == 0 && self.losses.rows.is_empty() {
             keep(self.write_empty_losses());
         }
-        keep(self.flush_metrics());
-        keep(self.flush_governor());
-        keep(self.flush_aggregates());
+        keep(flush(&mut self.metrics, &self.props, &mut self.files));
+        keep(flush(&mut self.governor, &self.props, &mut self.files));
+        keep(flush(&mut self.aggregates, &self.props, &mut self.files));
         if !self.functions_written {
             keep(self.write_functions(&[]));
         }
@@ -439,56 +442,6 @@ impl ParquetStore {
         self.cfg.segment_max_rows.max(1)
     }
 
-    fn flush_calls(&mut self) -> Result<()> {
-        let Self {
-            calls,
-            props,
-            files,
-            ..
-        } = self;
-        flush(calls, props, files)
-    }
-
-    fn flush_losses(&mut self) -> Result<()> {
-        let Self {
-            losses,
-            props,
-            files,
-            ..
-        } = self;
-        flush(losses, props, files)
-    }
-
-    fn flush_metrics(&mut self) -> Result<()> {
-        let Self {
-            metrics,
-            props,
-            files,
-            ..
-        } = self;
-        flush_optional(metrics, props, files)
-    }
-
-    fn flush_governor(&mut self) -> Result<()> {
-        let Self {
-            governor,
-            props,
-            files,
-            ..
-        } = self;
-        flush_optional(governor, props, files)
-    }
-
-    fn flush_aggregates(&mut self) -> Result<()> {
-        let Self {
-            aggregates,
-            props,
-            files,
-            ..
-        } = self;
-        flush_optional(aggregates, props, files)
-    }
-
     fn write_empty_calls(&mut self) -> Result<()> {
         let batch = RecordBatch::new_empty(self.calls.schema.clone());
         let dir = self.calls.dir.clone();
@@ -513,41 +466,13 @@ impl ParquetStore {
 impl EventSink for ParquetStore {
     fn write_calls(&mut self, calls: &[CallRecord]) -> Result<()> {
         let max = self.max_rows();
-        let mut rest = calls;
-        loop {
-            if self.calls.rows.len() >= max {
-                self.flush_calls()?;
-            }
-            if rest.is_empty() {
-                break;
-            }
-            if self.calls.rows.is_empty() {
-                self.calls.opened = Some(Instant::now());
-            }
-            let take = (max - self.calls.rows.len()).min(rest.len());
-            self.calls.rows.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-        }
+        buffer_capped(&mut self.calls, calls, max, &self.props, &mut self.files)?;
         self.tick()
     }
 
     fn write_losses(&mut self, losses: &[LossRecord]) -> Result<()> {
         let max = self.max_rows();
-        let mut rest = losses;
-        loop {
-            if self.losses.rows.len() >= max {
-                self.flush_losses()?;
-            }
-            if rest.is_empty() {
-                break;
-            }
-            if self.losses.rows.is_empty() {
-                self.losses.opened = Some(Instant::now());
-            }
-            let take = (max - self.losses.rows.len()).min(rest.len());
-            self.losses.rows.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-        }
+        buffer_capped(&mut self.losses, losses, max, &self.props, &mut self.files)?;
         self.tick()
     }
 
@@ -576,7 +501,8 @@ fn segment_name(seq: u32) -> String {
     format!("part-{seq:05}.parquet")
 }
 
-/// Writes the buffered rows of `seg` as its next file, if it has any. On
+/// Writes the buffered rows of `seg` as its next file, if it has any (an
+/// optional table's directory is created, 0700, before its first file). On
 /// failure the rows stay buffered, so a later call retries them.
 fn flush<T: Clone>(
     seg: &mut Segment<T>,
@@ -585,6 +511,10 @@ fn flush<T: Clone>(
 ) -> Result<()> {
     if seg.rows.is_empty() {
         return Ok(());
+    }
+    if seg.optional && seg.seq == 0 {
+        durable::ensure_dir(&seg.dir)
+            .map_err(|e| anyhow!("cannot create output directory {}: {e}", seg.dir.display()))?;
     }
     let name = segment_name(seg.seq);
     let batch = (seg.to_batch)(&seg.rows)
@@ -598,22 +528,39 @@ fn flush<T: Clone>(
     Ok(())
 }
 
-/// [`flush`] for a table written only if it gets rows (`agent_metrics`,
-/// `governor`, `aggregates`): its partition directory (and the table's, if
-/// missing) is created, 0700, just before its first file.
-fn flush_optional<T: Clone>(
+/// [`flush`] if the segment's first row is older than `max_age`.
+fn flush_if_old<T: Clone>(
     seg: &mut Segment<T>,
+    max_age: Duration,
     props: &WriterProperties,
     files: &mut Vec<(PathBuf, u64)>,
 ) -> Result<()> {
-    if seg.rows.is_empty() {
-        return Ok(());
+    if seg.is_old(max_age) {
+        flush(seg, props, files)?;
     }
-    if seg.seq == 0 {
-        durable::ensure_dir(&seg.dir)
-            .map_err(|e| anyhow!("cannot create output directory {}: {e}", seg.dir.display()))?;
+    Ok(())
+}
+
+/// Buffers `rows` in segments of at most `max` rows, writing each one that
+/// fills up.
+fn buffer_capped<T: Clone>(
+    seg: &mut Segment<T>,
+    mut rows: &[T],
+    max: usize,
+    props: &WriterProperties,
+    files: &mut Vec<(PathBuf, u64)>,
+) -> Result<()> {
+    loop {
+        if seg.rows.len() >= max {
+            flush(seg, props, files)?;
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let take = (max - seg.rows.len()).min(rows.len());
+        seg.buffer(&rows[..take]);
+        rows = &rows[take..];
     }
-    flush(seg, props, files)
 }
 
 /// See [`ParquetStore::late_functions`].
