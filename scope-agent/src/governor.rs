@@ -416,6 +416,11 @@ pub struct Governor {
     tick_cpu_ns: u64,
     tick_len: Duration,
     seen: FxHashMap<u32, u64>,
+    /// Of `seen`: calls of governed functions recorded in full, and of
+    /// functions without links of their own (for `far_over_budget`, which
+    /// runs every step).
+    seen_governed_full: u64,
+    seen_ungoverned: u64,
     window_on: Duration,
     aggs: BTreeMap<u32, Agg>,
     last_backpressure: Option<Instant>,
@@ -485,6 +490,8 @@ impl Governor {
             tick_cpu_ns: target_cpu_ns(setup.pid).unwrap_or(0),
             tick_len: setup.first_tick,
             seen: FxHashMap::default(),
+            seen_governed_full: 0,
+            seen_ungoverned: 0,
             window_on: Duration::ZERO,
             aggs: BTreeMap::new(),
             last_backpressure: None,
@@ -504,13 +511,14 @@ impl Governor {
         self.budget_pct
     }
 
-    pub fn cost(&self) -> Cost {
-        self.cost
+    /// How many functions have links of their own.
+    pub fn governed_count(&self) -> usize {
+        self.governed.len()
     }
 
-    /// Governed function ids.
-    pub fn governed_ids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.governed.keys().copied()
+    /// The functions with links of their own.
+    pub fn governed_ids(&self) -> BTreeSet<u32> {
+        self.governed.keys().copied().collect()
     }
 
     fn name(&self, id: u32) -> String {
@@ -607,16 +615,20 @@ impl Governor {
     pub fn observe(&mut self, calls: &[CallRecord]) {
         for c in calls {
             *self.seen.entry(c.function_id).or_default() += 1;
-            if self.governed.get(&c.function_id).is_some_and(|g| g.sampled) {
-                let a = self.aggs.entry(c.function_id).or_default();
-                a.seen += 1;
-                if c.duration_ns >= 0 {
-                    let d = c.duration_ns as u64;
-                    a.total_ns += d;
-                    if a.hist.is_empty() {
-                        a.hist = vec![0; 64];
+            match self.governed.get(&c.function_id) {
+                None => self.seen_ungoverned += 1,
+                Some(g) if !g.sampled => self.seen_governed_full += 1,
+                Some(_) => {
+                    let a = self.aggs.entry(c.function_id).or_default();
+                    a.seen += 1;
+                    if c.duration_ns >= 0 {
+                        let d = c.duration_ns as u64;
+                        a.total_ns += d;
+                        if a.hist.is_empty() {
+                            a.hist = vec![0; 64];
+                        }
+                        a.hist[(63 - d.max(1).leading_zeros()) as usize] += 1;
                     }
-                    a.hist[(63 - d.max(1).leading_zeros()) as usize] += 1;
                 }
             }
         }
@@ -638,8 +650,8 @@ impl Governor {
 
     /// For the status line: (functions sampled, N, predicted percent).
     pub fn status(&self) -> Option<(usize, u32, f64)> {
-        let sampled = self.governed.values().filter(|g| g.sampled).count();
-        self.predicted_pct.map(|p| (sampled, self.n, p))
+        self.predicted_pct
+            .map(|p| (self.sampled_count(), self.n, p))
     }
 
     /// One step of the capture loop, after a drain: cuts calls of windows
@@ -739,15 +751,12 @@ impl Governor {
         }
         // After the first decision, only calls a tick could act on count:
         // those of governed functions recorded in full.
-        let calls: u64 = self
-            .seen
-            .iter()
-            .filter(|(id, _)| match self.governed.get(id) {
-                Some(g) => !g.sampled,
-                None => !self.predicted_once,
-            })
-            .map(|(_, n)| n)
-            .sum();
+        let calls = self.seen_governed_full
+            + if self.predicted_once {
+                0
+            } else {
+                self.seen_ungoverned
+            };
         let probe_ns = calls as f64 * self.cost.full_ns;
         if probe_ns < 1e6 {
             return false;
@@ -769,7 +778,8 @@ impl Governor {
         matches!(self.window, Window::Off { .. }) && self.closings.is_empty()
     }
 
-    fn sampled_ids(&self) -> FxHashSet<u32> {
+    /// The functions sampled now.
+    pub fn sampled_ids(&self) -> FxHashSet<u32> {
         self.governed
             .iter()
             .filter(|(_, g)| g.sampled)
@@ -1184,6 +1194,8 @@ impl Governor {
         self.tick_cpu_ns = cpu;
         self.tick_len = TICK;
         self.seen.clear();
+        self.seen_governed_full = 0;
+        self.seen_ungoverned = 0;
         // An open window's time before now was counted in this tick; the
         // rest counts from `tick_started` on.
         self.window_on = Duration::ZERO;

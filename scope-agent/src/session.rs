@@ -259,7 +259,7 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         .filter(|l| l.0)
         .map(|l| l.1.count)
         .sum::<usize>()
-        + governor.as_ref().map_or(0, |g| g.governed_ids().count());
+        + governor.as_ref().map_or(0, |g| g.governed_count());
 
     let live_ktime = crate::time::monotonic_ns();
     let attach_mode = probes.mode();
@@ -783,7 +783,7 @@ fn load_and_attach(
         },
         cfg.attach_mode,
     )?;
-    let prep = match cfg.max_overhead {
+    let mut governor = match cfg.max_overhead {
         Some(budget) => Some(prepare_governor(
             cfg,
             &mut probes,
@@ -797,30 +797,20 @@ fn load_and_attach(
         None => None,
     };
     let started = Instant::now();
-    let (own, skip) = match &prep {
-        Some(p) => (p.own.clone(), p.skip.clone()),
+    // Governed functions get links of their own; those sampled from the
+    // start are not attached now.
+    let (own, skip) = match &governor {
+        Some(g) => (g.governed_ids(), g.sampled_ids().into_iter().collect()),
         None => (BTreeSet::new(), BTreeSet::new()),
     };
     let (links, own_links) = attach_plan(&mut probes, plan, pid, str_cookies, &own, &skip)?;
     *attach_time = started.elapsed();
-    let governor = prep.map(|p| {
-        let mut g = p.governor;
+    if let Some(g) = governor.as_mut() {
         for (id, l) in own_links {
             g.adopt_links(id, l);
         }
-        g
-    });
+    }
     Ok((probes, links, governor))
-}
-
-/// The governor before the recording links attach: its functions, and which
-/// of them start sampled.
-struct GovernorPrep {
-    governor: Governor,
-    /// Functions with links of their own.
-    own: BTreeSet<u32>,
-    /// Of those, the ones sampled from the start (not attached now).
-    skip: BTreeSet<u32>,
 }
 
 /// The functions the governor may sample: not Go, not inlined instances.
@@ -858,7 +848,7 @@ fn prepare_governor(
     str_cookies: &HashMap<u32, u64>,
     stop: &AtomicBool,
     clock: &SessionClock,
-) -> Result<GovernorPrep> {
+) -> Result<Governor> {
     let cost = governor::calibrate(probes).map_err(|e| {
         anyhow::anyhow!(
             "the overhead governor could not measure the probe cost on this machine: {e} (record without it: --max-overhead off)"
@@ -899,7 +889,6 @@ fn prepare_governor(
                     format_duration_ns(cfg.warmup.as_nanos() as u64)
                 );
             }
-            let own = governed.keys().copied().collect();
             let mut g = Governor::new(GovernorSetup {
                 budget_pct: budget,
                 cost,
@@ -911,11 +900,7 @@ fn prepare_governor(
                 now_ns: clock.now_epoch_ns(),
             });
             g.note(clock.now_epoch_ns(), "calibrate", cost_line, None);
-            Ok(GovernorPrep {
-                governor: g,
-                own,
-                skip: BTreeSet::new(),
-            })
+            Ok(g)
         }
         Target::Attach { .. } => {
             // Count every governable function's calls in the kernel.
@@ -974,7 +959,6 @@ fn prepare_governor(
                 .filter(|l| l.overhead_pct > 0.0)
                 .collect();
             let decision = governor::decide(&loads, budget);
-            let own: BTreeSet<u32> = governed.keys().copied().collect();
             let mut g = Governor::new(GovernorSetup {
                 budget_pct: budget,
                 cost,
@@ -1043,11 +1027,7 @@ fn prepare_governor(
                     decision.predicted_pct
                 );
             }
-            Ok(GovernorPrep {
-                governor: g,
-                own,
-                skip: decision.sampled,
-            })
+            Ok(g)
         }
     }
 }
