@@ -36,12 +36,20 @@ fn build(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     (host, lib)
 }
 
-#[test]
-fn a_library_loaded_after_attach_is_probed() {
-    require_root();
+/// The host fixture in serve mode, and an agent attached to it with
+/// `-f host_tick -f <plugin_pattern>` that has said `attached`.
+struct Attached {
+    _build: tempfile::TempDir,
+    lib: PathBuf,
+    target: ServeFixture,
+    dir: tempfile::TempDir,
+    agent: RunningAgent,
+}
+
+fn attach_to_host(plugin_pattern: &str) -> Attached {
     let build_dir = tempfile::tempdir().unwrap();
     let (host, lib) = build(build_dir.path());
-    let mut target = ServeFixture::spawn(&host);
+    let target = ServeFixture::spawn(&host);
     let dir = tempfile::tempdir().unwrap();
     let pid = target.pid.to_string();
     let out = dir.path().display().to_string();
@@ -52,11 +60,30 @@ fn a_library_loaded_after_attach_is_probed() {
         "-f",
         "host_tick",
         "-f",
-        "libscopeplugin*:plugin_work",
+        plugin_pattern,
         "--out",
         &out,
     ]);
     agent.wait_for_stderr("attached", Duration::from_secs(60));
+    Attached {
+        _build: build_dir,
+        lib,
+        target,
+        dir,
+        agent,
+    }
+}
+
+#[test]
+fn a_library_loaded_after_attach_is_probed() {
+    require_root();
+    let Attached {
+        _build,
+        lib,
+        mut target,
+        dir,
+        mut agent,
+    } = attach_to_host("libscopeplugin*:plugin_work");
     assert!(
         agent.stderr_so_far().contains("libscopeplugin*"),
         "the pending pattern is announced: {}",
@@ -101,24 +128,14 @@ fn a_library_loaded_after_attach_is_probed() {
 #[test]
 fn a_pattern_whose_module_never_appears_is_reported() {
     require_root();
-    let build_dir = tempfile::tempdir().unwrap();
-    let (host, _lib) = build(build_dir.path());
-    let mut target = ServeFixture::spawn(&host);
-    let dir = tempfile::tempdir().unwrap();
-    let pid = target.pid.to_string();
-    let out = dir.path().display().to_string();
-    let mut agent = spawn_agent(&[
-        "attach",
-        "--pid",
-        &pid,
-        "-f",
-        "host_tick",
-        "-f",
-        "libnever*:x",
-        "--out",
-        &out,
-    ]);
-    agent.wait_for_stderr("attached", Duration::from_secs(60));
+    // Every field bound: the temporary directories live to the end.
+    let Attached {
+        _build,
+        lib: _,
+        mut target,
+        dir: _dir,
+        mut agent,
+    } = attach_to_host("libnever*:x");
     target.run("tick 4");
     target.close_stdin();
     assert!(target.wait().success());

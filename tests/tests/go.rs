@@ -22,10 +22,9 @@ fn fib_calls(n: u32) -> i64 {
 /// the `main` package's functions).
 fn record(out: &Path, mode_args: &[&str]) -> AgentRun {
     let bin = go_fixture();
-    let out = out.display().to_string();
-    let mut argv = vec!["record", "--out", &out, "-q", "--", bin.to_str().unwrap()];
-    argv.extend_from_slice(mode_args);
-    let run = run_agent(&argv);
+    let mut cmd = vec![bin.to_str().unwrap()];
+    cmd.extend_from_slice(mode_args);
+    let run = record_with(out, &[], &["-q"], &cmd);
     assert!(
         run.status.success(),
         "the Go fixture or the agent failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
@@ -201,21 +200,13 @@ fn leaf_count_matches_bpftrace() {
         });
     assert_eq!(reference, 400);
     let dir = tempfile::tempdir().unwrap();
-    let out_dir = dir.path().display().to_string();
-    let run = run_agent(&[
-        "record",
-        "--out",
-        &out_dir,
-        "-q",
-        "-f",
-        "main.leaf",
-        "--",
-        bin.to_str().unwrap(),
-        "goroutines",
-        "4",
-        "100",
-    ]);
-    assert!(run.status.success(), "{}", run.stderr);
+    let run = record_with(
+        dir.path(),
+        &["main.leaf"],
+        &["-q"],
+        &[bin.to_str().unwrap(), "goroutines", "4", "100"],
+    );
+    assert_success(&run);
     let rows = calls(dir.path());
     assert_eq!(rows.len() as i64, reference);
     rows.iter()
@@ -227,18 +218,13 @@ fn stripped_go_binary_is_named_from_gopclntab() {
     require_root();
     let bin = go_stripped_fixture();
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().display().to_string();
-    let run = run_agent(&[
-        "record",
-        "--out",
-        &out,
-        "-q",
-        "--",
-        bin.to_str().unwrap(),
-        "fib",
-        "15",
-    ]);
-    assert!(run.status.success(), "{}", run.stderr);
+    let run = record_with(
+        dir.path(),
+        &[],
+        &["-q"],
+        &[bin.to_str().unwrap(), "fib", "15"],
+    );
+    assert_success(&run);
     let rows = calls(dir.path());
     let fib = of(&rows, "main.fib");
     assert_eq!(fib.len() as i64, fib_calls(15));
@@ -276,16 +262,12 @@ fn unreadable_gopclntab_is_a_clear_error() {
     let bad = dir.path().join("corrupt-go");
     std::fs::write(&bad, &bytes).unwrap();
     std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let out = dir.path().join("out").display().to_string();
-    let run = run_agent(&[
-        "record",
-        "--out",
-        &out,
-        "--",
-        bad.to_str().unwrap(),
-        "fib",
-        "3",
-    ]);
+    let run = record_with(
+        &dir.path().join("out"),
+        &[],
+        &[],
+        &[bad.to_str().unwrap(), "fib", "3"],
+    );
     assert!(!run.status.success(), "{}", run.stderr);
     assert!(
         run.stderr.contains("Go binary without symbols")
@@ -352,21 +334,13 @@ fn args_are_refused_for_go_functions_with_a_warning() {
     require_root();
     let bin = go_fixture();
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().display().to_string();
-    let run = run_agent(&[
-        "record",
-        "--out",
-        &out,
-        "-q",
-        "--args",
-        "-f",
-        "main.fib",
-        "--",
-        bin.to_str().unwrap(),
-        "fib",
-        "5",
-    ]);
-    assert!(run.status.success(), "{}", run.stderr);
+    let run = record_with(
+        dir.path(),
+        &["main.fib"],
+        &["-q", "--args"],
+        &[bin.to_str().unwrap(), "fib", "5"],
+    );
+    assert_success(&run);
     assert!(
         run.stderr
             .contains("arguments of 1 Go functions are not captured"),
