@@ -2,7 +2,7 @@
 //! `--max-overhead` (default 5%).
 //!
 //! On this kind of machine the cost of a probe is the uprobe trap itself
-//! (about 9 µs per hit in a VM, 0.3 µs on bare metal), not what the BPF
+//! (about 20 µs per call in this VM, under 1 µs on bare metal), not what the BPF
 //! program does: a function demoted to in-kernel counting would still pay
 //! the trap on every call. So the governor's lever is the probe itself:
 //!
@@ -16,20 +16,26 @@
 //!    (`/proc/PID/task/*/schedstat`). `record` cannot count a program that
 //!    has not started yet without losing its first calls, so it records
 //!    everything from the first instruction and takes the warm-up figures
-//!    from the calls of its first `--warmup`.
-//! 3. **Predict**: calls × cost ÷ the target's own CPU time (its CPU time
-//!    minus what the probes cost it) is the slowdown of recording every
-//!    call; printed, and written to the `governor` table.
+//!    from the calls of its first `--warmup` (or decides as soon as, 30 ms
+//!    in, what it recorded already costs ten times the budget).
+//! 3. **Predict**: calls × cost ÷ the target's own time (its CPU time, or
+//!    its wall time when it mostly waits, minus what the probes cost it) is
+//!    the slowdown of recording every call; printed, and written to the
+//!    `governor` table.
 //! 4. **Demote / promote**: the hottest functions whose full recording does
 //!    not fit in the budget are *sampled*: their probes are attached for one
 //!    50 ms window in every N (N ≥ 2, the same N for all of them, chosen so
-//!    the prediction fits), so roughly 1 call in N is recorded, with exact
+//!    the prediction fits, see [`windowed_overhead`]), so at most about 1
+//!    call in N is recorded (fewer: the windows run slower), with exact
 //!    durations and nesting. Each interval's figures (calls seen, the time
 //!    observed, calls scaled to the interval, total duration, log2
 //!    histogram) go to the `aggregates` table. Every second the governor
 //!    re-estimates from what it recorded and promotes functions back when
 //!    they fit again (with hysteresis: demote above the budget, promote only
-//!    below 80% of it).
+//!    below 80% of it, judged on an upper bound of a sampled function's
+//!    cost, and not within 3 s of its demotion). Between those estimates, a
+//!    tick comes early when the functions recorded in full are already far
+//!    over budget.
 //! 5. **Backpressure**: when the ring is half full (the kernel drops events
 //!    when it is full), the hottest recorded function is demoted (or N is
 //!    doubled) at once, before anything is lost, and the status says so.
@@ -39,8 +45,9 @@
 //! [`MAX_GOVERNED`]: in `attach`, those called during the warm-up, hottest
 //! first; in `record`, all of them when there are few enough) each get an
 //! entry and a return link of their own; the others share their module's
-//! links and are counted in the prediction but never demoted. Go functions
-//! and inlined instances are never governed.
+//! links and are counted in the prediction but never demoted (when they
+//! alone break the budget, an `unmanaged` row says so). Go functions and
+//! inlined instances are never governed.
 //!
 //! Every decision is a `governor` row; the status line shows the sampled
 //! functions and the prediction.
