@@ -267,6 +267,17 @@ struct GovTrial {
     predicted: f64,
 }
 
+/// Medians over `trials` of the slowdown after the first second, the
+/// slowdown over the whole run (both percent) and the predicted slowdown.
+fn governor_medians(trials: &[GovTrial]) -> (f64, f64, f64) {
+    let m = |f: fn(&GovTrial) -> f64| median(trials.iter().map(f).collect());
+    (
+        m(|t| 100.0 * (t.base_rate / t.gov_rate - 1.0)),
+        m(|t| 100.0 * (t.base_total / t.gov_total - 1.0)),
+        m(|t| t.predicted),
+    )
+}
+
 /// (mean rate after the first second, total calls) from `govern` output.
 fn govern_figures(stdout: &str) -> Result<(f64, f64)> {
     workload_figures(stdout, 10, "leaf ")
@@ -833,10 +844,7 @@ fn render(
         verdict(per_call <= 8.0)
     );
     {
-        let g = |f: fn(&GovTrial) -> f64| median(governor.iter().map(f).collect());
-        let steady = g(|t| 100.0 * (t.base_rate / t.gov_rate - 1.0));
-        let whole = g(|t| 100.0 * (t.base_total / t.gov_total - 1.0));
-        let predicted = g(|t| t.predicted);
+        let (steady, whole, predicted) = governor_medians(governor);
         let ratio = predicted / steady.max(0.01);
         let _ = writeln!(
             s,
@@ -845,10 +853,7 @@ fn render(
         );
     }
     if let Some(py) = python {
-        let g = |f: fn(&GovTrial) -> f64| median(py.trials.iter().map(f).collect());
-        let steady = g(|t| 100.0 * (t.base_rate / t.gov_rate - 1.0));
-        let whole = g(|t| 100.0 * (t.base_total / t.gov_total - 1.0));
-        let predicted = g(|t| t.predicted);
+        let (steady, whole, predicted) = governor_medians(&py.trials);
         let ratio = predicted / whole.max(0.01);
         let _ = writeln!(
             s,
