@@ -50,17 +50,19 @@ pub(super) fn pclntab_functions(file: &object::File<'_>) -> Result<Vec<PclnFunct
         .data()
         .map_err(|e| format!(".gopclntab unreadable: {e}"))?;
     let u32_at = |off: u64| -> Result<u32, String> {
-        let off = usize::try_from(off).map_err(|_| "offset out of range")?;
-        data.get(off..off.checked_add(4).ok_or("offset overflow")?)
+        let off = usize::try_from(off).map_err(|_| ".gopclntab offset out of range")?;
+        data.get(off..off.checked_add(4).ok_or(".gopclntab offset overflow")?)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .ok_or_else(|| format!(".gopclntab truncated at {off:#x}"))
     };
-    let word = |i: u64| -> Result<u64, String> {
-        let off = 8 + i as usize * 8;
+    let word = |i: usize| -> Result<u64, String> {
+        let off = 8 + i * 8;
         data.get(off..off + 8)
             .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
             .ok_or_else(|| ".gopclntab header truncated".to_string())
     };
+    // Every offset below comes from the file: added with overflow checks.
+    let add = |a: u64, b: u64| a.checked_add(b).ok_or(".gopclntab offset overflow");
     let magic = u32_at(0)?;
     if magic != PCLN_MAGIC_118 && magic != PCLN_MAGIC_120 {
         return Err(format!(
@@ -84,15 +86,19 @@ pub(super) fn pclntab_functions(file: &object::File<'_>) -> Result<Vec<PclnFunct
     }
     let funcname_off = word(3)?;
     let pcln_off = word(7)?;
-    let entry = |i: u64| u32_at(pcln_off + i * 8).map(|e| text_start + u64::from(e));
-    let mut out = Vec::with_capacity(nfunc as usize);
+    // `i` is at most MAX_PCLN_FUNCTIONS, so `i * 8 + 4` cannot overflow.
+    let entry = |i: u64| -> Result<u64, String> {
+        let e = u32_at(add(pcln_off, i * 8)?)?;
+        Ok(add(text_start, u64::from(e))?)
+    };
+    let mut out = Vec::with_capacity((nfunc as usize).min(data.len() / 8));
     for i in 0..nfunc {
         let address = entry(i)?;
         let next = entry(i + 1)?;
-        let funcoff = u32_at(pcln_off + i * 8 + 4)?;
+        let funcoff = u32_at(add(pcln_off, i * 8 + 4)?)?;
         // _func: entryOff u32, nameOff i32, ...
-        let name_off = u32_at(pcln_off + u64::from(funcoff) + 4)?;
-        let start = usize::try_from(funcname_off + u64::from(name_off))
+        let name_off = u32_at(add(pcln_off, u64::from(funcoff) + 4)?)?;
+        let start = usize::try_from(add(funcname_off, u64::from(name_off))?)
             .map_err(|_| "name offset out of range")?;
         let name = data
             .get(start..)

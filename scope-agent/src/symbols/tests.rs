@@ -511,6 +511,61 @@ fn damaged_files_do_not_panic() {
     }
 }
 
+/// A stripped binary whose `.gopclntab` header points its tables at the
+/// end of the address space: every offset is added with overflow checks,
+/// so the answer is an error naming the table, never a panic (the fuzzer
+/// found the unchecked sum).
+#[test]
+fn go_table_offsets_near_u64_max_are_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_prog(dir.path(), "prog", &["-O0", "-s"]);
+    // The header (8 bytes, then 8 words), the function table at 72 (two
+    // entries of entry offset and `_func` offset), one `_func` at 88
+    // (entry offset, name offset 5), the names at 96.
+    let table = |word: usize, value: u64| {
+        let mut words = [1u64, 0, 0x1000, 96, 0, 0, 0, 72];
+        words[word] = value;
+        let mut t = vec![0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8];
+        for w in words {
+            t.extend_from_slice(&w.to_le_bytes());
+        }
+        for v in [0x10u32, 16, 0x20, 16, 0x10, 5] {
+            t.extend_from_slice(&v.to_le_bytes());
+        }
+        t.extend_from_slice(b"\0\0\0\0\0main.f\0");
+        t
+    };
+    let with_table = |name: &str, bytes: &[u8]| {
+        let path = dir.path().join("pclntab");
+        fs::write(&path, bytes).expect("write");
+        let go = dir.path().join(name);
+        let status = Command::new("objcopy")
+            .arg(format!("--add-section=.gopclntab={}", path.display()))
+            .arg(&exe)
+            .arg(&go)
+            .status()
+            .expect("objcopy");
+        assert!(status.success());
+        load_module(&go, &go)
+    };
+    // The sane table reads: the test's layout is right.
+    let m = with_table("go-sane", &table(0, 1)).expect("sane table");
+    let f = function(&m, "main.f");
+    assert_eq!((f.address, f.size), (0x1010, 0x10));
+    for (word, value) in [
+        (2, u64::MAX - 2), // text start: entry addresses overflow
+        (3, u64::MAX),     // function names: the name offset overflows
+        (7, u64::MAX - 3), // function table: its offsets overflow
+    ] {
+        match with_table(&format!("go-{word}"), &table(word, value)) {
+            Err(SymbolError::GoNoSymbols { reason, .. }) => {
+                assert!(reason.contains(".gopclntab"), "word {word}: {reason}");
+            }
+            other => panic!("word {word}: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn needed_libraries_of_c_program() {
     let dir = tempfile::tempdir().expect("tempdir");
