@@ -1145,6 +1145,7 @@ impl Governor {
                 decision.n.max(self.n).max(2)
             };
             self.predicted_pct = Some(decision.predicted_pct);
+            let mut demoted = Vec::new();
             for id in to_demote {
                 let pct = loads
                     .iter()
@@ -1154,14 +1155,18 @@ impl Governor {
                     "recording every call would cost {pct:.1}% by itself; predicted {current:.1}% > budget {}%",
                     self.budget_pct
                 );
-                self.messages.push(format!(
-                    "{} sampled 1 in {} ({pct:.1}% if every call were recorded); predicted {:.1}%",
-                    self.name(id),
-                    self.n,
-                    decision.predicted_pct
-                ));
+                demoted.push((self.name(id), pct));
                 self.demote(correlator, id, now_ns, "demote", reason);
             }
+            if let Some(msg) = grouped_message(
+                &demoted,
+                &format!("sampled 1 in {}", self.n),
+                "% if every call were recorded",
+            ) {
+                self.messages
+                    .push(format!("{msg}; predicted {:.1}%", decision.predicted_pct));
+            }
+            let mut promoted = Vec::new();
             // Promote only with no window open or closing, so a function
             // never has two links at once.
             for id in to_promote {
@@ -1174,11 +1179,11 @@ impl Governor {
                     .map_or(0.0, |l| l.overhead_pct);
                 let reason = format!("cooled down: recording every call now costs {pct:.1}%");
                 if self.promote(probes, correlator, id, now_ns, reason) {
-                    self.messages.push(format!(
-                        "{} recorded in full again ({pct:.2}%)",
-                        self.name(id)
-                    ));
+                    promoted.push((self.name(id), pct));
                 }
+            }
+            if let Some(msg) = grouped_message(&promoted, "recorded in full again", "%") {
+                self.messages.push(msg);
             }
             if self.n != old_n && self.governed.values().any(|g| g.sampled) {
                 self.rows.push(GovernorRecord {
@@ -1265,6 +1270,39 @@ impl Governor {
             on += now.duration_since((*since).max(self.tick_started));
         }
         self.push_aggregates(now_ns, on, wall.as_nanos().max(1) as f64);
+    }
+}
+
+/// Functions named one by one in a message at most; past that, one line
+/// names the first of them and counts the rest (the `governor` table has
+/// every decision), so one tick that samples 200 functions prints one line.
+const NAMED_IN_MESSAGE: usize = 3;
+
+/// `f sampled 1 in 8 (2.1% if ...)`, or `12 functions sampled 1 in 8: f
+/// (2.1%), g (1.9%), h (1.2%) and 9 more` for (name, percent) pairs; `None`
+/// when there are none.
+fn grouped_message(items: &[(String, f64)], what: &str, pct_note: &str) -> Option<String> {
+    match items {
+        [] => None,
+        [(name, pct)] => Some(format!("{name} {what} ({pct:.1}{pct_note})")),
+        _ => {
+            let named: Vec<String> = items
+                .iter()
+                .take(NAMED_IN_MESSAGE)
+                .map(|(name, pct)| format!("{name} ({pct:.1}%)"))
+                .collect();
+            let rest = items.len().saturating_sub(NAMED_IN_MESSAGE);
+            let more = if rest > 0 {
+                format!(" and {rest} more")
+            } else {
+                String::new()
+            };
+            Some(format!(
+                "{} functions {what}: {}{more}",
+                items.len(),
+                named.join(", ")
+            ))
+        }
     }
 }
 
@@ -1461,5 +1499,30 @@ mod tests {
     fn calibration_target_is_callable() {
         assert_eq!(calibration_target(0), 0);
         assert!(best_per_call() > 0.0);
+    }
+
+    #[test]
+    fn many_decisions_of_one_tick_make_one_line() {
+        let items = |n: usize| -> Vec<(String, f64)> {
+            (0..n)
+                .map(|i| (format!("f{i}"), 2.0 - i as f64 / 10.0))
+                .collect()
+        };
+        assert_eq!(grouped_message(&[], "sampled 1 in 8", "%"), None);
+        assert_eq!(
+            grouped_message(&items(1), "sampled 1 in 8", "% if every call were recorded"),
+            Some("f0 sampled 1 in 8 (2.0% if every call were recorded)".into())
+        );
+        assert_eq!(
+            grouped_message(&items(2), "recorded in full again", "%"),
+            Some("2 functions recorded in full again: f0 (2.0%), f1 (1.9%)".into())
+        );
+        assert_eq!(
+            grouped_message(&items(219), "sampled 1 in 92", "%"),
+            Some(
+                "219 functions sampled 1 in 92: f0 (2.0%), f1 (1.9%), f2 (1.8%) and 216 more"
+                    .into()
+            )
+        );
     }
 }

@@ -32,9 +32,51 @@ pub fn run_fuzz(seconds: u64) -> Result<()> {
         .arg("-rss_limit_mb=4096")
         .arg("-print_final_stats=1")
         .current_dir(&root);
-    run(&mut cmd).context(
-        "the fuzzer found an input that crashes the symbol loader (see fuzz/artifacts/elf_dwarf/)",
+    let started = std::time::SystemTime::now();
+    if run(&mut cmd).is_ok() {
+        return Ok(());
+    }
+    // libFuzzer's report scrolls away above its own statistics and cargo-fuzz's
+    // backtrace, and CI keeps only the tail: replay the crash and end with
+    // the panic's place and message.
+    let artifacts = root.join("fuzz/artifacts/elf_dwarf");
+    let Some(crash) = newest_since(&artifacts, started) else {
+        bail!(
+            "the fuzzer failed without leaving a crash input in {}",
+            artifacts.display()
+        );
+    };
+    let binary = fuzz_target_dir.join("x86_64-unknown-linux-gnu/release/elf_dwarf");
+    let replay = command(&binary)
+        .arg(&crash)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .unwrap_or_default();
+    let panic: Vec<&str> = replay
+        .lines()
+        .skip_while(|l| !l.contains("panicked at"))
+        .take(2)
+        .collect();
+    bail!(
+        "the fuzzer found an input that crashes the symbol loader ({}): {}",
+        crash.display(),
+        if panic.is_empty() {
+            "no panic message (see above)".to_string()
+        } else {
+            panic.join(" ")
+        }
     )
+}
+
+/// The newest file in `dir` written after `since`.
+fn newest_since(dir: &Path, since: std::time::SystemTime) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .filter(|(t, _)| *t >= since)
+        .max()
+        .map(|(_, p)| p)
 }
 
 fn ensure_cargo_fuzz() -> Result<()> {

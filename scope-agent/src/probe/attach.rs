@@ -482,23 +482,35 @@ impl LoadedProbes {
     }
 }
 
+/// Threads [`close_links`] uses at most: enough for the grace periods of
+/// the governor's 512 links to overlap in a few rounds, few enough that
+/// ending a session does not start hundreds of threads.
+const MAX_CLOSE_THREADS: usize = 32;
+
 /// Closes `links` on parallel threads and waits for all of them. Closing a
 /// uprobe link waits for a kernel grace period (tens of milliseconds); the
 /// waits of links closed together overlap, so many small links close in
-/// about the time of one.
+/// about the time of a few.
 pub fn close_links(links: Vec<ProbeLink>) {
     if links.len() <= 1 {
         drop(links);
         return;
     }
+    let threads = links.len().min(MAX_CLOSE_THREADS);
+    let mut shares: Vec<Vec<ProbeLink>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, l) in links.into_iter().enumerate() {
+        if let Some(share) = shares.get_mut(i % threads) {
+            share.push(l);
+        }
+    }
     std::thread::scope(|s| {
-        for l in links {
+        for share in shares {
             if std::thread::Builder::new()
                 .name("scope-detach".into())
-                .spawn_scoped(s, move || drop(l))
+                .spawn_scoped(s, move || drop(share))
                 .is_err()
             {
-                // No thread: it was dropped with the closure, on this one.
+                // No thread: they were dropped with the closure, on this one.
             }
         }
     });
