@@ -120,7 +120,7 @@ const MAX_ORIGIN_HOPS: usize = 4;
 /// How deep a type name is rendered (`const char **` is three levels).
 const MAX_TYPE_DEPTH: usize = 8;
 
-fn endian_of(file: &object::File<'_>) -> RunTimeEndian {
+pub(super) fn endian_of(file: &object::File<'_>) -> RunTimeEndian {
     if file.is_little_endian() {
         RunTimeEndian::Little
     } else {
@@ -128,7 +128,7 @@ fn endian_of(file: &object::File<'_>) -> RunTimeEndian {
     }
 }
 
-fn load_sections<'f>(
+pub(super) fn load_sections<'f>(
     file: &'f object::File<'_>,
     dwo: bool,
 ) -> Result<gimli::DwarfSections<Cow<'f, [u8]>>, object::Error> {
@@ -531,7 +531,12 @@ fn read_unit(
                 let (file_index, line) = declaration(unit, &attrs);
                 let file = file_index.and_then(|i| files.get(dwarf, unit, i));
                 let origin = ref_attr(&attrs, gimli::DW_AT_abstract_origin);
-                let key = global(unit, origin.unwrap_or(offset));
+                let Some(key) = origin
+                    .and_then(|o| global(unit, o))
+                    .or_else(|| global(unit, offset))
+                else {
+                    continue;
+                };
                 let return_type = match follow_attr(unit, &attrs, gimli::DW_AT_type) {
                     Some(t) => Some(types.get(dwarf, unit, t, language)),
                     None => match language {
@@ -573,7 +578,9 @@ fn read_unit(
                 let Some(origin) = ref_attr(&attrs, gimli::DW_AT_abstract_origin) else {
                     continue;
                 };
-                let key = global(unit, origin);
+                let Some(key) = global(unit, origin) else {
+                    continue;
+                };
                 *counts.by_key.entry(key).or_default() += 1;
                 let entry_pc = attrs
                     .iter()
@@ -623,8 +630,13 @@ fn read_unit(
     Ok(())
 }
 
-fn global(unit: &Unit<'_>, offset: UnitOffset) -> usize {
-    offset.to_unit_section_offset(&unit.header).0
+/// The section offset of a DIE of `unit`, the key that ties inlined
+/// instances to their abstract origin; `None` for a reference outside the
+/// unit (a corrupt file: the sum could overflow).
+pub(super) fn global(unit: &Unit<'_>, offset: UnitOffset) -> Option<usize> {
+    offset
+        .is_in_bounds(&unit.header)
+        .then(|| offset.to_unit_section_offset(&unit.header).0)
 }
 
 fn language_name(l: gimli::DwLang) -> Option<&'static str> {

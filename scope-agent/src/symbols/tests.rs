@@ -511,6 +511,27 @@ fn damaged_files_do_not_panic() {
     }
 }
 
+/// A DIE reference (`DW_AT_abstract_origin`) is an offset the file gives:
+/// one outside its unit has no key, where adding it to the unit's offset
+/// could overflow (found by fuzzing).
+#[test]
+fn die_references_outside_their_unit_have_no_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_prog(dir.path(), "prog", &["-g", "-O0"]);
+    let data = fs::read(&exe).expect("read");
+    let file = object::File::parse(&*data).expect("ELF");
+    let sections = dwarf::load_sections(&file, false).expect("sections");
+    let endian = dwarf::endian_of(&file);
+    let dw = sections.borrow(|d| gimli::EndianSlice::new(d, endian));
+    let header = dw.units().next().expect("units").expect("one unit");
+    let unit = dw.unit(header).expect("unit");
+    let root = unit.header.root_offset();
+    assert!(dwarf::global(&unit, root).is_some());
+    for bad in [0, usize::MAX, usize::MAX - root.0, data.len()] {
+        assert_eq!(dwarf::global(&unit, gimli::UnitOffset(bad)), None, "{bad}");
+    }
+}
+
 /// A stripped binary whose `.gopclntab` header points its tables at the
 /// end of the address space: every offset is added with overflow checks,
 /// so the answer is an error naming the table, never a panic (the fuzzer
