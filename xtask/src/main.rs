@@ -52,12 +52,16 @@ enum Task {
     /// Build the test fixtures into target/fixtures (the tests build them
     /// on demand too).
     Fixtures,
-    /// Fuzz the ELF + DWARF symbol loader with libFuzzer for a bounded time
-    /// (installs cargo-fuzz when missing; builds with the nightly toolchain).
+    /// Fuzz the ELF + DWARF symbol loader (or the demangler) with libFuzzer
+    /// for a bounded time (installs cargo-fuzz when missing; builds with the
+    /// nightly toolchain).
     Fuzz {
         /// How long to fuzz.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Which fuzz target (`fuzz/fuzz_targets/`).
+        #[arg(long, value_enum, default_value_t = fuzz::Target::ElfDwarf)]
+        target: fuzz::Target,
     },
     /// Measure scope against bpftrace and uftrace side by side (every
     /// figure a ratio from the same run), print the table and write it into
@@ -85,7 +89,7 @@ fn main() -> ExitCode {
             cargo_test_args,
         } => suite::run_suite(!no_lint, !no_fuzz, &cargo_test_args),
         Task::Fixtures => build_fixtures(),
-        Task::Fuzz { seconds } => fuzz::run_fuzz(seconds),
+        Task::Fuzz { seconds, target } => fuzz::run_fuzz(target, seconds),
         Task::Bench {
             trials,
             calls,

@@ -56,7 +56,9 @@ pub fn run_suite(lint: bool, fuzz: bool, cargo_test_args: &[String]) -> Result<(
         run(cmd.args(cargo_test_args))
     })?;
     if fuzz {
-        step("fuzz", || crate::fuzz::run_fuzz(FUZZ_SECONDS))?;
+        step("fuzz", || {
+            crate::fuzz::run_fuzz(crate::fuzz::Target::ElfDwarf, FUZZ_SECONDS)
+        })?;
     }
     println!(
         "cargo xtask test: all steps passed ({:.1} s)",
