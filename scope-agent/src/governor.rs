@@ -435,6 +435,11 @@ pub struct Governor {
     predicted_once: bool,
     /// When a tick last came early (see `far_over_budget`).
     last_early: Option<Instant>,
+    /// When `far_over_budget` may next read the target's CPU time: reading
+    /// `/proc/PID/task/*/schedstat` costs a file per thread, so the check
+    /// waits 20 times as long as the last read took (at most 5% of the
+    /// agent's time, for targets with hundreds of threads).
+    next_cpu_read: Option<Instant>,
     /// When the last "unmanaged" warning was given.
     last_unmanaged: Option<Instant>,
     rows: Vec<GovernorRecord>,
@@ -504,6 +509,7 @@ impl Governor {
             last_backpressure: None,
             predicted_once: false,
             last_early: None,
+            next_cpu_read: None,
             last_unmanaged: None,
             rows: Vec::new(),
             agg_rows: Vec::new(),
@@ -695,7 +701,7 @@ impl Governor {
             && self
                 .last_early
                 .is_none_or(|t| now.duration_since(t) >= EARLY_MIN * 3)
-            && self.far_over_budget(due, factor);
+            && self.far_over_budget(now, due, factor);
         if urgent {
             // Demotions need no quiet moment (promotions wait for one).
             self.tick_len = due;
@@ -752,7 +758,7 @@ impl Governor {
     /// Whether the calls of functions recorded in full since the tick
     /// began (at least [`EARLY_MIN`] ago) already cost more than `factor`
     /// times the budget: then the tick comes now.
-    fn far_over_budget(&self, due: Duration, factor: f64) -> bool {
+    fn far_over_budget(&mut self, now: Instant, due: Duration, factor: f64) -> bool {
         if due < EARLY_MIN {
             return false;
         }
@@ -765,10 +771,12 @@ impl Governor {
                 self.seen_ungoverned
             };
         let probe_ns = calls as f64 * self.cost.full_ns;
-        if probe_ns < 1e6 {
+        if probe_ns < 1e6 || self.next_cpu_read.is_some_and(|t| now < t) {
             return false;
         }
+        let read_started = Instant::now();
         let cpu = target_cpu_ns(self.pid).unwrap_or(self.tick_cpu_ns);
+        self.next_cpu_read = Some(now + read_started.elapsed() * 20);
         let cpu_ns = cpu.saturating_sub(self.tick_cpu_ns) as f64;
         let pct = overhead_pct(
             calls as f64,
