@@ -1292,12 +1292,12 @@ const NAMED_IN_MESSAGE: usize = 3;
 fn grouped_message(items: &[(String, f64)], what: &str, pct_note: &str) -> Option<String> {
     match items {
         [] => None,
-        [(name, pct)] => Some(format!("{name} {what} ({pct:.1}{pct_note})")),
+        [(name, pct)] => Some(format!("{name} {what} ({}{pct_note})", short_pct(*pct))),
         _ => {
             let named: Vec<String> = items
                 .iter()
                 .take(NAMED_IN_MESSAGE)
-                .map(|(name, pct)| format!("{name} ({pct:.1}%)"))
+                .map(|(name, pct)| format!("{name} ({}%)", short_pct(*pct)))
                 .collect();
             let rest = items.len().saturating_sub(NAMED_IN_MESSAGE);
             let more = if rest > 0 {
@@ -1311,6 +1311,16 @@ fn grouped_message(items: &[(String, f64)], what: &str, pct_note: &str) -> Optio
                 named.join(", ")
             ))
         }
+    }
+}
+
+/// A percentage with two decimals below 1 (a cooled function's 0.04%),
+/// one above.
+fn short_pct(pct: f64) -> String {
+    if pct < 1.0 {
+        format!("{pct:.2}")
+    } else {
+        format!("{pct:.1}")
     }
 }
 
@@ -1524,6 +1534,10 @@ mod tests {
         assert_eq!(
             grouped_message(&items(2), "recorded in full again", "%"),
             Some("2 functions recorded in full again: f0 (2.0%), f1 (1.9%)".into())
+        );
+        assert_eq!(
+            grouped_message(&[("g".into(), 0.043)], "recorded in full again", "%"),
+            Some("g recorded in full again (0.04%)".into())
         );
         assert_eq!(
             grouped_message(&items(219), "sampled 1 in 92", "%"),
