@@ -81,11 +81,19 @@ pub fn run_fuzz(target: Target, seconds: u64) -> Result<()> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
         .unwrap_or_default();
-    let panic: Vec<&str> = replay
+    // A panic's place and message; else what the sanitizer or libFuzzer
+    // said (an allocation too big, a deadly signal).
+    let mut panic: Vec<&str> = replay
         .lines()
         .skip_while(|l| !l.contains("panicked at"))
         .take(2)
         .collect();
+    if panic.is_empty() {
+        panic = replay
+            .lines()
+            .filter(|l| l.contains("ERROR: ") || l.starts_with("SUMMARY: "))
+            .collect();
+    }
     bail!(
         "the fuzzer found an input that crashes {name} ({}): {}",
         crash.display(),

@@ -29,6 +29,7 @@ use scope_common::MAX_ARGS;
 
 use super::plan::Plan;
 use crate::capture::args::{ArgLayout, ArgSlot, RegValue};
+use crate::symbols::dwarf::{DwarfError, section_data};
 use crate::symbols::pattern::Pattern;
 
 /// Marks the functions whose arguments are captured: every probed function
@@ -121,9 +122,9 @@ fn module_layouts(
     // the same way, and a concurrent truncation is the caller's risk as there.
     let map = unsafe { memmap2::Mmap::map(&file)? };
     let obj = object::File::parse(&*map)?;
-    let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, object::Error> {
+    let load = |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, DwarfError> {
         match obj.section_by_name(id.name()) {
-            Some(s) if s.kind() != object::SectionKind::UninitializedData => s.uncompressed_data(),
+            Some(s) if s.kind() != object::SectionKind::UninitializedData => section_data(&s),
             _ => Ok(Cow::Borrowed(&[])),
         }
     };

@@ -108,6 +108,42 @@ pub enum DwarfError {
     Section(#[from] object::Error),
     #[error("malformed DWARF: {0}")]
     Parse(#[from] gimli::Error),
+    #[error(
+        "compressed section {section} claims {claimed} bytes uncompressed from {compressed} (more than {MAX_COMPRESSION_RATIO} to 1)"
+    )]
+    Implausible {
+        section: String,
+        claimed: u64,
+        compressed: usize,
+    },
+}
+
+/// A compressed section's header says how big it will be, and
+/// decompression reserves that much first: a corrupt size would make the
+/// agent reserve terabytes. Real DWARF compresses about 3 to 10 to 1;
+/// claims above this ratio (and above [`ALWAYS_BELIEVED`]) are refused.
+pub(crate) const MAX_COMPRESSION_RATIO: u64 = 4096;
+/// Uncompressed sizes believed whatever the ratio.
+const ALWAYS_BELIEVED: u64 = 64 << 20;
+
+/// The section's bytes, decompressed when the section is compressed and
+/// its claimed size is plausible.
+pub(crate) fn section_data<'d>(
+    section: &impl ObjectSection<'d>,
+) -> Result<Cow<'d, [u8]>, DwarfError> {
+    let compressed = section.compressed_data()?;
+    let limit = (compressed.data.len() as u64)
+        .saturating_mul(MAX_COMPRESSION_RATIO)
+        .max(ALWAYS_BELIEVED);
+    if compressed.format != object::CompressionFormat::None && compressed.uncompressed_size > limit
+    {
+        return Err(DwarfError::Implausible {
+            section: section.name().unwrap_or("?").to_string(),
+            claimed: compressed.uncompressed_size,
+            compressed: compressed.data.len(),
+        });
+    }
+    Ok(compressed.decompress()?)
 }
 
 type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
@@ -131,13 +167,13 @@ pub(super) fn endian_of(file: &object::File<'_>) -> RunTimeEndian {
 pub(super) fn load_sections<'f>(
     file: &'f object::File<'_>,
     dwo: bool,
-) -> Result<gimli::DwarfSections<Cow<'f, [u8]>>, object::Error> {
+) -> Result<gimli::DwarfSections<Cow<'f, [u8]>>, DwarfError> {
     gimli::DwarfSections::load(
-        |id: gimli::SectionId| -> Result<Cow<'f, [u8]>, object::Error> {
+        |id: gimli::SectionId| -> Result<Cow<'f, [u8]>, DwarfError> {
             let name = if dwo { id.dwo_name() } else { Some(id.name()) };
             match name.and_then(|n| file.section_by_name(n)) {
                 Some(section) if section.kind() != object::SectionKind::UninitializedData => {
-                    section.uncompressed_data()
+                    section_data(&section)
                 }
                 _ => Ok(Cow::Borrowed(&[])),
             }
@@ -324,7 +360,7 @@ fn read_split_unit(
     let Ok(sections) = gimli::DwarfPackageSections::load(
         |id: gimli::SectionId| -> Result<Cow<'_, [u8]>, gimli::Error> {
             match id.dwo_name().and_then(|n| file.section_by_name(n)) {
-                Some(section) => section.uncompressed_data().map_err(|_| gimli::Error::Io),
+                Some(section) => section_data(&section).map_err(|_| gimli::Error::Io),
                 None => Ok(Cow::Borrowed(&[])),
             }
         },

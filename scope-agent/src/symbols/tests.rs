@@ -6,6 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use object::{Object, ObjectSection};
+
 use super::*;
 
 const PROG_C: &str = r#"#include <stdio.h>
@@ -262,6 +264,37 @@ fn dwarf_4_and_5_and_compressed() {
     } else {
         eprintln!("objcopy cannot compress with zstd; zstd case skipped");
     }
+}
+
+/// A compressed `.debug_info` whose header claims 2^60 bytes: refused
+/// before anything is reserved (the fuzzer's allocation of 16 PiB), with
+/// a warning naming the section; the symbol table still gives the functions.
+#[test]
+fn compressed_section_claiming_an_implausible_size_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = compile_prog(dir.path(), "prog", &["-g", "-O0", "-gz=zlib"]);
+    let mut data = fs::read(&exe).expect("read");
+    let at = {
+        let file = object::File::parse(&*data).expect("ELF");
+        let section = file.section_by_name(".debug_info").expect(".debug_info");
+        let (offset, _) = section.file_range().expect("in the file");
+        usize::try_from(offset).expect("fits")
+    };
+    // Elf64_Chdr: ch_type, ch_reserved, then ch_size.
+    let size = data.get_mut(at + 8..at + 16).expect("header");
+    size.copy_from_slice(&(1u64 << 60).to_le_bytes());
+    let bad = dir.path().join("bad-size");
+    fs::write(&bad, &data).expect("write");
+    let m = load(&bad);
+    assert!(!m.has_debug_info);
+    function(&m, "compute_sum");
+    assert!(
+        m.warnings
+            .iter()
+            .any(|w| w.contains(".debug_info") && w.contains("1152921504606846976")),
+        "{:?}",
+        m.warnings
+    );
 }
 
 #[test]
