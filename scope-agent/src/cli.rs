@@ -145,16 +145,20 @@ pub struct ProbeArgs {
     #[arg(long, value_name = "D", default_value = "5s", value_parser = parse_duration)]
     pub status_interval: Duration,
 
-    /// Keep the target's slowdown under PCT percent (or `off`). Before
-    /// recording, scope measures the per-call cost of its probes on this
-    /// machine and counts calls for --warmup; it prints the predicted
-    /// slowdown of recording every call. Functions too hot for the budget
-    /// are sampled: probed for one 50 ms window in every N, N in the
-    /// `governor` table, scaled counts and durations in `aggregates`. They
-    /// are promoted back when they cool down. Only functions with links of
-    /// their own (up to 256) can be sampled. `off` records every call.
-    #[arg(long, value_name = "PCT", default_value = "5", value_parser = parse_overhead)]
-    pub max_overhead: Overhead,
+    /// Keep the target's slowdown under PCT percent, or `off` to record
+    /// every call. Default: `off` for `record` (a command you start is
+    /// usually a test or a benchmark: every count is exact, and scope says
+    /// early on what recording every call costs), 5 for `attach` (slowing a
+    /// running service is the greater harm).
+    ///
+    /// With a budget, scope measures the per-call cost of its probes on
+    /// this machine and predicts the slowdown of recording every call;
+    /// functions too hot for the budget are sampled: probed for one short
+    /// window in every N. Their counts become estimates with an interval
+    /// (`≈54.0K` in text; `totals` table: exact = false, calls_low,
+    /// calls_high), never a partial count shown as a total.
+    #[arg(long, value_name = "PCT", value_parser = parse_overhead)]
+    pub max_overhead: Option<Overhead>,
 
     /// How long the governor counts before it decides. `attach` counts in
     /// the kernel without recording; `record` records from the first call
@@ -169,6 +173,9 @@ pub struct ProbeArgs {
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_attach_mode, hide = true)]
     pub attach_mode: AttachModeChoice,
 }
+
+/// The budget of `attach` when no `--max-overhead` is given, in percent.
+pub const DEFAULT_ATTACH_BUDGET: f64 = 5.0;
 
 /// `--max-overhead`: a budget in percent, or `None` for `off`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -269,6 +276,12 @@ impl ProbeArgs {
                 ));
             }
         };
+        // `record` records every call unless asked; `attach` keeps a budget.
+        let max_overhead = match (self.max_overhead, &target) {
+            (Some(o), _) => o.0,
+            (None, Target::Record { .. }) => None,
+            (None, Target::Attach { .. }) => Some(DEFAULT_ATTACH_BUDGET),
+        };
         Ok(SessionConfig {
             arg_strings,
             target,
@@ -286,7 +299,7 @@ impl ProbeArgs {
             status_interval: self.status_interval,
             attach_mode: self.attach_mode,
             inlined: self.inlined,
-            max_overhead: self.max_overhead.0,
+            max_overhead,
             warmup: self.warmup,
         })
     }
@@ -345,13 +358,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_governor_is_on_at_five_percent_by_default() {
-        let cli = Cli::try_parse_from(["scope-agent", "record", "--", "true"]).expect("parses");
-        let Command::Record(args) = cli.command else {
-            panic!("record");
+    fn record_records_every_call_and_attach_keeps_five_percent_by_default() {
+        let config = |argv: &[&str]| -> SessionConfig {
+            let cli = Cli::try_parse_from(argv).expect("parses");
+            match cli.command {
+                Command::Record(a) => a
+                    .probe
+                    .into_config(Target::Record { argv: a.command })
+                    .expect("valid"),
+                Command::Attach(a) => a
+                    .probe
+                    .into_config(Target::Attach { pid: a.pid })
+                    .expect("valid"),
+                _ => panic!("record or attach"),
+            }
         };
-        assert_eq!(args.probe.max_overhead, Overhead(Some(5.0)));
-        assert_eq!(args.probe.warmup, Duration::from_millis(250));
+        let record = config(&["scope-agent", "record", "--", "true"]);
+        assert_eq!(record.max_overhead, None);
+        assert_eq!(record.warmup, Duration::from_millis(250));
+        let attach = config(&["scope-agent", "attach", "--pid", "1"]);
+        assert_eq!(attach.max_overhead, Some(5.0));
+        // Given explicitly, either way.
+        let record = config(&["scope-agent", "record", "--max-overhead", "5", "--", "true"]);
+        assert_eq!(record.max_overhead, Some(5.0));
+        let attach = config(&["scope-agent", "attach", "--max-overhead", "off", "-p", "1"]);
+        assert_eq!(attach.max_overhead, None);
     }
 
     #[test]
