@@ -243,6 +243,7 @@ impl Correlator {
                 tid: frame.tid,
                 call_id: frame.call_id,
                 parent_call_id: thread.frames.last().map_or(0, |f| f.call_id),
+                parent_function_id: thread.frames.last().map_or(0, |f| f.function_id),
                 function_id: frame.function_id,
                 depth: thread.frames.len() as u32,
                 start_ns: frame.start_ktime as i64 + self.clock_offset_ns,
@@ -454,7 +455,7 @@ impl Correlator {
                 self.counts.window_edge += 1;
                 return;
             }
-            self.emit_entry_missing(ev, 0, 0, ret);
+            self.emit_entry_missing(ev, 0, (0, 0), ret);
             return;
         };
         let pid = thread.pid;
@@ -480,6 +481,7 @@ impl Correlator {
                     tid: frame.tid,
                     call_id: frame.call_id,
                     parent_call_id: parent,
+                    parent_function_id: frames.last().map_or(0, |f| f.function_id),
                     function_id: frame.function_id,
                     depth,
                     start_ns: frame.start_ktime as i64 + self.clock_offset_ns,
@@ -509,7 +511,7 @@ impl Correlator {
             // live (or lost). Whatever is open above it cannot have been
             // called by it after the fact, so the stack is left alone.
             let depth = frames.len() as u32;
-            let parent = frames.last().map_or(0, |f| f.call_id);
+            let parent = frames.last().map_or((0, 0), |f| (f.call_id, f.function_id));
             self.emit_entry_missing(ev, depth, parent, ret);
             return;
         };
@@ -520,6 +522,7 @@ impl Correlator {
                 let depth = frames.len() as u32;
                 let parent = frames.last_mut();
                 let parent_id = parent.as_ref().map_or(0, |f| f.call_id);
+                let parent_fn = parent.as_ref().map_or(0, |f| f.function_id);
                 if let Some(p) = parent {
                     p.child_ns += duration;
                 }
@@ -529,6 +532,7 @@ impl Correlator {
                     tid: frame.tid,
                     call_id: frame.call_id,
                     parent_call_id: parent_id,
+                    parent_function_id: parent_fn,
                     function_id: frame.function_id,
                     depth,
                     start_ns: frame.start_ktime as i64 + self.clock_offset_ns,
@@ -551,6 +555,7 @@ impl Correlator {
         let depth = frames.len() as u32;
         let parent = frames.last_mut();
         let parent_id = parent.as_ref().map_or(0, |f| f.call_id);
+        let parent_fn = parent.as_ref().map_or(0, |f| f.function_id);
         if let Some(p) = parent {
             p.child_ns += duration;
         }
@@ -560,6 +565,7 @@ impl Correlator {
             tid: frame.tid,
             call_id: frame.call_id,
             parent_call_id: parent_id,
+            parent_function_id: parent_fn,
             function_id: frame.function_id,
             depth,
             start_ns: frame.start_ktime as i64 + self.clock_offset_ns,
@@ -579,10 +585,11 @@ impl Correlator {
     /// innermost open call of its stack; no frame is pushed (no return
     /// will come).
     fn emit_inline(&mut self, ev: &RawEvent, call_id: u64, key: StackKey) {
-        let (depth, parent) = self.threads.get(&key).map_or((0, 0), |t| {
+        let (depth, parent, parent_fn) = self.threads.get(&key).map_or((0, 0, 0), |t| {
             (
                 t.frames.len() as u32,
                 t.frames.last().map_or(0, |f| f.call_id),
+                t.frames.last().map_or(0, |f| f.function_id),
             )
         });
         self.counts.inlined += 1;
@@ -591,6 +598,7 @@ impl Correlator {
             tid: ev.tid(),
             call_id,
             parent_call_id: parent,
+            parent_function_id: parent_fn,
             function_id: ev.function_id,
             depth,
             start_ns: ev.ktime_ns as i64 + self.clock_offset_ns,
@@ -603,7 +611,14 @@ impl Correlator {
         });
     }
 
-    fn emit_entry_missing(&mut self, ev: &RawEvent, depth: u32, parent: u64, ret: Option<i64>) {
+    /// `parent`: (call id, function id) of the frame it returned into.
+    fn emit_entry_missing(
+        &mut self,
+        ev: &RawEvent,
+        depth: u32,
+        parent: (u64, u32),
+        ret: Option<i64>,
+    ) {
         let call_id = self.next_call_id;
         self.next_call_id += 1;
         let start = self.live_ktime.min(ev.ktime_ns);
@@ -612,7 +627,8 @@ impl Correlator {
             pid: ev.tgid(),
             tid: ev.tid(),
             call_id,
-            parent_call_id: parent,
+            parent_call_id: parent.0,
+            parent_function_id: parent.1,
             function_id: ev.function_id,
             depth,
             start_ns: start as i64 + self.clock_offset_ns,
@@ -644,6 +660,7 @@ impl Correlator {
                     tid: frame.tid,
                     call_id: frame.call_id,
                     parent_call_id: parent,
+                    parent_function_id: thread.frames.last().map_or(0, |f| f.function_id),
                     function_id: frame.function_id,
                     depth,
                     start_ns: frame.start_ktime as i64 + self.clock_offset_ns,
@@ -711,6 +728,15 @@ mod tests {
         assert_eq!((a.duration_ns, a.self_ns), (90, 50));
         assert_eq!((b.duration_ns, b.self_ns), (40, 30));
         assert_eq!((c.duration_ns, c.self_ns), (10, 10));
+        // The caller's function travels with each call.
+        assert_eq!(
+            (
+                a.parent_function_id,
+                b.parent_function_id,
+                c.parent_function_id
+            ),
+            (0, 1, 2)
+        );
         assert_eq!(a.start_ns, 1_010);
         assert!(calls.iter().all(|c| c.flags == 0));
     }

@@ -51,6 +51,10 @@ pub struct CallRecord {
     pub call_id: u64,
     /// 0 at a root (stored as null).
     pub parent_call_id: u64,
+    /// The function of the parent call (0 at a root). Not stored: the
+    /// parent's row has it; the governor uses it to find a function's
+    /// callers without waiting for their rows.
+    pub parent_function_id: u32,
     pub function_id: u32,
     /// 0 at a root.
     pub depth: u32,

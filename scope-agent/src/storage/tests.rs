@@ -27,6 +27,8 @@ fn call(i: u64) -> CallRecord {
         tid: 43 + (i % 2) as u32,
         call_id: i,
         parent_call_id: if i.is_multiple_of(3) { 0 } else { i - 1 },
+        // Not stored.
+        parent_function_id: 0,
         function_id: 1 + (i % 4) as u32,
         depth: (i % 3) as u32,
         start_ns: 1_700_000_000_000_000_000 + i as i64,
@@ -157,6 +159,7 @@ fn read_calls(out: &Path) -> Vec<CallRecord> {
                     } else {
                         parent.value(r)
                     },
+                    parent_function_id: 0,
                     function_id: fid.value(r),
                     depth: depth.value(r) as u32,
                     start_ns: start.value(r),
