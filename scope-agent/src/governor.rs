@@ -52,6 +52,9 @@
 //! Every decision is a `governor` row; the status line shows the sampled
 //! functions and the prediction.
 
+pub mod estimate;
+pub mod ledger;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::thread::JoinHandle;
