@@ -143,18 +143,24 @@ fn main() -> anyhow::Result<()> {
     correlator.finish();
     store.write_calls(&correlator.take_calls())?;
     let counts = correlator.counts();
-    let summary = store.finish(&SessionRow {
-        host: String::new(),
-        pid: PID as u32,
-        command: "pipeline_bench".into(),
-        start_ns: 0,
-        end_ns: 0,
-        version: env!("CARGO_PKG_VERSION").into(),
-        clock_offset_ns: 0,
-        events: counts.events,
-        calls: counts.calls,
-        lost: 0,
-    })?;
+    let summary = store.finish(
+        &SessionRow {
+            host: String::new(),
+            pid: PID as u32,
+            command: "pipeline_bench".into(),
+            start_ns: 0,
+            end_ns: 0,
+            version: env!("CARGO_PKG_VERSION").into(),
+            clock_offset_ns: 0,
+            events: counts.events,
+            calls: Some(counts.calls),
+            calls_exact: true,
+            calls_recorded: counts.calls,
+            lost: 0,
+            max_overhead_pct: None,
+        },
+        &[],
+    )?;
     let wall = start.elapsed();
     let cpu = thread_cpu() - cpu0;
 

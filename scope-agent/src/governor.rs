@@ -1261,7 +1261,6 @@ impl Governor {
                 sample_n: self.n,
                 observed_ns: on.as_nanos() as u64,
                 calls_seen: a.seen,
-                calls_estimated: scaled_calls(a.seen, on.as_nanos() as f64, wall_ns),
                 total_ns: Some(a.total_ns),
                 log2_hist: Some(if a.hist.is_empty() {
                     vec![0; 64]

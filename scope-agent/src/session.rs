@@ -548,10 +548,13 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         clock_offset_ns: clock.offset_ns,
         events: counts.events,
-        calls: stats.total_calls(),
+        calls: Some(stats.total_calls()),
+        calls_exact: governor.is_none() && lost == 0,
+        calls_recorded: stats.total_calls(),
         lost,
+        max_overhead_pct: cfg.max_overhead,
     };
-    let finished = store.finish(&session_row);
+    let finished = store.finish(&session_row, &[]);
     if let Err(e) = written {
         bail!(
             "recording stopped: {e:#} (every segment finished before this is readable in {})",
@@ -994,7 +997,6 @@ fn prepare_governor(
                     sample_n: 1,
                     observed_ns: wall.as_nanos() as u64,
                     calls_seen: *count,
-                    calls_estimated: *count,
                     total_ns: None,
                     log2_hist: None,
                 });

@@ -171,14 +171,44 @@ pub struct AggregateRecord {
     pub sample_n: u32,
     /// Nanoseconds within the interval during which the function was probed.
     pub observed_ns: u64,
-    /// Calls seen (counted, or recorded during the sampling windows).
+    /// Calls seen (counted, or recorded during the sampling windows). Not
+    /// the function's calls in the interval: those are estimated over the
+    /// whole session, with an interval, in `totals`.
     pub calls_seen: u64,
-    /// calls_seen scaled to the whole interval (calls_seen * interval / observed).
-    pub calls_estimated: u64,
     /// Sum of the durations of the seen calls that completed; None for "warmup".
     pub total_ns: Option<u64>,
     /// log2 histogram of those durations: element i counts durations in [2^i, 2^(i+1)) ns (element 0 also holds 0 and 1 ns); 64 elements; None for "warmup".
     pub log2_hist: Option<Vec<u64>>,
+}
+
+/// How many times one function ran over the session: a row of `totals`.
+/// Exact, or an estimate marked as one with its 95% interval; never a
+/// sampled count in a column that reads as the total.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct TotalRecord {
+    pub function_id: u32,
+    /// The count: exact when `exact`, else the estimate; `None` when no
+    /// honest estimate exists (`method` says why).
+    pub calls: Option<u64>,
+    /// Every call was recorded (and no event was lost).
+    pub exact: bool,
+    /// The 95% interval; `calls_high` is `None` when there is no upper
+    /// bound. Both equal `calls` when exact.
+    pub calls_low: u64,
+    pub calls_high: Option<u64>,
+    /// Rows of the function in `calls`.
+    pub calls_recorded: u64,
+    /// `recorded`, `sampled: ratio to a caller`, `sampled: cpu time`,
+    /// `sampled: lower bound only` or `sampled: unknown`.
+    pub method: &'static str,
+    /// For `sampled: ratio to a caller`: the caller whose calls the
+    /// estimate is scaled by.
+    pub basis_function_id: Option<u32>,
+    /// Sum of the durations of the calls (those recorded, scaled like the
+    /// count when sampled); `None` when the count is unknown.
+    pub total_ns: Option<u64>,
+    /// Likewise for the self times.
+    pub self_ns: Option<u64>,
 }
 
 /// Where the capture pipeline delivers its output.

@@ -7,6 +7,7 @@
 //! <out_dir>/functions/session_id=<id>/part-0.parquet
 //! <out_dir>/losses/session_id=<id>/part-<seq>.parquet
 //! <out_dir>/sessions/session_id=<id>/part-0.parquet
+//! <out_dir>/totals/session_id=<id>/part-0.parquet
 //! <out_dir>/agent_metrics/session_id=<id>/part-<seq>.parquet   (only if rows were written)
 //! <out_dir>/governor/session_id=<id>/part-<seq>.parquet        (only if rows were written)
 //! <out_dir>/aggregates/session_id=<id>/part-<seq>.parquet      (only if rows were written)
@@ -22,7 +23,18 @@
 //!   file, line
 //! - `losses`: cpu, start_ns, end_ns, lost
 //! - `sessions`: host, pid, command, start_ns, end_ns, version,
-//!   clock_offset_ns, events, calls, lost
+//!   clock_offset_ns, events, calls (over all functions: exact when
+//!   calls_exact, else the sum of the estimates; null when one is unknown),
+//!   calls_exact, calls_recorded (rows in `calls`), lost, max_overhead_pct
+//!   (the governor's budget; null when every call was recorded)
+//! - `totals`: one row per probed function: function_id, calls (exact, or
+//!   the estimate; null when no honest one exists), exact, calls_low and
+//!   calls_high (95% interval; calls_high null when unbounded),
+//!   calls_recorded (its rows in `calls`), method (`recorded`, `sampled:
+//!   ratio to a caller`, `sampled: cpu time`, `sampled: lower bound only`,
+//!   `sampled: unknown`), basis_function_id (the caller a ratio estimate is
+//!   scaled by), total_ns and self_ns (sums over its calls, scaled like the
+//!   count when sampled; null when the count is unknown)
 //! - `agent_metrics`: ts_ns, events, calls, lost, events_per_s,
 //!   ring_fill_pct (null when unknown), agent_cpu_pct, files_written,
 //!   rows_buffered
@@ -36,10 +48,11 @@
 //! - `aggregates`: per function and interval where it was not recorded call
 //!   by call: function_id, start_ns, end_ns, mode (`warmup` or `sampled`),
 //!   sample_n, observed_ns (time within the interval the function was
-//!   probed), calls_seen, calls_estimated (calls_seen scaled to the whole
-//!   interval), total_ns (null for `warmup`), log2_hist (List<UInt64> of 64
-//!   elements, element i counting durations in [2^i, 2^(i+1)) ns, element 0
-//!   also 0 and 1 ns; null for `warmup`)
+//!   probed), calls_seen (recorded in its windows: not its calls in the
+//!   interval, which `totals` estimates for the session), total_ns (null
+//!   for `warmup`), log2_hist (List<UInt64> of 64 elements, element i
+//!   counting durations in [2^i, 2^(i+1)) ns, element 0 also 0 and 1 ns;
+//!   null for `warmup`)
 //!
 //! # `session_id` lives only in the directory name
 //!
@@ -80,7 +93,7 @@ use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
 use parquet::schema::types::ColumnPath;
 
 use crate::capture::{
-    AggregateRecord, CallRecord, EventSink, GovernorRecord, LossRecord, MetricsRecord,
+    AggregateRecord, CallRecord, EventSink, GovernorRecord, LossRecord, MetricsRecord, TotalRecord,
 };
 
 /// Zstd level of every column chunk.
@@ -139,7 +152,7 @@ pub struct FunctionRow {
 }
 
 /// The one row of the `sessions` table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SessionRow {
     /// Host name of the machine recorded.
     pub host: String,
@@ -157,10 +170,16 @@ pub struct SessionRow {
     pub clock_offset_ns: i64,
     /// Kernel events read.
     pub events: u64,
+    /// Calls over all functions: exact when `calls_exact`, else the sum of
+    /// the estimates; `None` when some function's count is unknown.
+    pub calls: Option<u64>,
+    pub calls_exact: bool,
     /// Call rows recorded.
-    pub calls: u64,
+    pub calls_recorded: u64,
     /// Kernel events lost.
     pub lost: u64,
+    /// `--max-overhead` (`None`: every call recorded).
+    pub max_overhead_pct: Option<f64>,
 }
 
 /// What [`ParquetStore::finish`] wrote over the whole session.
@@ -252,6 +271,7 @@ pub struct ParquetStore {
     aggregates: Segment<AggregateRecord>,
     functions_dir: PathBuf,
     sessions_dir: PathBuf,
+    totals_dir: PathBuf,
     functions_written: bool,
     /// Files written so far with their sizes.
     files: Vec<(PathBuf, u64)>,
@@ -333,6 +353,7 @@ impl ParquetStore {
             .optional(),
             functions_dir,
             sessions_dir,
+            totals_dir: cfg.out_dir.join("totals").join(&partition),
             functions_written: false,
             files: Vec::new(),
             props,
@@ -372,13 +393,15 @@ impl ParquetStore {
         self.calls.rows.len()
     }
 
-    /// Writes the buffered rows and `sessions/session_id=<id>/part-0.parquet`.
+    /// Writes the buffered rows, `totals/session_id=<id>/part-0.parquet`
+    /// and `sessions/session_id=<id>/part-0.parquet` (last: a session row
+    /// means the session's files are complete).
     ///
     /// A table that got no rows at all still gets an empty file
     /// (`part-00000.parquet`, or `part-0.parquet` for `functions`) so that
     /// globs over every table match. Every step is attempted even if an
     /// earlier one failed; the first error is returned.
-    pub fn finish(mut self, session: &SessionRow) -> Result<StoreSummary> {
+    pub fn finish(mut self, session: &SessionRow, totals: &[TotalRecord]) -> Result<StoreSummary> {
         let mut first_err: Option<anyhow::Error> = None;
         let mut keep = |r: Result<()>| {
             if let Err(e) = r
@@ -401,6 +424,17 @@ impl ParquetStore {
         if !self.functions_written {
             keep(self.write_functions(&[]));
         }
+        keep(
+            schema::totals_batch(totals)
+                .context("building the totals table")
+                .and_then(|batch| {
+                    let dir = self.totals_dir.clone();
+                    durable::ensure_dir(&dir).map_err(|e| {
+                        anyhow!("cannot create output directory {}: {e}", dir.display())
+                    })?;
+                    self.write_batch(&dir, "part-0.parquet", &batch)
+                }),
+        );
         keep(
             schema::session_batch(session)
                 .context("building the sessions table")

@@ -11,13 +11,15 @@ use arrow_array::builder::{
     Int64Builder, ListBuilder, StringBuilder, UInt32Builder, UInt64Builder,
 };
 use arrow_array::{
-    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, UInt8Array,
-    UInt32Array, UInt64Array,
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    UInt8Array, UInt32Array, UInt64Array,
 };
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
 use super::{FunctionRow, SessionRow};
-use crate::capture::{AggregateRecord, CallRecord, GovernorRecord, LossRecord, MetricsRecord};
+use crate::capture::{
+    AggregateRecord, CallRecord, GovernorRecord, LossRecord, MetricsRecord, TotalRecord,
+};
 
 /// Schema of `calls`. `parent_call_id` is null at a root, `duration_ns` and
 /// `self_ns` are null when unknown. `args` (a list of Int64, one per
@@ -142,7 +144,6 @@ pub static AGGREGATES: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("sample_n", DataType::UInt32, false),
         Field::new("observed_ns", DataType::UInt64, false),
         Field::new("calls_seen", DataType::UInt64, false),
-        Field::new("calls_estimated", DataType::UInt64, false),
         Field::new("total_ns", DataType::UInt64, true),
         Field::new("log2_hist", log2_hist_type(), true),
     ]))
@@ -153,6 +154,26 @@ pub static AGGREGATES: LazyLock<SchemaRef> = LazyLock::new(|| {
 fn log2_hist_type() -> DataType {
     DataType::List(Arc::new(Field::new("item", DataType::UInt64, true)))
 }
+
+/// Schema of `totals`: how many times each probed function ran over the
+/// session. `calls` is exact when `exact`, else an estimate whose 95%
+/// interval is `[calls_low, calls_high]`; `calls` is null when no honest
+/// estimate exists and `calls_high` when there is no upper bound (`method`
+/// says which). `calls_recorded` is the function's rows in `calls`.
+pub static TOTALS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("function_id", DataType::UInt32, false),
+        Field::new("calls", DataType::UInt64, true),
+        Field::new("exact", DataType::Boolean, false),
+        Field::new("calls_low", DataType::UInt64, false),
+        Field::new("calls_high", DataType::UInt64, true),
+        Field::new("calls_recorded", DataType::UInt64, false),
+        Field::new("method", DataType::Utf8, false),
+        Field::new("basis_function_id", DataType::UInt32, true),
+        Field::new("total_ns", DataType::UInt64, true),
+        Field::new("self_ns", DataType::UInt64, true),
+    ]))
+});
 
 /// Schema of `sessions`.
 pub static SESSIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -165,8 +186,11 @@ pub static SESSIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("version", DataType::Utf8, false),
         Field::new("clock_offset_ns", DataType::Int64, false),
         Field::new("events", DataType::UInt64, false),
-        Field::new("calls", DataType::UInt64, false),
+        Field::new("calls", DataType::UInt64, true),
+        Field::new("calls_exact", DataType::Boolean, false),
+        Field::new("calls_recorded", DataType::UInt64, false),
         Field::new("lost", DataType::UInt64, false),
+        Field::new("max_overhead_pct", DataType::Float64, true),
     ]))
 });
 
@@ -331,7 +355,6 @@ pub(crate) fn aggregates_batch(rows: &[AggregateRecord]) -> Result<RecordBatch, 
         )),
         u64s(|a| a.observed_ns),
         u64s(|a| a.calls_seen),
-        u64s(|a| a.calls_estimated),
         Arc::new(UInt64Array::from_iter(rows.iter().map(|a| a.total_ns))),
         log2_hist_column(rows),
     ];
@@ -429,7 +452,39 @@ pub(crate) fn session_batch(s: &SessionRow) -> Result<RecordBatch, ArrowError> {
         Arc::new(Int64Array::from(vec![s.clock_offset_ns])),
         Arc::new(UInt64Array::from(vec![s.events])),
         Arc::new(UInt64Array::from(vec![s.calls])),
+        Arc::new(BooleanArray::from(vec![s.calls_exact])),
+        Arc::new(UInt64Array::from(vec![s.calls_recorded])),
         Arc::new(UInt64Array::from(vec![s.lost])),
+        Arc::new(Float64Array::from(vec![s.max_overhead_pct])),
     ];
     RecordBatch::try_new(SESSIONS.clone(), columns)
+}
+
+/// Builds a `totals` batch.
+pub(crate) fn totals_batch(rows: &[TotalRecord]) -> Result<RecordBatch, ArrowError> {
+    let mut method = StringBuilder::with_capacity(rows.len(), 0);
+    for r in rows {
+        method.append_value(r.method);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.function_id),
+        )),
+        Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.calls))),
+        Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.exact)))),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.calls_low),
+        )),
+        Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.calls_high))),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.calls_recorded),
+        )),
+        Arc::new(method.finish()),
+        Arc::new(UInt32Array::from_iter(
+            rows.iter().map(|r| r.basis_function_id),
+        )),
+        Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.total_ns))),
+        Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.self_ns))),
+    ];
+    RecordBatch::try_new(TOTALS.clone(), columns)
 }

@@ -59,9 +59,42 @@ fn session_row() -> SessionRow {
         version: "0.1.0".into(),
         clock_offset_ns: 3,
         events: 4,
-        calls: 5,
+        calls: Some(5),
+        calls_exact: true,
+        calls_recorded: 5,
         lost: 6,
+        max_overhead_pct: None,
     }
+}
+
+/// Totals of two functions: one exact, one estimated without upper bound.
+fn total_rows() -> Vec<TotalRecord> {
+    vec![
+        TotalRecord {
+            function_id: 1,
+            calls: Some(5),
+            exact: true,
+            calls_low: 5,
+            calls_high: Some(5),
+            calls_recorded: 5,
+            method: "recorded",
+            basis_function_id: None,
+            total_ns: Some(500),
+            self_ns: Some(400),
+        },
+        TotalRecord {
+            function_id: 2,
+            calls: None,
+            exact: false,
+            calls_low: 4321,
+            calls_high: None,
+            calls_recorded: 17,
+            method: "sampled: lower bound only",
+            basis_function_id: None,
+            total_ns: None,
+            self_ns: None,
+        },
+    ]
 }
 
 fn functions() -> Vec<FunctionRow> {
@@ -190,7 +223,7 @@ fn calls_are_split_into_segments_and_read_back() {
         names(&partition(&out, "calls")),
         ["part-00000.parquet", "part-00001.parquet"]
     );
-    let summary = store.finish(&session_row()).expect("finish");
+    let summary = store.finish(&session_row(), &total_rows()).expect("finish");
     assert_eq!(summary.call_rows, 10);
     assert_eq!(summary.loss_rows, 0);
     assert_eq!(
@@ -213,8 +246,8 @@ fn calls_are_split_into_segments_and_read_back() {
     assert_eq!(sizes, [4, 4, 2]);
     assert_eq!(read_calls(&out), calls);
 
-    // 3 calls + empty losses + functions + sessions.
-    assert_eq!(summary.files.len(), 6);
+    // 3 calls + empty losses + functions + totals + sessions.
+    assert_eq!(summary.files.len(), 7);
     let on_disk: u64 = summary
         .files
         .iter()
@@ -246,7 +279,7 @@ fn nulls_and_schema() {
         ..CallRecord::default()
     };
     store.write_calls(&[root, child]).expect("write");
-    store.finish(&session_row()).expect("finish");
+    store.finish(&session_row(), &total_rows()).expect("finish");
     let batches = read(&partition(tmp.path(), "calls").join("part-00000.parquet"));
     assert_eq!(batches.len(), 1);
     let b = &batches[0];
@@ -287,7 +320,7 @@ fn functions_losses_and_session_round_trip() {
         })
         .collect();
     store.write_losses(&losses).expect("losses");
-    let summary = store.finish(&session_row()).expect("finish");
+    let summary = store.finish(&session_row(), &total_rows()).expect("finish");
     assert_eq!(summary.loss_rows, 5);
     assert_eq!(
         names(&partition(out, "losses")),
@@ -312,6 +345,26 @@ fn functions_losses_and_session_round_trip() {
     let col = |n: &str| s[0].column_by_name(n).expect("column").clone();
     assert_eq!(col("command").as_string::<i32>().value(0), "./a.out --fast");
     assert_eq!(col("lost").as_primitive::<UInt64Type>().value(0), 6);
+    assert_eq!(col("calls").as_primitive::<UInt64Type>().value(0), 5);
+    assert!(col("calls_exact").as_boolean().value(0));
+    assert!(col("max_overhead_pct").is_null(0));
+
+    let t = read(&partition(out, "totals").join("part-0.parquet"));
+    assert_eq!(t[0].schema(), *schema::TOTALS);
+    assert_eq!(t[0].num_rows(), 2);
+    let tcol = |n: &str| t[0].column_by_name(n).expect("column").clone();
+    assert_eq!(tcol("calls").as_primitive::<UInt64Type>().value(0), 5);
+    assert!(tcol("calls").is_null(1), "no honest estimate: null");
+    assert!(tcol("exact").as_boolean().value(0) && !tcol("exact").as_boolean().value(1));
+    assert_eq!(
+        tcol("calls_low").as_primitive::<UInt64Type>().values(),
+        &[5, 4321]
+    );
+    assert!(tcol("calls_high").is_null(1));
+    assert_eq!(
+        tcol("method").as_string::<i32>().value(1),
+        "sampled: lower bound only"
+    );
     assert_eq!(
         col("clock_offset_ns").as_primitive::<Int64Type>().value(0),
         3
@@ -326,7 +379,7 @@ fn permissions_are_private() {
     store
         .write_calls(&[call(1), call(2), call(3)])
         .expect("write");
-    let summary = store.finish(&session_row()).expect("finish");
+    let summary = store.finish(&session_row(), &total_rows()).expect("finish");
     assert_eq!(mode(&out), 0o700);
     for table in ["calls", "functions", "losses", "sessions"] {
         assert_eq!(mode(&out.join(table)), 0o700, "{table}");
@@ -342,7 +395,7 @@ fn existing_out_dir_mode_is_left_alone() {
     let tmp = tempfile::tempdir().expect("tempdir");
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
     let store = ParquetStore::create(config(tmp.path(), 2)).expect("create");
-    store.finish(&session_row()).expect("finish");
+    store.finish(&session_row(), &total_rows()).expect("finish");
     assert_eq!(mode(tmp.path()), 0o755);
 }
 
@@ -355,7 +408,7 @@ fn no_temporary_files_remain_and_leftovers_are_invisible_to_globs() {
     store
         .write_calls(&(1..=7).map(call).collect::<Vec<_>>())
         .expect("write");
-    store.finish(&session_row()).expect("finish");
+    store.finish(&session_row(), &total_rows()).expect("finish");
     for table in ["calls", "functions", "losses", "sessions"] {
         for name in names(&partition(out, table)) {
             assert!(
@@ -402,7 +455,7 @@ fn create_fails_naming_the_path_when_out_dir_is_under_a_file() {
 fn create_refuses_to_overwrite_a_recorded_session() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = ParquetStore::create(config(tmp.path(), 2)).expect("create");
-    store.finish(&session_row()).expect("finish");
+    store.finish(&session_row(), &total_rows()).expect("finish");
     let err = ParquetStore::create(config(tmp.path(), 2))
         .err()
         .expect("must fail");
@@ -433,9 +486,9 @@ fn finish_without_calls_writes_empty_files_with_the_schema() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path();
     let store = ParquetStore::create(config(out, 2)).expect("create");
-    let summary = store.finish(&session_row()).expect("finish");
+    let summary = store.finish(&session_row(), &total_rows()).expect("finish");
     assert_eq!(summary.call_rows, 0);
-    assert_eq!(summary.files.len(), 4);
+    assert_eq!(summary.files.len(), 5);
     for (table, name, schema) in [
         ("calls", "part-00000.parquet", &*schema::CALLS),
         ("losses", "part-00000.parquet", &*schema::LOSSES),
@@ -474,7 +527,7 @@ fn tick_rotates_an_old_segment() {
     store.write_calls(&[call(4)]).expect("write");
     assert_eq!(names(&dir), ["part-00000.parquet", "part-00001.parquet"]);
 
-    let summary = store.finish(&session_row()).expect("finish");
+    let summary = store.finish(&session_row(), &total_rows()).expect("finish");
     assert_eq!(summary.call_rows, 4);
     assert_eq!(read_calls(out), (1..=4).map(call).collect::<Vec<_>>());
 }
@@ -525,7 +578,7 @@ fn a_failed_segment_stays_buffered_for_retry() {
     assert!(store.write_calls(&[call(4)]).is_err(), "still failing");
     fs::rename(&moved, &dir).expect("restore");
     store.write_calls(&[call(4)]).expect("write");
-    store.finish(&session_row()).expect("finish");
+    store.finish(&session_row(), &total_rows()).expect("finish");
     // Rows 1 and 2 were kept and retried; 3 was never buffered (its batch
     // failed midway); 4 was buffered once, by the call that succeeded.
     let ids: Vec<u64> = read_calls(out).iter().map(|c| c.call_id).collect();
@@ -557,7 +610,7 @@ fn duckdb_reads_the_dataset() {
     store
         .write_calls(&(1..=10).map(call).collect::<Vec<_>>())
         .expect("write");
-    store.finish(&session_row()).expect("finish");
+    store.finish(&session_row(), &total_rows()).expect("finish");
     // A second, empty session, and crash debris, must not disturb the query.
     let other = StoreConfig {
         session_id: "20261126T000000Z-7".into(),
@@ -565,7 +618,7 @@ fn duckdb_reads_the_dataset() {
     };
     ParquetStore::create(other)
         .expect("create")
-        .finish(&session_row())
+        .finish(&session_row(), &total_rows())
         .expect("finish");
     fs::write(
         partition(out, "calls").join(".part-00009.parquet.tmp"),
@@ -588,7 +641,7 @@ GROUP BY f.name ORDER BY total_ns DESC;
 """).fetchall()
 for r in rows:
     print(f"{r[0]}\t{r[1]}\t{r[2]}")
-for t in ['losses', 'sessions']:
+for t in ['losses', 'sessions', 'totals']:
     con.execute(f"SELECT session_id FROM read_parquet('{out}/{t}/**/*.parquet', hive_partitioning=true)").fetchall()
 "#;
     let output = std::process::Command::new("python3")
@@ -628,7 +681,7 @@ fn agent_metrics_are_written_only_when_there_are_some() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("out");
     let store = ParquetStore::create(config(&out, 2)).expect("create");
-    store.finish(&session_row()).expect("finish");
+    store.finish(&session_row(), &total_rows()).expect("finish");
     assert!(!out.join("agent_metrics").exists());
 
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -648,7 +701,7 @@ fn agent_metrics_are_written_only_when_there_are_some() {
         })
         .collect();
     store.write_metrics(&rows).expect("metrics");
-    let summary = store.finish(&session_row()).expect("finish");
+    let summary = store.finish(&session_row(), &total_rows()).expect("finish");
     let dir = partition(&out, "agent_metrics");
     assert_eq!(mode(&out.join("agent_metrics")), 0o700);
     assert_eq!(mode(&dir), 0o700);
@@ -683,7 +736,7 @@ fn governor_and_aggregates_are_written_only_when_there_are_some() {
     store.write_governor(&[]).expect("governor");
     store.write_aggregates(&[]).expect("aggregates");
     store.tick().expect("tick");
-    let summary = store.finish(&session_row()).expect("finish");
+    let summary = store.finish(&session_row(), &total_rows()).expect("finish");
     assert!(!out.join("governor").exists());
     assert!(!out.join("aggregates").exists());
     for f in &summary.files {
@@ -731,7 +784,6 @@ fn aggregate_rows() -> Vec<AggregateRecord> {
             sample_n: 1,
             observed_ns: 10,
             calls_seen: 1_000,
-            calls_estimated: 1_000,
             total_ns: None,
             log2_hist: None,
         },
@@ -743,7 +795,6 @@ fn aggregate_rows() -> Vec<AggregateRecord> {
             sample_n: 16,
             observed_ns: 25,
             calls_seen: 40,
-            calls_estimated: 160,
             total_ns: Some(u64::MAX - 1),
             log2_hist: Some(hist),
         },
@@ -764,7 +815,7 @@ fn governor_and_aggregates_round_trip() {
     store.write_aggregates(&aggregates).expect("aggregates");
     // Buffered until finish (the segment is not old yet).
     assert!(!out.join("governor").exists());
-    let summary = store.finish(&session_row()).expect("finish");
+    let summary = store.finish(&session_row(), &total_rows()).expect("finish");
 
     for table in ["governor", "aggregates"] {
         let dir = partition(&out, table);
@@ -840,7 +891,6 @@ fn governor_and_aggregates_round_trip() {
     );
     assert_eq!(u64s("observed_ns"), [10, 25]);
     assert_eq!(u64s("calls_seen"), [1_000, 40]);
-    assert_eq!(u64s("calls_estimated"), [1_000, 160]);
     let total = col("total_ns");
     assert!(total.is_null(0));
     assert_eq!(total.as_primitive::<UInt64Type>().value(1), u64::MAX - 1);
@@ -882,7 +932,7 @@ fn governor_and_aggregates_are_flushed_on_age() {
     store
         .write_governor(&governor_rows()[..1])
         .expect("governor");
-    store.finish(&session_row()).expect("finish");
+    store.finish(&session_row(), &total_rows()).expect("finish");
     assert_eq!(
         names(&partition(&out, "governor")),
         ["part-00000.parquet", "part-00001.parquet"]
