@@ -664,12 +664,12 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
         eprintln!("\ntop functions by total time:");
         eprint!(
             "{}",
-            render_top(&stats.top(cfg.top, SortBy::Total), &name_of)
+            render_top(&stats.top(cfg.top, SortBy::Total), &name_of, &|_| None)
         );
         eprintln!("\ntop functions by self time:");
         eprint!(
             "{}",
-            render_top(&stats.top(cfg.top, SortBy::SelfTime), &name_of)
+            render_top(&stats.top(cfg.top, SortBy::SelfTime), &name_of, &|_| None)
         );
     }
 

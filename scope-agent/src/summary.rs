@@ -7,6 +7,7 @@ use hdrhistogram::Histogram;
 use rustc_hash::FxHashMap;
 
 use crate::capture::{CallRecord, EventSink, LossRecord};
+use crate::governor::estimate::{CountEstimate, Method};
 
 /// Significant figures kept by the duration histograms.
 const SIGFIGS: u8 = 3;
@@ -101,9 +102,24 @@ impl CallStats {
     /// The `n` functions with the largest total (or self) time, largest
     /// first; ties go to the lower function id.
     pub fn top(&self, n: usize, by: SortBy) -> Vec<FunctionStats> {
-        let key = |s: &FunctionStats| match by {
-            SortBy::Total => s.total_ns,
-            SortBy::SelfTime => s.self_ns,
+        self.top_scaled(n, by, &|_| 1.0)
+    }
+
+    /// Like [`top`](Self::top), ranking each function's times multiplied
+    /// by `scale(function_id)` (its estimated calls per recorded call, for
+    /// sampled functions); the rows keep the recorded figures.
+    pub fn top_scaled(
+        &self,
+        n: usize,
+        by: SortBy,
+        scale: &dyn Fn(u32) -> f64,
+    ) -> Vec<FunctionStats> {
+        let key = |s: &FunctionStats| {
+            let t = match by {
+                SortBy::Total => s.total_ns,
+                SortBy::SelfTime => s.self_ns,
+            };
+            (t as f64 * scale(s.function_id)) as u64
         };
         let mut rows: Vec<FunctionStats> = self
             .by_function
@@ -180,7 +196,17 @@ impl<A: EventSink, B: EventSink> EventSink for Tee<A, B> {
 /// (`FUNCTION  CALLS  TOTAL  SELF  P50  P99`), names from `name_of` (cut to
 /// 60 characters), durations via [`format_duration_ns`]. Every line ends with
 /// `\n`; no rows renders as `""`.
-pub fn render_top(rows: &[FunctionStats], name_of: &dyn Fn(u32) -> String) -> String {
+///
+/// `count_of` gives a function's count when it is not simply its recorded
+/// calls (a sampled function, or events were lost): then CALLS shows it as
+/// [`format_count`] does, and TOTAL and SELF are scaled like the count and
+/// marked the same way (`≈`; `≥` with the recorded sums when only a lower
+/// bound is known). Percentiles are those of the recorded calls.
+pub fn render_top(
+    rows: &[FunctionStats],
+    name_of: &dyn Fn(u32) -> String,
+    count_of: &dyn Fn(u32) -> Option<CountEstimate>,
+) -> String {
     if rows.is_empty() {
         return String::new();
     }
@@ -188,11 +214,27 @@ pub fn render_top(rows: &[FunctionStats], name_of: &dyn Fn(u32) -> String) -> St
     let table: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
+            let (calls, total, self_) = match count_of(r.function_id) {
+                Some(e) if !e.exact => {
+                    let times = |ns: u64| match e.calls {
+                        Some(c) if e.method != Method::Recorded => {
+                            format!("≈{}", format_duration_ns(scaled(ns, c, e.recorded)))
+                        }
+                        _ => format!("≥{}", format_duration_ns(ns)),
+                    };
+                    (format_count(&e), times(r.total_ns), times(r.self_ns))
+                }
+                _ => (
+                    r.calls.to_string(),
+                    format_duration_ns(r.total_ns),
+                    format_duration_ns(r.self_ns),
+                ),
+            };
             [
                 shorten(&name_of(r.function_id), MAX_NAME_CHARS),
-                r.calls.to_string(),
-                format_duration_ns(r.total_ns),
-                format_duration_ns(r.self_ns),
+                calls,
+                total,
+                self_,
                 format_duration_ns(r.p50_ns),
                 format_duration_ns(r.p99_ns),
             ]
@@ -216,6 +258,84 @@ pub fn render_top(rows: &[FunctionStats], name_of: &dyn Fn(u32) -> String) -> St
         out.push('\n');
     }
     out
+}
+
+/// `ns` of `recorded` calls scaled to `calls` calls.
+fn scaled(ns: u64, calls: u64, recorded: u64) -> u64 {
+    if recorded == 0 {
+        return 0;
+    }
+    (ns as f64 * calls as f64 / recorded as f64).round() as u64
+}
+
+/// A function's count for people: `54000` when exact, `≈54.0K` when
+/// estimated (sampled), `≥4.32K` when only a lower bound is known (or
+/// events were lost), `unknown` when nothing bounds it but what was
+/// recorded and nothing was (see [`explain_count`]).
+pub fn format_count(e: &CountEstimate) -> String {
+    if e.exact {
+        return e.calls.unwrap_or(e.recorded).to_string();
+    }
+    match (e.method, e.calls) {
+        (Method::Recorded, _) => format!("≥{}", e.low),
+        (_, Some(c)) => format!("≈{}", three_figures_count(c)),
+        (Method::Unknown, None) if e.low == 0 => "unknown".to_string(),
+        (_, None) => format!("≥{}", three_figures_count(e.low)),
+    }
+}
+
+/// Why a count is not exact, in words, with its interval: `None` when it
+/// is exact.
+pub fn explain_count(e: &CountEstimate, name_of: &dyn Fn(u32) -> String) -> Option<String> {
+    if e.exact {
+        return None;
+    }
+    let interval = match e.high {
+        Some(h) => format!("95% interval {}–{}", e.low, h),
+        None => format!("at least {}", e.low),
+    };
+    Some(match e.method {
+        Method::Recorded => format!(
+            "{} calls recorded; the kernel lost events, so up to {} more ({interval})",
+            e.recorded,
+            e.high.map_or(0, |h| h.saturating_sub(e.recorded))
+        ),
+        Method::Caller(c) => format!(
+            "sampled: {} calls recorded in its windows; the rest estimated from its calls per call of {} ({interval})",
+            e.recorded,
+            name_of(c)
+        ),
+        Method::CpuTime => format!(
+            "sampled: {} calls recorded in its windows; the rest estimated from the target's CPU time outside the probes ({interval})",
+            e.recorded
+        ),
+        Method::LowerBound => format!(
+            "sampled: {} calls recorded; its probes cost so much more than the function itself that the CPU time left over cannot bound the rest ({interval})",
+            e.recorded
+        ),
+        Method::Unknown => format!(
+            "sampled: {} calls recorded; nothing measured relates the unprobed time to them (no caller counted there, no CPU time read of it), so the rest is unknown",
+            e.recorded
+        ),
+    })
+}
+
+/// `950`, `12.3K`, `4.56M`, `1.23G`: three significant figures.
+fn three_figures_count(n: u64) -> String {
+    let v = n as f64;
+    for (unit, suffix) in [(1e9, "G"), (1e6, "M"), (1e3, "K")] {
+        if v >= unit * 0.9995 {
+            let x = v / unit;
+            return if x >= 99.95 {
+                format!("{x:.0}{suffix}")
+            } else if x >= 9.995 {
+                format!("{x:.1}{suffix}")
+            } else {
+                format!("{x:.2}{suffix}")
+            };
+        }
+    }
+    n.to_string()
 }
 
 /// Cuts `s` to at most `max` characters, marking the cut with `…`.
@@ -417,7 +537,7 @@ mod tests {
                 "a_longer_name".to_string()
             }
         };
-        let text = render_top(&rows, &name_of);
+        let text = render_top(&rows, &name_of, &|_| None);
         let want = "\
 FUNCTION       CALLS    TOTAL    SELF      P50     P99
 main           12345  4.56 ms  850 ns  12.3 µs  2m 05s
@@ -427,7 +547,78 @@ a_longer_name      7     0 ns    0 ns     0 ns    0 ns
         // Same width in characters on every line.
         let widths: Vec<usize> = text.lines().map(|l| l.chars().count()).collect();
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "{widths:?}");
-        assert_eq!(render_top(&[], &name_of), "");
+        assert_eq!(render_top(&[], &name_of, &|_| None), "");
+    }
+
+    fn est(
+        calls: Option<u64>,
+        recorded: u64,
+        low: u64,
+        high: Option<u64>,
+        method: Method,
+    ) -> CountEstimate {
+        CountEstimate {
+            function_id: 1,
+            recorded,
+            calls,
+            exact: method == Method::Recorded && calls == high,
+            low,
+            high,
+            method,
+        }
+    }
+
+    #[test]
+    fn counts_are_exact_or_marked() {
+        let exact = est(Some(54_000), 54_000, 54_000, Some(54_000), Method::Recorded);
+        assert_eq!(format_count(&exact), "54000");
+        assert_eq!(explain_count(&exact, &|_| String::new()), None);
+        let sampled = est(Some(53_870), 3_915, 50_000, Some(58_000), Method::Caller(2));
+        assert_eq!(format_count(&sampled), "≈53.9K");
+        let why = explain_count(&sampled, &|id| format!("f{id}")).expect("explained");
+        assert!(
+            why.contains("per call of f2") && why.contains("50000–58000"),
+            "{why}"
+        );
+        let cpu = est(Some(999_700), 10, 0, Some(2_000_000), Method::CpuTime);
+        assert_eq!(format_count(&cpu), "≈1.00M");
+        let bound = est(None, 4_215, 43_210, None, Method::LowerBound);
+        assert_eq!(format_count(&bound), "≥43.2K");
+        assert!(
+            explain_count(&bound, &|_| String::new())
+                .expect("why")
+                .contains("at least 43210")
+        );
+        let unknown = est(None, 0, 0, None, Method::Unknown);
+        assert_eq!(format_count(&unknown), "unknown");
+        // Events lost: the recorded calls, and at most the lost events more.
+        let lossy = est(Some(700), 700, 700, Some(750), Method::Recorded);
+        assert_eq!(format_count(&lossy), "≥700");
+        assert!(
+            explain_count(&lossy, &|_| String::new())
+                .expect("why")
+                .contains("up to 50 more")
+        );
+    }
+
+    #[test]
+    fn render_top_marks_estimated_rows_and_scales_their_times() {
+        let rows = vec![FunctionStats {
+            function_id: 1,
+            calls: 100,
+            total_ns: 1_000_000,
+            self_ns: 500_000,
+            p50_ns: 10_000,
+            p99_ns: 20_000,
+        }];
+        let count = |_| Some(est(Some(1000), 100, 900, Some(1100), Method::CpuTime));
+        let text = render_top(&rows, &|_| "hot".to_string(), &count);
+        let line = text.lines().nth(1).expect("row");
+        assert_eq!(line, "hot       ≈1.00K  ≈10.0 ms  ≈5.00 ms  10.0 µs  20.0 µs");
+        let count = |_| Some(est(None, 100, 4000, None, Method::LowerBound));
+        let text = render_top(&rows, &|_| "hot".to_string(), &count);
+        let line = text.lines().nth(1).expect("row");
+        assert_eq!(line, "hot       ≥4.00K  ≥1.00 ms  ≥500 µs  10.0 µs  20.0 µs");
     }
 
     #[test]
@@ -440,7 +631,7 @@ a_longer_name      7     0 ns    0 ns     0 ns    0 ns
             p50_ns: 1,
             p99_ns: 1,
         }];
-        let text = render_top(&rows, &|_| "x".repeat(200));
+        let text = render_top(&rows, &|_| "x".repeat(200), &|_| None);
         let line = text.lines().nth(1).expect("row");
         assert!(
             line.starts_with(&format!("{}…  ", "x".repeat(MAX_NAME_CHARS - 1))),
