@@ -51,320 +51,49 @@
 //!
 //! Every decision is a `governor` row; the status line shows the sampled
 //! functions and the prediction.
+//!
+//! The code: `model.rs` (probe costs, the target's CPU time, the slowdown
+//! model), `policy.rs` (what to sample: [`decide`], and what a tick changes),
+//! `windows.rs` (the mechanism: sampling windows, demotion and promotion of
+//! a function's own links), `messages.rs` (the lines printed); this file is
+//! the [`Governor`] the session drives, its estimates and its rows.
+
+mod messages;
+mod model;
+mod policy;
+mod windows;
 
 pub mod estimate;
 pub mod ledger;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::capture::correlator::Correlator;
 use crate::capture::{AggregateRecord, CallRecord, GovernorRecord};
-use crate::probe::attach::{LoadedProbes, ProbeLink, ProbePoint, close_links};
+use crate::probe::attach::{LoadedProbes, ProbeLink, ProbePoint};
+use messages::grouped_message;
+pub use model::{
+    Cost, MAX_N, ProbeCosts, calibrate, full_from_windowed, measure_costs, overhead_pct,
+    sampling_n, scaled_calls, target_cpu_ns, windowed_overhead,
+};
+pub use policy::{Decision, FnLoad, decide};
+use policy::{PSEUDO_CALLS, Standing};
+pub use windows::WINDOW;
+use windows::{Closing, Window};
 
 /// The most functions with links of their own (each costs two links).
 pub const MAX_GOVERNED: usize = 256;
-/// The largest sampling N.
-pub const MAX_N: u32 = 100_000;
-/// How long a sampling window stays open.
-pub const WINDOW: Duration = Duration::from_millis(50);
 /// The shortest interval before an early tick (see
 /// `Governor::far_over_budget`), and so the shortest warm-up of `record`.
 const EARLY_MIN: Duration = Duration::from_millis(30);
-/// Calls added to what a sampled function's windows saw, for the upper
-/// bound its promotion is decided on (about the 95% Poisson bound of 0).
-const PSEUDO_CALLS: f64 = 3.0;
-/// A demoted function stays sampled at least this long (no flapping).
-const COOLDOWN: Duration = Duration::from_secs(3);
 /// How often the governor re-estimates.
 pub const TICK: Duration = Duration::from_secs(1);
 /// Ring fill at which the governor samples more (the kernel drops at 100%).
 pub const BACKPRESSURE_FILL_PCT: f64 = 50.0;
-/// Functions kept fully recorded may use this share of the budget; the
-/// sampled ones get up to [`SAMPLED_SHARE`] in all. The model leaves out
-/// what opening and closing windows costs the target (its code pages are
-/// rewritten each time): measured, windows cost about 1.3x the model, so
-/// the sampled share is 60%.
-const FULL_SHARE: f64 = 0.5;
-const SAMPLED_SHARE: f64 = 0.6;
-/// A sampled function is promoted only if the prediction stays below this
-/// share of the budget.
-const PROMOTE_SHARE: f64 = 0.8;
-
-/// Per-call cost of scope's probes on this machine, measured.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Cost {
-    /// Entry + return probe, as when a call is recorded (ns).
-    pub full_ns: f64,
-    /// Entry probe only, as in the warm-up's counting (ns).
-    pub entry_ns: f64,
-}
-
-/// A function of the agent's own, called only to time probes on it.
-#[inline(never)]
-extern "C" fn calibration_target(x: u64) -> u64 {
-    std::hint::black_box(x)
-        .wrapping_mul(0x9e37_79b9)
-        .rotate_left(7)
-}
-
-const CALIBRATION_CALLS: u32 = 1000;
-
-fn time_calls(calls: u32) -> f64 {
-    let f: extern "C" fn(u64) -> u64 = std::hint::black_box(calibration_target);
-    let started = Instant::now();
-    let mut acc = 0u64;
-    for i in 0..calls {
-        acc = acc.wrapping_add(f(u64::from(i)));
-    }
-    std::hint::black_box(acc);
-    started.elapsed().as_nanos() as f64
-}
-
-/// The fastest of three timings of `calls` calls, in ns per call.
-fn best_per_call() -> f64 {
-    (0..3)
-        .map(|_| time_calls(CALIBRATION_CALLS))
-        .fold(f64::INFINITY, f64::min)
-        / f64::from(CALIBRATION_CALLS)
-}
-
-/// Per-call costs of the probe shapes, measured on this machine now
-/// (`scope-agent calibrate`), in ns per call of a tiny function.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProbeCosts {
-    /// The function's own call, unprobed.
-    pub bare_ns: f64,
-    /// Entry + return links (uprobe + uretprobe), as when recording.
-    pub entry_return_ns: f64,
-    /// An entry link only, as in the warm-up.
-    pub entry_ns: f64,
-    /// One `uprobe.session` link (one program at entry and return); `None`
-    /// when the kernel has none.
-    pub session_ns: Option<f64>,
-}
-
-/// Measures [`ProbeCosts`] (see [`calibrate`]); the session link too when
-/// `session` is set.
-pub fn measure_costs(probes: &mut LoadedProbes, session: bool) -> Result<ProbeCosts, String> {
-    let (path, offset) =
-        crate::probe::attach::own_file_offset(calibration_target as *const () as usize)
-            .ok_or("cannot find the calibration function in the agent's own mappings")?;
-    let point = [ProbePoint {
-        file_offset: offset,
-        cookie: 0,
-    }];
-    let me = std::process::id();
-    let bare = best_per_call();
-    let links = probes
-        .attach_module(&path, &point, me, true)
-        .map_err(|e| e.to_string())?;
-    let full = best_per_call();
-    close_links(links);
-    let link = probes
-        .attach_counts(&path, &point, me)
-        .map_err(|e| e.to_string())?;
-    let entry = best_per_call();
-    drop(link);
-    let session_ns = if session {
-        match probes.attach_session_counts(&path, &point, me) {
-            Some(Ok(link)) => {
-                let t = best_per_call();
-                drop(link);
-                Some(t - bare)
-            }
-            Some(Err(e)) => return Err(e.to_string()),
-            None => None,
-        }
-    } else {
-        None
-    };
-    Ok(ProbeCosts {
-        bare_ns: bare,
-        entry_return_ns: full - bare,
-        entry_ns: entry - bare,
-        session_ns,
-    })
-}
-
-/// Measures [`Cost`] with the loaded programs on [`calibration_target`]
-/// (links bound to the agent's pid; the programs' tgid test drops the
-/// events, so only the trap and the test are timed, which is the cost).
-pub fn calibrate(probes: &mut LoadedProbes) -> Result<Cost, String> {
-    let m = measure_costs(probes, false)?;
-    Ok(Cost {
-        full_ns: m.entry_return_ns.max(50.0),
-        entry_ns: m.entry_ns.max(25.0),
-    })
-}
-
-/// CPU time of every live thread of `pid`, in ns (`None` if it is gone).
-pub fn target_cpu_ns(pid: u32) -> Option<u64> {
-    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = 0u64;
-    for t in dir.flatten() {
-        let mut p = t.path();
-        p.push("schedstat");
-        if let Ok(s) = std::fs::read_to_string(&p)
-            && let Some(ns) = s
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-        {
-            total += ns;
-        }
-    }
-    Some(total)
-}
-
-/// One function's load: what recording all of its calls would cost, in
-/// percent of the target's own CPU time.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FnLoad {
-    pub id: u32,
-    pub overhead_pct: f64,
-    /// Has links of its own (can be sampled).
-    pub governed: bool,
-}
-
-/// Which governed functions to sample, and how sparsely.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
-    pub sampled: BTreeSet<u32>,
-    /// 1 when nothing is sampled.
-    pub n: u32,
-    /// Predicted slowdown with this decision, percent.
-    pub predicted_pct: f64,
-    /// Predicted slowdown if every call were recorded, percent.
-    pub full_pct: f64,
-}
-
-/// The decision for `loads` under `budget_pct`: everything recorded if it
-/// fits; otherwise the coldest governed functions stay recorded within half
-/// the budget and the rest are sampled with the N that brings the total
-/// under 80% of it (at most [`MAX_N`]).
-pub fn decide(loads: &[FnLoad], budget_pct: f64) -> Decision {
-    let full_pct: f64 = loads.iter().map(|l| l.overhead_pct).sum();
-    if full_pct <= budget_pct {
-        return Decision {
-            sampled: BTreeSet::new(),
-            n: 1,
-            predicted_pct: full_pct,
-            full_pct,
-        };
-    }
-    let fixed: f64 = loads
-        .iter()
-        .filter(|l| !l.governed)
-        .map(|l| l.overhead_pct)
-        .sum();
-    let mut governed: Vec<&FnLoad> = loads.iter().filter(|l| l.governed).collect();
-    governed.sort_by(|a, b| {
-        a.overhead_pct
-            .total_cmp(&b.overhead_pct)
-            .then(a.id.cmp(&b.id))
-    });
-    let mut kept = fixed;
-    let mut split = governed.len();
-    for (i, l) in governed.iter().enumerate() {
-        if kept + l.overhead_pct <= FULL_SHARE * budget_pct {
-            kept += l.overhead_pct;
-        } else {
-            split = i;
-            break;
-        }
-    }
-    let sampled: BTreeSet<u32> = governed[split..].iter().map(|l| l.id).collect();
-    let sampled_pct: f64 = governed[split..].iter().map(|l| l.overhead_pct).sum();
-    if sampled.is_empty() {
-        return Decision {
-            sampled,
-            n: 1,
-            predicted_pct: full_pct,
-            full_pct,
-        };
-    }
-    let room = SAMPLED_SHARE * budget_pct - kept;
-    let n = if room <= 0.0 {
-        MAX_N
-    } else {
-        sampling_n(sampled_pct / 100.0, room / 100.0)
-    };
-    Decision {
-        sampled,
-        n,
-        predicted_pct: kept + 100.0 * windowed_overhead(sampled_pct / 100.0, n),
-        full_pct,
-    }
-}
-
-/// The slowdown (a fraction) of functions whose full recording would cost
-/// `o` (a fraction: 1.0 doubles the run time), probed for one window in
-/// every `n`. Inside a window the target runs `1 + o` times slower, so it
-/// makes fewer calls there than outside: over one period the probes cost
-/// `w·o/(1+o)` against `(n−1)·w + w/(1+o)` of the target's own work.
-pub fn windowed_overhead(o: f64, n: u32) -> f64 {
-    let n = f64::from(n.max(1));
-    o / ((n - 1.0) * (1.0 + o) + 1.0)
-}
-
-/// The smallest N ≥ 2 whose [`windowed_overhead`] for `o` is within `room`
-/// (fractions).
-pub fn sampling_n(o: f64, room: f64) -> u32 {
-    if room <= 0.0 {
-        return MAX_N;
-    }
-    let n = 1.0 + (o / room - 1.0) / (1.0 + o);
-    if !n.is_finite() {
-        return MAX_N;
-    }
-    (n.ceil().max(2.0) as u32).min(MAX_N)
-}
-
-/// Calls of a function sampled in windows, scaled from the `seen` ones to
-/// the whole interval by the time observed (`on_ns` of `wall_ns`). Inside
-/// its windows the probes slow the target, so for a function whose full
-/// recording would cost much this is a lower bound: the function runs
-/// faster between windows. (Scaling by the modelled slowdown too was tried;
-/// on a shared VM the per-call cost moves by 2x from one second to the
-/// next, and the estimate with it.)
-pub fn scaled_calls(seen: u64, on_ns: f64, wall_ns: f64) -> u64 {
-    if on_ns <= 0.0 {
-        return seen;
-    }
-    (seen as f64 * wall_ns.max(on_ns) / on_ns).round() as u64
-}
-
-/// The inverse of [`windowed_overhead`]: the full-recording cost `o` of
-/// functions sampled 1 in `n` whose windows were measured to cost `m`
-/// (fractions). Capped at 1000 (a 1000-fold slowdown) where `m` says the
-/// windows are nothing but probes.
-pub fn full_from_windowed(m: f64, n: u32) -> f64 {
-    let n = f64::from(n.max(1));
-    let denom = 1.0 - m * (n - 1.0);
-    if denom <= 1e-3 {
-        return 1000.0;
-    }
-    (m * n / denom).clamp(0.0, 1000.0)
-}
-
-/// Slowdown (percent) of recording `calls` calls at `cost_ns` each, for a
-/// target that used `cpu_ns` of CPU over `wall_ns`, `probe_ns` of it in the
-/// probes themselves. The probes' time is set against the target's own
-/// time: its CPU time when it is busy (several threads may use more CPU
-/// than wall time), the wall time when it mostly waits (a probe on a thread
-/// that sleeps between calls delays it only by the probe).
-pub fn overhead_pct(calls: f64, cost_ns: f64, cpu_ns: f64, wall_ns: f64, probe_ns: f64) -> f64 {
-    let own = cpu_ns.max(wall_ns);
-    // Never below a hundredth of it: the calibration's error must not make
-    // the prediction explode.
-    let work = (own - probe_ns).max(own * 0.01).max(1.0);
-    100.0 * calls * cost_ns / work
-}
 
 /// A governed function.
 struct Governed {
@@ -377,27 +106,9 @@ struct Governed {
     overhead_pct: f64,
     /// Last estimate of its calls per second (0: unknown).
     rate: f64,
-    /// When it was last demoted: it is not promoted again for [`COOLDOWN`].
+    /// When it was last demoted: it is not promoted again for
+    /// [`COOLDOWN`](policy::COOLDOWN).
     demoted_at: Option<Instant>,
-}
-
-/// Links being closed on a thread; once closed and the ring drained, the
-/// open calls of `ids` are cut.
-struct Closing {
-    handle: Option<JoinHandle<()>>,
-    ids: FxHashSet<u32>,
-    /// The close finished; cut after the next drain.
-    closed: bool,
-}
-
-enum Window {
-    Off {
-        next_open: Instant,
-    },
-    On {
-        since: Instant,
-        links: Vec<ProbeLink>,
-    },
 }
 
 /// Sampled calls of one function within a tick.
@@ -718,46 +429,6 @@ impl Governor {
         }
     }
 
-    fn finish_closings(&mut self, correlator: &mut Correlator) {
-        let mut i = 0;
-        while i < self.closings.len() {
-            let c = &mut self.closings[i];
-            if c.closed {
-                // Closed before the last drain: every event of those links
-                // has been read.
-                correlator.cut_window(&c.ids);
-                self.closings.swap_remove(i);
-                continue;
-            }
-            if c.handle.as_ref().is_none_or(JoinHandle::is_finished) {
-                if let Some(h) = c.handle.take() {
-                    let _ = h.join();
-                }
-                c.closed = true;
-            }
-            i += 1;
-        }
-    }
-
-    fn close_async(&mut self, links: Vec<ProbeLink>, ids: FxHashSet<u32>) {
-        let handle = if links.is_empty() {
-            None
-        } else {
-            // All at once: a link stops firing as its close begins, and the
-            // kernel's grace-period waits overlap. Returns whose entry link
-            // closed first are window edges to the correlator.
-            std::thread::Builder::new()
-                .name("scope-detach".into())
-                .spawn(move || close_links(links))
-                .ok()
-        };
-        self.closings.push(Closing {
-            handle,
-            ids,
-            closed: false,
-        });
-    }
-
     /// Whether the calls of functions recorded in full since the tick
     /// began (at least [`EARLY_MIN`] ago) already cost more than `factor`
     /// times the budget: then the tick comes now.
@@ -791,11 +462,6 @@ impl Governor {
         pct > factor * self.budget_pct
     }
 
-    /// No sampling window open or closing.
-    fn quiet(&self) -> bool {
-        matches!(self.window, Window::Off { .. }) && self.closings.is_empty()
-    }
-
     /// The functions sampled now.
     pub fn sampled_ids(&self) -> FxHashSet<u32> {
         self.governed
@@ -803,55 +469,6 @@ impl Governor {
             .filter(|(_, g)| g.sampled)
             .map(|(id, _)| *id)
             .collect()
-    }
-
-    fn run_window(&mut self, probes: &mut LoadedProbes, correlator: &mut Correlator, now: Instant) {
-        match &self.window {
-            Window::On { since, .. } if now.duration_since(*since) >= WINDOW => {
-                let since = *since;
-                let Window::On { links, .. } = std::mem::replace(
-                    &mut self.window,
-                    Window::Off {
-                        next_open: since + WINDOW * self.n.max(2),
-                    },
-                ) else {
-                    return;
-                };
-                // Only the part of the window inside the current tick.
-                self.window_on += now.duration_since(since.max(self.tick_started));
-                let ids = self.sampled_ids();
-                correlator.end_window(&ids, crate::time::monotonic_ns());
-                self.close_async(links, ids);
-            }
-            Window::Off { next_open } if now >= *next_open && self.closings.is_empty() => {
-                let ids = self.sampled_ids();
-                if ids.is_empty() {
-                    return;
-                }
-                let mut by_module: BTreeMap<usize, Vec<ProbePoint>> = BTreeMap::new();
-                for id in &ids {
-                    if let Some(g) = self.governed.get(id) {
-                        by_module.entry(g.module).or_default().push(g.point);
-                    }
-                }
-                let mut links = Vec::new();
-                for (m, points) in by_module {
-                    match probes.attach_module(&self.modules[m], &points, self.pid, true) {
-                        Ok(l) => links.extend(l),
-                        Err(e) => self
-                            .messages
-                            .push(format!("a sampling window could not open: {e}")),
-                    }
-                }
-                // Entries count from when every link of the window is in.
-                correlator.open_window(&ids, crate::time::monotonic_ns());
-                self.window = Window::On {
-                    since: Instant::now(),
-                    links,
-                };
-            }
-            _ => {}
-        }
     }
 
     /// The ring is filling: sample more before the kernel has to drop.
@@ -899,79 +516,6 @@ impl Governor {
                 sample_n: None,
                 budget_pct: self.budget_pct,
             });
-        }
-    }
-
-    fn demote(
-        &mut self,
-        correlator: &mut Correlator,
-        id: u32,
-        now_ns: i64,
-        action: &'static str,
-        reason: String,
-    ) {
-        let Some(g) = self.governed.get_mut(&id) else {
-            return;
-        };
-        if g.sampled {
-            return;
-        }
-        g.sampled = true;
-        g.demoted_at = Some(Instant::now());
-        let links = std::mem::take(&mut g.links);
-        self.demotions += 1;
-        self.rows.push(GovernorRecord {
-            ts_ns: now_ns,
-            function_id: Some(id),
-            action,
-            reason,
-            calls_per_s: self.rate(id),
-            predicted_pct: self.predicted_pct,
-            sample_n: Some(self.n),
-            budget_pct: self.budget_pct,
-        });
-        let ids: FxHashSet<u32> = std::iter::once(id).collect();
-        correlator.end_window(&ids, crate::time::monotonic_ns());
-        self.close_async(links, ids);
-    }
-
-    fn promote(
-        &mut self,
-        probes: &mut LoadedProbes,
-        correlator: &mut Correlator,
-        id: u32,
-        now_ns: i64,
-        reason: String,
-    ) -> bool {
-        let Some(g) = self.governed.get(&id) else {
-            return false;
-        };
-        let (module, point) = (g.module, g.point);
-        match probes.attach_module(&self.modules[module], &[point], self.pid, true) {
-            Ok(links) => {
-                if let Some(g) = self.governed.get_mut(&id) {
-                    g.sampled = false;
-                    g.links = links;
-                }
-                correlator.unsample(id);
-                self.promotions += 1;
-                self.rows.push(GovernorRecord {
-                    ts_ns: now_ns,
-                    function_id: Some(id),
-                    action: "promote",
-                    reason,
-                    calls_per_s: self.rate(id),
-                    predicted_pct: self.predicted_pct,
-                    sample_n: Some(1),
-                    budget_pct: self.budget_pct,
-                });
-                true
-            }
-            Err(e) => {
-                self.messages
-                    .push(format!("{} could not be promoted: {e}", self.name(id)));
-                false
-            }
         }
     }
 
@@ -1078,16 +622,7 @@ impl Governor {
         self.push_aggregates(now_ns, on, wall_ns);
         let sampled = self.sampled_ids();
 
-        let current: f64 = loads
-            .iter()
-            .map(|l| {
-                if sampled.contains(&l.id) {
-                    100.0 * windowed_overhead(l.overhead_pct / 100.0, self.n)
-                } else {
-                    l.overhead_pct
-                }
-            })
-            .sum();
+        let current = policy::current_pct(&loads, &sampled, self.n);
         let decision = decide(&decide_loads, self.budget_pct);
         if !self.predicted_once {
             self.predicted_once = true;
@@ -1103,8 +638,6 @@ impl Governor {
             self.messages.push(msg.clone());
             self.note(now_ns, "predict", msg, Some(decision.full_pct));
         }
-        let promote_ok = decision.predicted_pct <= PROMOTE_SHARE * self.budget_pct;
-        let must_act = current > self.budget_pct;
         // Functions without links of their own cannot be sampled: when they
         // alone break the budget, say so (at most every 10 s).
         let unmanaged: Vec<&FnLoad> = loads
@@ -1127,37 +660,25 @@ impl Governor {
             self.messages.push(reason.clone());
             self.note(now_ns, "unmanaged", reason, Some(current));
         }
-        let to_demote: Vec<u32> = decision
-            .sampled
-            .iter()
-            .filter(|id| !sampled.contains(id))
-            .copied()
-            .collect();
-        let to_promote: Vec<u32> = sampled
-            .iter()
-            .filter(|id| !decision.sampled.contains(id))
-            .filter(|id| {
-                self.governed
-                    .get(id)
-                    .and_then(|g| g.demoted_at)
-                    .is_none_or(|t| now.duration_since(t) >= COOLDOWN)
-            })
-            .copied()
-            .collect();
         let quiet = self.quiet();
-        let promote = promote_ok && !to_promote.is_empty() && quiet;
-        if must_act || promote || (decision.n * 2 < self.n && to_promote.is_empty()) {
+        let changes = policy::changes(
+            &decision,
+            &Standing {
+                budget_pct: self.budget_pct,
+                sampled: &sampled,
+                n: self.n,
+                current_pct: current,
+                quiet,
+                now,
+            },
+            |id| self.governed.get(&id).and_then(|g| g.demoted_at),
+        );
+        if changes.apply {
             let old_n = self.n;
-            // Functions that stay sampled keep a real N (≥ 2) even when the
-            // promotions are put off.
-            self.n = if promote || to_promote.is_empty() {
-                decision.n.max(1)
-            } else {
-                decision.n.max(self.n).max(2)
-            };
+            self.n = changes.n;
             self.predicted_pct = Some(decision.predicted_pct);
             let mut demoted = Vec::new();
-            for id in to_demote {
+            for id in changes.to_demote {
                 let pct = loads
                     .iter()
                     .find(|l| l.id == id)
@@ -1180,7 +701,7 @@ impl Governor {
             let mut promoted = Vec::new();
             // Promote only with no window open or closing, so a function
             // never has two links at once.
-            for id in to_promote {
+            for id in changes.to_promote {
                 if !quiet {
                     break;
                 }
@@ -1224,29 +745,6 @@ impl Governor {
         self.window_on = Duration::ZERO;
     }
 
-    /// Detaches everything the governor holds (at the end of the session),
-    /// returning the links for the caller to close with the rest.
-    pub fn take_links(&mut self) -> Vec<ProbeLink> {
-        let mut out = Vec::new();
-        for g in self.governed.values_mut() {
-            out.append(&mut g.links);
-        }
-        if let Window::On { links, .. } = std::mem::replace(
-            &mut self.window,
-            Window::Off {
-                next_open: Instant::now(),
-            },
-        ) {
-            out.extend(links);
-        }
-        for c in &mut self.closings {
-            if let Some(h) = c.handle.take() {
-                let _ = h.join();
-            }
-        }
-        out
-    }
-
     /// One `aggregates` row per sampled function for the interval from the
     /// tick's start to `now_ns` (`on` of it observed, `wall_ns` long).
     fn push_aggregates(&mut self, now_ns: i64, on: Duration, wall_ns: f64) {
@@ -1283,140 +781,9 @@ impl Governor {
     }
 }
 
-/// Functions named one by one in a message at most; past that, one line
-/// names the first of them and counts the rest (the `governor` table has
-/// every decision), so one tick that samples 200 functions prints one line.
-const NAMED_IN_MESSAGE: usize = 3;
-
-/// `f sampled 1 in 8 (2.1% if ...)`, or `12 functions sampled 1 in 8: f
-/// (2.1%), g (1.9%), h (1.2%) and 9 more` for (name, percent) pairs; `None`
-/// when there are none.
-fn grouped_message(items: &[(String, f64)], what: &str, pct_note: &str) -> Option<String> {
-    match items {
-        [] => None,
-        [(name, pct)] => Some(format!("{name} {what} ({}{pct_note})", short_pct(*pct))),
-        _ => {
-            let named: Vec<String> = items
-                .iter()
-                .take(NAMED_IN_MESSAGE)
-                .map(|(name, pct)| format!("{name} ({}%)", short_pct(*pct)))
-                .collect();
-            let rest = items.len().saturating_sub(NAMED_IN_MESSAGE);
-            let more = if rest > 0 {
-                format!(" and {rest} more")
-            } else {
-                String::new()
-            };
-            Some(format!(
-                "{} functions {what}: {}{more}",
-                items.len(),
-                named.join(", ")
-            ))
-        }
-    }
-}
-
-/// A percentage with two decimals below 1 (a cooled function's 0.04%),
-/// one above.
-fn short_pct(pct: f64) -> String {
-    if pct < 1.0 {
-        format!("{pct:.2}")
-    } else {
-        format!("{pct:.1}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn load(id: u32, pct: f64, governed: bool) -> FnLoad {
-        FnLoad {
-            id,
-            overhead_pct: pct,
-            governed,
-        }
-    }
-
-    #[test]
-    fn everything_is_recorded_when_it_fits() {
-        let d = decide(
-            &[load(1, 1.0, true), load(2, 2.5, true), load(3, 1.0, false)],
-            5.0,
-        );
-        assert!(d.sampled.is_empty());
-        assert_eq!(d.n, 1);
-        assert!((d.predicted_pct - 4.5).abs() < 1e-9);
-        assert!((d.full_pct - 4.5).abs() < 1e-9);
-    }
-
-    #[test]
-    fn the_hottest_functions_are_sampled_within_the_budget() {
-        // A leaf at 2000% and a cold function at 0.5%: the cold one stays,
-        // the leaf is sampled so its windows cost at most 3 - 0.5 = 2.5%:
-        // N = ceil(1 + (20 / 0.025 - 1) / 21) = 40.
-        let d = decide(&[load(1, 2000.0, true), load(2, 0.5, true)], 5.0);
-        assert_eq!(d.sampled, BTreeSet::from([1]));
-        assert_eq!(d.n, 40);
-        assert!(d.predicted_pct <= 3.0, "{d:?}");
-        assert!(d.predicted_pct > 2.0, "{d:?}");
-        assert!((d.full_pct - 2000.5).abs() < 1e-9);
-    }
-
-    #[test]
-    fn functions_without_own_links_are_never_sampled() {
-        // The ungoverned function alone exceeds the budget: everything
-        // governed is sampled as sparsely as allowed, and the prediction
-        // says the budget is not met.
-        let d = decide(&[load(1, 9.0, false), load(2, 3.0, true)], 5.0);
-        assert_eq!(d.sampled, BTreeSet::from([2]));
-        assert_eq!(d.n, MAX_N);
-        assert!(d.predicted_pct > 5.0);
-    }
-
-    #[test]
-    fn n_is_at_least_two_and_at_most_max() {
-        let d = decide(&[load(1, 5.5, true)], 5.0);
-        assert_eq!(d.n, 2);
-        // However hot, a window costs at most its own length: N stays near
-        // 1 / budget.
-        let d = decide(&[load(1, 1e9, true)], 5.0);
-        assert_eq!(d.n, 35);
-        assert_eq!(sampling_n(1.0, 0.0), MAX_N);
-    }
-
-    #[test]
-    fn sampled_counts_are_scaled_by_the_time_observed() {
-        // 100 calls seen in 50 ms of a 1 s interval.
-        assert_eq!(scaled_calls(100, 5e7, 1e9), 2000);
-        // Never observed: nothing to scale.
-        assert_eq!(scaled_calls(7, 0.0, 1e9), 7);
-    }
-
-    #[test]
-    fn the_window_model_inverts() {
-        for (o, n) in [(0.1, 2), (5.0, 10), (48.0, 21), (300.0, 400)] {
-            let m = windowed_overhead(o, n);
-            let back = full_from_windowed(m, n);
-            assert!((back - o).abs() < 1e-6 * o.max(1.0), "{o} {n} {m} {back}");
-        }
-        assert_eq!(windowed_overhead(0.3, 1), 0.3);
-        // Windows that are all probes: the cap.
-        assert_eq!(full_from_windowed(0.5, 10), 1000.0);
-    }
-
-    #[test]
-    fn overhead_is_relative_to_the_targets_own_work() {
-        // 1000 calls at 10 µs on a target that used 1 s of CPU in 1 s, 10 ms
-        // of it in the probes: 10 ms / 990 ms.
-        let pct = overhead_pct(1000.0, 10_000.0, 1e9, 1e9, 1e7);
-        assert!((pct - 100.0 * 1e7 / 9.9e8).abs() < 1e-9, "{pct}");
-        // A target that sleeps: 5 calls in 1.5 s of wall time, 60 µs of CPU.
-        let pct = overhead_pct(5.0, 20_000.0, 6e4, 1.5e9, 1e5);
-        assert!(pct < 0.01, "{pct}");
-        // Probes costing more than the time seen: clamped, never negative.
-        assert!(overhead_pct(10.0, 1e6, 1e6, 1e6, 2e6) > 0.0);
-    }
 
     fn governor_of(ids: &[u32]) -> Governor {
         Governor::new(GovernorSetup {
@@ -1513,40 +880,5 @@ mod tests {
         let hist = a.log2_hist.as_ref().unwrap();
         assert_eq!(hist.len(), 64);
         assert_eq!((hist[0], hist[10], hist.iter().sum::<u64>()), (1, 1, 2));
-    }
-
-    #[test]
-    fn calibration_target_is_callable() {
-        assert_eq!(calibration_target(0), 0);
-        assert!(best_per_call() > 0.0);
-    }
-
-    #[test]
-    fn many_decisions_of_one_tick_make_one_line() {
-        let items = |n: usize| -> Vec<(String, f64)> {
-            (0..n)
-                .map(|i| (format!("f{i}"), 2.0 - i as f64 / 10.0))
-                .collect()
-        };
-        assert_eq!(grouped_message(&[], "sampled 1 in 8", "%"), None);
-        assert_eq!(
-            grouped_message(&items(1), "sampled 1 in 8", "% if every call were recorded"),
-            Some("f0 sampled 1 in 8 (2.0% if every call were recorded)".into())
-        );
-        assert_eq!(
-            grouped_message(&items(2), "recorded in full again", "%"),
-            Some("2 functions recorded in full again: f0 (2.0%), f1 (1.9%)".into())
-        );
-        assert_eq!(
-            grouped_message(&[("g".into(), 0.043)], "recorded in full again", "%"),
-            Some("g recorded in full again (0.04%)".into())
-        );
-        assert_eq!(
-            grouped_message(&items(219), "sampled 1 in 92", "%"),
-            Some(
-                "219 functions sampled 1 in 92: f0 (2.0%), f1 (1.9%), f2 (1.8%) and 216 more"
-                    .into()
-            )
-        );
     }
 }

@@ -1,0 +1,245 @@
+//! The governor's model: what probes cost on this machine (measured), how
+//! much CPU the target uses, and what a way of recording would slow it by.
+//! Pure arithmetic apart from the measurements; it decides nothing (see
+//! `policy.rs`).
+
+use std::time::Instant;
+
+use crate::probe::attach::{LoadedProbes, ProbePoint, close_links};
+
+/// The largest sampling N.
+pub const MAX_N: u32 = 100_000;
+
+/// Per-call cost of scope's probes on this machine, measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cost {
+    /// Entry + return probe, as when a call is recorded (ns).
+    pub full_ns: f64,
+    /// Entry probe only, as in the warm-up's counting (ns).
+    pub entry_ns: f64,
+}
+
+/// A function of the agent's own, called only to time probes on it.
+#[inline(never)]
+extern "C" fn calibration_target(x: u64) -> u64 {
+    std::hint::black_box(x)
+        .wrapping_mul(0x9e37_79b9)
+        .rotate_left(7)
+}
+
+const CALIBRATION_CALLS: u32 = 1000;
+
+fn time_calls(calls: u32) -> f64 {
+    let f: extern "C" fn(u64) -> u64 = std::hint::black_box(calibration_target);
+    let started = Instant::now();
+    let mut acc = 0u64;
+    for i in 0..calls {
+        acc = acc.wrapping_add(f(u64::from(i)));
+    }
+    std::hint::black_box(acc);
+    started.elapsed().as_nanos() as f64
+}
+
+/// The fastest of three timings of `calls` calls, in ns per call.
+fn best_per_call() -> f64 {
+    (0..3)
+        .map(|_| time_calls(CALIBRATION_CALLS))
+        .fold(f64::INFINITY, f64::min)
+        / f64::from(CALIBRATION_CALLS)
+}
+
+/// Per-call costs of the probe shapes, measured on this machine now
+/// (`scope-agent calibrate`), in ns per call of a tiny function.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbeCosts {
+    /// The function's own call, unprobed.
+    pub bare_ns: f64,
+    /// Entry + return links (uprobe + uretprobe), as when recording.
+    pub entry_return_ns: f64,
+    /// An entry link only, as in the warm-up.
+    pub entry_ns: f64,
+    /// One `uprobe.session` link (one program at entry and return); `None`
+    /// when the kernel has none.
+    pub session_ns: Option<f64>,
+}
+
+/// Measures [`ProbeCosts`] (see [`calibrate`]); the session link too when
+/// `session` is set.
+pub fn measure_costs(probes: &mut LoadedProbes, session: bool) -> Result<ProbeCosts, String> {
+    let (path, offset) =
+        crate::probe::attach::own_file_offset(calibration_target as *const () as usize)
+            .ok_or("cannot find the calibration function in the agent's own mappings")?;
+    let point = [ProbePoint {
+        file_offset: offset,
+        cookie: 0,
+    }];
+    let me = std::process::id();
+    let bare = best_per_call();
+    let links = probes
+        .attach_module(&path, &point, me, true)
+        .map_err(|e| e.to_string())?;
+    let full = best_per_call();
+    close_links(links);
+    let link = probes
+        .attach_counts(&path, &point, me)
+        .map_err(|e| e.to_string())?;
+    let entry = best_per_call();
+    drop(link);
+    let session_ns = if session {
+        match probes.attach_session_counts(&path, &point, me) {
+            Some(Ok(link)) => {
+                let t = best_per_call();
+                drop(link);
+                Some(t - bare)
+            }
+            Some(Err(e)) => return Err(e.to_string()),
+            None => None,
+        }
+    } else {
+        None
+    };
+    Ok(ProbeCosts {
+        bare_ns: bare,
+        entry_return_ns: full - bare,
+        entry_ns: entry - bare,
+        session_ns,
+    })
+}
+
+/// Measures [`Cost`] with the loaded programs on [`calibration_target`]
+/// (links bound to the agent's pid; the programs' tgid test drops the
+/// events, so only the trap and the test are timed, which is the cost).
+pub fn calibrate(probes: &mut LoadedProbes) -> Result<Cost, String> {
+    let m = measure_costs(probes, false)?;
+    Ok(Cost {
+        full_ns: m.entry_return_ns.max(50.0),
+        entry_ns: m.entry_ns.max(25.0),
+    })
+}
+
+/// CPU time of every live thread of `pid`, in ns (`None` if it is gone).
+pub fn target_cpu_ns(pid: u32) -> Option<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    for t in dir.flatten() {
+        let mut p = t.path();
+        p.push("schedstat");
+        if let Ok(s) = std::fs::read_to_string(&p)
+            && let Some(ns) = s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        {
+            total += ns;
+        }
+    }
+    Some(total)
+}
+
+/// The slowdown (a fraction) of functions whose full recording would cost
+/// `o` (a fraction: 1.0 doubles the run time), probed for one window in
+/// every `n`. Inside a window the target runs `1 + o` times slower, so it
+/// makes fewer calls there than outside: over one period the probes cost
+/// `w·o/(1+o)` against `(n−1)·w + w/(1+o)` of the target's own work.
+pub fn windowed_overhead(o: f64, n: u32) -> f64 {
+    let n = f64::from(n.max(1));
+    o / ((n - 1.0) * (1.0 + o) + 1.0)
+}
+
+/// The smallest N ≥ 2 whose [`windowed_overhead`] for `o` is within `room`
+/// (fractions).
+pub fn sampling_n(o: f64, room: f64) -> u32 {
+    if room <= 0.0 {
+        return MAX_N;
+    }
+    let n = 1.0 + (o / room - 1.0) / (1.0 + o);
+    if !n.is_finite() {
+        return MAX_N;
+    }
+    (n.ceil().max(2.0) as u32).min(MAX_N)
+}
+
+/// Calls of a function sampled in windows, scaled from the `seen` ones to
+/// the whole interval by the time observed (`on_ns` of `wall_ns`). Inside
+/// its windows the probes slow the target, so for a function whose full
+/// recording would cost much this is a lower bound: the function runs
+/// faster between windows. (Scaling by the modelled slowdown too was tried;
+/// on a shared VM the per-call cost moves by 2x from one second to the
+/// next, and the estimate with it.)
+pub fn scaled_calls(seen: u64, on_ns: f64, wall_ns: f64) -> u64 {
+    if on_ns <= 0.0 {
+        return seen;
+    }
+    (seen as f64 * wall_ns.max(on_ns) / on_ns).round() as u64
+}
+
+/// The inverse of [`windowed_overhead`]: the full-recording cost `o` of
+/// functions sampled 1 in `n` whose windows were measured to cost `m`
+/// (fractions). Capped at 1000 (a 1000-fold slowdown) where `m` says the
+/// windows are nothing but probes.
+pub fn full_from_windowed(m: f64, n: u32) -> f64 {
+    let n = f64::from(n.max(1));
+    let denom = 1.0 - m * (n - 1.0);
+    if denom <= 1e-3 {
+        return 1000.0;
+    }
+    (m * n / denom).clamp(0.0, 1000.0)
+}
+
+/// Slowdown (percent) of recording `calls` calls at `cost_ns` each, for a
+/// target that used `cpu_ns` of CPU over `wall_ns`, `probe_ns` of it in the
+/// probes themselves. The probes' time is set against the target's own
+/// time: its CPU time when it is busy (several threads may use more CPU
+/// than wall time), the wall time when it mostly waits (a probe on a thread
+/// that sleeps between calls delays it only by the probe).
+pub fn overhead_pct(calls: f64, cost_ns: f64, cpu_ns: f64, wall_ns: f64, probe_ns: f64) -> f64 {
+    let own = cpu_ns.max(wall_ns);
+    // Never below a hundredth of it: the calibration's error must not make
+    // the prediction explode.
+    let work = (own - probe_ns).max(own * 0.01).max(1.0);
+    100.0 * calls * cost_ns / work
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampled_counts_are_scaled_by_the_time_observed() {
+        // 100 calls seen in 50 ms of a 1 s interval.
+        assert_eq!(scaled_calls(100, 5e7, 1e9), 2000);
+        // Never observed: nothing to scale.
+        assert_eq!(scaled_calls(7, 0.0, 1e9), 7);
+    }
+
+    #[test]
+    fn the_window_model_inverts() {
+        for (o, n) in [(0.1, 2), (5.0, 10), (48.0, 21), (300.0, 400)] {
+            let m = windowed_overhead(o, n);
+            let back = full_from_windowed(m, n);
+            assert!((back - o).abs() < 1e-6 * o.max(1.0), "{o} {n} {m} {back}");
+        }
+        assert_eq!(windowed_overhead(0.3, 1), 0.3);
+        // Windows that are all probes: the cap.
+        assert_eq!(full_from_windowed(0.5, 10), 1000.0);
+    }
+
+    #[test]
+    fn overhead_is_relative_to_the_targets_own_work() {
+        // 1000 calls at 10 µs on a target that used 1 s of CPU in 1 s, 10 ms
+        // of it in the probes: 10 ms / 990 ms.
+        let pct = overhead_pct(1000.0, 10_000.0, 1e9, 1e9, 1e7);
+        assert!((pct - 100.0 * 1e7 / 9.9e8).abs() < 1e-9, "{pct}");
+        // A target that sleeps: 5 calls in 1.5 s of wall time, 60 µs of CPU.
+        let pct = overhead_pct(5.0, 20_000.0, 6e4, 1.5e9, 1e5);
+        assert!(pct < 0.01, "{pct}");
+        // Probes costing more than the time seen: clamped, never negative.
+        assert!(overhead_pct(10.0, 1e6, 1e6, 1e6, 2e6) > 0.0);
+    }
+
+    #[test]
+    fn calibration_target_is_callable() {
+        assert_eq!(calibration_target(0), 0);
+        assert!(best_per_call() > 0.0);
+    }
+}

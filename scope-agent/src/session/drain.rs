@@ -1,0 +1,77 @@
+//! Detach and drain: every link closed (the governor's too), then what the
+//! kernel wrote before they closed is read, and the last calls, governor
+//! and aggregates rows, losses and metrics go to the writer (unless it
+//! stopped).
+
+use std::time::{Duration, Instant};
+
+use super::attach::Live;
+use super::capture::{Ended, drain_ring, snapshot};
+use crate::capture::pipeline::SinkMsg;
+use crate::probe::attach::{ProbeLink, close_links};
+
+/// What the end of the session needs of detaching and draining.
+pub(super) struct Drained {
+    /// When recording ended (epoch ns).
+    pub(super) end_ns: i64,
+    pub(super) detach_time: Duration,
+    /// The agent's mean CPU use over the session, percent.
+    pub(super) mean_cpu_pct: f64,
+}
+
+pub(super) fn detach_and_drain(live: &mut Live, ended: &mut Ended) -> Drained {
+    // Detach, then drain what the kernel wrote before the links closed.
+    // Events from while the links close one by one are outside the window.
+    live.correlator.close_window(crate::time::monotonic_ns());
+    let detach_started = Instant::now();
+    let mut all_links: Vec<ProbeLink> = std::mem::take(&mut live.links)
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    if let Some(g) = live.governor.as_mut() {
+        all_links.extend(g.take_links());
+    }
+    close_links(all_links);
+    let detach_time = detach_started.elapsed();
+    let end_ns = live.clock.now_epoch_ns();
+    drain_ring(live);
+    live.correlator.finish();
+    let losses = live.reader.read_losses(end_ns);
+    ended.status.clear();
+    let mean_cpu_pct = ended.status.mean_cpu_pct();
+    if !ended.writer_failed {
+        let Live {
+            governor,
+            reader,
+            correlator,
+            writer,
+            ..
+        } = live;
+        let calls = correlator.take_calls();
+        if let Some(g) = governor.as_mut() {
+            g.observe(&calls);
+            g.finish(end_ns);
+            let (rows, aggs, _) = g.take_rows();
+            if !rows.is_empty() {
+                writer.send(SinkMsg::Governor(rows));
+            }
+            if !aggs.is_empty() {
+                writer.send(SinkMsg::Aggregates(aggs));
+            }
+        }
+        writer.send(SinkMsg::Calls(calls));
+        if !losses.is_empty() {
+            writer.send(SinkMsg::Losses(losses));
+        }
+        let mut snap = snapshot(&correlator.counts(), reader, writer);
+        snap.governor = governor.as_ref().and_then(|g| g.status());
+        if let Some(m) = ended.status.metrics_due(&snap, end_ns, true) {
+            writer.send(SinkMsg::Metrics(m));
+        }
+    }
+    Drained {
+        end_ns,
+        detach_time,
+        mean_cpu_pct,
+    }
+}

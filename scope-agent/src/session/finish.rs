@@ -1,0 +1,251 @@
+//! The end of a session: the writer thread finished, the `sessions` row
+//! and the files closed, then what was recorded said (the stop line, what
+//! is incomplete and why, the governor's summary, where the files are, the
+//! top functions), and for `record` the command waited for.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use super::attach::Live;
+use super::capture::Ended;
+use super::drain::Drained;
+use super::plan::{Planned, summary_name};
+use super::sink::SessionSink;
+use super::{SessionConfig, SessionOutcome, human_bytes};
+use crate::capture::correlator::CorrelatorCounts;
+use crate::capture::ring::RingReader;
+use crate::governor::Governor;
+use crate::probe::plan::Plan;
+use crate::status::loss_pct;
+use crate::storage::SessionRow;
+use crate::summary::{CallStats, SortBy, format_duration_ns, render_top};
+use crate::target::GatedChild;
+
+/// Finishes the files (the error that stopped the writer, if any, is the
+/// session's error), prints the end-of-run messages and tables, and waits
+/// for a command still running.
+pub(super) fn write_and_report(
+    cfg: &SessionConfig,
+    planned: &Planned,
+    live: Live,
+    ended: Ended,
+    drained: Drained,
+    stop: &AtomicBool,
+) -> Result<SessionOutcome> {
+    let Drained {
+        end_ns,
+        detach_time,
+        mean_cpu_pct,
+    } = drained;
+    let Live {
+        clock,
+        session_id,
+        pid,
+        mut child,
+        governor,
+        reader,
+        correlator,
+        writer,
+        late_plans,
+        late_files,
+        ..
+    } = live;
+    let stop_reason = ended.reason;
+
+    let (
+        SessionSink {
+            store,
+            stats,
+            gauges: _,
+        },
+        written,
+    ) = writer.finish();
+    let counts = correlator.counts();
+    let lost = reader.lost_total();
+    let session_row = SessionRow {
+        host: hostname(),
+        pid,
+        command: planned.command_line.clone(),
+        start_ns: clock.start_epoch_ns,
+        end_ns,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        clock_offset_ns: clock.offset_ns,
+        events: counts.events,
+        calls: Some(stats.total_calls()),
+        calls_exact: governor.is_none() && lost == 0,
+        calls_recorded: stats.total_calls(),
+        lost,
+        max_overhead_pct: cfg.max_overhead,
+    };
+    let finished = store.finish(&session_row, &[]);
+    if let Err(e) = written {
+        bail!(
+            "recording stopped: {e:#} (every segment finished before this is readable in {})",
+            cfg.out_dir.display()
+        );
+    }
+    let summary = finished?;
+
+    let elapsed = ended.started.elapsed();
+    eprintln!(
+        "scope: stopped: {stop_reason}. {} calls, {} events, {} lost{} in {}; agent cpu {:.0}%",
+        stats.total_calls(),
+        counts.events,
+        lost,
+        if lost > 0 {
+            format!(
+                " ({:.2}% of events; enlarge --ring-size)",
+                loss_pct(counts.events, lost)
+            )
+        } else {
+            String::new()
+        },
+        format_duration_ns(elapsed.as_nanos() as u64),
+        mean_cpu_pct
+    );
+    for p in planned.pending.never_matched() {
+        let module = p.module.as_deref().unwrap_or_default();
+        eprintln!("scope: warning: no module matched '{module}' (pattern '{p}') while recording");
+    }
+    report_incomplete(&counts, &reader);
+    if let Some(g) = &governor {
+        report_governor(g);
+    }
+    if counts.migrated > 0 {
+        eprintln!(
+            "scope: {} Go calls returned on another thread than they entered on (paired per goroutine)",
+            counts.migrated
+        );
+    }
+    eprintln!(
+        "scope: wrote {} files ({}) to {} (session {session_id}); detached in {}",
+        summary.files.len() + late_files.len(),
+        human_bytes(summary.bytes + late_files.iter().map(|f| f.1).sum::<u64>()),
+        cfg.out_dir.display(),
+        format_duration_ns(detach_time.as_nanos() as u64)
+    );
+    if !cfg.quiet && stats.total_calls() > 0 {
+        print_top(cfg, &planned.plan, &late_plans, &stats);
+    }
+
+    let exit_code = wait_for_child(child.as_mut(), ended.exit_code, stop);
+    Ok(SessionOutcome { exit_code })
+}
+
+/// Calls marked incomplete or uncertain, and events in no call: counted,
+/// never dropped silently.
+fn report_incomplete(counts: &CorrelatorCounts, reader: &RingReader) {
+    if counts.loss_marked > 0 {
+        eprintln!(
+            "scope: {} calls were open while the kernel lost events (flags & 16 in calls): their durations and nesting are uncertain",
+            counts.loss_marked
+        );
+    }
+    let marked =
+        counts.entry_missing + counts.unwound + counts.return_missing + counts.no_return_probe;
+    if marked > 0 {
+        eprintln!(
+            "scope: {marked} calls marked incomplete: {} already running at attach, {} still running at the end, {} unwound, {} beyond the kernel's 64 nested return probes",
+            counts.entry_missing, counts.return_missing, counts.unwound, counts.no_return_probe
+        );
+    }
+    // Events read but in no row: say how many, never drop them silently.
+    let unused = counts.after_end + counts.unknown_kind + reader.malformed();
+    if unused > 0 {
+        eprintln!(
+            "scope: {unused} events read but not in any call: {} after recording ended (while links closed), {} of an unknown kind, {} too short for their kind",
+            counts.after_end,
+            counts.unknown_kind,
+            reader.malformed()
+        );
+    }
+    if counts.window_edge > 0 {
+        eprintln!(
+            "scope: {} events of sampled functions fell on the edges of their sampling windows (while links were attached or detached) and are not in calls",
+            counts.window_edge
+        );
+    }
+    if counts.window_cut > 0 {
+        eprintln!(
+            "scope: {} calls of sampled functions were open when their sampling window closed (flags & 64 in calls; not a loss)",
+            counts.window_cut
+        );
+    }
+}
+
+/// The governor's summary line.
+fn report_governor(g: &Governor) {
+    let sampled = g.sampled_count();
+    eprintln!(
+        "scope: governor (budget {}%): {} demoted, {} promoted, {} backpressure step{}; {} function{} sampled at the end{}{}",
+        g.budget_pct(),
+        g.demotions,
+        g.promotions,
+        g.backpressure,
+        if g.backpressure == 1 { "" } else { "s" },
+        sampled,
+        if sampled == 1 { "" } else { "s" },
+        if g.demotions > 0 {
+            "; their estimated counts are in the aggregates table"
+        } else {
+            ""
+        },
+        g.status()
+            .map(|(_, _, p)| format!("; predicted slowdown {p:.1}%"))
+            .unwrap_or_default()
+    );
+}
+
+/// The top functions by total and by self time.
+fn print_top(cfg: &SessionConfig, plan: &Plan, late_plans: &[Plan], stats: &CallStats) {
+    let names: std::collections::HashMap<u32, String> = std::iter::once(plan)
+        .chain(late_plans)
+        .flat_map(Plan::functions)
+        .map(|(_, f)| (f.function_id, summary_name(f)))
+        .collect();
+    let name_of = |id: u32| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+    eprintln!("\ntop functions by total time:");
+    eprint!(
+        "{}",
+        render_top(&stats.top(cfg.top, SortBy::Total), &name_of, &|_| None)
+    );
+    eprintln!("\ntop functions by self time:");
+    eprint!(
+        "{}",
+        render_top(&stats.top(cfg.top, SortBy::SelfTime), &name_of, &|_| None)
+    );
+}
+
+/// `record`, stopped before the command exited: waits for it (a second
+/// Ctrl-C leaves it running); its exit code, 130 if it is left running.
+fn wait_for_child(
+    child: Option<&mut GatedChild>,
+    exit_code: Option<i32>,
+    stop: &AtomicBool,
+) -> Option<i32> {
+    let mut exit_code = exit_code;
+    if let Some(c) = child
+        && exit_code.is_none()
+    {
+        if c.try_wait().is_none() {
+            eprintln!(
+                "scope: recording stopped; waiting for pid {} to exit (Ctrl-C again to leave it running)",
+                c.pid
+            );
+            stop.store(false, Ordering::Relaxed);
+            while c.try_wait().is_none() && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        exit_code = Some(c.try_wait().unwrap_or(130));
+    }
+    exit_code
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

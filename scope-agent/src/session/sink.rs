@@ -1,0 +1,65 @@
+//! The writer thread's side of a session: calls go to the Parquet store
+//! and to the summary's statistics.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Result;
+
+use crate::capture::{CallRecord, EventSink, LossRecord, MetricsRecord};
+use crate::status::WriterGauges;
+use crate::storage::ParquetStore;
+use crate::summary::CallStats;
+
+/// The writer thread's sink: the Parquet store and the summary's statistics,
+/// publishing the store's gauges for the status line after every write.
+pub(super) struct SessionSink {
+    pub(super) store: ParquetStore,
+    pub(super) stats: CallStats,
+    pub(super) gauges: Arc<WriterGauges>,
+}
+
+impl SessionSink {
+    fn publish<T>(&self, r: Result<T>) -> Result<T> {
+        self.gauges
+            .files_written
+            .store(self.store.files_written() as u64, Ordering::Relaxed);
+        self.gauges
+            .rows_buffered
+            .store(self.store.rows_buffered() as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl EventSink for SessionSink {
+    fn write_calls(&mut self, calls: &[CallRecord]) -> Result<()> {
+        let a = self.store.write_calls(calls);
+        let b = self.stats.write_calls(calls);
+        self.publish(a.and(b))
+    }
+
+    fn write_losses(&mut self, losses: &[LossRecord]) -> Result<()> {
+        let r = self.store.write_losses(losses);
+        self.publish(r)
+    }
+
+    fn write_metrics(&mut self, metrics: &[MetricsRecord]) -> Result<()> {
+        let r = self.store.write_metrics(metrics);
+        self.publish(r)
+    }
+
+    fn write_governor(&mut self, rows: &[crate::capture::GovernorRecord]) -> Result<()> {
+        let r = self.store.write_governor(rows);
+        self.publish(r)
+    }
+
+    fn write_aggregates(&mut self, rows: &[crate::capture::AggregateRecord]) -> Result<()> {
+        let r = self.store.write_aggregates(rows);
+        self.publish(r)
+    }
+
+    fn tick(&mut self) -> Result<()> {
+        let r = self.store.tick();
+        self.publish(r)
+    }
+}
