@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::capture::MetricsRecord;
+use crate::governor::GovernorStatus;
 
 /// How often the live line is rewritten on a terminal.
 const LIVE_EVERY: Duration = Duration::from_millis(250);
@@ -38,8 +39,8 @@ pub struct Snapshot {
     pub ring_fill_pct: Option<f64>,
     /// Batches waiting for the writer, and the channel's capacity.
     pub backlog: (usize, usize),
-    /// The governor: (functions sampled, 1-in-N, predicted slowdown %).
-    pub governor: Option<(usize, u32, f64)>,
+    /// The governor's state, once it has decided.
+    pub governor: Option<GovernorStatus>,
 }
 
 /// Where the status goes.
@@ -177,7 +178,7 @@ impl StatusReporter {
         Some(MetricsRecord {
             ts_ns: now_epoch_ns,
             events: snap.events,
-            calls: snap.calls,
+            call_rows: snap.calls,
             lost: snap.lost,
             events_per_s,
             ring_fill_pct,
@@ -213,10 +214,10 @@ impl StatusReporter {
     ) -> String {
         let elapsed = now.duration_since(self.started);
         let mut line = format!(
-            "scope: {:.1}s, {} events/s, {} calls, {} lost{}, ring {}, agent cpu {:.0}%, {} files",
+            "scope: {:.1}s, {} events/s, {}, {} lost{}, ring {}, agent cpu {:.0}%, {} files",
             elapsed.as_secs_f64(),
             si(eps),
-            snap.calls,
+            calls_text(snap),
             snap.lost,
             if snap.lost > 0 {
                 format!(" ({:.2}%)", loss_pct(snap.events, snap.lost))
@@ -227,13 +228,13 @@ impl StatusReporter {
             cpu,
             self.gauges.files_written.load(Ordering::Relaxed),
         );
-        if let Some((sampled, n, pct)) = snap.governor {
-            if sampled > 0 {
-                line.push_str(&format!(
-                    ", {sampled} fn sampled 1/{n}, predicted slowdown {pct:.1}%"
-                ));
-            } else {
-                line.push_str(&format!(", predicted slowdown {pct:.1}%"));
+        if let Some(g) = snap.governor {
+            if g.sampled > 0 {
+                line.push_str(&format!(", {} fn sampled 1/{}", g.sampled, g.n));
+            }
+            line.push_str(&format!(", predicted slowdown {:.1}%", g.predicted_pct));
+            if let Some(m) = g.measured_pct {
+                line.push_str(&format!(" (last second {m:.1}%)"));
             }
         }
         if let Some(why) = behind(snap, fill) {
@@ -241,6 +242,21 @@ impl StatusReporter {
             line.push_str(&why);
         }
         line
+    }
+}
+
+/// The session's calls for the status line: the calls recorded while every
+/// call is; `≈1.23M calls (12.3K recorded)` while some function is sampled
+/// (`≥…` where only a lower bound is known).
+fn calls_text(snap: &Snapshot) -> String {
+    match snap.governor.and_then(|g| g.calls) {
+        Some(c) if !c.exact => format!(
+            "{}{} calls ({} recorded)",
+            if c.at_least { "≥" } else { "≈" },
+            si(c.calls as f64),
+            si(c.recorded as f64)
+        ),
+        _ => format!("{} calls", snap.calls),
     }
 }
 

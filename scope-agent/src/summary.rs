@@ -151,6 +151,14 @@ impl CallStats {
     pub fn total_calls(&self) -> u64 {
         self.total_calls
     }
+
+    /// One function's recorded calls and the sums of their known
+    /// durations and self times: (calls, total ns, self ns).
+    pub fn function(&self, function_id: u32) -> (u64, u64, u64) {
+        self.by_function
+            .get(&function_id)
+            .map_or((0, 0, 0), |e| (e.calls, e.total_ns, e.self_ns))
+    }
 }
 
 impl EventSink for CallStats {
@@ -614,11 +622,17 @@ a_longer_name      7     0 ns    0 ns     0 ns    0 ns
         let count = |_| Some(est(Some(1000), 100, 900, Some(1100), Method::CpuTime));
         let text = render_top(&rows, &|_| "hot".to_string(), &count);
         let line = text.lines().nth(1).expect("row");
-        assert_eq!(line, "hot       ≈1.00K  ≈10.0 ms  ≈5.00 ms  10.0 µs  20.0 µs");
+        assert_eq!(
+            line,
+            "hot       ≈1.00K  ≈10.0 ms  ≈5.00 ms  10.0 µs  20.0 µs"
+        );
         let count = |_| Some(est(None, 100, 4000, None, Method::LowerBound));
         let text = render_top(&rows, &|_| "hot".to_string(), &count);
         let line = text.lines().nth(1).expect("row");
-        assert_eq!(line, "hot       ≥4.00K  ≥1.00 ms  ≥500 µs  10.0 µs  20.0 µs");
+        assert_eq!(
+            line,
+            "hot       ≥4.00K  ≥1.00 ms  ≥500 µs  10.0 µs  20.0 µs"
+        );
     }
 
     #[test]

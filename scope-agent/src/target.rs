@@ -76,6 +76,8 @@ pub struct GatedChild {
     exec_error: OwnedFd,
     command: String,
     reaped: Option<i32>,
+    /// CPU time of the whole command (all its threads) once reaped, ns.
+    cpu_ns: Option<u64>,
 }
 
 impl GatedChild {
@@ -138,6 +140,7 @@ impl GatedChild {
             exec_error: err_r,
             command,
             reaped: None,
+            cpu_ns: None,
         })
     }
 
@@ -184,33 +187,44 @@ impl GatedChild {
     /// The exit code if the child has ended (128 + signal for a signal).
     pub fn try_wait(&mut self) -> Option<i32> {
         if self.reaped.is_none() {
-            let mut status = 0;
-            // SAFETY: waitpid on our own child with a valid status pointer.
-            let r = unsafe { libc::waitpid(self.pid as i32, &mut status, libc::WNOHANG) };
-            if r == self.pid as i32 {
-                self.reaped = Some(decode_status(status));
-            }
+            self.wait4(libc::WNOHANG);
         }
         self.reaped
     }
 
     pub fn wait_blocking(&mut self) -> i32 {
-        if let Some(code) = self.reaped {
-            return code;
-        }
-        let mut status = 0;
         loop {
-            // SAFETY: as in try_wait.
-            let r = unsafe { libc::waitpid(self.pid as i32, &mut status, 0) };
-            if r == self.pid as i32 {
-                let code = decode_status(status);
-                self.reaped = Some(code);
+            if let Some(code) = self.reaped {
                 return code;
             }
-            if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            if !self.wait4(0) && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
                 return 127;
             }
         }
+    }
+
+    /// CPU time the command used, all threads, once it has been reaped
+    /// (from `wait4`: what per-thread readings miss of threads that ended).
+    pub fn cpu_ns(&self) -> Option<u64> {
+        self.cpu_ns
+    }
+
+    /// One `wait4`; whether it reaped the child (or found it reaped).
+    fn wait4(&mut self, options: i32) -> bool {
+        let mut status = 0;
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: wait4 on our own child with valid status and rusage
+        // pointers we own.
+        let r = unsafe { libc::wait4(self.pid as i32, &mut status, options, usage.as_mut_ptr()) };
+        if r != self.pid as i32 {
+            return false;
+        }
+        // SAFETY: wait4 reaped the child, so it filled the rusage.
+        let usage = unsafe { usage.assume_init() };
+        let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+        self.cpu_ns = Some(tv(usage.ru_utime) + tv(usage.ru_stime));
+        self.reaped = Some(decode_status(status));
+        true
     }
 
     /// Ends a child that never got past the gate (setup failed).

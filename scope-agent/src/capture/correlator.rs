@@ -143,6 +143,9 @@ pub struct Correlator {
     inline_ids: FxHashSet<u32>,
     /// Some frame is marked [`Frame::cut`] and not yet emitted.
     any_cut: bool,
+    /// Kernel times of the window-edge events since [`take_edges`](Self::take_edges):
+    /// the probes fired (and cost the target) but made no call.
+    edge_times: Vec<u64>,
     /// Sampled functions: the kernel-time interval of their current window
     /// (`[start, end)`; `end` is `u64::MAX` while it is open). Entries
     /// outside it are window edges, not calls.
@@ -164,6 +167,7 @@ impl Correlator {
             loss_gen: 0,
             inline_ids: FxHashSet::default(),
             any_cut: false,
+            edge_times: Vec::new(),
             windows: FxHashMap::default(),
         }
     }
@@ -186,9 +190,10 @@ impl Correlator {
         }
     }
 
-    /// `id` is recorded in full again.
-    pub fn unsample(&mut self, id: u32) {
-        self.windows.remove(&id);
+    /// `id` is recorded in full again from kernel time `from` on (when its
+    /// links were all attached): earlier entries are window edges.
+    pub fn unsample(&mut self, id: u32, from: u64) {
+        self.windows.insert(id, (from, u64::MAX));
     }
 
     /// The governor closed the sampling window of `ids` (their links are
@@ -255,6 +260,22 @@ impl Correlator {
                 ret: None,
             });
         }
+    }
+
+    /// A window-edge event at kernel time `ktime`: counted, and its time
+    /// kept for [`take_edges`](Self::take_edges).
+    fn edge(&mut self, ktime: u64) {
+        self.counts.window_edge += 1;
+        // Bounded: the governor takes them after every drain.
+        if self.edge_times.len() < 1 << 20 {
+            self.edge_times.push(ktime);
+        }
+    }
+
+    /// The kernel times of the window-edge events since the last call (the
+    /// governor counts what they cost the target).
+    pub fn take_edges(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.edge_times)
     }
 
     /// Marks `function_id` as an inlined instance: its entry events are
@@ -418,7 +439,7 @@ impl Correlator {
             && let Some(&(start, end)) = self.windows.get(&ev.function_id)
             && !(start..end).contains(&ev.ktime_ns)
         {
-            self.counts.window_edge += 1;
+            self.edge(ev.ktime_ns);
             return;
         }
         self.counts.entries += 1;
@@ -452,7 +473,7 @@ impl Correlator {
                 return;
             }
             if self.windows.contains_key(&ev.function_id) {
-                self.counts.window_edge += 1;
+                self.edge(ev.ktime_ns);
                 return;
             }
             self.emit_entry_missing(ev, 0, (0, 0), ret);
@@ -504,7 +525,7 @@ impl Correlator {
             }
             if self.windows.contains_key(&ev.function_id) {
                 // The return of an entry left out at a window's edge.
-                self.counts.window_edge += 1;
+                self.edge(ev.ktime_ns);
                 return;
             }
             // Not on this thread's stack: its entry was before probes went

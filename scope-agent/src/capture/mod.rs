@@ -117,8 +117,9 @@ pub struct MetricsRecord {
     pub ts_ns: i64,
     /// Kernel events read so far.
     pub events: u64,
-    /// Call rows produced so far.
-    pub calls: u64,
+    /// Call rows produced so far (the calls recorded; with the governor
+    /// sampling, not every call).
+    pub call_rows: u64,
     /// Kernel events lost so far.
     pub lost: u64,
     /// Events read per second since the previous tick.
@@ -198,10 +199,10 @@ pub struct TotalRecord {
     pub calls_high: Option<u64>,
     /// Rows of the function in `calls`.
     pub calls_recorded: u64,
-    /// `recorded`, `sampled: ratio to a caller`, `sampled: cpu time`,
+    /// `recorded`, `sampled: ratio to a related function`, `sampled: cpu time`,
     /// `sampled: lower bound only` or `sampled: unknown`.
     pub method: &'static str,
-    /// For `sampled: ratio to a caller`: the caller whose calls the
+    /// For `sampled: ratio to a related function`: the function (a caller or a callee) whose calls the
     /// estimate is scaled by.
     pub basis_function_id: Option<u32>,
     /// Sum of the durations of the calls (those recorded, scaled like the

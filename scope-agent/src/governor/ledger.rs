@@ -29,7 +29,7 @@ use rustc_hash::FxHashMap;
 use crate::capture::{CallRecord, flags};
 
 /// The longest slot.
-pub const SLOT: std::time::Duration = std::time::Duration::from_millis(50);
+pub const SLOT: std::time::Duration = std::time::Duration::from_millis(10);
 /// The most slots kept before old ones are merged.
 pub const MAX_SLOTS: usize = 8192;
 /// The newest slots are never merged (their calls may still be arriving).
@@ -41,10 +41,10 @@ pub struct Slot {
     /// Unix epoch ns; `end_ns` is exclusive (`i64::MAX` while open).
     pub start_ns: i64,
     pub end_ns: i64,
-    /// A sampling window was open: the sampled functions were probed.
-    pub window: bool,
     /// The functions sampled during the slot, sorted.
     pub sampled: Arc<[u32]>,
+    /// Of those, the ones whose sampling window was open (probed), sorted.
+    pub windowed: Arc<[u32]>,
     /// Calls that started in the slot, by function id, sorted by id.
     pub counts: Vec<(u32, u64)>,
     /// Entry and return probe events that fired in the slot.
@@ -61,7 +61,8 @@ pub struct Slot {
 impl Slot {
     /// Whether `function_id` was probed during the slot.
     pub fn probed(&self, function_id: u32) -> bool {
-        self.window || self.sampled.binary_search(&function_id).is_err()
+        self.sampled.binary_search(&function_id).is_err()
+            || self.windowed.binary_search(&function_id).is_ok()
     }
 
     /// Calls of `function_id` that started in the slot.
@@ -79,7 +80,7 @@ impl Slot {
     }
 
     fn alike(&self, other: &Slot) -> bool {
-        self.window == other.window && self.sampled == other.sampled
+        self.sampled == other.sampled && self.windowed == other.windowed
     }
 }
 
@@ -97,8 +98,12 @@ pub struct Ledger {
     cpu_total_ns: u64,
     /// Per function: the functions its calls were made from, with counts.
     callers: FxHashMap<u32, FxHashMap<u32, u64>>,
+    /// Per function: the functions it called, with counts.
+    callees: FxHashMap<u32, FxHashMap<u32, u64>>,
     /// Calls counted, by function (every slot).
     totals: FxHashMap<u32, u64>,
+    /// Every function sampled at some time (the others are exact).
+    ever_sampled: rustc_hash::FxHashSet<u32>,
 }
 
 impl Ledger {
@@ -109,8 +114,8 @@ impl Ledger {
             slots: vec![Slot {
                 start_ns,
                 end_ns: i64::MAX,
-                window: false,
                 sampled: Arc::from([]),
+                windowed: Arc::from([]),
                 counts: Vec::new(),
                 entries: 0,
                 returns: 0,
@@ -120,7 +125,9 @@ impl Ledger {
             last_cpu: cpu.unwrap_or_default(),
             cpu_total_ns: 0,
             callers: FxHashMap::default(),
+            callees: FxHashMap::default(),
             totals: FxHashMap::default(),
+            ever_sampled: Default::default(),
         }
     }
 
@@ -134,17 +141,19 @@ impl Ledger {
         self.slots.last().expect("a ledger always has a slot")
     }
 
-    /// Ends the current slot at `at_ns` and starts the next: a window open
-    /// or not, `sampled` the functions sampled from now on. `cpu` is a
-    /// reading of the target's threads taken now (`Some(None)`: tried and
-    /// failed; `None`: not read, allowed only when nothing probed changes).
+    /// Ends the current slot at `at_ns` and starts the next, with
+    /// `sampled` the functions sampled from now on and `windowed` those of
+    /// them in an open window (both sorted). `cpu` is a reading of the
+    /// target's threads taken now (`Some(None)`: tried and failed; `None`:
+    /// not read, allowed only when nothing probed changes).
     pub fn cut(
         &mut self,
         at_ns: i64,
-        window: bool,
         sampled: Arc<[u32]>,
+        windowed: Arc<[u32]>,
         cpu: Option<Option<ThreadCpu>>,
     ) {
+        self.ever_sampled.extend(sampled.iter().copied());
         let last = self.slots.last_mut().expect("a ledger always has a slot");
         let at_ns = at_ns.max(last.start_ns);
         last.end_ns = at_ns;
@@ -165,8 +174,8 @@ impl Ledger {
         self.slots.push(Slot {
             start_ns: at_ns,
             end_ns: i64::MAX,
-            window,
             sampled,
+            windowed,
             counts: Vec::new(),
             entries: 0,
             returns: 0,
@@ -178,18 +187,16 @@ impl Ledger {
         }
     }
 
-    /// Ends the last slot at `at_ns` with a final CPU reading. When the
-    /// target's whole CPU time is known (`total_cpu_ns`, e.g. from the
-    /// exit status of a `record`ed command), what the readings missed
-    /// (threads that exited between readings) is given to that last slot.
-    pub fn finish(&mut self, at_ns: i64, cpu: Option<ThreadCpu>, total_cpu_ns: Option<u64>) {
-        let (window, sampled) = {
-            let last = self.current();
-            (last.window, Arc::clone(&last.sampled))
-        };
-        self.cut(at_ns, window, sampled, Some(cpu));
-        // The slot just opened is empty: drop it.
-        self.slots.pop();
+    /// Ends the ledger: the open slot (begun by the last [`cut`](Self::cut),
+    /// taken when recording ended) is dropped, so the last slot ends then.
+    /// When the target's whole CPU time is known (`total_cpu_ns`, e.g. from
+    /// the exit status of a `record`ed command that exited), what the
+    /// readings missed (threads that exited between readings) is given to
+    /// that last slot.
+    pub fn finish(&mut self, total_cpu_ns: Option<u64>) {
+        if self.slots.len() > 1 {
+            self.slots.pop();
+        }
         if let Some(total) = total_cpu_ns
             && let Some(last) = self.slots.last_mut()
         {
@@ -197,9 +204,6 @@ impl Ledger {
             last.cpu_ns = Some(last.cpu_ns.unwrap_or(0) + missed);
             last.read = true;
             self.cpu_total_ns += missed;
-        }
-        if let Some(last) = self.slots.last_mut() {
-            last.end_ns = last.end_ns.max(last.start_ns);
         }
     }
 
@@ -224,30 +228,50 @@ impl Ledger {
                     .or_default()
                     .entry(c.parent_function_id)
                     .or_default() += 1;
+                *self
+                    .callees
+                    .entry(c.parent_function_id)
+                    .or_default()
+                    .entry(c.function_id)
+                    .or_default() += 1;
             }
+        }
+    }
+
+    /// Probe events that belong to no call (window edges), at these epoch
+    /// times: counted with their slots, at the entry cost.
+    pub fn add_events(&mut self, times_ns: impl IntoIterator<Item = i64>) {
+        for t in times_ns {
+            let i = self.slot_of(t);
+            self.slots[i].entries += 1;
         }
     }
 
     /// The callers of `function_id`, most frequent first (at most `n`).
     pub fn callers(&self, function_id: u32, n: usize) -> Vec<(u32, u64)> {
-        let mut v: Vec<(u32, u64)> = self
-            .callers
-            .get(&function_id)
-            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
-            .unwrap_or_default();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        v.truncate(n);
-        v
+        top(self.callers.get(&function_id), n)
     }
 
+    /// The functions `function_id` called, most frequent first (at most `n`).
+    pub fn callees(&self, function_id: u32, n: usize) -> Vec<(u32, u64)> {
+        top(self.callees.get(&function_id), n)
+    }
+
+    /// Forgets who called whom (tests of estimates without a clock).
     #[cfg(test)]
-    pub(crate) fn callers_mut_for_tests(&mut self) -> &mut FxHashMap<u32, FxHashMap<u32, u64>> {
-        &mut self.callers
+    pub(crate) fn forget_calls_for_tests(&mut self) {
+        self.callers.clear();
+        self.callees.clear();
     }
 
     /// Calls counted so far, by function.
     pub fn totals(&self) -> &FxHashMap<u32, u64> {
         &self.totals
+    }
+
+    /// Whether `function_id` was ever sampled (if not, its count is exact).
+    pub fn ever_sampled(&self, function_id: u32) -> bool {
+        self.ever_sampled.contains(&function_id)
     }
 
     /// The index of the slot holding `ns` (the first slot for earlier
@@ -299,6 +323,16 @@ impl Ledger {
     }
 }
 
+/// The `n` largest counts of `m`, largest first (ties by id).
+fn top(m: Option<&FxHashMap<u32, u64>>, n: usize) -> Vec<(u32, u64)> {
+    let mut v: Vec<(u32, u64)> = m
+        .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+        .unwrap_or_default();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(n);
+    v
+}
+
 /// The CPU time of every live thread of `pid`, in ns, from
 /// `/proc/PID/task/*/schedstat` (`None` once the process is gone).
 pub fn read_thread_cpu(pid: u32) -> Option<ThreadCpu> {
@@ -343,8 +377,13 @@ mod tests {
     #[test]
     fn calls_land_in_the_slot_of_their_entry_and_returns_in_the_slot_of_their_return() {
         let mut l = Ledger::new(0, Some([(1, 100)].into_iter().collect()));
-        l.cut(50, true, Arc::from([7u32]), cpu(&[(1, 130)]));
-        l.cut(100, false, Arc::from([7u32]), cpu(&[(1, 140), (2, 5)]));
+        l.cut(50, Arc::from([7u32]), Arc::from([7u32]), cpu(&[(1, 130)]));
+        l.cut(
+            100,
+            Arc::from([7u32]),
+            Arc::from([]),
+            cpu(&[(1, 140), (2, 5)]),
+        );
         // 7 enters in the window and returns after it; 3 in the first slot.
         l.observe(&[call(7, 3, 60, 45), call(3, 0, 10, 80), call(7, 3, 40, 1)]);
         let s = l.slots();
@@ -366,9 +405,11 @@ mod tests {
     #[test]
     fn finish_gives_the_last_slot_what_the_readings_missed() {
         let mut l = Ledger::new(0, Some([(1, 0)].into_iter().collect()));
-        l.cut(50, false, Arc::from([]), cpu(&[(1, 40)]));
-        // Thread 1 exits unread; the command's exit status says 100 in all.
-        l.finish(90, None, Some(100));
+        l.cut(50, Arc::from([]), Arc::from([]), cpu(&[(1, 40)]));
+        // Recording ends at 90; thread 1 had exited: the reading fails, and
+        // the command's exit status says 100 in all.
+        l.cut(90, Arc::from([]), Arc::from([]), Some(None));
+        l.finish(Some(100));
         let s = l.slots();
         assert_eq!(s.len(), 2);
         assert_eq!(s[1].end_ns, 90);
@@ -381,7 +422,7 @@ mod tests {
         let none: Arc<[u32]> = Arc::from([]);
         for i in 1..=(MAX_SLOTS as i64 + 10) {
             l.observe(&[call(1, 0, i * 10 - 5, 1)]);
-            l.cut(i * 10, false, Arc::clone(&none), None);
+            l.cut(i * 10, Arc::clone(&none), Arc::clone(&none), None);
         }
         assert!(l.slots().len() <= MAX_SLOTS, "{}", l.slots().len());
         let total: u64 = l.slots().iter().map(|s| s.count(1)).sum();

@@ -72,24 +72,44 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use std::sync::Arc;
+
 use crate::capture::correlator::Correlator;
 use crate::capture::{AggregateRecord, CallRecord, GovernorRecord};
 use crate::probe::attach::{LoadedProbes, ProbeLink, ProbePoint};
+use estimate::{CostBand, CountEstimate, estimate_since};
+use ledger::{Ledger, SLOT, read_thread_cpu};
 use messages::grouped_message;
 pub use model::{
-    Cost, MAX_N, ProbeCosts, calibrate, full_from_windowed, measure_costs, overhead_pct,
-    sampling_n, scaled_calls, target_cpu_ns, windowed_overhead,
+    Cost, MAX_N, ProbeCosts, calibrate, measure_costs, overhead_pct, sampling_n, target_cpu_ns,
+    windowed_overhead,
 };
+use policy::Standing;
 pub use policy::{Decision, FnLoad, decide};
-use policy::{PSEUDO_CALLS, Standing};
 pub use windows::WINDOW;
 use windows::{Closing, Window};
 
-/// The most functions with links of their own (each costs two links).
-pub const MAX_GOVERNED: usize = 256;
+/// The most functions with links of their own (each costs two links):
+/// `--max-functions`' default fits, so every function of a default plan can
+/// be sampled whenever it heats up.
+pub const MAX_GOVERNED: usize = 1024;
+/// How far back a tick looks for a sampled function's rate.
+const HISTORY_NS: i64 = 10_000_000_000;
+/// No function's modelled cost of full recording is taken above this
+/// (percent): a function whose probes may take all the time it runs.
+const MAX_LOAD_PCT: f64 = 1e6;
+/// A CPU reading of every slot when one costs less than this; otherwise
+/// only when what is probed changes, and at ticks.
+const CHEAP_READ: Duration = Duration::from_micros(500);
 /// The shortest interval before an early tick (see
 /// `Governor::far_over_budget`), and so the shortest warm-up of `record`.
 const EARLY_MIN: Duration = Duration::from_millis(30);
+/// How far the probes' real cost per event may be from the one measured
+/// when the session started: its cost in the target depends on the probed
+/// instruction and moves with the VM's load. Measured on this VM: 0.75x to
+/// 1.5x of the calibration; the band is wider.
+const BAND_LOW: f64 = 0.5;
+const BAND_HIGH: f64 = 2.0;
 /// How often the governor re-estimates.
 pub const TICK: Duration = Duration::from_secs(1);
 /// Ring fill at which the governor samples more (the kernel drops at 100%).
@@ -159,6 +179,23 @@ pub struct Governor {
     rows: Vec<GovernorRecord>,
     agg_rows: Vec<AggregateRecord>,
     messages: Vec<String>,
+    /// Epoch minus monotonic clock, ns (the correlator's window edges are
+    /// monotonic times; the ledger's slots epoch times).
+    clock_offset_ns: i64,
+    /// Every call counted by slot, with what was probed and the target's
+    /// CPU time: what the counts are estimated from.
+    ledger: Ledger,
+    /// What one probe event costs, and how sure that is.
+    band: CostBand,
+    /// When the current slot began, and what the last CPU reading cost.
+    slot_started: Instant,
+    read_cost: Duration,
+    /// Calls over the whole session so far, from the last tick.
+    calls_so_far: Option<CallsSoFar>,
+    /// The slowdown the probes caused in the last tick, percent.
+    measured_pct: Option<f64>,
+    /// Whether the full-recording prediction is only a lower bound.
+    full_at_least: bool,
     /// Decisions taken, for the summary.
     pub demotions: u64,
     pub promotions: u64,
@@ -178,12 +215,55 @@ pub struct GovernorSetup {
     /// Length of the first interval (the warm-up, for `record`).
     pub first_tick: Duration,
     pub now_ns: i64,
+    /// Epoch minus monotonic clock, ns.
+    pub clock_offset_ns: i64,
+}
+
+/// The session's calls so far, for the status line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallsSoFar {
+    /// Exact, or the estimate (the lower bound where there is none).
+    pub calls: u64,
+    /// Every call was recorded.
+    pub exact: bool,
+    /// Some function's count has only a lower bound: `calls` is one too.
+    pub at_least: bool,
+    /// Calls recorded.
+    pub recorded: u64,
+}
+
+/// What the status line shows of the governor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GovernorStatus {
+    pub sampled: usize,
+    pub n: u32,
+    /// Predicted slowdown with the current decision, percent.
+    pub predicted_pct: f64,
+    /// Measured over the last second (probe events × their cost ÷ the
+    /// target's own time), percent.
+    pub measured_pct: Option<f64>,
+    pub calls: Option<CallsSoFar>,
 }
 
 impl Governor {
     pub fn new(setup: GovernorSetup) -> Self {
         let now = Instant::now();
+        let return_ns = (setup.cost.full_ns - setup.cost.entry_ns).max(0.1 * setup.cost.full_ns);
+        let band = CostBand {
+            entry_ns: setup.cost.full_ns - return_ns,
+            return_ns,
+            low: BAND_LOW,
+            high: BAND_HIGH,
+        };
         Self {
+            clock_offset_ns: setup.clock_offset_ns,
+            ledger: Ledger::new(setup.now_ns, read_thread_cpu(setup.pid)),
+            band,
+            slot_started: now,
+            read_cost: Duration::ZERO,
+            calls_so_far: None,
+            measured_pct: None,
+            full_at_least: false,
             budget_pct: setup.budget_pct,
             cost: setup.cost,
             pid: setup.pid,
@@ -340,6 +420,7 @@ impl Governor {
     /// Counts the calls just taken from the correlator (before they go to
     /// the writer), and the durations of sampled functions' calls.
     pub fn observe(&mut self, calls: &[CallRecord]) {
+        self.ledger.observe(calls);
         for c in calls {
             *self.seen.entry(c.function_id).or_default() += 1;
             match self.governed.get(&c.function_id) {
@@ -375,10 +456,49 @@ impl Governor {
         self.governed.values().filter(|g| g.sampled).count()
     }
 
-    /// For the status line: (functions sampled, N, predicted percent).
-    pub fn status(&self) -> Option<(usize, u32, f64)> {
-        self.predicted_pct
-            .map(|p| (self.sampled_count(), self.n, p))
+    /// For the status line, once the first decision is made.
+    pub fn status(&self) -> Option<GovernorStatus> {
+        self.predicted_pct.map(|p| GovernorStatus {
+            sampled: self.sampled_count(),
+            n: self.n,
+            predicted_pct: p,
+            measured_pct: self.measured_pct,
+            calls: self.calls_so_far,
+        })
+    }
+
+    /// Ends the current slot at monotonic time `mono_ns` (as the
+    /// correlator's window edges are taken), reading the target's CPU time
+    /// when `read` (what is probed changes, or a tick) or when a reading is
+    /// cheap. Returns the cut's epoch time.
+    fn cut(&mut self, mono_ns: u64, read: bool) -> i64 {
+        let at = mono_ns as i64 + self.clock_offset_ns;
+        let mut sampled: Vec<u32> = self.sampled_ids().into_iter().collect();
+        sampled.sort_unstable();
+        let windowed = match &self.window {
+            Window::On { ids, .. } => Arc::clone(ids),
+            Window::Off { .. } => Arc::from([]),
+        };
+        let reading = (read || self.read_cost < CHEAP_READ).then(|| {
+            let started = Instant::now();
+            let r = read_thread_cpu(self.pid);
+            self.read_cost = started.elapsed();
+            r
+        });
+        self.ledger.cut(at, sampled.into(), windowed, reading);
+        self.slot_started = Instant::now();
+        at
+    }
+
+    /// The count of every function in `ids` over the session (call after
+    /// [`finish`](Self::finish)); `lost` events make none exact.
+    pub fn estimates(&self, ids: &[u32], lost: u64) -> Vec<CountEstimate> {
+        estimate::estimate(&self.ledger, ids, self.band, lost)
+    }
+
+    /// Whether the last prediction of full recording was a lower bound.
+    pub fn full_prediction_at_least(&self) -> bool {
+        self.full_at_least
     }
 
     /// One step of the capture loop, after a drain: cuts calls of windows
@@ -392,8 +512,19 @@ impl Governor {
         now_ns: i64,
     ) {
         let now = Instant::now();
+        // Window-edge events cost the target too.
+        let offset = self.clock_offset_ns;
+        self.ledger.add_events(
+            correlator
+                .take_edges()
+                .into_iter()
+                .map(|k| k as i64 + offset),
+        );
         self.finish_closings(correlator);
         self.run_window(probes, correlator, now);
+        if now.duration_since(self.slot_started) >= SLOT {
+            self.cut(crate::time::monotonic_ns(), false);
+        }
         if let Some(fill) = fill_pct
             && fill >= BACKPRESSURE_FILL_PCT
             && self
@@ -535,81 +666,52 @@ impl Governor {
         if let Window::On { since, .. } = &self.window {
             on += now.duration_since((*since).max(self.tick_started));
         }
-        let cpu = target_cpu_ns(self.pid).unwrap_or(self.tick_cpu_ns);
-        let cpu_ns = cpu.saturating_sub(self.tick_cpu_ns) as f64;
-        let recorded: u64 = self.seen.values().sum();
-        let probe_ns = recorded as f64 * self.cost.full_ns;
         let wall_ns = wall.as_nanos().max(1) as f64;
-        let on_ns = on.as_nanos() as f64;
-
-        // Estimated calls in the tick, per function.
+        // A CPU reading ends the tick's last slot.
+        let tick_end_ns = self.cut(crate::time::monotonic_ns(), true);
+        let cpu = target_cpu_ns(self.pid).unwrap_or(self.tick_cpu_ns);
+        let tick = self.tick_figures(self.tick_started_ns, tick_end_ns, wall_ns);
+        self.measured_pct = Some(100.0 * tick.probe_ns / tick.own_ns);
+        let cost_of =
+            |calls: f64| (100.0 * calls * self.cost.full_ns / tick.own_ns).min(MAX_LOAD_PCT);
         let mut loads = Vec::new();
         let mut total_calls = 0.0;
-        let ids: BTreeSet<u32> = self
-            .seen
+        let mut lower_bound_only = false;
+        // A sampled function's decision uses the upper end of its
+        // interval: a few calls in rare, slowed windows say little, and a
+        // function seen 0 times must not look free (it would flap between
+        // sampled and recorded).
+        let mut upper: FxHashMap<u32, f64> = FxHashMap::default();
+        let ids: BTreeSet<u32> = tick
+            .calls
             .keys()
             .copied()
             .chain(self.governed.keys().copied())
             .collect();
-        // The sampled functions share their windows, so the model is
-        // inverted for all of them together (what the windows cost → what
-        // recording all of them would), and the result shared out by each
-        // one's part of the windows' cost.
-        let window_cost =
-            |seen: f64| overhead_pct(seen, self.cost.full_ns, cpu_ns, wall_ns, probe_ns) / 100.0;
-        let sampled_m: f64 = self
-            .governed
-            .iter()
-            .filter(|(_, g)| g.sampled)
-            .map(|(id, _)| window_cost(self.seen.get(id).copied().unwrap_or(0) as f64))
-            .sum();
-        let sampled_full = full_from_windowed(sampled_m, self.n);
-        // From a window's cost to the cost of recording in full.
-        let amplify = if sampled_m > 1e-9 {
-            sampled_full / sampled_m
-        } else {
-            f64::from(self.n)
-        };
-        // A sampled function's decision uses an upper bound: a few calls in
-        // rare, slowed windows say little, and a function seen 0 times must
-        // not look free (it would flap between sampled and recorded).
-        let mut upper: FxHashMap<u32, f64> = FxHashMap::default();
         for id in ids {
-            let seen = self.seen.get(&id).copied().unwrap_or(0) as f64;
-            let governed = self.governed.get(&id).map(|g| (g.sampled, g.overhead_pct));
-            let pct = match governed {
-                Some((true, previous)) => {
-                    if on_ns > 0.0 {
-                        total_calls += seen * wall_ns / on_ns;
-                        upper.insert(id, 100.0 * amplify * window_cost(seen + PSEUDO_CALLS));
-                        100.0 * amplify * window_cost(seen)
-                    } else {
-                        upper.insert(id, previous);
-                        previous
-                    }
+            let governed = self.governed.contains_key(&id);
+            let (calls, pct) = match tick.sampled.get(&id) {
+                Some(e) => {
+                    let calls = e.calls.unwrap_or(e.low);
+                    lower_bound_only |= e.calls.is_none();
+                    upper.insert(id, e.high.map_or(MAX_LOAD_PCT, cost_of));
+                    (calls, cost_of(calls))
                 }
-                _ => {
-                    total_calls += seen;
-                    overhead_pct(seen, self.cost.full_ns, cpu_ns, wall_ns, probe_ns)
+                None => {
+                    let calls = tick.calls.get(&id).copied().unwrap_or(0.0);
+                    (calls, cost_of(calls))
                 }
             };
-            let est = match governed {
-                Some((true, _)) if on_ns > 0.0 => seen * wall_ns / on_ns,
-                Some((true, _)) => -1.0,
-                _ => seen,
-            };
+            total_calls += calls;
             if let Some(g) = self.governed.get_mut(&id) {
-                // Sampled: the upper bound is what the next decisions use,
-                // also in ticks without a window.
+                // Sampled: the upper end is what the next decisions use.
                 g.overhead_pct = upper.get(&id).copied().unwrap_or(pct);
-                if est >= 0.0 {
-                    g.rate = est * 1e9 / wall_ns;
-                }
+                g.rate = calls * 1e9 / wall_ns;
             }
             loads.push(FnLoad {
                 id,
                 overhead_pct: pct,
-                governed: governed.is_some(),
+                governed,
             });
         }
         let decide_loads: Vec<FnLoad> = loads
@@ -619,8 +721,10 @@ impl Governor {
                 ..*l
             })
             .collect();
-        self.push_aggregates(now_ns, on, wall_ns);
+        self.push_aggregates(now_ns, on);
         let sampled = self.sampled_ids();
+        self.full_at_least = lower_bound_only;
+        self.calls_so_far = Some(self.calls_so_far_now());
 
         let current = policy::current_pct(&loads, &sampled, self.n);
         let decision = decide(&decide_loads, self.budget_pct);
@@ -628,10 +732,11 @@ impl Governor {
             self.predicted_once = true;
             let rate = total_calls / wall.as_secs_f64().max(1e-3);
             let msg = format!(
-                "first {:.2}s: {} calls/s; recording every call would slow the target by {:.1}% (per call {:.1} µs, measured); budget {}%",
+                "first {:.2}s: {}{} calls/s; recording every call would slow the target by {} (per call {:.1} µs, measured); budget {}%",
                 wall.as_secs_f64(),
+                if lower_bound_only { "at least " } else { "" },
                 crate::status::si(rate),
-                decision.full_pct,
+                predicted_text(decision.full_pct, lower_bound_only),
                 self.cost.full_ns / 1000.0,
                 self.budget_pct
             );
@@ -734,7 +839,7 @@ impl Governor {
         }
         // Next tick.
         self.tick_started = now;
-        self.tick_started_ns = now_ns;
+        self.tick_started_ns = tick_end_ns;
         self.tick_cpu_ns = cpu;
         self.tick_len = TICK;
         self.seen.clear();
@@ -745,9 +850,97 @@ impl Governor {
         self.window_on = Duration::ZERO;
     }
 
+    /// What the ledger says of the tick from `from_ns` to `to_ns`: the
+    /// target's own time and what the probes took of it, the calls of the
+    /// functions recorded in full, and the recent counts of those sampled.
+    fn tick_figures(&self, from_ns: i64, to_ns: i64, wall_ns: f64) -> TickFigures {
+        let slots: Vec<&ledger::Slot> = self
+            .ledger
+            .slots()
+            .iter()
+            .filter(|s| s.start_ns >= from_ns && s.end_ns <= to_ns)
+            .collect();
+        let cpu_ns: f64 = slots.iter().filter_map(|s| s.cpu_ns).sum::<u64>() as f64;
+        let probe_ns: f64 = slots
+            .iter()
+            .map(|s| s.entries as f64 * self.band.entry_ns + s.returns as f64 * self.band.return_ns)
+            .sum();
+        // The target's own time: its CPU time when it is busy (several
+        // threads may use more than the wall time), the wall time when it
+        // mostly waits; never below a hundredth of it, so the calibration's
+        // error cannot make the loads explode.
+        let seen = cpu_ns.max(wall_ns);
+        let own_ns = (seen - probe_ns).max(0.01 * seen).max(1.0);
+        let mut calls: FxHashMap<u32, f64> = FxHashMap::default();
+        let mut sampled_ids: BTreeSet<u32> = BTreeSet::new();
+        for s in &slots {
+            for (id, n) in &s.counts {
+                *calls.entry(*id).or_default() += *n as f64;
+            }
+            sampled_ids.extend(s.sampled.iter().filter(|id| !s.probed(**id)));
+        }
+        // Sampled functions: their calls per ns over the recent history,
+        // for the tick's length.
+        let mut sampled = FxHashMap::default();
+        if !sampled_ids.is_empty() {
+            let since = to_ns.saturating_sub(HISTORY_NS);
+            let first = self
+                .ledger
+                .slots()
+                .iter()
+                .find(|s| s.end_ns > since)
+                .map_or(to_ns, |s| s.start_ns.max(since));
+            let span = (to_ns - first).max(1) as f64;
+            let ids: Vec<u32> = sampled_ids.into_iter().collect();
+            for e in estimate_since(&self.ledger, since, &ids, self.band, 0) {
+                let scale = wall_ns / span;
+                let calls = e.calls.map(|c| c as f64 * scale);
+                sampled.insert(
+                    e.function_id,
+                    TickCount {
+                        calls,
+                        low: e.low as f64 * scale,
+                        high: e.high.map(|h| h as f64 * scale),
+                    },
+                );
+            }
+        }
+        TickFigures {
+            own_ns,
+            probe_ns,
+            calls,
+            sampled,
+        }
+    }
+
+    /// The session's calls so far, over every function seen or sampled.
+    fn calls_so_far_now(&self) -> CallsSoFar {
+        let ids: BTreeSet<u32> = self
+            .ledger
+            .totals()
+            .keys()
+            .copied()
+            .chain(self.governed.keys().copied())
+            .collect();
+        let ids: Vec<u32> = ids.into_iter().collect();
+        let mut out = CallsSoFar {
+            calls: 0,
+            exact: true,
+            at_least: false,
+            recorded: 0,
+        };
+        for e in estimate::estimate(&self.ledger, &ids, self.band, 0) {
+            out.calls += e.calls.unwrap_or(e.low);
+            out.exact &= e.exact;
+            out.at_least |= e.calls.is_none();
+            out.recorded += e.recorded;
+        }
+        out
+    }
+
     /// One `aggregates` row per sampled function for the interval from the
     /// tick's start to `now_ns` (`on` of it observed, `wall_ns` long).
-    fn push_aggregates(&mut self, now_ns: i64, on: Duration, wall_ns: f64) {
+    fn push_aggregates(&mut self, now_ns: i64, on: Duration) {
         let ids: BTreeSet<u32> = self.sampled_ids().into_iter().collect();
         for id in ids {
             let a = self.aggs.remove(&id).unwrap_or_default();
@@ -769,15 +962,59 @@ impl Governor {
         }
     }
 
-    /// Final rows (the last partial tick's aggregates).
-    pub fn finish(&mut self, now_ns: i64) {
+    /// Recording ends at monotonic time `mono_ns` (when the correlator's
+    /// window closes, before the links are detached): the ledger's last
+    /// slot ends there, with a CPU reading.
+    pub fn end_recording(&mut self, mono_ns: u64) {
+        self.cut(mono_ns, true);
+    }
+
+    /// Final rows (the last partial tick's aggregates), and the ledger
+    /// closed; `total_cpu_ns` is the target's whole CPU time when known (a
+    /// `record`ed command that exited).
+    pub fn finish(&mut self, now_ns: i64, total_cpu_ns: Option<u64>) {
+        self.ledger.finish(total_cpu_ns);
         let now = Instant::now();
-        let wall = now.duration_since(self.tick_started);
         let mut on = self.window_on;
         if let Window::On { since, .. } = &self.window {
             on += now.duration_since((*since).max(self.tick_started));
         }
-        self.push_aggregates(now_ns, on, wall.as_nanos().max(1) as f64);
+        self.push_aggregates(now_ns, on);
+    }
+}
+
+/// A tick's figures (see [`Governor::tick_figures`]).
+struct TickFigures {
+    /// The target's own time in the tick, and the probes' part of its CPU
+    /// time, ns.
+    own_ns: f64,
+    probe_ns: f64,
+    /// Calls counted in the tick, by function (all probed calls).
+    calls: FxHashMap<u32, f64>,
+    /// Functions sampled during the tick: their calls in a tick's length.
+    sampled: FxHashMap<u32, TickCount>,
+}
+
+/// A sampled function's calls in one tick's length, from its recent rate.
+struct TickCount {
+    /// `None` when no honest estimate exists.
+    calls: Option<f64>,
+    low: f64,
+    high: Option<f64>,
+}
+
+/// `about 40x (3900%)`-style text for a predicted slowdown in percent, or
+/// `at least …` when only a lower bound is known.
+pub fn predicted_text(pct: f64, at_least: bool) -> String {
+    let body = if pct >= 200.0 {
+        format!("{:.0}x ({pct:.0}%)", 1.0 + pct / 100.0)
+    } else {
+        format!("{pct:.1}%")
+    };
+    if at_least {
+        format!("at least {body}")
+    } else {
+        format!("about {body}")
     }
 }
 
@@ -812,6 +1049,7 @@ mod tests {
             names: ids.iter().map(|&id| (id, format!("f{id}"))).collect(),
             first_tick: TICK,
             now_ns: 0,
+            clock_offset_ns: 0,
         })
     }
 
@@ -871,7 +1109,7 @@ mod tests {
         sampled[1].duration_ns = 1500; // [1024, 2048): bucket 10
         sampled[2].duration_ns = -1; // cut: counted, no duration
         g.observe(&sampled);
-        g.finish(5);
+        g.finish(5, None);
         let (_, aggs, _) = g.take_rows();
         assert_eq!(aggs.len(), 1);
         let a = &aggs[0];

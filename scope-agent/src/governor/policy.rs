@@ -10,9 +10,6 @@ use rustc_hash::FxHashSet;
 
 use super::model::{MAX_N, sampling_n, windowed_overhead};
 
-/// Calls added to what a sampled function's windows saw, for the upper
-/// bound its promotion is decided on (about the 95% Poisson bound of 0).
-pub(super) const PSEUDO_CALLS: f64 = 3.0;
 /// A demoted function stays sampled at least this long (no flapping).
 const COOLDOWN: Duration = Duration::from_secs(3);
 /// Functions kept fully recorded may use this share of the budget; the

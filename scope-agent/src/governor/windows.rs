@@ -16,15 +16,30 @@ use crate::capture::correlator::Correlator;
 use crate::probe::attach::{LoadedProbes, ProbeLink, ProbePoint, close_links};
 
 /// How long a sampling window stays open.
-pub const WINDOW: Duration = Duration::from_millis(50);
+pub const WINDOW: Duration = Duration::from_millis(20);
 
-/// Links being closed on a thread; once closed and the ring drained, the
+/// How long after a close began its links are taken to have stopped
+/// firing. Closing a link removes its breakpoints at once, then waits for
+/// the kernel's uretprobe SRCU grace period, and that wait can last as long
+/// as the target keeps calling probed functions: since 6.12 a pending
+/// return probe holds an SRCU lease that a per-thread timer converts after
+/// 100 ms, but every new probed call re-arms that timer, so a call that
+/// stays open (`main`, a worker's loop) keeps its lease, and the close
+/// blocks. Nothing here waits for it: the breakpoints are gone within a few
+/// ms (22 ms at worst measured here, with the target on both CPUs), so
+/// [`CLOSE_GRACE`] after a close began the open calls of its functions are
+/// cut and its functions may be probed again; the close itself finishes
+/// whenever the kernel lets it.
+pub(super) const CLOSE_GRACE: Duration = Duration::from_millis(100);
+
+/// Links being closed on a thread: [`CLOSE_GRACE`] after `started`, the
 /// open calls of `ids` are cut.
 pub(super) struct Closing {
     handle: Option<JoinHandle<()>>,
     ids: FxHashSet<u32>,
-    /// The close finished; cut after the next drain.
-    closed: bool,
+    started: Instant,
+    /// The open calls were cut.
+    cut: bool,
 }
 
 pub(super) enum Window {
@@ -34,29 +49,38 @@ pub(super) enum Window {
     On {
         since: Instant,
         links: Vec<ProbeLink>,
+        /// The functions the window probes, sorted.
+        ids: std::sync::Arc<[u32]>,
     },
 }
 
 impl Governor {
+    /// Cuts the open calls of functions whose links began closing at least
+    /// [`CLOSE_GRACE`] ago (every event of theirs has been read by then),
+    /// and forgets closes that have finished.
     pub(super) fn finish_closings(&mut self, correlator: &mut Correlator) {
-        let mut i = 0;
-        while i < self.closings.len() {
-            let c = &mut self.closings[i];
-            if c.closed {
-                // Closed before the last drain: every event of those links
-                // has been read.
+        for c in &mut self.closings {
+            if !c.cut && c.started.elapsed() >= CLOSE_GRACE {
                 correlator.cut_window(&c.ids);
-                self.closings.swap_remove(i);
-                continue;
+                c.cut = true;
             }
-            if c.handle.as_ref().is_none_or(JoinHandle::is_finished) {
+        }
+        self.closings.retain_mut(|c| {
+            let finished = c.handle.as_ref().is_none_or(JoinHandle::is_finished);
+            if c.cut && finished {
                 if let Some(h) = c.handle.take() {
                     let _ = h.join();
                 }
-                c.closed = true;
+                return false;
             }
-            i += 1;
-        }
+            true
+        });
+    }
+
+    /// Links began closing less than [`CLOSE_GRACE`] ago: they may still
+    /// fire, so no link of the same functions is made yet.
+    fn closing_recently(&self) -> bool {
+        self.closings.iter().any(|c| !c.cut)
     }
 
     fn close_async(&mut self, links: Vec<ProbeLink>, ids: FxHashSet<u32>) {
@@ -74,13 +98,15 @@ impl Governor {
         self.closings.push(Closing {
             handle,
             ids,
-            closed: false,
+            started: Instant::now(),
+            cut: false,
         });
     }
 
-    /// No sampling window open or closing.
+    /// No sampling window open, and no links closed too recently to be
+    /// sure they stopped firing.
     pub(super) fn quiet(&self) -> bool {
-        matches!(self.window, Window::Off { .. }) && self.closings.is_empty()
+        matches!(self.window, Window::Off { .. }) && !self.closing_recently()
     }
 
     pub(super) fn run_window(
@@ -103,10 +129,12 @@ impl Governor {
                 // Only the part of the window inside the current tick.
                 self.window_on += now.duration_since(since.max(self.tick_started));
                 let ids = self.sampled_ids();
-                correlator.end_window(&ids, crate::time::monotonic_ns());
+                let t = crate::time::monotonic_ns();
+                correlator.end_window(&ids, t);
+                self.cut(t, true);
                 self.close_async(links, ids);
             }
-            Window::Off { next_open } if now >= *next_open && self.closings.is_empty() => {
+            Window::Off { next_open } if now >= *next_open && !self.closing_recently() => {
                 let ids = self.sampled_ids();
                 if ids.is_empty() {
                     return;
@@ -127,11 +155,16 @@ impl Governor {
                     }
                 }
                 // Entries count from when every link of the window is in.
-                correlator.open_window(&ids, crate::time::monotonic_ns());
+                let t = crate::time::monotonic_ns();
+                correlator.open_window(&ids, t);
+                let mut sorted: Vec<u32> = ids.into_iter().collect();
+                sorted.sort_unstable();
                 self.window = Window::On {
                     since: Instant::now(),
                     links,
+                    ids: sorted.into(),
                 };
+                self.cut(t, true);
             }
             _ => {}
         }
@@ -166,7 +199,9 @@ impl Governor {
             budget_pct: self.budget_pct,
         });
         let ids: FxHashSet<u32> = std::iter::once(id).collect();
-        correlator.end_window(&ids, crate::time::monotonic_ns());
+        let t = crate::time::monotonic_ns();
+        correlator.end_window(&ids, t);
+        self.cut(t, true);
         self.close_async(links, ids);
     }
 
@@ -188,7 +223,9 @@ impl Governor {
                     g.sampled = false;
                     g.links = links;
                 }
-                correlator.unsample(id);
+                let t = crate::time::monotonic_ns();
+                correlator.unsample(id, t);
+                self.cut(t, true);
                 self.promotions += 1;
                 self.rows.push(GovernorRecord {
                     ts_ns: now_ns,
@@ -210,9 +247,11 @@ impl Governor {
         }
     }
 
-    /// Detaches everything the governor holds (at the end of the session),
-    /// returning the links for the caller to close with the rest.
-    pub fn take_links(&mut self) -> Vec<ProbeLink> {
+    /// Everything the governor holds, at the end of the session: the links
+    /// for the caller to close with the rest, and the closes still under
+    /// way, to join only after that (they may wait for the kernel until
+    /// every probe of the target is gone; see [`CLOSE_GRACE`]).
+    pub fn take_links(&mut self) -> (Vec<ProbeLink>, Vec<JoinHandle<()>>) {
         let mut out = Vec::new();
         for g in self.governed.values_mut() {
             out.append(&mut g.links);
@@ -225,11 +264,11 @@ impl Governor {
         ) {
             out.extend(links);
         }
-        for c in &mut self.closings {
-            if let Some(h) = c.handle.take() {
-                let _ = h.join();
-            }
-        }
-        out
+        let pending = self
+            .closings
+            .drain(..)
+            .filter_map(|mut c| c.handle.take())
+            .collect();
+        (out, pending)
     }
 }

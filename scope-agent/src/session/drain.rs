@@ -22,16 +22,27 @@ pub(super) struct Drained {
 pub(super) fn detach_and_drain(live: &mut Live, ended: &mut Ended) -> Drained {
     // Detach, then drain what the kernel wrote before the links closed.
     // Events from while the links close one by one are outside the window.
-    live.correlator.close_window(crate::time::monotonic_ns());
+    let end = crate::time::monotonic_ns();
+    live.correlator.close_window(end);
+    if let Some(g) = live.governor.as_mut() {
+        g.end_recording(end);
+    }
     let detach_started = Instant::now();
     let mut all_links: Vec<ProbeLink> = std::mem::take(&mut live.links)
         .into_iter()
         .map(|(_, l)| l)
         .collect();
+    let mut pending = Vec::new();
     if let Some(g) = live.governor.as_mut() {
-        all_links.extend(g.take_links());
+        let (links, closing) = g.take_links();
+        all_links.extend(links);
+        pending = closing;
     }
     close_links(all_links);
+    // Closes the governor began earlier finish once no probe is left.
+    for h in pending {
+        let _ = h.join();
+    }
     let detach_time = detach_started.elapsed();
     let end_ns = live.clock.now_epoch_ns();
     drain_ring(live);
@@ -45,12 +56,14 @@ pub(super) fn detach_and_drain(live: &mut Live, ended: &mut Ended) -> Drained {
             reader,
             correlator,
             writer,
+            child,
             ..
         } = live;
         let calls = correlator.take_calls();
         if let Some(g) = governor.as_mut() {
             g.observe(&calls);
-            g.finish(end_ns);
+            // A command that exited: its whole CPU time, from wait4.
+            g.finish(end_ns, child.as_ref().and_then(|c| c.cpu_ns()));
             let (rows, aggs, _) = g.take_rows();
             if !rows.is_empty() {
                 writer.send(SinkMsg::Governor(rows));

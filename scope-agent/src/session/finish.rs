@@ -14,13 +14,17 @@ use super::drain::Drained;
 use super::plan::{Planned, summary_name};
 use super::sink::SessionSink;
 use super::{SessionConfig, SessionOutcome, human_bytes};
+use crate::capture::TotalRecord;
 use crate::capture::correlator::CorrelatorCounts;
 use crate::capture::ring::RingReader;
 use crate::governor::Governor;
+use crate::governor::estimate::{CountEstimate, Method};
 use crate::probe::plan::Plan;
-use crate::status::loss_pct;
+use crate::status::{loss_pct, si};
 use crate::storage::SessionRow;
-use crate::summary::{CallStats, SortBy, format_duration_ns, render_top};
+use crate::summary::{
+    CallStats, SortBy, explain_count, format_count, format_duration_ns, render_top,
+};
 use crate::target::GatedChild;
 
 /// Finishes the files (the error that stopped the writer, if any, is the
@@ -64,6 +68,10 @@ pub(super) fn write_and_report(
     ) = writer.finish();
     let counts = correlator.counts();
     let lost = reader.lost_total();
+    let estimates = counts_of(planned, &late_plans, governor.as_ref(), &stats, lost);
+    let totals: Vec<TotalRecord> = estimates.iter().map(|e| total_row(e, &stats)).collect();
+    let all_exact = estimates.iter().all(|e| e.exact);
+    let session_calls: Option<u64> = estimates.iter().map(|e| e.calls).sum();
     let session_row = SessionRow {
         host: hostname(),
         pid,
@@ -73,13 +81,13 @@ pub(super) fn write_and_report(
         version: env!("CARGO_PKG_VERSION").to_string(),
         clock_offset_ns: clock.offset_ns,
         events: counts.events,
-        calls: Some(stats.total_calls()),
-        calls_exact: governor.is_none() && lost == 0,
+        calls: session_calls,
+        calls_exact: all_exact,
         calls_recorded: stats.total_calls(),
         lost,
         max_overhead_pct: cfg.max_overhead,
     };
-    let finished = store.finish(&session_row, &[]);
+    let finished = store.finish(&session_row, &totals);
     if let Err(e) = written {
         bail!(
             "recording stopped: {e:#} (every segment finished before this is readable in {})",
@@ -89,9 +97,24 @@ pub(super) fn write_and_report(
     let summary = finished?;
 
     let elapsed = ended.started.elapsed();
+    let calls_text = if all_exact {
+        format!("{} calls", stats.total_calls())
+    } else if session_calls.is_some() && lost == 0 {
+        format!(
+            "≈{} calls ({} recorded)",
+            si(session_calls.unwrap_or(0) as f64),
+            stats.total_calls()
+        )
+    } else {
+        let low: u64 = estimates.iter().map(|e| e.low).sum();
+        format!(
+            "≥{} calls ({} recorded)",
+            si(low as f64),
+            stats.total_calls()
+        )
+    };
     eprintln!(
-        "scope: stopped: {stop_reason}. {} calls, {} events, {} lost{} in {}; agent cpu {:.0}%",
-        stats.total_calls(),
+        "scope: stopped: {stop_reason}. {calls_text}, {} events, {} lost{} in {}; agent cpu {:.0}%",
         counts.events,
         lost,
         if lost > 0 {
@@ -127,7 +150,7 @@ pub(super) fn write_and_report(
         format_duration_ns(detach_time.as_nanos() as u64)
     );
     if !cfg.quiet && stats.total_calls() > 0 {
-        print_top(cfg, &planned.plan, &late_plans, &stats);
+        print_top(cfg, &planned.plan, &late_plans, &stats, &estimates);
     }
 
     let exit_code = wait_for_child(child.as_mut(), ended.exit_code, stop);
@@ -188,34 +211,136 @@ fn report_governor(g: &Governor) {
         sampled,
         if sampled == 1 { "" } else { "s" },
         if g.demotions > 0 {
-            "; their estimated counts are in the aggregates table"
+            "; their counts are estimates (≈ below; intervals in the totals table)"
         } else {
             ""
         },
         g.status()
-            .map(|(_, _, p)| format!("; predicted slowdown {p:.1}%"))
+            .map(|s| format!(
+                "; predicted slowdown {:.1}%{}",
+                s.predicted_pct,
+                s.measured_pct
+                    .map(|m| format!(", {m:.1}% in the last second"))
+                    .unwrap_or_default()
+            ))
             .unwrap_or_default()
     );
 }
 
-/// The top functions by total and by self time.
-fn print_top(cfg: &SessionConfig, plan: &Plan, late_plans: &[Plan], stats: &CallStats) {
+/// Every probed function's count: from the governor's ledger when it ran
+/// (sampled functions estimated), else the calls recorded (exact unless
+/// events were lost).
+fn counts_of(
+    planned: &Planned,
+    late_plans: &[Plan],
+    governor: Option<&Governor>,
+    stats: &CallStats,
+    lost: u64,
+) -> Vec<CountEstimate> {
+    let ids: Vec<u32> = std::iter::once(&planned.plan)
+        .chain(late_plans)
+        .flat_map(Plan::functions)
+        .map(|(_, f)| f.function_id)
+        .collect();
+    match governor {
+        Some(g) => g.estimates(&ids, lost),
+        None => ids
+            .iter()
+            .map(|&id| {
+                let (calls, _, _) = stats.function(id);
+                CountEstimate {
+                    function_id: id,
+                    recorded: calls,
+                    calls: Some(calls),
+                    exact: lost == 0,
+                    low: calls,
+                    high: Some(calls + lost),
+                    method: Method::Recorded,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// A `totals` row: the count, and the recorded times scaled like it.
+fn total_row(e: &CountEstimate, stats: &CallStats) -> TotalRecord {
+    let (_, total_ns, self_ns) = stats.function(e.function_id);
+    let scale = |ns: u64| match e.calls {
+        Some(c) if e.recorded > 0 => {
+            Some((ns as f64 * c as f64 / e.recorded as f64).round() as u64)
+        }
+        Some(_) => Some(0),
+        None => None,
+    };
+    TotalRecord {
+        function_id: e.function_id,
+        calls: e.calls,
+        exact: e.exact,
+        calls_low: e.low,
+        calls_high: e.high,
+        calls_recorded: e.recorded,
+        method: e.method.as_str(),
+        basis_function_id: match e.method {
+            Method::Caller(c) => Some(c),
+            _ => None,
+        },
+        total_ns: scale(total_ns),
+        self_ns: scale(self_ns),
+    }
+}
+
+/// The top functions by total and by self time (sampled functions ranked
+/// and shown by their estimates), then why each count shown that is not
+/// exact is not.
+fn print_top(
+    cfg: &SessionConfig,
+    plan: &Plan,
+    late_plans: &[Plan],
+    stats: &CallStats,
+    estimates: &[CountEstimate],
+) {
     let names: std::collections::HashMap<u32, String> = std::iter::once(plan)
         .chain(late_plans)
         .flat_map(Plan::functions)
         .map(|(_, f)| (f.function_id, summary_name(f)))
         .collect();
     let name_of = |id: u32| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+    let by_id: std::collections::HashMap<u32, &CountEstimate> =
+        estimates.iter().map(|e| (e.function_id, e)).collect();
+    let count_of = |id: u32| by_id.get(&id).map(|e| (*e).clone());
+    let scale = |id: u32| match by_id.get(&id) {
+        Some(e) if e.recorded > 0 => e.calls.unwrap_or(e.low) as f64 / e.recorded as f64,
+        _ => 1.0,
+    };
+    let by_total = stats.top_scaled(cfg.top, SortBy::Total, &scale);
+    let by_self = stats.top_scaled(cfg.top, SortBy::SelfTime, &scale);
     eprintln!("\ntop functions by total time:");
-    eprint!(
-        "{}",
-        render_top(&stats.top(cfg.top, SortBy::Total), &name_of, &|_| None)
-    );
+    eprint!("{}", render_top(&by_total, &name_of, &count_of));
     eprintln!("\ntop functions by self time:");
-    eprint!(
-        "{}",
-        render_top(&stats.top(cfg.top, SortBy::SelfTime), &name_of, &|_| None)
-    );
+    eprint!("{}", render_top(&by_self, &name_of, &count_of));
+    let mut shown: Vec<u32> = by_total
+        .iter()
+        .chain(&by_self)
+        .map(|r| r.function_id)
+        .collect();
+    shown.sort_unstable();
+    shown.dedup();
+    let notes: Vec<String> = shown
+        .iter()
+        .filter_map(|id| by_id.get(id))
+        .filter_map(|e| {
+            explain_count(e, &name_of)
+                .map(|why| format!("  {} {}: {why}", format_count(e), name_of(e.function_id)))
+        })
+        .collect();
+    if !notes.is_empty() {
+        eprintln!(
+            "\ncounts that are not exact (≈ estimated, ≥ at least; every count in the totals table):"
+        );
+        for n in notes {
+            eprintln!("{n}");
+        }
+    }
 }
 
 /// `record`, stopped before the command exited: waits for it (a second

@@ -80,15 +80,21 @@ pub(super) fn prepare_governor(
         cost.full_ns / 1000.0,
         cost.entry_ns / 1000.0
     );
-    match &cfg.target {
-        Target::Record { .. } => {
+    // Every governable function gets links of its own when they fit, and
+    // recording starts at once (`record` must: its command has not run
+    // yet; `attach` can, so a function idle now can be sampled when it
+    // heats up). Past that, `attach` counts first to pick the hottest.
+    let counts_first =
+        matches!(cfg.target, Target::Attach { .. }) && cands.len() > governor::MAX_GOVERNED;
+    match counts_first {
+        false => {
             let governed: BTreeMap<u32, (usize, ProbePoint)> = if cands.len()
                 <= governor::MAX_GOVERNED
             {
                 cands.iter().map(|(id, m, p)| (*id, (*m, *p))).collect()
             } else {
                 eprintln!(
-                    "scope: governor: {} functions probed, more than the {} it can sample one by one: it predicts, but every call is recorded (narrow -f, or use attach, which counts first)",
+                    "scope: governor: {} functions probed, more than the {} it can sample one by one: it predicts, but every call is recorded (narrow -f)",
                     cands.len(),
                     governor::MAX_GOVERNED
                 );
@@ -109,11 +115,12 @@ pub(super) fn prepare_governor(
                 names,
                 first_tick: cfg.warmup,
                 now_ns: clock.now_epoch_ns(),
+                clock_offset_ns: clock.offset_ns,
             });
             g.note(clock.now_epoch_ns(), "calibrate", cost_line, None);
             Ok(g)
         }
-        Target::Attach { .. } => {
+        true => {
             // Count every governable function's calls in the kernel.
             let mut by_module: BTreeMap<usize, Vec<ProbePoint>> = BTreeMap::new();
             for (id, m, p) in &cands {
@@ -179,6 +186,7 @@ pub(super) fn prepare_governor(
                 names: names.clone(),
                 first_tick: governor::TICK,
                 now_ns: end_ns,
+                clock_offset_ns: clock.offset_ns,
             });
             for l in &loads {
                 let rate = count_of(l.id) as f64 / wall.as_secs_f64().max(1e-3);

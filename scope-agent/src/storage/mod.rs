@@ -31,11 +31,11 @@
 //!   the estimate; null when no honest one exists), exact, calls_low and
 //!   calls_high (95% interval; calls_high null when unbounded),
 //!   calls_recorded (its rows in `calls`), method (`recorded`, `sampled:
-//!   ratio to a caller`, `sampled: cpu time`, `sampled: lower bound only`,
+//!   ratio to a related function`, `sampled: cpu time`, `sampled: lower bound only`,
 //!   `sampled: unknown`), basis_function_id (the caller a ratio estimate is
 //!   scaled by), total_ns and self_ns (sums over its calls, scaled like the
 //!   count when sampled; null when the count is unknown)
-//! - `agent_metrics`: ts_ns, events, calls, lost, events_per_s,
+//! - `agent_metrics`: ts_ns, events, call_rows (calls recorded so far), lost, events_per_s,
 //!   ring_fill_pct (null when unknown), agent_cpu_pct, files_written,
 //!   rows_buffered
 //! - `governor`: one row per decision of the overhead governor: ts_ns,

@@ -104,7 +104,7 @@ pub static AGENT_METRICS: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("ts_ns", DataType::Int64, false),
         Field::new("events", DataType::UInt64, false),
-        Field::new("calls", DataType::UInt64, false),
+        Field::new("call_rows", DataType::UInt64, false),
         Field::new("lost", DataType::UInt64, false),
         Field::new("events_per_s", DataType::Float64, false),
         Field::new("ring_fill_pct", DataType::Float64, true),
@@ -289,7 +289,7 @@ pub(crate) fn metrics_batch(rows: &[MetricsRecord]) -> Result<RecordBatch, Arrow
     let columns: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from_iter_values(rows.iter().map(|m| m.ts_ns))),
         u64s(|m| m.events),
-        u64s(|m| m.calls),
+        u64s(|m| m.call_rows),
         u64s(|m| m.lost),
         Arc::new(Float64Array::from_iter_values(
             rows.iter().map(|m| m.events_per_s),

@@ -691,7 +691,7 @@ fn agent_metrics_are_written_only_when_there_are_some() {
         .map(|i| MetricsRecord {
             ts_ns: 1_000 + i,
             events: 10 * i as u64,
-            calls: 5 * i as u64,
+            call_rows: 5 * i as u64,
             lost: i as u64,
             events_per_s: 1.5,
             ring_fill_pct: (i != 1).then_some(12.5),
