@@ -91,8 +91,8 @@ fn calibrate(rounds: usize) -> anyhow::Result<()> {
     )?;
     let mut all = Vec::with_capacity(rounds);
     for i in 0..rounds {
-        let m =
-            scope_agent::governor::measure_costs(&mut probes, true).map_err(anyhow::Error::msg)?;
+        let m = scope_agent::governor::measure_costs(&mut probes, true, true)
+            .map_err(anyhow::Error::msg)?;
         println!(
             "round {}: bare {:.1} ns, entry+return {:.0} ns, entry {:.0} ns, session {}",
             i + 1,

@@ -76,8 +76,9 @@ pub struct GatedChild {
     exec_error: OwnedFd,
     command: String,
     reaped: Option<i32>,
-    /// CPU time of the whole command (all its threads) once reaped, ns.
-    cpu_ns: Option<u64>,
+    /// CPU time of the whole command (all its threads) once reaped, in
+    /// user and in kernel mode, ns.
+    user_sys_ns: Option<(u64, u64)>,
 }
 
 impl GatedChild {
@@ -140,7 +141,7 @@ impl GatedChild {
             exec_error: err_r,
             command,
             reaped: None,
-            cpu_ns: None,
+            user_sys_ns: None,
         })
     }
 
@@ -206,7 +207,13 @@ impl GatedChild {
     /// CPU time the command used, all threads, once it has been reaped
     /// (from `wait4`: what per-thread readings miss of threads that ended).
     pub fn cpu_ns(&self) -> Option<u64> {
-        self.cpu_ns
+        self.user_sys_ns.map(|(u, s)| u + s)
+    }
+
+    /// The same, split into user and kernel mode (uprobe handling is
+    /// charged to the kernel side).
+    pub fn user_sys_ns(&self) -> Option<(u64, u64)> {
+        self.user_sys_ns
     }
 
     /// One `wait4`; whether it reaped the child (or found it reaped).
@@ -222,7 +229,7 @@ impl GatedChild {
         // SAFETY: wait4 reaped the child, so it filled the rusage.
         let usage = unsafe { usage.assume_init() };
         let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
-        self.cpu_ns = Some(tv(usage.ru_utime) + tv(usage.ru_stime));
+        self.user_sys_ns = Some((tv(usage.ru_utime), tv(usage.ru_stime)));
         self.reaped = Some(decode_status(status));
         true
     }

@@ -336,21 +336,25 @@ fn top(m: Option<&FxHashMap<u32, u64>>, n: usize) -> Vec<(u32, u64)> {
 /// The CPU time of every live thread of `pid`, in ns, from
 /// `/proc/PID/task/*/schedstat` (`None` once the process is gone).
 pub fn read_thread_cpu(pid: u32) -> Option<ThreadCpu> {
+    read_thread_sched(pid).map(|m| m.into_iter().map(|(t, (cpu, _))| (t, cpu)).collect())
+}
+
+/// Per live thread of `pid`: (CPU time, time spent waiting for a CPU), in
+/// ns, from `/proc/PID/task/*/schedstat` (`None` once the process is gone).
+pub fn read_thread_sched(pid: u32) -> Option<FxHashMap<u32, (u64, u64)>> {
     let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut out = ThreadCpu::default();
+    let mut out = FxHashMap::default();
     for t in dir.flatten() {
         let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         let mut p = t.path();
         p.push("schedstat");
-        if let Ok(s) = std::fs::read_to_string(&p)
-            && let Some(ns) = s
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-        {
-            out.insert(tid, ns);
+        if let Ok(s) = std::fs::read_to_string(&p) {
+            let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+            if let (Some(Some(cpu)), Some(Some(wait))) = (f.next(), f.next()) {
+                out.insert(tid, (cpu, wait));
+            }
         }
     }
     (!out.is_empty()).then_some(out)

@@ -19,18 +19,29 @@ pub struct Cost {
     pub entry_ns: f64,
 }
 
-/// A function of the agent's own, called only to time probes on it.
-#[inline(never)]
-extern "C" fn calibration_target(x: u64) -> u64 {
-    std::hint::black_box(x)
-        .wrapping_mul(0x9e37_79b9)
-        .rotate_left(7)
+/// Functions of the agent's own, called only to time probes on them: one
+/// per probe shape, so the shapes are timed side by side and no link has
+/// to close between two timings (a close can wait for a kernel grace
+/// period for as long as a busy target keeps calling probed functions, see
+/// `windows::CLOSE_GRACE`). The constants differ so the linker cannot fold
+/// them into one.
+macro_rules! calibration_fn {
+    ($name:ident, $k:expr) => {
+        #[inline(never)]
+        extern "C" fn $name(x: u64) -> u64 {
+            std::hint::black_box(x).wrapping_mul($k).rotate_left(7)
+        }
+    };
 }
+calibration_fn!(calibration_bare, 0x9e37_79b9);
+calibration_fn!(calibration_full, 0x85eb_ca6b);
+calibration_fn!(calibration_entry, 0xc2b2_ae35);
+calibration_fn!(calibration_session, 0x27d4_eb2f);
 
 const CALIBRATION_CALLS: u32 = 1000;
 
-fn time_calls(calls: u32) -> f64 {
-    let f: extern "C" fn(u64) -> u64 = std::hint::black_box(calibration_target);
+fn time_calls(f: extern "C" fn(u64) -> u64, calls: u32) -> f64 {
+    let f: extern "C" fn(u64) -> u64 = std::hint::black_box(f);
     let started = Instant::now();
     let mut acc = 0u64;
     for i in 0..calls {
@@ -40,12 +51,27 @@ fn time_calls(calls: u32) -> f64 {
     started.elapsed().as_nanos() as f64
 }
 
-/// The fastest of three timings of `calls` calls, in ns per call.
-fn best_per_call() -> f64 {
+/// The fastest of three timings of `calls` calls of `f`, in ns per call.
+fn best_per_call(f: extern "C" fn(u64) -> u64) -> f64 {
     (0..3)
-        .map(|_| time_calls(CALIBRATION_CALLS))
+        .map(|_| time_calls(f, CALIBRATION_CALLS))
         .fold(f64::INFINITY, f64::min)
         / f64::from(CALIBRATION_CALLS)
+}
+
+/// Where `f` sits in the agent's own file, as a probe point.
+fn own_point(
+    f: extern "C" fn(u64) -> u64,
+) -> Result<(std::path::PathBuf, [ProbePoint; 1]), String> {
+    let (path, offset) = crate::probe::attach::own_file_offset(f as *const () as usize)
+        .ok_or("cannot find the calibration function in the agent's own mappings")?;
+    Ok((
+        path,
+        [ProbePoint {
+            file_offset: offset,
+            cookie: 0,
+        }],
+    ))
 }
 
 /// Per-call costs of the probe shapes, measured on this machine now
@@ -65,39 +91,50 @@ pub struct ProbeCosts {
 
 /// Measures [`ProbeCosts`] (see [`calibrate`]); the session link too when
 /// `session` is set.
-pub fn measure_costs(probes: &mut LoadedProbes, session: bool) -> Result<ProbeCosts, String> {
-    let (path, offset) =
-        crate::probe::attach::own_file_offset(calibration_target as *const () as usize)
-            .ok_or("cannot find the calibration function in the agent's own mappings")?;
-    let point = [ProbePoint {
-        file_offset: offset,
-        cookie: 0,
-    }];
+/// `wait_close`: close the links before returning; otherwise they close on
+/// a thread of their own, waited for by nobody (while a target with probes
+/// runs, a close can wait for the kernel a long time).
+pub fn measure_costs(
+    probes: &mut LoadedProbes,
+    session: bool,
+    wait_close: bool,
+) -> Result<ProbeCosts, String> {
     let me = std::process::id();
-    let bare = best_per_call();
-    let links = probes
-        .attach_module(&path, &point, me, true)
-        .map_err(|e| e.to_string())?;
-    let full = best_per_call();
-    close_links(links);
-    let link = probes
-        .attach_counts(&path, &point, me)
-        .map_err(|e| e.to_string())?;
-    let entry = best_per_call();
-    drop(link);
-    let session_ns = if session {
+    let bare = best_per_call(calibration_bare);
+    let mut links = Vec::new();
+    let (path, point) = own_point(calibration_full)?;
+    links.extend(
+        probes
+            .attach_module(&path, &point, me, true)
+            .map_err(|e| e.to_string())?,
+    );
+    let (path, point) = own_point(calibration_entry)?;
+    links.push(
+        probes
+            .attach_counts(&path, &point, me)
+            .map_err(|e| e.to_string())?,
+    );
+    let mut session_ns = None;
+    if session {
+        let (path, point) = own_point(calibration_session)?;
         match probes.attach_session_counts(&path, &point, me) {
             Some(Ok(link)) => {
-                let t = best_per_call();
-                drop(link);
-                Some(t - bare)
+                links.push(link);
+                session_ns = Some(best_per_call(calibration_session) - bare);
             }
             Some(Err(e)) => return Err(e.to_string()),
-            None => None,
+            None => {}
         }
+    }
+    let full = best_per_call(calibration_full);
+    let entry = best_per_call(calibration_entry);
+    if wait_close {
+        close_links(links);
     } else {
-        None
-    };
+        let _ = std::thread::Builder::new()
+            .name("scope-detach".into())
+            .spawn(move || close_links(links));
+    }
     Ok(ProbeCosts {
         bare_ns: bare,
         entry_return_ns: full - bare,
@@ -106,11 +143,11 @@ pub fn measure_costs(probes: &mut LoadedProbes, session: bool) -> Result<ProbeCo
     })
 }
 
-/// Measures [`Cost`] with the loaded programs on [`calibration_target`]
+/// Measures [`Cost`] with the loaded programs on the calibration functions
 /// (links bound to the agent's pid; the programs' tgid test drops the
 /// events, so only the trap and the test are timed, which is the cost).
-pub fn calibrate(probes: &mut LoadedProbes) -> Result<Cost, String> {
-    let m = measure_costs(probes, false)?;
+pub fn calibrate(probes: &mut LoadedProbes, wait_close: bool) -> Result<Cost, String> {
+    let m = measure_costs(probes, false, wait_close)?;
     Ok(Cost {
         full_ns: m.entry_return_ns.max(50.0),
         entry_ns: m.entry_ns.max(25.0),
@@ -203,8 +240,9 @@ mod tests {
     }
 
     #[test]
-    fn calibration_target_is_callable() {
-        assert_eq!(calibration_target(0), 0);
-        assert!(best_per_call() > 0.0);
+    fn calibration_functions_are_callable_and_distinct() {
+        assert_eq!(calibration_bare(0), 0);
+        assert!(best_per_call(calibration_full) > 0.0);
+        assert_ne!(calibration_full(3), calibration_entry(3));
     }
 }

@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use super::plan::{Output, Planned, function_rows};
 use super::sink::SessionSink;
 use super::warmup::prepare_governor;
+use super::watch::FullCostWatch;
 use super::{SessionConfig, Target, process_gone};
 use crate::capture::correlator::Correlator;
 use crate::capture::pipeline::SinkThread;
@@ -56,6 +57,9 @@ pub(super) struct Live {
     /// `functions` files (path, size).
     pub(super) late_plans: Vec<Plan>,
     pub(super) late_files: Vec<(PathBuf, u64)>,
+    /// `record` without a budget: what recording every call costs, said
+    /// early.
+    pub(super) full_cost: Option<FullCostWatch>,
 }
 
 /// Starts the command held at its gate (or watches the process), loads and
@@ -181,6 +185,8 @@ pub(super) fn load_and_attach(
         let _ = writer.finish();
         return Err(e.into());
     }
+    let full_cost = (matches!(cfg.target, Target::Record { .. }) && governor.is_none())
+        .then(|| FullCostWatch::start(pid, cfg.warmup));
     Ok(Live {
         clock,
         session_id,
@@ -197,6 +203,7 @@ pub(super) fn load_and_attach(
         late_functions,
         late_plans: Vec::new(),
         late_files: Vec::new(),
+        full_cost,
     })
 }
 

@@ -107,6 +107,13 @@ impl Loop {
             self.last_module_poll = Instant::now();
             attach_late(planned, live);
         }
+        if let Some(w) = live.full_cost.as_mut() {
+            let c = live.correlator.counts();
+            if let Some(line) = w.check(c.entries) {
+                self.status.clear();
+                eprintln!("scope: {line}");
+            }
+        }
         // After the loss read, so the status and metrics totals include it.
         self.show_status(live)?;
         Ok(self.stop_reason(cfg, live, stop))

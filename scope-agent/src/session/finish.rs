@@ -54,6 +54,7 @@ pub(super) fn write_and_report(
         writer,
         late_plans,
         late_files,
+        full_cost,
         ..
     } = live;
     let stop_reason = ended.reason;
@@ -128,6 +129,11 @@ pub(super) fn write_and_report(
         format_duration_ns(elapsed.as_nanos() as u64),
         mean_cpu_pct
     );
+    if let Some(w) = full_cost.as_ref()
+        && let Some((_, line)) = w.final_line(child.as_ref().and_then(|c| c.user_sys_ns()))
+    {
+        eprintln!("scope: {line}");
+    }
     for p in planned.pending.never_matched() {
         let module = p.module.as_deref().unwrap_or_default();
         eprintln!("scope: warning: no module matched '{module}' (pattern '{p}') while recording");

@@ -22,6 +22,7 @@ mod finish;
 mod plan;
 mod sink;
 mod warmup;
+mod watch;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

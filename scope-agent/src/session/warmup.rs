@@ -60,7 +60,7 @@ pub(super) fn prepare_governor(
         stop,
         clock,
     } = *a;
-    let cost = governor::calibrate(probes).map_err(|e| {
+    let cost = governor::calibrate(probes, true).map_err(|e| {
         anyhow::anyhow!(
             "the overhead governor could not measure the probe cost on this machine: {e} (record without it: --max-overhead off)"
         )
