@@ -85,7 +85,7 @@ pub use model::{
     windowed_overhead,
 };
 use policy::Standing;
-pub use policy::{Decision, FnLoad, decide};
+pub use policy::{Decision, FnLoad, decide, decide_with};
 pub use windows::WINDOW;
 use windows::{Closing, Window};
 
@@ -94,7 +94,9 @@ use windows::{Closing, Window};
 /// be sampled whenever it heats up.
 pub const MAX_GOVERNED: usize = 1024;
 /// How far back a tick looks for a sampled function's rate.
-const HISTORY_NS: i64 = 10_000_000_000;
+const HISTORY_NS: i64 = 3_000_000_000;
+/// What an early tick judges: the last this long.
+const RECENT: Duration = Duration::from_millis(100);
 /// No function's modelled cost of full recording is taken above this
 /// (percent): a function whose probes may take all the time it runs.
 const MAX_LOAD_PCT: f64 = 1e6;
@@ -196,6 +198,11 @@ pub struct Governor {
     measured_pct: Option<f64>,
     /// Whether the full-recording prediction is only a lower bound.
     full_at_least: bool,
+    /// State of the pauses' jitter (see `windows::jitter`).
+    rng: u64,
+    /// How much more the sampling windows cost than their model says
+    /// (measured each tick, smoothed; see `policy::window_factor`).
+    window_factor: f64,
     /// Decisions taken, for the summary.
     pub demotions: u64,
     pub promotions: u64,
@@ -264,6 +271,8 @@ impl Governor {
             calls_so_far: None,
             measured_pct: None,
             full_at_least: false,
+            window_factor: 1.0,
+            rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(setup.pid),
             budget_pct: setup.budget_pct,
             cost: setup.cost,
             pid: setup.pid,
@@ -556,7 +565,7 @@ impl Governor {
             || (due >= self.tick_len
                 && (self.quiet() || due >= self.tick_len + Duration::from_millis(500)))
         {
-            self.tick(probes, correlator, now, now_ns);
+            self.tick(probes, correlator, now, now_ns, urgent);
         }
     }
 
@@ -659,6 +668,7 @@ impl Governor {
         correlator: &mut Correlator,
         now: Instant,
         now_ns: i64,
+        urgent: bool,
     ) {
         let wall = now.duration_since(self.tick_started);
         // Count the open window's time so far in this tick.
@@ -666,11 +676,20 @@ impl Governor {
         if let Window::On { since, .. } = &self.window {
             on += now.duration_since((*since).max(self.tick_started));
         }
-        let wall_ns = wall.as_nanos().max(1) as f64;
         // A CPU reading ends the tick's last slot.
         let tick_end_ns = self.cut(crate::time::monotonic_ns(), true);
         let cpu = target_cpu_ns(self.pid).unwrap_or(self.tick_cpu_ns);
-        let tick = self.tick_figures(self.tick_started_ns, tick_end_ns, wall_ns);
+        // An early tick judges the last moments only: the target may have
+        // been idle for most of the interval and hot since (an average
+        // over the interval would hide how hot).
+        let from_ns = if urgent {
+            self.tick_started_ns
+                .max(tick_end_ns - RECENT.as_nanos() as i64)
+        } else {
+            self.tick_started_ns
+        };
+        let wall_ns = (tick_end_ns - from_ns).max(1) as f64;
+        let tick = self.tick_figures(from_ns, tick_end_ns, wall_ns);
         self.measured_pct = Some(100.0 * tick.probe_ns / tick.own_ns);
         let cost_of =
             |calls: f64| (100.0 * calls * self.cost.full_ns / tick.own_ns).min(MAX_LOAD_PCT);
@@ -726,8 +745,20 @@ impl Governor {
         self.full_at_least = lower_bound_only;
         self.calls_so_far = Some(self.calls_so_far_now());
 
-        let current = policy::current_pct(&loads, &sampled, self.n);
-        let decision = decide(&decide_loads, self.budget_pct);
+        // The windows' real cost against their model, from this tick.
+        let full_part: f64 = loads
+            .iter()
+            .filter(|l| !sampled.contains(&l.id))
+            .map(|l| l.overhead_pct)
+            .sum();
+        let modelled = policy::current_pct(&loads, &sampled, self.n, 1.0) - full_part;
+        if let Some(f) =
+            policy::window_factor(self.measured_pct.unwrap_or(0.0), full_part, modelled)
+        {
+            self.window_factor = 0.5 * self.window_factor + 0.5 * f;
+        }
+        let current = policy::current_pct(&loads, &sampled, self.n, self.window_factor);
+        let decision = decide_with(&decide_loads, self.budget_pct, self.window_factor);
         if !self.predicted_once {
             self.predicted_once = true;
             let rate = total_calls / wall.as_secs_f64().max(1e-3);

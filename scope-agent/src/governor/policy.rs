@@ -50,6 +50,14 @@ pub struct Decision {
 /// the budget and the rest are sampled with the N that brings the total
 /// under 80% of it (at most [`MAX_N`]).
 pub fn decide(loads: &[FnLoad], budget_pct: f64) -> Decision {
+    decide_with(loads, budget_pct, 1.0)
+}
+
+/// [`decide`] for windows that cost `window_factor` times what the window
+/// model says (measured: opening and closing a window costs the target
+/// too, in edge events and rewritten code pages).
+pub fn decide_with(loads: &[FnLoad], budget_pct: f64, window_factor: f64) -> Decision {
+    let window_factor = window_factor.max(1.0);
     let full_pct: f64 = loads.iter().map(|l| l.overhead_pct).sum();
     if full_pct <= budget_pct {
         return Decision {
@@ -94,30 +102,49 @@ pub fn decide(loads: &[FnLoad], budget_pct: f64) -> Decision {
     let n = if room <= 0.0 {
         MAX_N
     } else {
-        sampling_n(sampled_pct / 100.0, room / 100.0)
+        sampling_n(sampled_pct / 100.0, room / 100.0 / window_factor)
     };
     Decision {
         sampled,
         n,
-        predicted_pct: kept + 100.0 * windowed_overhead(sampled_pct / 100.0, n),
+        predicted_pct: kept + 100.0 * window_factor * windowed_overhead(sampled_pct / 100.0, n),
         full_pct,
     }
 }
 
 /// The predicted slowdown (percent) as things stand: the functions in
-/// `sampled` at 1 in `n`, the others in full.
-pub(super) fn current_pct(loads: &[FnLoad], sampled: &FxHashSet<u32>, n: u32) -> f64 {
+/// `sampled` at 1 in `n`, their windows costing `window_factor` times the
+/// model, the others in full.
+pub(super) fn current_pct(
+    loads: &[FnLoad],
+    sampled: &FxHashSet<u32>,
+    n: u32,
+    window_factor: f64,
+) -> f64 {
     loads
         .iter()
         .map(|l| {
             if sampled.contains(&l.id) {
-                100.0 * windowed_overhead(l.overhead_pct / 100.0, n)
+                100.0 * window_factor * windowed_overhead(l.overhead_pct / 100.0, n)
             } else {
                 l.overhead_pct
             }
         })
         .sum()
 }
+
+/// The factor by which sampling windows cost more than the window model
+/// says, from one interval: what the probes took in all (`measured_pct`)
+/// less the functions recorded in full (`full_pct`), over what the model
+/// gives the sampled ones (`modelled_pct`); `None` when the windows' part
+/// is too small to tell.
+pub(super) fn window_factor(measured_pct: f64, full_pct: f64, modelled_pct: f64) -> Option<f64> {
+    (modelled_pct >= 0.25)
+        .then(|| ((measured_pct - full_pct) / modelled_pct).clamp(1.0, MAX_WINDOW_FACTOR))
+}
+
+/// The most the window factor is taken to be.
+const MAX_WINDOW_FACTOR: f64 = 5.0;
 
 /// Where a tick stands when it weighs its decision.
 pub(super) struct Standing<'a> {
@@ -235,6 +262,21 @@ mod tests {
         assert_eq!(d.sampled, BTreeSet::from([2]));
         assert_eq!(d.n, MAX_N);
         assert!(d.predicted_pct > 5.0);
+    }
+
+    #[test]
+    fn windows_that_cost_more_than_modelled_are_sampled_more_sparsely() {
+        let loads = [load(1, 2000.0, true), load(2, 0.5, true)];
+        let plain = decide(&loads, 5.0);
+        let costly = decide_with(&loads, 5.0, 2.0);
+        assert!(costly.n > plain.n, "{plain:?} {costly:?}");
+        assert!(costly.predicted_pct <= 3.0, "{costly:?}");
+        // Measured 6% with 1% recorded in full, where the model said 2.5%
+        // for the windows: they cost twice that.
+        assert_eq!(window_factor(6.0, 1.0, 2.5), Some(2.0));
+        // Cheaper than the model is not trusted below 1; too little to tell.
+        assert_eq!(window_factor(1.0, 0.5, 2.5), Some(1.0));
+        assert_eq!(window_factor(9.0, 0.5, 0.1), None);
     }
 
     #[test]

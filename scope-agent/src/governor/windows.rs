@@ -103,6 +103,17 @@ impl Governor {
         });
     }
 
+    /// A factor in [0.5, 1.5): the pauses between windows vary around their
+    /// mean (xorshift; quality hardly matters here).
+    fn jitter(&mut self) -> f64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        0.5 + (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// No sampling window open, and no links closed too recently to be
     /// sure they stopped firing.
     pub(super) fn quiet(&self) -> bool {
@@ -118,10 +129,16 @@ impl Governor {
         match &self.window {
             Window::On { since, .. } if now.duration_since(*since) >= WINDOW => {
                 let since = *since;
+                // The window lasted as long as the loop let it (longer than
+                // WINDOW when draining its events took a while): the pause
+                // keeps it one in N of the time, at a random phase so a
+                // target that works in bursts is not seen in step with them.
+                let open_for = now.duration_since(since);
+                let pause = open_for.mul_f64(f64::from(self.n.max(2) - 1) * self.jitter());
                 let Window::On { links, .. } = std::mem::replace(
                     &mut self.window,
                     Window::Off {
-                        next_open: since + WINDOW * self.n.max(2),
+                        next_open: now + pause,
                     },
                 ) else {
                     return;
