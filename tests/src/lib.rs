@@ -5,6 +5,9 @@
 //!
 //! Every helper panics with a message that names the command or path that
 //! failed: a test that fails should say why without a debugger.
+//!
+//! The harness adds no flag to the agent's command line: a test runs the
+//! default path unless its own text asks for something else.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -444,23 +447,12 @@ pub struct RunningAgent {
     args: String,
 }
 
-/// The arguments the agent gets for `args`: tests count calls exactly, so a
-/// `record` or `attach` without its own `--max-overhead` records every call
-/// (`--max-overhead off`). The overhead governor's tests (governor.rs) give
-/// a budget explicitly; its default is checked in the CLI's unit tests.
-pub fn agent_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    let mut out = args.to_vec();
-    let recording = matches!(args.first(), Some(&"record" | &"attach"));
-    if recording && !args.iter().any(|a| a.starts_with("--max-overhead")) {
-        out.splice(1..1, ["--max-overhead", "off"]);
-    }
-    out
-}
-
-/// Starts `scope-agent <args>` with stdout and stderr collected (see
-/// [`agent_args`]).
+/// Starts `scope-agent <args>` with stdout and stderr collected. The
+/// arguments are passed exactly as given: the harness adds no flag, so a
+/// test runs the agent's default path unless its own text says otherwise
+/// (`record` records every call; `attach` keeps a 5% budget, and a test
+/// that counts exactly passes `--max-overhead off` itself).
 pub fn spawn_agent(args: &[&str]) -> RunningAgent {
-    let args = &agent_args(args)[..];
     let mut guard = ChildGuard::spawn(
         Command::new(agent_bin())
             .args(args)

@@ -1,6 +1,10 @@
 //! `scope-agent attach` to a fixture that is already running: probes go live
 //! mid-run, the agent stops on the target's exit, on --duration and on
 //! SIGINT, and a SIGKILLed agent leaves readable files and no probes.
+//!
+//! `attach` samples hot functions by default (a 5% budget), so its counts
+//! would be estimates: every test here that counts passes `--max-overhead
+//! off` in its own argument list.
 
 use std::time::Duration;
 
@@ -25,7 +29,19 @@ fn attach_counts_exactly_and_stops_when_the_target_exits() {
     let pid = target.pid.to_string();
     let out = dir.path().display().to_string();
     let mut agent = spawn_agent(&[
-        "attach", "--pid", &pid, "-f", "leaf", "-f", "a_fn", "--out", &out,
+        "attach",
+        "--pid",
+        &pid,
+        // Exact counts: record every call (attach samples hot functions at
+        // 5% by default).
+        "--max-overhead",
+        "off",
+        "-f",
+        "leaf",
+        "-f",
+        "a_fn",
+        "--out",
+        &out,
     ]);
     agent.wait_for_stderr("attached", Duration::from_secs(60));
     target.run("count 300");
@@ -87,7 +103,19 @@ fn attach_stops_on_sigint_and_multithreaded_counts() {
     let dir = tempfile::tempdir().unwrap();
     let pid = target.pid.to_string();
     let out = dir.path().display().to_string();
-    let mut agent = spawn_agent(&["attach", "--pid", &pid, "-f", "tleaf", "--out", &out]);
+    let mut agent = spawn_agent(&[
+        "attach",
+        "--pid",
+        &pid,
+        // Exact counts: record every call (attach samples hot functions at
+        // 5% by default).
+        "--max-overhead",
+        "off",
+        "-f",
+        "tleaf",
+        "--out",
+        &out,
+    ]);
     agent.wait_for_stderr("attached", Duration::from_secs(60));
     target.run("threads 3 400");
     agent.signal(libc::SIGINT);
@@ -117,6 +145,11 @@ fn a_killed_agent_leaves_readable_segments_and_no_probes() {
         "attach",
         "--pid",
         &pid,
+        // Every call, through the module's two shared links: the governor
+        // (on by default for attach) would count first and give a hot
+        // function links of its own.
+        "--max-overhead",
+        "off",
         "-f",
         "leaf",
         "--out",
