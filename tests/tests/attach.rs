@@ -28,6 +28,7 @@ fn attach_counts_exactly_and_stops_when_the_target_exits() {
     let dir = tempfile::tempdir().unwrap();
     let pid = target.pid.to_string();
     let out = dir.path().display().to_string();
+    let before = wall_clock_ns();
     let mut agent = spawn_agent(&[
         "attach",
         "--pid",
@@ -50,6 +51,7 @@ fn attach_counts_exactly_and_stops_when_the_target_exits() {
     let status = target.wait();
     assert!(status.success());
     let run = agent.wait(Duration::from_secs(60));
+    let after = wall_clock_ns();
     assert!(run.status.success(), "{}", run.stderr);
     assert!(
         run.stderr.contains(&format!("pid {pid} exited")),
@@ -67,6 +69,9 @@ fn attach_counts_exactly_and_stops_when_the_target_exits() {
         .map(|r| (r["name"].as_str().unwrap().into(), r["n"].as_i64().unwrap()))
         .collect();
     assert_eq!(got, vec![("a_fn".into(), 20), ("leaf".into(), 320)]);
+    // The calls' times are the session's, and the session's the wall
+    // clock's: attach's clock offset too.
+    assert_eq!(assert_calls_within_session(dir.path(), before, after), 340);
 }
 
 #[test]
