@@ -3,8 +3,8 @@
 //! SIGINT, and a SIGKILLed agent leaves readable files and no probes.
 //!
 //! `attach` samples hot functions by default (a 5% budget), so its counts
-//! would be estimates: every test here that counts passes `--max-overhead
-//! off` in its own argument list.
+//! would be estimates: every test here counts exactly and passes
+//! `--max-overhead off` in its own argument list.
 
 use std::time::Duration;
 
@@ -74,30 +74,55 @@ fn attach_counts_exactly_and_stops_when_the_target_exits() {
     assert_eq!(assert_calls_within_session(dir.path(), before, after), 340);
 }
 
+/// An idle target: the probes are live once the agent says `attached`
+/// (exactly the calls made between that and the --duration stop are
+/// recorded), and gone after it (the target still answers, and its later
+/// calls are not recorded).
 #[test]
 fn attach_stops_at_duration_and_leaves_the_target_running() {
     require_root();
     let bin = fixture(Lang::C, "0");
     let mut target = ServeFixture::spawn(&bin);
+    // Before the attach: not recorded.
+    target.run("count 7");
     let dir = tempfile::tempdir().unwrap();
     let pid = target.pid.to_string();
     let out = dir.path().display().to_string();
-    let run = run_agent(&[
+    let mut agent = spawn_agent(&[
         "attach",
         "--pid",
         &pid,
+        // Exact counts: record every call (attach samples hot functions at
+        // 5% by default, and its warm-up only counts).
+        "--max-overhead",
+        "off",
         "-f",
         "leaf",
         "--duration",
-        "1s",
+        "3s",
         "--out",
         &out,
     ]);
+    agent.wait_for_stderr("attached", Duration::from_secs(60));
+    // --duration counts from after the `attached` line, which this test
+    // sees at most milliseconds late; 123 calls take milliseconds, even on
+    // a loaded machine, and well under 2 s they are surely inside the 3 s.
+    let seen = std::time::Instant::now();
+    target.run("count 123");
+    let took = seen.elapsed();
+    let run = agent.wait(Duration::from_secs(60));
     assert!(run.status.success(), "{}", run.stderr);
     assert!(run.stderr.contains("--duration"), "{}", run.stderr);
-    // The target is still alive and unprobed: it still answers.
+    assert!(
+        took < Duration::from_secs(2),
+        "`count 123` took {took:?}: too slow to be sure it ran inside the --duration window"
+    );
+    // The target is still alive and unprobed: it still answers, and these
+    // calls are not recorded.
     target.run("count 10");
-    assert_eq!(count_calls(dir.path()), 0);
+    assert_eq!(count_calls(dir.path()), 123, "{}", run.stderr);
+    target.close_stdin();
+    assert!(target.wait().success());
 }
 
 #[test]
