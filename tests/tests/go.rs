@@ -295,10 +295,22 @@ fn attach_to_running_goroutines_and_detach_cleanly() {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped()),
     );
-    let mut stdout = std::io::BufReader::new(target.child().stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-    assert_eq!(line.trim(), "running", "the Go fixture did not start");
+    // Its stdout is read to the end on a thread (a closed pipe would kill
+    // it with SIGPIPE when it prints its result); every wait is bounded.
+    let stdout = target.child().stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let first = lines.recv_timeout(std::time::Duration::from_secs(60));
+    assert_eq!(
+        first.as_deref(),
+        Ok("running"),
+        "the Go fixture did not start"
+    );
     let pid = target.pid().to_string();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().display().to_string();
