@@ -5,6 +5,9 @@
 //!
 //! Every helper panics with a message that names the command or path that
 //! failed: a test that fails should say why without a debugger.
+//!
+//! The harness adds no flag to the agent's command line: a test runs the
+//! default path unless its own text asks for something else.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -444,23 +447,12 @@ pub struct RunningAgent {
     args: String,
 }
 
-/// The arguments the agent gets for `args`: tests count calls exactly, so a
-/// `record` or `attach` without its own `--max-overhead` records every call
-/// (`--max-overhead off`). The overhead governor's tests (governor.rs) give
-/// a budget explicitly; its default is checked in the CLI's unit tests.
-pub fn agent_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
-    let mut out = args.to_vec();
-    let recording = matches!(args.first(), Some(&"record" | &"attach"));
-    if recording && !args.iter().any(|a| a.starts_with("--max-overhead")) {
-        out.splice(1..1, ["--max-overhead", "off"]);
-    }
-    out
-}
-
-/// Starts `scope-agent <args>` with stdout and stderr collected (see
-/// [`agent_args`]).
+/// Starts `scope-agent <args>` with stdout and stderr collected. The
+/// arguments are passed exactly as given: the harness adds no flag, so a
+/// test runs the agent's default path unless its own text says otherwise
+/// (`record` records every call; `attach` keeps a 5% budget, and a test
+/// that counts exactly passes `--max-overhead off` itself).
 pub fn spawn_agent(args: &[&str]) -> RunningAgent {
-    let args = &agent_args(args)[..];
     let mut guard = ChildGuard::spawn(
         Command::new(agent_bin())
             .args(args)
@@ -605,6 +597,77 @@ pub fn calls_glob(out: &Path) -> String {
 /// The glob of every `functions` file under an output directory.
 pub fn functions_glob(out: &Path) -> String {
     format!("{}/functions/**/*.parquet", out.display())
+}
+
+/// The glob of every `sessions` file under an output directory.
+pub fn sessions_glob(out: &Path) -> String {
+    format!("{}/sessions/**/*.parquet", out.display())
+}
+
+/// Now, in Unix epoch nanoseconds (CLOCK_REALTIME, the clock of
+/// `sessions.start_ns`).
+pub fn wall_clock_ns() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    i64::try_from(since_epoch.as_nanos()).expect("epoch ns fit in i64")
+}
+
+/// The one session recorded in `out` lies between `before` and `after`
+/// (this test's [`wall_clock_ns`] reads before the agent started and after
+/// it exited), and every call lies within the session: `start_ns` in
+/// `[sessions.start_ns, sessions.end_ns]`, and `start_ns + duration_ns <=
+/// end_ns` for every call with a duration. Panics with the figures
+/// otherwise; returns the number of calls checked.
+///
+/// Both checks are needed: `end_ns` and the calls' times are kernel
+/// (CLOCK_MONOTONIC) times shifted by the session's offset, so a wrong
+/// offset moves them together and only the wall clock catches it late;
+/// `start_ns` is a CLOCK_REALTIME read, so an offset that is early puts
+/// calls before it. No slack: the session starts before the plan, the load
+/// and the attach, milliseconds before the first probe can fire, and ends
+/// after the last link is closed, when no probe can fire any more; the
+/// offset between the two clocks is measured to well under a microsecond.
+pub fn assert_calls_within_session(out: &Path, before: i64, after: i64) -> i64 {
+    let sessions = duckdb(&format!(
+        "SELECT start_ns, end_ns FROM read_parquet('{}', hive_partitioning=true)",
+        sessions_glob(out)
+    ));
+    assert_eq!(sessions.len(), 1, "one session: {sessions:?}");
+    let (start, end) = (
+        sessions[0]["start_ns"].as_i64().expect("start_ns"),
+        sessions[0]["end_ns"].as_i64().expect("end_ns"),
+    );
+    assert!(
+        before <= start && start < end && end <= after,
+        "session [{start}, {end}] is not within this test's wall-clock reads [{before}, {after}]"
+    );
+    let rows = duckdb(&format!(
+        "SELECT count(*) AS n, count(s.session_id) AS with_session, \
+           count(*) FILTER (WHERE c.start_ns < s.start_ns OR c.start_ns > s.end_ns) AS start_outside, \
+           count(*) FILTER (WHERE c.duration_ns IS NOT NULL \
+             AND c.start_ns + c.duration_ns > s.end_ns) AS end_outside, \
+           min(c.start_ns - s.start_ns) AS first_start_after_session_start, \
+           min(s.end_ns - coalesce(c.start_ns + c.duration_ns, c.start_ns)) AS last_end_before_session_end \
+         FROM read_parquet('{}', hive_partitioning=true) c \
+         LEFT JOIN read_parquet('{}', hive_partitioning=true) s USING (session_id)",
+        calls_glob(out),
+        sessions_glob(out)
+    ));
+    let r = &rows[0];
+    let int = |k: &str| {
+        r[k].as_i64()
+            .unwrap_or_else(|| panic!("{k} is not an integer: {r:?}"))
+    };
+    let n = int("n");
+    assert!(n > 0, "no calls in {}", out.display());
+    assert_eq!(int("with_session"), n, "calls without a session row: {r:?}");
+    assert_eq!(
+        (int("start_outside"), int("end_outside")),
+        (0, 0),
+        "calls outside their session's [start_ns, end_ns] (figures in ns): {r:?}"
+    );
+    n
 }
 
 /// The argument-capture fixture, tests/fixtures/c/args.c, built at

@@ -1,7 +1,8 @@
 //! Argument and return-value capture (`--args`, `--args-for`) against
 //! tests/fixtures/c/args.c, with the real eBPF programs: every captured
 //! argument list and return value equals what the fixture passed and
-//! returned, call by call; nothing is captured unless asked.
+//! returned, call by call; nothing is captured unless asked. Recorded with
+//! `record`'s default path (every call) plus the argument flags under test.
 
 use std::path::Path;
 

@@ -2,7 +2,8 @@
 //! with the real eBPF programs: every `char *` argument's string equals what
 //! the fixture passed, call by call, cut at the cap with "…" when longer,
 //! null for a NULL pointer and for non-string parameters; nothing is read
-//! unless asked.
+//! unless asked. Recorded with `record`'s default path (every call) plus
+//! the argument flags under test.
 
 use std::path::Path;
 

@@ -1,6 +1,10 @@
 //! `scope-agent attach` to a fixture that is already running: probes go live
 //! mid-run, the agent stops on the target's exit, on --duration and on
 //! SIGINT, and a SIGKILLed agent leaves readable files and no probes.
+//!
+//! `attach` samples hot functions by default (a 5% budget), so its counts
+//! would be estimates: every test here counts exactly and passes
+//! `--max-overhead off` in its own argument list.
 
 use std::time::Duration;
 
@@ -24,8 +28,21 @@ fn attach_counts_exactly_and_stops_when_the_target_exits() {
     let dir = tempfile::tempdir().unwrap();
     let pid = target.pid.to_string();
     let out = dir.path().display().to_string();
+    let before = wall_clock_ns();
     let mut agent = spawn_agent(&[
-        "attach", "--pid", &pid, "-f", "leaf", "-f", "a_fn", "--out", &out,
+        "attach",
+        "--pid",
+        &pid,
+        // Exact counts: record every call (attach samples hot functions at
+        // 5% by default).
+        "--max-overhead",
+        "off",
+        "-f",
+        "leaf",
+        "-f",
+        "a_fn",
+        "--out",
+        &out,
     ]);
     agent.wait_for_stderr("attached", Duration::from_secs(60));
     target.run("count 300");
@@ -34,6 +51,7 @@ fn attach_counts_exactly_and_stops_when_the_target_exits() {
     let status = target.wait();
     assert!(status.success());
     let run = agent.wait(Duration::from_secs(60));
+    let after = wall_clock_ns();
     assert!(run.status.success(), "{}", run.stderr);
     assert!(
         run.stderr.contains(&format!("pid {pid} exited")),
@@ -51,32 +69,60 @@ fn attach_counts_exactly_and_stops_when_the_target_exits() {
         .map(|r| (r["name"].as_str().unwrap().into(), r["n"].as_i64().unwrap()))
         .collect();
     assert_eq!(got, vec![("a_fn".into(), 20), ("leaf".into(), 320)]);
+    // The calls' times are the session's, and the session's the wall
+    // clock's: attach's clock offset too.
+    assert_eq!(assert_calls_within_session(dir.path(), before, after), 340);
 }
 
+/// An idle target: the probes are live once the agent says `attached`
+/// (exactly the calls made between that and the --duration stop are
+/// recorded), and gone after it (the target still answers, and its later
+/// calls are not recorded).
 #[test]
 fn attach_stops_at_duration_and_leaves_the_target_running() {
     require_root();
     let bin = fixture(Lang::C, "0");
     let mut target = ServeFixture::spawn(&bin);
+    // Before the attach: not recorded.
+    target.run("count 7");
     let dir = tempfile::tempdir().unwrap();
     let pid = target.pid.to_string();
     let out = dir.path().display().to_string();
-    let run = run_agent(&[
+    let mut agent = spawn_agent(&[
         "attach",
         "--pid",
         &pid,
+        // Exact counts: record every call (attach samples hot functions at
+        // 5% by default, and its warm-up only counts).
+        "--max-overhead",
+        "off",
         "-f",
         "leaf",
         "--duration",
-        "1s",
+        "3s",
         "--out",
         &out,
     ]);
+    agent.wait_for_stderr("attached", Duration::from_secs(60));
+    // --duration counts from after the `attached` line, which this test
+    // sees at most milliseconds late; 123 calls take milliseconds, even on
+    // a loaded machine, and well under 2 s they are surely inside the 3 s.
+    let seen = std::time::Instant::now();
+    target.run("count 123");
+    let took = seen.elapsed();
+    let run = agent.wait(Duration::from_secs(60));
     assert!(run.status.success(), "{}", run.stderr);
     assert!(run.stderr.contains("--duration"), "{}", run.stderr);
-    // The target is still alive and unprobed: it still answers.
+    assert!(
+        took < Duration::from_secs(2),
+        "`count 123` took {took:?}: too slow to be sure it ran inside the --duration window"
+    );
+    // The target is still alive and unprobed: it still answers, and these
+    // calls are not recorded.
     target.run("count 10");
-    assert_eq!(count_calls(dir.path()), 0);
+    assert_eq!(count_calls(dir.path()), 123, "{}", run.stderr);
+    target.close_stdin();
+    assert!(target.wait().success());
 }
 
 #[test]
@@ -87,7 +133,19 @@ fn attach_stops_on_sigint_and_multithreaded_counts() {
     let dir = tempfile::tempdir().unwrap();
     let pid = target.pid.to_string();
     let out = dir.path().display().to_string();
-    let mut agent = spawn_agent(&["attach", "--pid", &pid, "-f", "tleaf", "--out", &out]);
+    let mut agent = spawn_agent(&[
+        "attach",
+        "--pid",
+        &pid,
+        // Exact counts: record every call (attach samples hot functions at
+        // 5% by default).
+        "--max-overhead",
+        "off",
+        "-f",
+        "tleaf",
+        "--out",
+        &out,
+    ]);
     agent.wait_for_stderr("attached", Duration::from_secs(60));
     target.run("threads 3 400");
     agent.signal(libc::SIGINT);
@@ -117,6 +175,11 @@ fn a_killed_agent_leaves_readable_segments_and_no_probes() {
         "attach",
         "--pid",
         &pid,
+        // Every call, through the module's two shared links: the governor
+        // (on by default for attach) would count first and give a hot
+        // function links of its own.
+        "--max-overhead",
+        "off",
         "-f",
         "leaf",
         "--out",

@@ -1,5 +1,6 @@
 //! Bad input gets one clear line naming the input and a non-zero exit:
-//! never a panic, never a hang.
+//! never a panic, never a hang. The agent gets the bad input and nothing
+//! else: `record` and `attach` on their default paths.
 
 use scope_tests::*;
 

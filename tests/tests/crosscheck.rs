@@ -1,5 +1,9 @@
 //! scope's call count equals bpftrace's `count()` on the same function in the
-//! same kind of run: an independent tool as the reference.
+//! same kind of run, and both equal the count the fixture's source makes: an
+//! independent tool as the reference, and the source as the reference of
+//! both (so a bpftrace that saw nothing cannot agree with a scope that saw
+//! nothing). scope runs `record`'s default path: no flag, every call
+//! recorded.
 
 use scope_tests::*;
 
@@ -26,12 +30,20 @@ fn bpftrace_count(bin: &std::path::Path, func: &str, args: &str) -> i64 {
 fn call_counts_match_bpftrace() {
     require_root();
     let bin = fixture(Lang::C, "2");
-    for (func, args) in [
-        ("leaf", "count 3000"),
-        ("c_fn", "nest 700"),
-        ("tleaf", "threads 3 1000"),
+    // From tests/fixtures/c/fixture.c: `count N` calls leaf N times
+    // (do_count), `nest N` calls a_fn N times and so c_fn once each
+    // (do_nest), `threads T M` runs T threads that call tleaf M times each
+    // (thread_main).
+    for (func, args, known) in [
+        ("leaf", "count 3000", 3000),
+        ("c_fn", "nest 700", 700),
+        ("tleaf", "threads 3 1000", 3 * 1000),
     ] {
         let reference = bpftrace_count(&bin, func, args);
+        assert_eq!(
+            reference, known,
+            "{func} ({args}): bpftrace counted {reference}, the fixture makes {known} calls"
+        );
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().display().to_string();
         let mut argv = vec![
@@ -52,8 +64,8 @@ fn call_counts_match_bpftrace() {
         ));
         let ours = rows[0]["n"].as_i64().unwrap();
         assert_eq!(
-            ours, reference,
-            "{func}: scope {ours} vs bpftrace {reference}"
+            ours, known,
+            "{func} ({args}): scope {ours}, bpftrace {reference}, the fixture makes {known} calls"
         );
     }
 }

@@ -1,5 +1,7 @@
 //! A library loaded with `dlopen` after the agent attached: a pattern naming
-//! it waits, and its functions are probed once it is mapped.
+//! it waits, and its functions are probed once it is mapped. The agent
+//! attaches with `--max-overhead off` (every call; `attach` samples hot
+//! functions by default), so the counts are exact.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -37,7 +39,8 @@ fn build(dir: &std::path::Path) -> (PathBuf, PathBuf) {
 }
 
 /// The host fixture in serve mode, and an agent attached to it with
-/// `-f host_tick -f <plugin_pattern>` that has said `attached`.
+/// `--max-overhead off -f host_tick -f <plugin_pattern>` that has said
+/// `attached`.
 struct Attached {
     _build: tempfile::TempDir,
     lib: PathBuf,
@@ -57,6 +60,10 @@ fn attach_to_host(plugin_pattern: &str) -> Attached {
         "attach",
         "--pid",
         &pid,
+        // Exact counts: record every call (attach samples hot functions at
+        // 5% by default).
+        "--max-overhead",
+        "off",
         "-f",
         "host_tick",
         "-f",

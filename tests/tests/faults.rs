@@ -10,6 +10,10 @@
 //! - two agents: each has its own links and ring, and each records every call;
 //! - a full disk: the agent stops recording, names the file it could not
 //!   write, keeps every finished file readable, and exits 1.
+//!
+//! `record` runs its default path (every call recorded); `attach` keeps its
+//! default (a 5% budget) where nothing is counted, and says
+//! `--max-overhead off` where every call is counted.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -105,7 +109,19 @@ fn two_agents_on_one_process_each_record_every_call() {
         .iter()
         .map(|out| {
             spawn_agent(&[
-                "attach", "--pid", &pid, "-f", "leaf", "-f", "a_fn", "--out", out,
+                "attach",
+                "--pid",
+                &pid,
+                // Exact counts: record every call (attach samples hot
+                // functions at 5% by default).
+                "--max-overhead",
+                "off",
+                "-f",
+                "leaf",
+                "-f",
+                "a_fn",
+                "--out",
+                out,
             ])
         })
         .collect();
@@ -204,9 +220,7 @@ fn a_full_disk_stops_the_recording_cleanly() {
     let run = run_agent(&[
         "record",
         "-q",
-        // Every call, so the disk fills.
-        "--max-overhead",
-        "off",
+        // record's default records every call, so the disk fills.
         "-f",
         "leaf",
         "--segment-rows",

@@ -4,7 +4,8 @@
 //! `--inlined`, each instance is probed at its entry and counted exactly,
 //! with no duration, nested under the f1/f2 call it ran in; without it, a
 //! pattern that matches only inlined instances is an error that says what
-//! `--inlined` would probe.
+//! `--inlined` would probe. Recorded with `record`'s default path (every
+//! call) plus `--inlined`.
 
 use std::path::Path;
 

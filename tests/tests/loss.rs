@@ -8,6 +8,8 @@
 //! the test stops the agent with SIGSTOP for 300 ms while the fixture runs,
 //! so the ring fills and the kernel counts every event it cannot reserve;
 //! SIGCONT lets the agent drain and finish normally.
+//!
+//! Every recording here takes `record`'s default path (every call).
 
 use std::time::Duration;
 
@@ -38,9 +40,8 @@ fn recorded_plus_lost_is_exactly_every_probe_hit() {
     let mut agent = spawn_agent(&[
         "record",
         "-q",
-        // Every call: the exact count is the point.
-        "--max-overhead",
-        "off",
+        // No --max-overhead: record's default records every call, and the
+        // exact count is the point.
         "--ring-size",
         "4K",
         "--status-interval",

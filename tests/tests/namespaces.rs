@@ -1,7 +1,9 @@
 //! A target in its own pid and mount namespaces, running a binary that exists
 //! only inside its mount namespace: the agent resolves it through
 //! `/proc/PID/root` and `/proc/PID/map_files`, attaches, and reports pids as
-//! seen from the agent's (root) namespace.
+//! seen from the agent's (root) namespace. The agent attaches with
+//! `--max-overhead off` (every call; `attach` samples hot functions by
+//! default), so the count is exact.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -119,7 +121,19 @@ fn attach_to_a_process_in_other_pid_and_mount_namespaces() {
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().display().to_string();
-    let mut agent = spawn_agent(&["attach", "--pid", &pid, "-f", "leaf", "--out", &out]);
+    let mut agent = spawn_agent(&[
+        "attach",
+        "--pid",
+        &pid,
+        // Exact counts: record every call (attach samples hot functions at
+        // 5% by default).
+        "--max-overhead",
+        "off",
+        "-f",
+        "leaf",
+        "--out",
+        &out,
+    ]);
     agent.wait_for_stderr("attached", Duration::from_secs(60));
     target.run("count 250");
     target.run("threads 2 100");

@@ -1,6 +1,8 @@
 //! `scope-agent record` against the C and Rust fixtures, with the real eBPF
 //! programs: exact call counts, nesting, recursion, threads, durations, the
 //! command's exit status, and the data contract read back with DuckDB.
+//! Every recording here takes `record`'s default path (no flag: every call
+//! is recorded), so every count is exact.
 
 use scope_tests::*;
 
@@ -241,6 +243,35 @@ fn sleeping_function_duration_is_plausible() {
         );
         assert_eq!(r["self_ns"].as_i64(), Some(d));
     }
+}
+
+/// The calls' clock is the session's, and the session's is the wall
+/// clock: the session lies between two wall-clock reads of this test
+/// (before the agent starts, after it exits), every call starts inside
+/// `[sessions.start_ns, sessions.end_ns]` and every completed call ends
+/// inside it. A recording with threads, nesting, recursion and sleeps,
+/// every call counted.
+#[test]
+fn call_times_lie_within_their_session() {
+    require_root();
+    let bin = fixture(Lang::C, "2");
+    let dir = tempfile::tempdir().unwrap();
+    let before = wall_clock_ns();
+    let run = record(
+        dir.path(),
+        &["leaf", "a_fn", "recurse", "sleeper", "tleaf"],
+        &[bin.to_str().unwrap(), "all"],
+    );
+    let after = wall_clock_ns();
+    ok(&run);
+    // `all`: leaf 100 + 50 (under a_fn), a_fn 50, recurse 11 (depth 10),
+    // sleeper 2, tleaf 2 threads x 100.
+    assert_eq!(
+        assert_calls_within_session(dir.path(), before, after),
+        150 + 50 + 11 + 2 + 200,
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! program with 10,001 functions counts every call exactly; `-f '*'` on a
 //! running process attaches everything, stops on SIGINT in bounded time and
 //! leaves no link behind; the per-function fallback (`--attach-mode single`)
-//! counts exactly too.
+//! counts exactly too. `record` runs its default path (every call); the
+//! `attach` test says `--max-overhead off` (every call, in the module's two
+//! shared links).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -59,7 +61,21 @@ fn attach_star_to_a_running_process_then_sigint_detaches_every_link() {
     let dir = tempfile::tempdir().unwrap();
     let pid = target.pid.to_string();
     let out = dir.path().display().to_string();
-    let mut agent = spawn_agent(&["attach", "--pid", &pid, "-q", "-f", "*", "--out", &out]);
+    let mut agent = spawn_agent(&[
+        "attach",
+        "--pid",
+        &pid,
+        "-q",
+        // Exact counts and two links: record every call through the
+        // module's shared links (attach samples hot functions at 5% by
+        // default, with links of their own).
+        "--max-overhead",
+        "off",
+        "-f",
+        "*",
+        "--out",
+        &out,
+    ]);
     agent.wait_for_stderr("attached", Duration::from_secs(60));
     let held = bpf_links_held_by(agent.pid());
     let multi: Vec<u32> = held

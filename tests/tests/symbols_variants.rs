@@ -2,7 +2,8 @@
 //! (DWARF 4/5, compressed, split, separate debug file, build-id
 //! directories, stripped, PIE and not, C++, Rust v0), each checked through
 //! `scope-agent functions` for names, file:line and parameters, and two of
-//! them recorded for real to prove the probe offsets.
+//! them recorded for real to prove the probe offsets (`record`'s default
+//! path; the one `attach` says `--max-overhead off`, as it counts exactly).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -516,6 +517,10 @@ fn attach_to_a_process_whose_binary_was_replaced() {
         "attach",
         "--pid",
         &pid,
+        // Exact counts: record every call (attach samples hot functions at
+        // 5% by default).
+        "--max-overhead",
+        "off",
         "-f",
         "leaf",
         "--out",

@@ -1,8 +1,8 @@
 //! `cargo xtask fuzz`: the ELF + DWARF loader under libFuzzer for a bounded
 //! time (`fuzz/fuzz_targets/elf_dwarf.rs`), seeded with the test fixtures;
 //! `--target demangle` fuzzes the demangler instead, seeded with mangled
-//! names. `cargo xtask test` runs elf_dwarf for 30 s, so every CI run
-//! fuzzes a little.
+//! names. `cargo xtask test` runs elf_dwarf for 20 s and demangle for
+//! 10 s, so every CI run fuzzes both a little.
 //! Installs cargo-fuzz when missing; the instrumented build uses the nightly
 //! toolchain and its own target directory (`target/fuzz`).
 
@@ -22,7 +22,8 @@ pub enum Target {
 }
 
 impl Target {
-    fn name(self) -> &'static str {
+    /// The target's name in `fuzz/Cargo.toml`.
+    pub fn name(self) -> &'static str {
         match self {
             Target::ElfDwarf => "elf_dwarf",
             Target::Demangle => "demangle",

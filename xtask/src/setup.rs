@@ -2,7 +2,8 @@
 //! (idempotent: a second run installs nothing and prints nothing):
 //! the nightly's rust-src and bpf-linker (to build the eBPF programs),
 //! bpftrace, bpftool and Python's duckdb (for the tests' cross-checks), Go
-//! (for the Go fixture);
+//! (for the Go fixture), tracefs mounted at /sys/kernel/tracing (bpftrace
+//! reads it);
 //! and what cannot be installed, checked with a clear message: root, BTF
 //! and uprobe support in the kernel.
 
@@ -154,12 +155,14 @@ pub fn ensure_root_and_bpf(task: &str) -> Result<()> {
 }
 
 /// Installs the tests' reference tools when missing: bpftrace, bpftool and
-/// golang-go (Debian packages) and Python's duckdb (PyPI).
+/// golang-go (Debian packages) and Python's duckdb (PyPI); mounts tracefs
+/// for bpftrace when it is not mounted.
 pub fn ensure_test_tools() -> Result<()> {
     if !on_path("bpftrace") || !on_path("bpftool") {
         announce("bpftrace and bpftool");
         apt_install(&["bpftrace", "bpftool"])?;
     }
+    ensure_tracefs()?;
     // The Go fixture is built at test time (tests/fixtures/go).
     if !on_path("go") {
         announce("the Go toolchain (golang-go)");
@@ -173,6 +176,28 @@ pub fn ensure_test_tools() -> Result<()> {
                 "`python3 -m pip install duckdb` succeeded but `python3 -c 'import duckdb'` still fails"
             );
         }
+    }
+    Ok(())
+}
+
+/// Where bpftrace looks for tracefs (and `/sys/kernel/debug/tracing` on
+/// older kernels points to).
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Mounts tracefs on /sys/kernel/tracing unless it is mounted (a fresh
+/// container often has the directory but not the mount); bpftrace needs it
+/// to attach its uprobes. Idempotent: nothing happens when it is mounted.
+fn ensure_tracefs() -> Result<()> {
+    let mounted = |dir: &str| Path::new(dir).join("uprobe_events").exists();
+    if mounted(TRACEFS) {
+        return Ok(());
+    }
+    println!("scope: mounting tracefs on {TRACEFS} (bpftrace needs it)");
+    run(command("mount").args(["-t", "tracefs", "nodev", TRACEFS]))?;
+    if !mounted(TRACEFS) {
+        bail!(
+            "mount -t tracefs nodev {TRACEFS} succeeded but {TRACEFS}/uprobe_events is still missing"
+        );
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask test`: everything CI runs, in order, each step timed:
 //! root/BPF check → toolchain → test tools → fmt → clippy → build the agent
-//! → `cargo test` with `SCOPE_AGENT_BIN` pointing at that build → 30 s of
-//! fuzzing the symbol loader.
+//! → `cargo test --no-fail-fast` with `SCOPE_AGENT_BIN` pointing at that
+//! build (one run shows every failing test binary, not only the first) →
+//! 30 s of fuzzing: 20 s of the symbol loader, 10 s of the demangler.
 
 use std::time::Instant;
 
@@ -14,8 +15,11 @@ use crate::setup::{ensure_root_and_bpf, ensure_test_tools, ensure_toolchain};
 /// the BPF target, and scope-agent's build script builds it.
 const WORKSPACE: [&str; 3] = ["--workspace", "--exclude", "scope-ebpf"];
 
-/// Seconds of fuzzing in every run of the suite.
-const FUZZ_SECONDS: u64 = 30;
+/// Seconds of fuzzing per target in every run of the suite (30 s in all).
+const FUZZ_SECONDS: [(crate::fuzz::Target, u64); 2] = [
+    (crate::fuzz::Target::ElfDwarf, 20),
+    (crate::fuzz::Target::Demangle, 10),
+];
 
 /// Runs the whole suite; `lint` adds the fmt and clippy steps, `fuzz` the
 /// fuzzing step; `cargo_test_args` go to `cargo test` as they are.
@@ -50,15 +54,20 @@ pub fn run_suite(lint: bool, fuzz: bool, cargo_test_args: &[String]) -> Result<(
         cmd.arg("test")
             .current_dir(&root)
             .env("SCOPE_AGENT_BIN", &agent);
+        if !has_cargo_flag(cargo_test_args, "--no-fail-fast") {
+            cmd.arg("--no-fail-fast");
+        }
         if !selects_packages(cargo_test_args) {
             cmd.args(WORKSPACE);
         }
         run(cmd.args(cargo_test_args))
     })?;
     if fuzz {
-        step("fuzz", || {
-            crate::fuzz::run_fuzz(crate::fuzz::Target::ElfDwarf, FUZZ_SECONDS)
-        })?;
+        for (target, seconds) in FUZZ_SECONDS {
+            step(&format!("fuzz {}", target.name()), || {
+                crate::fuzz::run_fuzz(target, seconds)
+            })?;
+        }
     }
     println!(
         "cargo xtask test: all steps passed ({:.1} s)",
@@ -67,10 +76,37 @@ pub fn run_suite(lint: bool, fuzz: bool, cargo_test_args: &[String]) -> Result<(
     Ok(())
 }
 
+/// Whether the user's `cargo test` arguments (before their own `--`) hold
+/// `flag` already (cargo refuses a flag given twice).
+fn has_cargo_flag(args: &[String], flag: &str) -> bool {
+    args.iter().take_while(|a| *a != "--").any(|a| a == flag)
+}
+
 /// Whether the user's `cargo test` arguments (before their own `--`) pick
 /// packages, in which case `--workspace` must not be added.
 fn selects_packages(args: &[String]) -> bool {
     args.iter()
         .take_while(|a| *a != "--")
         .any(|a| a == "-p" || a.starts_with("--package") || (a.starts_with("-p") && a.len() > 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn flags_are_found_only_before_the_test_binaries_own_arguments() {
+        let given = args(&["-p", "scope-tests", "--no-fail-fast", "--", "--nocapture"]);
+        assert!(has_cargo_flag(&given, "--no-fail-fast"));
+        assert!(!has_cargo_flag(
+            &args(&["-p", "x", "--", "--no-fail-fast"]),
+            "--no-fail-fast"
+        ));
+        assert!(selects_packages(&given));
+        assert!(!selects_packages(&args(&["--", "-p"])));
+    }
 }

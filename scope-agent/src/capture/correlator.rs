@@ -8,6 +8,11 @@
 //!
 //! - a return with no open frame for its function: the call was running when
 //!   probes went live (or its entry was lost): [`flags::ENTRY_MISSING`];
+//! - events before the probes went live (while the links were being
+//!   attached, one after another) are left out: an entry whose return link
+//!   did not exist yet would otherwise stay open forever, under every later
+//!   call of its stack (a Go goroutine entering `leaf` between the entry
+//!   link and the RET-site link did exactly that);
 //! - a return that matches a frame below the top: the frames above it never
 //!   returned (longjmp, exceptions, lost events): [`flags::UNWOUND`];
 //! - frames deeper than the kernel's limit of nested return probes per thread
@@ -109,6 +114,9 @@ pub struct CorrelatorCounts {
     /// Entries, and returns without an open frame, after the window closed
     /// (while the links were being detached): outside the recording.
     pub after_end: u64,
+    /// Entries, and returns without an open frame, before the probes went
+    /// live (while the links were being attached): outside the recording.
+    pub before_start: u64,
     /// Calls of sampled functions still open when their sampling window
     /// closed ([`flags::WINDOW_CLOSED`]).
     pub window_cut: u64,
@@ -124,8 +132,9 @@ pub struct Correlator {
     next_call_id: u64,
     /// Added to a kernel CLOCK_MONOTONIC timestamp to get Unix epoch ns.
     clock_offset_ns: i64,
-    /// Kernel time at which probes went live: the start of calls whose entry
-    /// was not seen.
+    /// Kernel time at which probes went live (every link of the start
+    /// attached): the start of the recording window, and of calls whose
+    /// entry was not seen.
     live_ktime: u64,
     /// Kernel time at which detaching began (`u64::MAX` until then).
     end_ktime: u64,
@@ -435,6 +444,14 @@ impl Correlator {
             self.counts.after_end += 1;
             return;
         }
+        // Before every link existed: its return may not be probed (the
+        // return link, or a Go function's RET sites, may come after the
+        // entry link), and a frame that never closes would sit under every
+        // later call of its stack.
+        if ev.ktime_ns < self.live_ktime {
+            self.counts.before_start += 1;
+            return;
+        }
         if !self.windows.is_empty()
             && let Some(&(start, end)) = self.windows.get(&ev.function_id)
             && !(start..end).contains(&ev.ktime_ns)
@@ -467,9 +484,14 @@ impl Correlator {
     fn on_return(&mut self, ev: &RawEvent, ret: Option<i64>, key: StackKey) {
         self.counts.returns += 1;
         let after_end = ev.ktime_ns > self.end_ktime;
+        let before_start = ev.ktime_ns < self.live_ktime;
         let Some(thread) = self.threads.get_mut(&key) else {
             if after_end {
                 self.counts.after_end += 1;
+                return;
+            }
+            if before_start {
+                self.counts.before_start += 1;
                 return;
             }
             if self.windows.contains_key(&ev.function_id) {
@@ -521,6 +543,10 @@ impl Correlator {
         else {
             if after_end {
                 self.counts.after_end += 1;
+                return;
+            }
+            if before_start {
+                self.counts.before_start += 1;
                 return;
             }
             if self.windows.contains_key(&ev.function_id) {
@@ -642,6 +668,7 @@ impl Correlator {
     ) {
         let call_id = self.next_call_id;
         self.next_call_id += 1;
+        // Returns before `live_ktime` are left out, so this is `live_ktime`.
         let start = self.live_ktime.min(ev.ktime_ns);
         self.counts.entry_missing += 1;
         self.out.push(CallRecord {
@@ -954,6 +981,47 @@ mod tests {
             (1, flags::RETURN_MISSING)
         );
         assert_eq!(c.counts().after_end, 3);
+    }
+
+    #[test]
+    fn events_before_the_probes_went_live_are_left_out() {
+        // Links attach one after another: the entry link of f (1) fired at
+        // 10 and 20 before its return link (a Go function's RET sites)
+        // existed, and those calls' returns were never probed. Live at 30.
+        let mut c = Correlator::new(0, 30);
+        for e in [
+            enter(10, 1, 1),
+            enter(20, 1, 1),
+            // A return before the start without a frame: no call.
+            leave(25, 1, 2),
+            // Entered before the start, returns after it: already running.
+            leave(35, 1, 2),
+            enter(40, 1, 1),
+            leave(50, 1, 1),
+        ] {
+            c.on_event(&e);
+        }
+        c.on_go_event(&go(26, 1, 0xa0, 4, EVENT_ENTRY_GO));
+        c.on_go_event(&go(45, 2, 0xa0, 4, EVENT_RETURN_GO));
+        c.finish();
+        let calls = c.take_calls();
+        let got: Vec<(u32, u32, u8, i64)> = calls
+            .iter()
+            .map(|c| (c.function_id, c.depth, c.flags, c.duration_ns))
+            .collect();
+        // f's call inside the window is whole and at depth 0: nothing open
+        // from before the start sits under it, and nothing is left open.
+        assert_eq!(
+            got,
+            vec![
+                (2, 0, flags::ENTRY_MISSING, 5),
+                (1, 0, 0, 10),
+                (4, 0, flags::ENTRY_MISSING, 15),
+            ]
+        );
+        assert_eq!(c.counts().before_start, 4);
+        assert_eq!(c.counts().entry_missing, 2);
+        assert_eq!(c.counts().return_missing, 0);
     }
 
     #[test]
