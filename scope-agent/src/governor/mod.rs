@@ -93,8 +93,8 @@ use windows::{Closing, Window};
 /// `--max-functions`' default fits, so every function of a default plan can
 /// be sampled whenever it heats up.
 pub const MAX_GOVERNED: usize = 1024;
-/// How far back a tick looks for a sampled function's rate.
-const HISTORY_NS: i64 = 3_000_000_000;
+/// How far back a tick looks at most for a sampled function's rate.
+const HISTORY_NS: i64 = 10_000_000_000;
 /// What an early tick judges: the last this long.
 const RECENT: Duration = Duration::from_millis(100);
 /// No function's modelled cost of full recording is taken above this
@@ -914,7 +914,17 @@ impl Governor {
         // for the tick's length.
         let mut sampled = FxHashMap::default();
         if !sampled_ids.is_empty() {
-            let since = to_ns.saturating_sub(HISTORY_NS);
+            // The tick, reaching back to take in two windows (sampled
+            // functions are seen only there), but no further than
+            // HISTORY_NS: a function that cooled down must show it.
+            let slots = self.ledger.slots();
+            let mut windows = slots
+                .iter()
+                .rev()
+                .filter(|s| !s.windowed.is_empty() && s.end_ns <= to_ns)
+                .map(|s| s.start_ns);
+            let second = windows.nth(1).unwrap_or(i64::MIN);
+            let since = from_ns.min(second).max(to_ns.saturating_sub(HISTORY_NS));
             let first = self
                 .ledger
                 .slots()
