@@ -211,17 +211,54 @@ fn record_with_a_budget_estimates_a_sampled_function_from_its_caller() {
 fn a_short_run_is_estimated_from_its_first_milliseconds() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    // --max-overhead 5 on a run of about 0.1 s: 200,000 calls of a
-    // 100-ns function; the decision comes 30 ms in.
+    // --max-overhead 5 on a run of about 0.1 s unprobed: 40,000 calls of a
+    // 2-µs function on each of two threads; the decision comes 30 ms in.
+    // outer (a call per 100 hot ones) costs little and stays recorded: the
+    // clock hot is counted by.
     let run = record_rates(
         dir.path(),
         &["--max-overhead", "5"],
-        &["run", "2", "100000", "100"],
+        &["run", "2", "40000", "2000"],
     );
     assert_success(&run);
     let t = truth_of(&run.stdout);
     assert_holds(dir.path(), "hot", t.hot, &run.stderr);
     assert_holds(dir.path(), "outer", t.outer, &run.stderr);
+}
+
+#[test]
+fn a_function_far_cheaper_than_its_probes_gets_a_lower_bound_only() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    // --max-overhead 5, and only hot probed: 2,000,000 calls of a 1-ns
+    // function, nothing counted beside it. Its probes cost thousands of
+    // times what it does, so the CPU time left over cannot bound its
+    // calls: scope says how many at least, and that it knows no more.
+    let bin = rates();
+    let run = record_with(
+        dir.path(),
+        &["hot"],
+        &["--max-overhead", "5"],
+        &[&bin, "run", "1", "2000000", "0"],
+    );
+    assert_success(&run);
+    let t = truth_of(&run.stdout);
+    let row = total(dir.path(), "hot");
+    assert_eq!(row["exact"], false, "{row:?}");
+    let low = int(&row, "calls_low").unwrap();
+    assert!(low <= t.hot, "{row:?} for {}", t.hot);
+    match int(&row, "calls") {
+        None => {
+            assert!(row["calls_high"].is_null(), "{row:?}");
+            assert_eq!(row["method"], "sampled: lower bound only", "{row:?}");
+            assert!(run.stderr.contains("hot: sampled"), "{}", run.stderr);
+            assert!(run.stderr.contains('≥'), "{}", run.stderr);
+        }
+        // Should the VM be fast enough for an estimate, it must hold.
+        Some(_) => {
+            assert_holds(dir.path(), "hot", t.hot, &run.stderr);
+        }
+    }
 }
 
 #[test]
@@ -232,7 +269,7 @@ fn bursts_are_estimated_too() {
     let run = record_rates(
         dir.path(),
         &["--max-overhead", "5"],
-        &["for", "2500", "2", "400", "bursty:30:100"],
+        &["for", "2500", "2", "4000", "bursty:30:100"],
     );
     assert_success(&run);
     let t = truth_of(&run.stdout);

@@ -64,14 +64,17 @@ fn recorded_plus_lost_is_exactly_every_probe_hit() {
     assert!(run.status.success(), "{}", run.stderr);
 
     let d = dir.path().display();
+    // With events lost no count is exact: `calls` is what was recorded,
+    // `calls_exact` false.
     let session = one(&format!(
-        "SELECT events, calls, lost FROM read_parquet('{d}/sessions/**/*.parquet')"
+        "SELECT events, calls_recorded, calls, calls_exact, lost FROM read_parquet('{d}/sessions/**/*.parquet')"
     ));
     let (events, calls, lost) = (
         int(&session, "events"),
-        int(&session, "calls"),
+        int(&session, "calls_recorded"),
         int(&session, "lost"),
     );
+    assert_eq!(session["calls_exact"], false, "{session:?}");
     assert!(
         lost > 0,
         "the stopped agent should have lost events: {session:?}"
@@ -204,13 +207,13 @@ fn status_lines_and_agent_metrics_while_recording() {
     // final row), with the final row holding the session's totals.
     let d = dir.path().display();
     let rows = duckdb(&format!(
-        "SELECT events, calls, lost, ring_fill_pct, agent_cpu_pct, files_written \
+        "SELECT events, call_rows, lost, ring_fill_pct, agent_cpu_pct, files_written \
          FROM read_parquet('{d}/agent_metrics/**/*.parquet') ORDER BY ts_ns"
     ));
     assert!(rows.len() >= 2, "{rows:?}");
     let last = rows.last().unwrap();
     assert_eq!(int(last, "events"), 10, "{rows:?}");
-    assert_eq!(int(last, "calls"), 5, "{rows:?}");
+    assert_eq!(int(last, "call_rows"), 5, "{rows:?}");
     assert_eq!(int(last, "lost"), 0, "{rows:?}");
     assert!(last["ring_fill_pct"].is_number(), "{rows:?}");
     // With -q, no status lines.

@@ -314,7 +314,8 @@ impl LoadedProbes {
 
     /// Attaches the entry program (and the return program, if `returns`) to
     /// `points` of the ELF file at `path`, for process `pid` only (0: every
-    /// process that maps the file). Returns the links; dropping them detaches.
+    /// process that maps the file). Returns the links, the entry link first;
+    /// dropping them detaches.
     pub fn attach_module(
         &mut self,
         path: &Path,
@@ -323,11 +324,16 @@ impl LoadedProbes {
         returns: bool,
     ) -> Result<Vec<ProbeLink>, AttachError> {
         check_function_count(path, points.len())?;
-        let mut links = vec![self.link(path, points, pid, Direction::Entry)?];
-        if returns {
-            links.push(self.link(path, points, pid, Direction::Return)?);
+        if !returns {
+            return Ok(vec![self.link(path, points, pid, Direction::Entry)?]);
         }
-        Ok(links)
+        // The return link first: a call entered between the two links then
+        // has a return without an entry (marked, or a window edge), never
+        // an entry whose return is not probed (a frame that would stay open
+        // under every later call of its thread).
+        let ret = self.link(path, points, pid, Direction::Return)?;
+        let entry = self.link(path, points, pid, Direction::Entry)?;
+        Ok(vec![entry, ret])
     }
 
     /// Attaches the RET-site program (a plain uprobe) to `points`, the RET

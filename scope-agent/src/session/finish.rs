@@ -181,10 +181,11 @@ fn report_incomplete(counts: &CorrelatorCounts, reader: &RingReader) {
         );
     }
     // Events read but in no row: say how many, never drop them silently.
-    let unused = counts.after_end + counts.unknown_kind + reader.malformed();
+    let unused = counts.before_start + counts.after_end + counts.unknown_kind + reader.malformed();
     if unused > 0 {
         eprintln!(
-            "scope: {unused} events read but not in any call: {} after recording ended (while links closed), {} of an unknown kind, {} too short for their kind",
+            "scope: {unused} events read but not in any call: {} before recording started (while links attached), {} after recording ended (while links closed), {} of an unknown kind, {} too short for their kind",
+            counts.before_start,
             counts.after_end,
             counts.unknown_kind,
             reader.malformed()
