@@ -158,6 +158,12 @@ fn main() -> anyhow::Result<()> {
             calls_recorded: counts.calls,
             lost: 0,
             max_overhead_pct: None,
+            predicted_full_pct: None,
+            predicted_full_at_least: false,
+            predicted_pct: None,
+            measured_pct: None,
+            measured_low_pct: None,
+            measured_high_pct: None,
         },
         &[],
     )?;

@@ -196,7 +196,9 @@ pub struct Governor {
     calls_so_far: Option<CallsSoFar>,
     /// The slowdown the probes caused in the last tick, percent.
     measured_pct: Option<f64>,
-    /// Whether the full-recording prediction is only a lower bound.
+    /// The last prediction of recording every call, percent, and whether
+    /// it is only a lower bound.
+    full_pct: Option<f64>,
     full_at_least: bool,
     /// State of the pauses' jitter (see `windows::jitter`).
     rng: u64,
@@ -270,6 +272,7 @@ impl Governor {
             read_cost: Duration::ZERO,
             calls_so_far: None,
             measured_pct: None,
+            full_pct: None,
             full_at_least: false,
             window_factor: 1.0,
             rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(setup.pid),
@@ -505,9 +508,10 @@ impl Governor {
         estimate::estimate(&self.ledger, ids, self.band, lost)
     }
 
-    /// Whether the last prediction of full recording was a lower bound.
-    pub fn full_prediction_at_least(&self) -> bool {
-        self.full_at_least
+    /// The last prediction of recording every call (percent), and whether
+    /// it is only a lower bound.
+    pub fn full_prediction(&self) -> (Option<f64>, bool) {
+        (self.full_pct, self.full_at_least)
     }
 
     /// One step of the capture loop, after a drain: cuts calls of windows
@@ -759,6 +763,7 @@ impl Governor {
         }
         let current = policy::current_pct(&loads, &sampled, self.n, self.window_factor);
         let decision = decide_with(&decide_loads, self.budget_pct, self.window_factor);
+        self.full_pct = Some(decision.full_pct);
         if !self.predicted_once {
             self.predicted_once = true;
             let rate = total_calls / wall.as_secs_f64().max(1e-3);

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use super::plan::{Output, Planned, function_rows};
 use super::sink::SessionSink;
 use super::warmup::prepare_governor;
-use super::watch::FullCostWatch;
+use super::watch::CostWatch;
 use super::{SessionConfig, Target, process_gone};
 use crate::capture::correlator::Correlator;
 use crate::capture::pipeline::SinkThread;
@@ -57,9 +57,9 @@ pub(super) struct Live {
     /// `functions` files (path, size).
     pub(super) late_plans: Vec<Plan>,
     pub(super) late_files: Vec<(PathBuf, u64)>,
-    /// `record` without a budget: what recording every call costs, said
-    /// early.
-    pub(super) full_cost: Option<FullCostWatch>,
+    /// What the probes cost the target (said early for `record` without a
+    /// budget).
+    pub(super) cost: CostWatch,
 }
 
 /// Starts the command held at its gate (or watches the process), loads and
@@ -185,8 +185,11 @@ pub(super) fn load_and_attach(
         let _ = writer.finish();
         return Err(e.into());
     }
-    let full_cost = (matches!(cfg.target, Target::Record { .. }) && governor.is_none())
-        .then(|| FullCostWatch::start(pid, cfg.warmup));
+    let cost = CostWatch::start(
+        pid,
+        cfg.warmup,
+        matches!(cfg.target, Target::Record { .. }) && governor.is_none(),
+    );
     Ok(Live {
         clock,
         session_id,
@@ -203,7 +206,7 @@ pub(super) fn load_and_attach(
         late_functions,
         late_plans: Vec::new(),
         late_files: Vec::new(),
-        full_cost,
+        cost,
     })
 }
 

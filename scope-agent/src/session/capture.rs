@@ -107,12 +107,9 @@ impl Loop {
             self.last_module_poll = Instant::now();
             attach_late(planned, live);
         }
-        if let Some(w) = live.full_cost.as_mut() {
-            let c = live.correlator.counts();
-            if let Some(line) = w.check(c.entries) {
-                self.status.clear();
-                eprintln!("scope: {line}");
-            }
+        if let Some(line) = live.cost.check(live.correlator.counts().entries) {
+            self.status.clear();
+            eprintln!("scope: {line}");
         }
         // After the loss read, so the status and metrics totals include it.
         self.show_status(live)?;

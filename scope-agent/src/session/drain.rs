@@ -24,9 +24,7 @@ pub(super) fn detach_and_drain(live: &mut Live, ended: &mut Ended) -> Drained {
     // Events from while the links close one by one are outside the window.
     let end = crate::time::monotonic_ns();
     live.correlator.close_window(end);
-    if let Some(w) = live.full_cost.as_mut() {
-        w.stop();
-    }
+    live.cost.stop();
     if let Some(g) = live.governor.as_mut() {
         g.end_recording(end);
     }

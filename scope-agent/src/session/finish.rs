@@ -54,7 +54,7 @@ pub(super) fn write_and_report(
         writer,
         late_plans,
         late_files,
-        full_cost,
+        cost,
         ..
     } = live;
     let stop_reason = ended.reason;
@@ -70,6 +70,22 @@ pub(super) fn write_and_report(
     let counts = correlator.counts();
     let lost = reader.lost_total();
     let estimates = counts_of(planned, &late_plans, governor.as_ref(), &stats, lost);
+    // What the probes cost the target, measured; and what was predicted.
+    let exited = child.as_ref().and_then(|c| c.user_sys_ns());
+    let measured = cost.measured(exited);
+    let (predicted_full, predicted_full_at_least, predicted) = match &governor {
+        Some(g) => {
+            let (full, at_least) = g.full_prediction();
+            (full, at_least, g.status().map(|s| s.predicted_pct))
+        }
+        // Every call recorded: the prediction of full recording is what
+        // was measured.
+        None => (
+            measured.map(|m| m.pct),
+            measured.is_some_and(|m| m.at_least),
+            measured.map(|m| m.pct),
+        ),
+    };
     let totals: Vec<TotalRecord> = estimates.iter().map(|e| total_row(e, &stats)).collect();
     let all_exact = estimates.iter().all(|e| e.exact);
     let session_calls: Option<u64> = estimates.iter().map(|e| e.calls).sum();
@@ -87,6 +103,12 @@ pub(super) fn write_and_report(
         calls_recorded: stats.total_calls(),
         lost,
         max_overhead_pct: cfg.max_overhead,
+        predicted_full_pct: predicted_full,
+        predicted_full_at_least,
+        predicted_pct: predicted,
+        measured_pct: measured.filter(|m| !m.at_least).map(|m| m.pct),
+        measured_low_pct: measured.map(|m| m.low_pct),
+        measured_high_pct: measured.and_then(|m| m.high_pct),
     };
     let finished = store.finish(&session_row, &totals);
     if let Err(e) = written {
@@ -129,8 +151,9 @@ pub(super) fn write_and_report(
         format_duration_ns(elapsed.as_nanos() as u64),
         mean_cpu_pct
     );
-    if let Some(w) = full_cost.as_ref()
-        && let Some((_, line)) = w.final_line(child.as_ref().and_then(|c| c.user_sys_ns()))
+    if governor.is_none()
+        && matches!(cfg.target, super::Target::Record { .. })
+        && let Some(line) = cost.final_line(exited)
     {
         eprintln!("scope: {line}");
     }

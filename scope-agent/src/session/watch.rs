@@ -131,8 +131,10 @@ fn user_sys(pid: u32) -> Option<(u64, u64)> {
     ))
 }
 
-/// Watches a `record` without a budget.
-pub struct FullCostWatch {
+/// Watches what the probes cost the target over a session: measured for
+/// every session (the `sessions` table's `measured_pct`), said early only
+/// for `record` without a budget.
+pub struct CostWatch {
     pid: u32,
     started: Instant,
     after: Duration,
@@ -142,16 +144,17 @@ pub struct FullCostWatch {
     said: bool,
 }
 
-impl FullCostWatch {
-    /// `after`: when to say what recording costs (`--warmup`).
-    pub fn start(pid: u32, after: Duration) -> Self {
-        FullCostWatch {
+impl CostWatch {
+    /// `after`: when to say what recording every call costs (`--warmup`),
+    /// if `say` (a `record` without a budget).
+    pub fn start(pid: u32, after: Duration, say: bool) -> Self {
+        CostWatch {
             pid,
             started: Instant::now(),
             after,
             at_start: user_sys(pid).unwrap_or_default(),
             stopped: None,
-            said: false,
+            said: !say,
         }
     }
 
@@ -182,26 +185,29 @@ impl FullCostWatch {
         self.stopped = user_sys(self.pid);
     }
 
-    /// At the end: what recording every call cost over the whole run, if
-    /// worth saying; `exited` is the command's (user, system) time when it
-    /// has exited (from `wait4`).
-    pub fn final_line(&self, exited: Option<(u64, u64)>) -> Option<(FullCost, String)> {
+    /// What the probes cost the target over the session: its kernel time
+    /// in their handling over its own; `exited` is the command's (user,
+    /// system) time when it has exited (from `wait4`).
+    pub fn measured(&self, exited: Option<(u64, u64)>) -> Option<FullCost> {
         let (user, sys) = exited.or(self.stopped)?;
-        let c = full_cost(
+        Some(full_cost(
             user.saturating_sub(self.at_start.0) as f64,
             sys.saturating_sub(self.at_start.1) as f64,
-        );
+        ))
+    }
+
+    /// At the end of a `record` without a budget: what recording every call
+    /// cost over the whole run, if worth saying.
+    pub fn final_line(&self, exited: Option<(u64, u64)>) -> Option<String> {
+        let c = self.measured(exited)?;
         (c.pct >= WORTH_SAYING_PCT).then(|| {
             let range = match c.high_pct {
                 Some(h) if !c.at_least => format!(", {:.0}–{h:.0}%", c.low_pct),
                 _ => String::new(),
             };
-            (
-                c,
-                format!(
-                    "recording every call slowed this command by {}{range} (its time in the kernel's probe handling over its own; --max-overhead 5 samples instead)",
-                    c.text()
-                ),
+            format!(
+                "recording every call slowed this command by {}{range} (its time in the kernel's probe handling over its own; --max-overhead 5 samples instead)",
+                c.text()
             )
         })
     }

@@ -26,7 +26,12 @@
 //!   clock_offset_ns, events, calls (over all functions: exact when
 //!   calls_exact, else the sum of the estimates; null when one is unknown),
 //!   calls_exact, calls_recorded (rows in `calls`), lost, max_overhead_pct
-//!   (the governor's budget; null when every call was recorded)
+//!   (the governor's budget; null when every call was recorded),
+//!   predicted_full_pct and predicted_full_at_least (the slowdown of
+//!   recording every call: the governor's prediction, or what was measured
+//!   when every call was), predicted_pct (the slowdown of what was done at
+//!   the end), measured_pct, measured_low_pct, measured_high_pct (what the
+//!   probes cost the target, measured from its user and system time)
 //! - `totals`: one row per probed function: function_id, calls (exact, or
 //!   the estimate; null when no honest one exists), exact, calls_low and
 //!   calls_high (95% interval; calls_high null when unbounded),
@@ -180,6 +185,20 @@ pub struct SessionRow {
     pub lost: u64,
     /// `--max-overhead` (`None`: every call recorded).
     pub max_overhead_pct: Option<f64>,
+    /// Predicted slowdown of recording every call, percent (the governor's
+    /// last; with every call recorded, what was measured), and whether it
+    /// is only a lower bound.
+    pub predicted_full_pct: Option<f64>,
+    pub predicted_full_at_least: bool,
+    /// Predicted slowdown of the way the session recorded at its end.
+    pub predicted_pct: Option<f64>,
+    /// What the probes cost the target, measured: its kernel time in their
+    /// handling over its own time, percent, with the range its tick
+    /// sampling allows (`measured_pct` null when only a lower bound is
+    /// known, `measured_high_pct` null when there is no upper one).
+    pub measured_pct: Option<f64>,
+    pub measured_low_pct: Option<f64>,
+    pub measured_high_pct: Option<f64>,
 }
 
 /// What [`ParquetStore::finish`] wrote over the whole session.

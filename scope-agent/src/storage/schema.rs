@@ -191,6 +191,12 @@ pub static SESSIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("calls_recorded", DataType::UInt64, false),
         Field::new("lost", DataType::UInt64, false),
         Field::new("max_overhead_pct", DataType::Float64, true),
+        Field::new("predicted_full_pct", DataType::Float64, true),
+        Field::new("predicted_full_at_least", DataType::Boolean, false),
+        Field::new("predicted_pct", DataType::Float64, true),
+        Field::new("measured_pct", DataType::Float64, true),
+        Field::new("measured_low_pct", DataType::Float64, true),
+        Field::new("measured_high_pct", DataType::Float64, true),
     ]))
 });
 
@@ -456,6 +462,12 @@ pub(crate) fn session_batch(s: &SessionRow) -> Result<RecordBatch, ArrowError> {
         Arc::new(UInt64Array::from(vec![s.calls_recorded])),
         Arc::new(UInt64Array::from(vec![s.lost])),
         Arc::new(Float64Array::from(vec![s.max_overhead_pct])),
+        Arc::new(Float64Array::from(vec![s.predicted_full_pct])),
+        Arc::new(BooleanArray::from(vec![s.predicted_full_at_least])),
+        Arc::new(Float64Array::from(vec![s.predicted_pct])),
+        Arc::new(Float64Array::from(vec![s.measured_pct])),
+        Arc::new(Float64Array::from(vec![s.measured_low_pct])),
+        Arc::new(Float64Array::from(vec![s.measured_high_pct])),
     ];
     RecordBatch::try_new(SESSIONS.clone(), columns)
 }

@@ -64,6 +64,12 @@ fn session_row() -> SessionRow {
         calls_recorded: 5,
         lost: 6,
         max_overhead_pct: None,
+        predicted_full_pct: None,
+        predicted_full_at_least: false,
+        predicted_pct: None,
+        measured_pct: None,
+        measured_low_pct: None,
+        measured_high_pct: None,
     }
 }
 
