@@ -159,14 +159,17 @@ impl Ledger {
         last.end_ns = at_ns;
         if let Some(reading) = cpu {
             last.read = true;
-            last.cpu_ns = reading.map(|now| {
+            // A reading fails once the process has exited: nothing ran
+            // since that could be seen (what ran before its threads ended
+            // is given to the last slot by `finish`, from the total).
+            last.cpu_ns = Some(reading.map_or(0, |now| {
                 let mut ran = 0u64;
                 for (tid, ns) in &now {
                     ran += ns.saturating_sub(self.last_cpu.get(tid).copied().unwrap_or(0));
                 }
                 self.last_cpu = now;
                 ran
-            });
+            }));
             if let Some(ran) = last.cpu_ns {
                 self.cpu_total_ns += ran;
             }
@@ -321,6 +324,23 @@ impl Ledger {
         }
         self.slots = out;
     }
+}
+
+/// User and system time of `pid` so far, ns (`/proc/PID/stat`; every
+/// thread, those that exited too).
+pub fn read_user_sys(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parens):
+    // state is field 3, utime 14 and stime 15.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ticks = |i: usize| f.get(i)?.parse::<u64>().ok();
+    Some((
+        ticks(11)? * 1_000_000_000 / hz,
+        ticks(12)? * 1_000_000_000 / hz,
+    ))
 }
 
 /// The `n` largest counts of `m`, largest first (ties by id).

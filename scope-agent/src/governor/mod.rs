@@ -78,7 +78,7 @@ use crate::capture::correlator::Correlator;
 use crate::capture::{AggregateRecord, CallRecord, GovernorRecord};
 use crate::probe::attach::{LoadedProbes, ProbeLink, ProbePoint};
 use estimate::{CostBand, CountEstimate, estimate_since};
-use ledger::{Ledger, SLOT, read_thread_cpu};
+use ledger::{Ledger, SLOT, read_thread_cpu, read_user_sys};
 use messages::grouped_message;
 pub use model::{
     Cost, MAX_N, ProbeCosts, calibrate, measure_costs, overhead_pct, sampling_n, target_cpu_ns,
@@ -157,6 +157,8 @@ pub struct Governor {
     tick_started: Instant,
     tick_started_ns: i64,
     tick_cpu_ns: u64,
+    /// The target's system time at the tick's start (`/proc/PID/stat`).
+    tick_sys_ns: u64,
     tick_len: Duration,
     seen: FxHashMap<u32, u64>,
     /// Of `seen`: calls of governed functions recorded in full, and of
@@ -306,6 +308,7 @@ impl Governor {
             tick_started: now,
             tick_started_ns: setup.now_ns,
             tick_cpu_ns: target_cpu_ns(setup.pid).unwrap_or(0),
+            tick_sys_ns: read_user_sys(setup.pid).map_or(0, |u| u.1),
             tick_len: setup.first_tick,
             seen: FxHashMap::default(),
             seen_governed_full: 0,
@@ -693,10 +696,20 @@ impl Governor {
             self.tick_started_ns
         };
         let wall_ns = (tick_end_ns - from_ns).max(1) as f64;
-        let tick = self.tick_figures(from_ns, tick_end_ns, wall_ns);
+        // The probes cannot have taken more than the target's whole system
+        // time (the kernel charges their handling there): a cap on what the
+        // calibration says, when the machine's load made it read high.
+        let sys_now = read_user_sys(self.pid).map(|u| u.1);
+        let sys_cap = sys_now.map(|now| {
+            let d = now.saturating_sub(self.tick_sys_ns) as f64;
+            // Tick sampling: two standard deviations and a tick of slack.
+            d + 2.0 * (d * 4e6).sqrt() + 10e6
+        });
+        let tick = self.tick_figures(from_ns, tick_end_ns, wall_ns, sys_cap);
         self.measured_pct = Some(100.0 * tick.probe_ns / tick.own_ns);
-        let cost_of =
-            |calls: f64| (100.0 * calls * self.cost.full_ns / tick.own_ns).min(MAX_LOAD_PCT);
+        let cost_of = |calls: f64| {
+            (100.0 * calls * self.cost.full_ns * tick.cost_scale / tick.own_ns).min(MAX_LOAD_PCT)
+        };
         let mut loads = Vec::new();
         let mut total_calls = 0.0;
         let mut lower_bound_only = false;
@@ -877,6 +890,9 @@ impl Governor {
         self.tick_started = now;
         self.tick_started_ns = tick_end_ns;
         self.tick_cpu_ns = cpu;
+        if let Some(sys) = sys_now {
+            self.tick_sys_ns = sys;
+        }
         self.tick_len = TICK;
         self.seen.clear();
         self.seen_governed_full = 0;
@@ -889,7 +905,13 @@ impl Governor {
     /// What the ledger says of the tick from `from_ns` to `to_ns`: the
     /// target's own time and what the probes took of it, the calls of the
     /// functions recorded in full, and the recent counts of those sampled.
-    fn tick_figures(&self, from_ns: i64, to_ns: i64, wall_ns: f64) -> TickFigures {
+    fn tick_figures(
+        &self,
+        from_ns: i64,
+        to_ns: i64,
+        wall_ns: f64,
+        sys_cap_ns: Option<f64>,
+    ) -> TickFigures {
         let slots: Vec<&ledger::Slot> = self
             .ledger
             .slots()
@@ -897,10 +919,16 @@ impl Governor {
             .filter(|s| s.start_ns >= from_ns && s.end_ns <= to_ns)
             .collect();
         let cpu_ns: f64 = slots.iter().filter_map(|s| s.cpu_ns).sum::<u64>() as f64;
-        let probe_ns: f64 = slots
+        let modelled: f64 = slots
             .iter()
             .map(|s| s.entries as f64 * self.band.entry_ns + s.returns as f64 * self.band.return_ns)
             .sum();
+        let probe_ns = modelled.min(sys_cap_ns.unwrap_or(f64::INFINITY));
+        let cost_scale = if modelled > 0.0 {
+            probe_ns / modelled
+        } else {
+            1.0
+        };
         // The target's own time: its CPU time when it is busy (several
         // threads may use more than the wall time), the wall time when it
         // mostly waits; never below a hundredth of it, so the calibration's
@@ -954,6 +982,7 @@ impl Governor {
         TickFigures {
             own_ns,
             probe_ns,
+            cost_scale,
             calls,
             sampled,
         }
@@ -1035,6 +1064,9 @@ struct TickFigures {
     /// time, ns.
     own_ns: f64,
     probe_ns: f64,
+    /// The probe cost this tick, against the calibrated one (below 1 when
+    /// the target's system time says the calibration read high).
+    cost_scale: f64,
     /// Calls counted in the tick, by function (all probed calls).
     calls: FxHashMap<u32, f64>,
     /// Functions sampled during the tick: their calls in a tick's length.

@@ -16,6 +16,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::governor::ledger::read_user_sys;
 use crate::governor::predicted_text;
 
 /// Said only from this slowdown on (percent).
@@ -114,23 +115,6 @@ fn full_cost_at(user_ns: f64, sys_ns: f64, grain: f64) -> FullCost {
     }
 }
 
-/// User and system time of `pid` so far, ns (`/proc/PID/stat`; every
-/// thread, those that exited too).
-fn user_sys(pid: u32) -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces and parens):
-    // state is field 3, utime 14 and stime 15.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let ticks = |i: usize| f.get(i)?.parse::<u64>().ok();
-    Some((
-        ticks(11)? * 1_000_000_000 / hz,
-        ticks(12)? * 1_000_000_000 / hz,
-    ))
-}
-
 /// Watches what the probes cost the target over a session: measured for
 /// every session (the `sessions` table's `measured_pct`), said early only
 /// for `record` without a budget.
@@ -152,7 +136,7 @@ impl CostWatch {
             pid,
             started: Instant::now(),
             after,
-            at_start: user_sys(pid).unwrap_or_default(),
+            at_start: read_user_sys(pid).unwrap_or_default(),
             stopped: None,
             said: !say,
         }
@@ -164,7 +148,7 @@ impl CostWatch {
         if self.said || self.started.elapsed() < self.after {
             return None;
         }
-        let (user, sys) = user_sys(self.pid)?;
+        let (user, sys) = read_user_sys(self.pid)?;
         self.said = true;
         let c = full_cost(
             user.saturating_sub(self.at_start.0) as f64,
@@ -182,7 +166,7 @@ impl CostWatch {
 
     /// Recording stopped now (before detaching).
     pub fn stop(&mut self) {
-        self.stopped = user_sys(self.pid);
+        self.stopped = read_user_sys(self.pid);
     }
 
     /// What the probes cost the target over the session: its kernel time
