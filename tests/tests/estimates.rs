@@ -19,6 +19,13 @@ use scope_tests::*;
 
 type Row = serde_json::Map<String, serde_json::Value>;
 
+/// The tests here measure rates and CPU time: they run one at a time, so
+/// that two of them do not share the machine's two CPUs with each other.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The rates fixture, built once.
 fn rates() -> String {
     c_fixture_file("rates", "2").display().to_string()
@@ -131,6 +138,7 @@ fn record_rates(out: &Path, flags: &[&str], args: &[&str]) -> AgentRun {
 #[test]
 fn record_with_no_flags_counts_every_call_and_says_what_that_costs() {
     require_root();
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     // The default path: no flags. About 1 µs of work per hot call, several
     // µs of probes: recording every call slows the command several times.
@@ -165,6 +173,7 @@ fn record_with_no_flags_counts_every_call_and_says_what_that_costs() {
 #[test]
 fn record_with_a_budget_estimates_a_sampled_function_from_its_caller() {
     require_root();
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     // --max-overhead 5 (record's default records everything): 2 s of hot
     // at about 5 µs of work per call on two threads, 1.5x that in probes.
@@ -210,6 +219,7 @@ fn record_with_a_budget_estimates_a_sampled_function_from_its_caller() {
 #[test]
 fn a_short_run_is_estimated_from_its_first_milliseconds() {
     require_root();
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     // --max-overhead 5 on a run of about 0.1 s unprobed: 40,000 calls of a
     // 2-µs function on each of two threads; the decision comes 30 ms in.
@@ -229,6 +239,7 @@ fn a_short_run_is_estimated_from_its_first_milliseconds() {
 #[test]
 fn a_function_far_cheaper_than_its_probes_gets_a_lower_bound_only() {
     require_root();
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     // --max-overhead 5, and only hot probed: 2,000,000 calls of a 1-ns
     // function, nothing counted beside it. Its probes cost thousands of
@@ -264,6 +275,7 @@ fn a_function_far_cheaper_than_its_probes_gets_a_lower_bound_only() {
 #[test]
 fn bursts_are_estimated_too() {
     require_root();
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     // --max-overhead 5: 30 ms of calls, 100 ms of sleep, for 2.5 s.
     let run = record_rates(
@@ -280,6 +292,7 @@ fn bursts_are_estimated_too() {
 #[test]
 fn arguments_are_captured_in_sampling_windows() {
     require_root();
+    let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     // --max-overhead 5 --args-for hot: the sampled calls carry their
     // argument (the spin count) like any recorded call.
@@ -371,6 +384,7 @@ impl Drop for Serve {
 #[test]
 fn attach_with_no_flags_samples_a_function_that_heats_up_and_estimates_it() {
     require_root();
+    let _one = one_at_a_time();
     let mut target = Serve::spawn();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().display().to_string();
@@ -412,6 +426,7 @@ fn attach_with_no_flags_samples_a_function_that_heats_up_and_estimates_it() {
 #[test]
 fn two_agents_sample_one_process_each_on_its_own() {
     require_root();
+    let _one = one_at_a_time();
     let mut target = Serve::spawn();
     let pid = target.pid.to_string();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
@@ -449,6 +464,7 @@ fn two_agents_sample_one_process_each_on_its_own() {
 #[test]
 fn a_killed_agent_leaves_no_probe_while_it_samples() {
     require_root();
+    let _one = one_at_a_time();
     let mut target = Serve::spawn();
     let pid = target.pid.to_string();
     let dir = tempfile::tempdir().unwrap();

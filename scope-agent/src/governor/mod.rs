@@ -159,6 +159,9 @@ pub struct Governor {
     tick_cpu_ns: u64,
     /// The target's system time at the tick's start (`/proc/PID/stat`).
     tick_sys_ns: u64,
+    /// Its system time when the governor started and when recording ended.
+    sys_at_start: Option<u64>,
+    sys_at_end: Option<u64>,
     tick_len: Duration,
     seen: FxHashMap<u32, u64>,
     /// Of `seen`: calls of governed functions recorded in full, and of
@@ -309,6 +312,8 @@ impl Governor {
             tick_started_ns: setup.now_ns,
             tick_cpu_ns: target_cpu_ns(setup.pid).unwrap_or(0),
             tick_sys_ns: read_user_sys(setup.pid).map_or(0, |u| u.1),
+            sys_at_start: read_user_sys(setup.pid).map(|u| u.1),
+            sys_at_end: None,
             tick_len: setup.first_tick,
             seen: FxHashMap::default(),
             seen_governed_full: 0,
@@ -508,7 +513,34 @@ impl Governor {
     /// The count of every function in `ids` over the session (call after
     /// [`finish`](Self::finish)); `lost` events make none exact.
     pub fn estimates(&self, ids: &[u32], lost: u64) -> Vec<CountEstimate> {
-        estimate::estimate(&self.ledger, ids, self.band, lost)
+        estimate::estimate(&self.ledger, ids, self.session_band(), lost)
+    }
+
+    /// The cost band for the session's estimates: the calibrated cost, but
+    /// never more per event than the target's system time over the session
+    /// allows (the kernel charges the probes' handling there; a calibration
+    /// taken on a loaded machine reads high).
+    fn session_band(&self) -> CostBand {
+        let (Some(sys_end), Some(sys_start)) = (self.sys_at_end, self.sys_at_start) else {
+            return self.band;
+        };
+        let slots = self.ledger.slots();
+        let modelled: f64 = slots
+            .iter()
+            .map(|s| s.entries as f64 * self.band.entry_ns + s.returns as f64 * self.band.return_ns)
+            .sum();
+        let d = sys_end.saturating_sub(sys_start) as f64;
+        // Tick sampling: two standard deviations and a tick of slack.
+        let cap = d + 2.0 * (d * 4e6).sqrt() + 10e6;
+        if modelled <= cap || modelled <= 0.0 {
+            return self.band;
+        }
+        let scale = cap / modelled;
+        CostBand {
+            entry_ns: self.band.entry_ns * scale,
+            return_ns: self.band.return_ns * scale,
+            ..self.band
+        }
     }
 
     /// The last prediction of recording every call (percent), and whether
@@ -1042,13 +1074,17 @@ impl Governor {
     /// slot ends there, with a CPU reading.
     pub fn end_recording(&mut self, mono_ns: u64) {
         self.cut(mono_ns, true);
+        self.sys_at_end = read_user_sys(self.pid).map(|u| u.1);
     }
 
     /// Final rows (the last partial tick's aggregates), and the ledger
-    /// closed; `total_cpu_ns` is the target's whole CPU time when known (a
+    /// closed; `exited` is the target's (user, system) time when known (a
     /// `record`ed command that exited).
-    pub fn finish(&mut self, now_ns: i64, total_cpu_ns: Option<u64>) {
-        self.ledger.finish(total_cpu_ns);
+    pub fn finish(&mut self, now_ns: i64, exited: Option<(u64, u64)>) {
+        self.ledger.finish(exited.map(|(u, s)| u + s));
+        if let Some((_, sys)) = exited {
+            self.sys_at_end = Some(sys);
+        }
         let now = Instant::now();
         let mut on = self.window_on;
         if let Window::On { since, .. } = &self.window {

@@ -51,9 +51,11 @@ fn time_calls(f: extern "C" fn(u64) -> u64, calls: u32) -> f64 {
     started.elapsed().as_nanos() as f64
 }
 
-/// The fastest of three timings of `calls` calls of `f`, in ns per call.
+/// The fastest of five timings of `calls` calls of `f`, in ns per call (on
+/// a loaded machine most timings include preemption; the fastest the
+/// fewest).
 fn best_per_call(f: extern "C" fn(u64) -> u64) -> f64 {
-    (0..3)
+    (0..5)
         .map(|_| time_calls(f, CALIBRATION_CALLS))
         .fold(f64::INFINITY, f64::min)
         / f64::from(CALIBRATION_CALLS)

@@ -64,7 +64,7 @@ pub(super) fn detach_and_drain(live: &mut Live, ended: &mut Ended) -> Drained {
         if let Some(g) = governor.as_mut() {
             g.observe(&calls);
             // A command that exited: its whole CPU time, from wait4.
-            g.finish(end_ns, child.as_ref().and_then(|c| c.cpu_ns()));
+            g.finish(end_ns, child.as_ref().and_then(|c| c.user_sys_ns()));
             let (rows, aggs, _) = g.take_rows();
             if !rows.is_empty() {
                 writer.send(SinkMsg::Governor(rows));
