@@ -19,7 +19,9 @@ use anyhow::{Context, Result, bail};
 use crate::process::{
     cargo, command, describe, on_path, output, run, step, target_dir, workspace_root,
 };
-use crate::setup::{apt_install, ensure_root_and_bpf, ensure_toolchain};
+use crate::setup::{
+    apt_install, ensure_root_and_bpf, ensure_toolchain, pip_install_duckdb, python_has_duckdb,
+};
 
 /// The longest bpftrace's detach is waited for; beyond it the figure is a
 /// lower bound (printed as "> …").
@@ -52,8 +54,22 @@ struct AttachFigures {
     bpftrace: Option<(Duration, Duration)>,
 }
 
+/// `SCOPE_BENCH_ONLY=estimates cargo xtask bench`: only the estimates
+/// table; BENCHMARKS.md gets that section replaced and keeps the rest.
+const ONLY_ENV: &str = "SCOPE_BENCH_ONLY";
+
+/// Around the estimates section of BENCHMARKS.md, so it can be rewritten alone.
+const ESTIMATES_BEGIN: &str =
+    "<!-- estimates: `cargo xtask bench` writes this (alone: SCOPE_BENCH_ONLY=estimates) -->\n";
+const ESTIMATES_END: &str = "<!-- end of estimates -->\n";
+
 pub fn run_bench(opts: &BenchOptions) -> Result<()> {
     let started = Instant::now();
+    let only_estimates = match std::env::var(ONLY_ENV).as_deref() {
+        Ok("estimates") => true,
+        Ok("") | Err(_) => false,
+        Ok(other) => bail!("{ONLY_ENV}={other}: the only subset is `estimates`"),
+    };
     let root = workspace_root();
     step("root and BPF", || ensure_root_and_bpf("bench"))?;
     step("toolchain", ensure_toolchain)?;
@@ -83,6 +99,40 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
     ] {
         std::fs::copy(&from, to)
             .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    }
+
+    let rates = step("rates fixture", || {
+        let source = std::fs::read_to_string(root.join("tests/fixtures/c/rates.c"))?;
+        scope_tests::build_generated_c("rates-bench", &source, "2", &["-pthread"])
+            .map_err(anyhow::Error::msg)
+    })?;
+    // The 5-s fixtures take 3 trials at most: the whole bench stays within
+    // about 20 minutes.
+    let (est_trials, est_long_trials) = (opts.trials, opts.trials.min(3));
+    if only_estimates {
+        let results = estimates::run(&agent, &rates, est_trials, est_long_trials, &work)?;
+        let section = estimates_section(&results, est_trials, est_long_trials);
+        println!("\n{section}");
+        if opts.write {
+            let path = root.join("BENCHMARKS.md");
+            let old = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let (Some(b), Some(e)) = (old.find(ESTIMATES_BEGIN), old.find(ESTIMATES_END)) else {
+                bail!(
+                    "{} has no estimates section to replace: run the whole bench once",
+                    path.display()
+                );
+            };
+            let text = format!("{}{section}{}", &old[..b], &old[e + ESTIMATES_END.len()..]);
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("wrote the estimates section of {}", path.display());
+        }
+        println!(
+            "cargo xtask bench ({ONLY_ENV}=estimates): done ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
     }
 
     let (fixture, fixture_pg, many1k, many10k) = step("fixtures", || {
@@ -198,6 +248,9 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
         python_trials(&agent, opts.trials, &work)
     })?;
 
+    let estimates = estimates::run(&agent, &rates, est_trials, est_long_trials, &work)?;
+    let estimates = estimates_section(&estimates, est_trials, est_long_trials);
+
     let session = step(
         "uprobe.session vs uprobe + uretprobe (scope-agent calibrate)",
         || {
@@ -231,6 +284,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
         &governor,
         python.as_ref(),
         session,
+        &estimates,
     );
     println!("\n{report}");
     if opts.write {
@@ -255,7 +309,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
 }
 
 /// One interleaved pair of runs of the `govern` workload: unprobed, and
-/// under `scope-agent record` with the governor at its default 5%.
+/// under `scope-agent record --max-overhead 5`.
 struct GovTrial {
     /// Mean leaf calls per second after the first second.
     base_rate: f64,
@@ -263,7 +317,7 @@ struct GovTrial {
     /// Leaf calls over the whole fixed-length run.
     base_total: f64,
     gov_total: f64,
-    /// The governor's predicted slowdown after its decision (percent).
+    /// The governor's final predicted slowdown (percent; `sessions.predicted_pct`).
     predicted: f64,
 }
 
@@ -304,19 +358,92 @@ fn workload_figures(stdout: &str, skip: usize, total: &str) -> Result<(f64, f64)
     Ok((steady.iter().sum::<f64>() / steady.len() as f64, total))
 }
 
-/// The governor's last predicted slowdown from the agent's stderr: the
-/// summary's `predicted slowdown X%`.
-fn predicted_pct(stderr: &str) -> Result<f64> {
-    stderr
-        .lines()
-        .filter_map(|l| l.split("predicted slowdown ").nth(1))
-        .filter_map(|v| {
-            v.split('%')
-                .next()
-                .and_then(|n| n.trim().parse::<f64>().ok())
-        })
-        .next_back()
-        .with_context(|| format!("no prediction in the agent's output:\n{stderr}"))
+/// What a session says about its cost (the `sessions` table): predicted
+/// slowdowns (percent) and what scope measured.
+#[derive(Debug, Clone, Copy, Default)]
+struct SessionFigures {
+    /// Of recording every call (the governor's prediction; what was
+    /// measured when every call was recorded).
+    predicted_full: Option<f64>,
+    /// `predicted_full` is only a lower bound.
+    full_at_least: bool,
+    /// Of what was done at the end (the governor's final prediction).
+    predicted: Option<f64>,
+    /// What the probes cost the target, measured by scope (null when only
+    /// a lower bound is known: `measured_low`).
+    measured: Option<f64>,
+    measured_low: Option<f64>,
+    measured_high: Option<f64>,
+}
+
+impl SessionFigures {
+    /// The governor's final prediction, which a session with a budget has.
+    fn predicted_under_budget(&self) -> Result<f64> {
+        self.predicted
+            .context("the session has no predicted_pct (was --max-overhead given?)")
+    }
+}
+
+/// The `sessions` row of the one session recorded under `out`.
+fn session_figures(out: &Path) -> Result<SessionFigures> {
+    let rows = duckdb_rows(&format!(
+        "SELECT predicted_full_pct, predicted_full_at_least, predicted_pct, measured_pct, \
+         measured_low_pct, measured_high_pct \
+         FROM read_parquet('{}/sessions/**/*.parquet', hive_partitioning = true)",
+        out.display()
+    ))?;
+    let [row] = rows.as_slice() else {
+        bail!(
+            "expected one session under {}, found {}",
+            out.display(),
+            rows.len()
+        );
+    };
+    let f = |k: &str| row.get(k).and_then(serde_json::Value::as_f64);
+    Ok(SessionFigures {
+        predicted_full: f("predicted_full_pct"),
+        full_at_least: row
+            .get("predicted_full_at_least")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
+        predicted: f("predicted_pct"),
+        measured: f("measured_pct"),
+        measured_low: f("measured_low_pct"),
+        measured_high: f("measured_high_pct"),
+    })
+}
+
+type Row = serde_json::Map<String, serde_json::Value>;
+
+/// Runs `sql` in an in-memory DuckDB (Python's `duckdb`, as the tests do)
+/// and returns the rows as JSON objects keyed by column name (non-finite
+/// floats as null).
+fn duckdb_rows(sql: &str) -> Result<Vec<Row>> {
+    const SCRIPT: &str = r#"
+import decimal, json, math, sys
+import duckdb
+
+def plain(v):
+    if isinstance(v, decimal.Decimal):
+        return float(v)
+    return str(v)
+
+def finite(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+cur = duckdb.connect().execute(sys.argv[1])
+cols = [d[0] for d in cur.description]
+rows = [dict(zip(cols, map(finite, r))) for r in cur.fetchall()]
+print(json.dumps(rows, default=plain))
+"#;
+    let out = output(command("python3").args(["-c", SCRIPT, sql]))
+        .with_context(|| format!("DuckDB query failed: {sql}"))?;
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "DuckDB printed something other than rows for {sql}:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 /// The real workload: CPython's json module in a loop
@@ -360,9 +487,10 @@ fn python_trials(agent: &Path, trials: usize, work: &Path) -> Result<Option<Pyth
         let base = output(command(PYTHON).arg(&script).arg("5"))?;
         let (base_rate, base_total) =
             workload_figures(&String::from_utf8_lossy(&base.stdout), 2, "iterations ")?;
-        let (stdout, stderr) = record(&format!("python-{t}"), &[], "5")?;
+        let dir = format!("python-{t}");
+        let (stdout, stderr) = record(&dir, &["--max-overhead", "5"], "5")?;
         let (gov_rate, gov_total) = workload_figures(&stdout, 2, "iterations ")?;
-        let predicted = predicted_pct(&stderr)?;
+        let predicted = session_figures(&work.join(&dir))?.predicted_under_budget()?;
         if let Some(l) = stderr.lines().find(|l| l.contains("attached ")) {
             functions = l
                 .split(" functions")
@@ -383,7 +511,8 @@ fn python_trials(agent: &Path, trials: usize, work: &Path) -> Result<Option<Pyth
             predicted,
         });
     }
-    let (stdout, _) = record("python-full", &["--max-overhead", "off"], "2")?;
+    // No budget: record's default records every call.
+    let (stdout, _) = record("python-full", &[], "2")?;
     let full_rate = stdout
         .lines()
         .find_map(|l| l.split("per_s ").nth(1))
@@ -410,17 +539,17 @@ fn governor_trials(
     for t in 0..trials {
         let base = output(command(fixture).args(args))?;
         let (base_rate, base_total) = govern_figures(&String::from_utf8_lossy(&base.stdout))?;
+        let dir = work.join(format!("governor-{t}"));
         let run = output(
             command(agent)
-                .args(["record", "-q", "--out"])
-                .arg(work.join(format!("governor-{t}")))
+                .args(["record", "-q", "--max-overhead", "5", "--out"])
+                .arg(&dir)
                 .args(["-f", "leaf", "-f", "tleaf", "--"])
                 .arg(fixture)
                 .args(args),
         )?;
-        let stderr = String::from_utf8_lossy(&run.stderr);
         let (gov_rate, gov_total) = govern_figures(&String::from_utf8_lossy(&run.stdout))?;
-        let predicted = predicted_pct(&stderr)?;
+        let predicted = session_figures(&dir)?.predicted_under_budget()?;
         println!(
             "    trial {}/{trials}: unprobed {:.0} calls/s, governed {:.0} calls/s ({:+.1}%), whole run {:+.1}%, predicted {predicted:.1}%",
             t + 1,
@@ -449,6 +578,11 @@ fn ensure_bench_tools() -> Result<()> {
     if !missing.is_empty() {
         println!("scope: installing {} (one time)...", missing.join(", "));
         apt_install(&missing)?;
+    }
+    // The estimates and governor rows read the agent's Parquet with it.
+    if !python_has_duckdb() {
+        println!("scope: installing Python's duckdb (one time)...");
+        pip_install_duckdb()?;
     }
     Ok(())
 }
@@ -747,6 +881,7 @@ fn render(
     governor: &[GovTrial],
     python: Option<&PythonFigures>,
     session: (f64, f64, Option<f64>),
+    estimates: &str,
 ) -> String {
     let col = |f: fn(&Trial) -> f64| median(trials.iter().map(f).collect());
     let (bare, count, scope, printf, uftrace) = (
@@ -902,7 +1037,18 @@ fn render(
         }
         s.push_str("```\n");
     }
+    s.push('\n');
+    s.push_str(estimates);
     s
+}
+
+/// The estimates section, between its markers.
+fn estimates_section(results: &[estimates::FixtureResult], trials: usize, long: usize) -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{ESTIMATES_BEGIN}{}{ESTIMATES_END}",
+        estimates::render(results, trials, long, &today(), kernel.trim())
+    )
 }
 
 /// Today's date (UTC), YYYY-MM-DD.
@@ -988,4 +1134,820 @@ sudo target/release/scope-agent calibrate\n\
 du -sb /tmp/ob/calls\n\
 ```\n"
     )
+}
+
+/// The estimates table (issue 9): what scope says under
+/// `record --max-overhead 5` (counts, their 95% intervals, predicted
+/// slowdowns) against what the rates fixture (tests/fixtures/c/rates.c)
+/// prints and what the bench measures, fixture by fixture.
+mod estimates {
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+    use std::path::Path;
+
+    use anyhow::{Context, Result};
+
+    use super::{SessionFigures, command, duckdb_rows, median, output, session_figures, step};
+
+    /// An estimate meets the target within this share of the truth (percent).
+    const WITHIN_PCT: f64 = 15.0;
+    /// A prediction meets the target within this factor of what was measured…
+    const PREDICTION_FACTOR: f64 = 2.0;
+    /// …or within this many points of it (the bare runs alone differ by
+    /// about this much from trial to trial on this VM).
+    const NOISE_POINTS: f64 = 2.0;
+
+    const ALL: &[&str] = &["hot", "outer", "cold"];
+
+    /// One fixture: the rates fixture's arguments and the functions probed.
+    pub(super) struct RatesFixture {
+        label: &'static str,
+        args: &'static [&'static str],
+        probed: &'static [&'static str],
+        /// For `hot`, only a lower bound is the honest answer.
+        lower_bound_expected: bool,
+    }
+
+    /// From a few ns to ~50 µs per call, one thread and many, short runs
+    /// and 5-s ones, steady and bursty.
+    pub(super) const FIXTURES: [RatesFixture; 7] = [
+        RatesFixture {
+            label: "tiny, alone",
+            args: &["run", "1", "2000000", "0"],
+            probed: &["hot"],
+            lower_bound_expected: true,
+        },
+        RatesFixture {
+            label: "tiny, callers probed",
+            args: &["run", "2", "200000", "100"],
+            probed: ALL,
+            lower_bound_expected: false,
+        },
+        RatesFixture {
+            label: "medium, short",
+            args: &["run", "2", "40000", "2000"],
+            probed: ALL,
+            lower_bound_expected: false,
+        },
+        RatesFixture {
+            label: "steady, long",
+            args: &["for", "5000", "2", "5000"],
+            probed: ALL,
+            lower_bound_expected: false,
+        },
+        RatesFixture {
+            label: "bursty, long",
+            args: &["for", "5000", "2", "5000", "bursty:30:100"],
+            probed: ALL,
+            lower_bound_expected: false,
+        },
+        RatesFixture {
+            label: "slow, four threads",
+            args: &["for", "5000", "4", "60000"],
+            probed: ALL,
+            lower_bound_expected: false,
+        },
+        RatesFixture {
+            label: "steady, one thread",
+            args: &["for", "5000", "1", "5000"],
+            probed: ALL,
+            lower_bound_expected: false,
+        },
+    ];
+
+    impl RatesFixture {
+        /// `for` runs for a fixed time (the slowdown is in work per
+        /// CPU-second); `run` does a fixed amount of work (in wall time).
+        fn fixed_time(&self) -> bool {
+            self.args[0] == "for"
+        }
+
+        fn threads(&self) -> &str {
+            self.args[if self.fixed_time() { 2 } else { 1 }]
+        }
+
+        fn flags(&self) -> String {
+            self.probed
+                .iter()
+                .map(|f| format!("-f {f}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    }
+
+    /// What the fixture printed: `hot N outer M cold K wall_ns W utime_ns U stime_ns S`.
+    #[derive(Debug, Clone, Copy, Default)]
+    struct Counts {
+        hot: i64,
+        outer: i64,
+        cold: i64,
+        wall_ns: f64,
+        /// utime + stime: the probes' handling is charged to the target.
+        cpu_ns: f64,
+    }
+
+    impl Counts {
+        fn parse(stdout: &str) -> Result<Counts> {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with("hot "))
+                .with_context(|| format!("no counts in the rates fixture's output:\n{stdout}"))?;
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = |key: &str| -> Result<f64> {
+                words
+                    .iter()
+                    .position(|w| *w == key)
+                    .and_then(|i| words.get(i + 1))
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("no `{key}` in {line:?}"))
+            };
+            Ok(Counts {
+                hot: at("hot")? as i64,
+                outer: at("outer")? as i64,
+                cold: at("cold")? as i64,
+                wall_ns: at("wall_ns")?,
+                cpu_ns: at("utime_ns")? + at("stime_ns")?,
+            })
+        }
+
+        fn of(&self, name: &str) -> i64 {
+            match name {
+                "hot" => self.hot,
+                "outer" => self.outer,
+                _ => self.cold,
+            }
+        }
+
+        /// What a slowdown is the ratio of: the wall time of a fixed amount
+        /// of work (`run`), or the CPU time per hot call over a fixed time
+        /// (`for`: threads that run for a fixed time do less work, and the
+        /// CPU-second corrects for what the VM's other load takes).
+        fn cost(&self, fixed_time: bool) -> f64 {
+            if fixed_time {
+                self.cpu_ns / self.hot.max(1) as f64
+            } else {
+                self.wall_ns
+            }
+        }
+
+        /// CPU time per hot call, unprobed (ns).
+        fn per_call_ns(&self) -> f64 {
+            self.cpu_ns / self.hot.max(1) as f64
+        }
+    }
+
+    /// One function's row of `totals`.
+    #[derive(Debug, Clone)]
+    struct Total {
+        calls: Option<i64>,
+        exact: bool,
+        low: i64,
+        high: Option<i64>,
+        method: String,
+        basis: Option<String>,
+    }
+
+    impl Total {
+        fn error_pct(&self, truth: i64) -> Option<f64> {
+            self.calls
+                .map(|c| 100.0 * (c - truth) as f64 / truth.max(1) as f64)
+        }
+
+        fn holds(&self, truth: i64) -> bool {
+            self.low <= truth && self.high.is_none_or(|h| h >= truth)
+        }
+
+        /// Exact and right; or an estimate within [`WITHIN_PCT`] whose
+        /// interval holds the truth; or, where that is the honest answer, a
+        /// lower bound that holds.
+        fn meets(&self, truth: i64, lower_bound_ok: bool) -> bool {
+            if self.exact {
+                return self.calls == Some(truth);
+            }
+            match self.error_pct(truth) {
+                Some(e) => e.abs() <= WITHIN_PCT && self.holds(truth),
+                None => lower_bound_ok && self.holds(truth),
+            }
+        }
+
+        fn method(&self) -> String {
+            match self.method.as_str() {
+                "sampled: ratio to a related function" => {
+                    format!("ratio to `{}`", self.basis.as_deref().unwrap_or("?"))
+                }
+                m => m.strip_prefix("sampled: ").unwrap_or(m).to_string(),
+            }
+        }
+
+        fn estimate(&self) -> String {
+            match self.calls {
+                Some(c) if self.exact => format!("{} (exact)", thousands(c)),
+                Some(c) => thousands(c),
+                None => "none".into(),
+            }
+        }
+
+        fn interval(&self) -> String {
+            if self.exact {
+                return "–".into();
+            }
+            match self.high {
+                Some(h) => format!("{}–{}", thousands(self.low), thousands(h)),
+                None => format!("≥ {}", thousands(self.low)),
+            }
+        }
+
+        /// For the per-trial table: `exact`, or `+1.2% ✓` (✗ when the
+        /// interval misses), or `≥ 123 ✓`.
+        fn brief(&self, truth: i64) -> String {
+            let mark = if self.holds(truth) { "✓" } else { "✗" };
+            match (self.exact, self.error_pct(truth)) {
+                (true, _) if self.calls == Some(truth) => "exact".into(),
+                (true, _) => format!("**exact but {}**", self.estimate()),
+                (false, Some(e)) => format!("{e:+.1}% {mark}"),
+                (false, None) => format!("≥ {} {mark}", thousands(self.low)),
+            }
+        }
+    }
+
+    /// Every function's row of `totals` under `out`, by name.
+    fn totals(out: &Path) -> Result<BTreeMap<String, Total>> {
+        let functions = format!("{}/functions/**/*.parquet", out.display());
+        let rows = duckdb_rows(&format!(
+            "SELECT f.name, t.calls, t.exact, t.calls_low, t.calls_high, t.method, b.name AS basis \
+             FROM read_parquet('{}/totals/**/*.parquet', hive_partitioning = true) t \
+             JOIN read_parquet('{functions}', hive_partitioning = true) f USING (session_id, function_id) \
+             LEFT JOIN read_parquet('{functions}', hive_partitioning = true) b \
+               ON b.session_id = t.session_id AND b.function_id = t.basis_function_id",
+            out.display()
+        ))?;
+        let int = |r: &super::Row, k: &str| r.get(k).and_then(serde_json::Value::as_i64);
+        let text = |r: &super::Row, k: &str| {
+            r.get(k)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string)
+        };
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    text(r, "name").context("a totals row without a name")?,
+                    Total {
+                        calls: int(r, "calls"),
+                        exact: r
+                            .get("exact")
+                            .and_then(serde_json::Value::as_bool)
+                            .unwrap_or(false),
+                        low: int(r, "calls_low").unwrap_or(0),
+                        high: int(r, "calls_high"),
+                        method: text(r, "method").unwrap_or_default(),
+                        basis: text(r, "basis"),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// One run under the agent.
+    struct Probed {
+        counts: Counts,
+        totals: BTreeMap<String, Total>,
+        session: SessionFigures,
+    }
+
+    impl Probed {
+        fn total(&self, name: &str) -> Result<&Total> {
+            self.totals
+                .get(name)
+                .with_context(|| format!("no `{name}` in totals"))
+        }
+    }
+
+    /// An interleaved pair: the command bare, then under
+    /// `record --max-overhead 5`.
+    struct Trial {
+        bare: Counts,
+        sampled: Probed,
+    }
+
+    impl Trial {
+        /// The sampled run's slowdown against this trial's bare run (percent).
+        fn measured_pct(&self, fixed_time: bool) -> f64 {
+            slowdown_pct(&self.bare, &self.sampled.counts, fixed_time)
+        }
+    }
+
+    fn slowdown_pct(bare: &Counts, probed: &Counts, fixed_time: bool) -> f64 {
+        100.0 * (probed.cost(fixed_time) / bare.cost(fixed_time).max(1e-9) - 1.0)
+    }
+
+    pub(super) struct FixtureResult {
+        fx: &'static RatesFixture,
+        trials: Vec<Trial>,
+        /// `record` with no flags: every call recorded.
+        full: Probed,
+    }
+
+    impl FixtureResult {
+        /// The median bare run's cost (see [`Counts::cost`]).
+        fn bare_cost(&self) -> f64 {
+            let fixed = self.fx.fixed_time();
+            median(self.trials.iter().map(|t| t.bare.cost(fixed)).collect())
+        }
+
+        /// Measured slowdown of recording every call (percent), against
+        /// the median bare run.
+        fn full_measured_pct(&self) -> f64 {
+            100.0 * (self.full.counts.cost(self.fx.fixed_time()) / self.bare_cost().max(1e-9) - 1.0)
+        }
+
+        fn sampled_measured_pct(&self) -> f64 {
+            let fixed = self.fx.fixed_time();
+            median(self.trials.iter().map(|t| t.measured_pct(fixed)).collect())
+        }
+
+        /// Median predicted slowdown of full recording, and whether it is
+        /// (in most trials) only a lower bound.
+        fn full_predicted(&self) -> (f64, bool) {
+            let values = self
+                .trials
+                .iter()
+                .filter_map(|t| t.sampled.session.predicted_full)
+                .collect();
+            let at_least = self
+                .trials
+                .iter()
+                .filter(|t| t.sampled.session.full_at_least)
+                .count();
+            (median(values), 2 * at_least > self.trials.len())
+        }
+
+        fn sampled_predicted(&self) -> f64 {
+            median(
+                self.trials
+                    .iter()
+                    .filter_map(|t| t.sampled.session.predicted)
+                    .collect(),
+            )
+        }
+
+        fn estimates_meet(&self) -> bool {
+            self.trials.iter().all(|t| {
+                self.fx.probed.iter().all(|name| {
+                    t.sampled.total(name).is_ok_and(|tot| {
+                        tot.meets(
+                            t.sampled.counts.of(name),
+                            *name == "hot" && self.fx.lower_bound_expected,
+                        )
+                    })
+                })
+            })
+        }
+
+        fn full_prediction_meets(&self) -> bool {
+            let (pred, at_least) = self.full_predicted();
+            let measured = self.full_measured_pct();
+            if at_least {
+                pred <= measured
+            } else {
+                within(pred, measured)
+            }
+        }
+
+        fn sampled_prediction_meets(&self) -> bool {
+            within(self.sampled_predicted(), self.sampled_measured_pct())
+        }
+
+        fn hot_errors(&self) -> Vec<f64> {
+            self.trials
+                .iter()
+                .filter_map(|t| t.sampled.total("hot").ok()?.error_pct(t.sampled.counts.hot))
+                .collect()
+        }
+
+        /// The trial whose `hot` error is the median one (by value).
+        fn median_trial(&self) -> &Trial {
+            let mut order: Vec<(f64, &Trial)> = self
+                .trials
+                .iter()
+                .map(|t| {
+                    let e = t
+                        .sampled
+                        .total("hot")
+                        .ok()
+                        .and_then(|tot| tot.error_pct(t.sampled.counts.hot))
+                        .unwrap_or(0.0);
+                    (e, t)
+                })
+                .collect();
+            order.sort_by(|a, b| a.0.total_cmp(&b.0));
+            order[order.len() / 2].1
+        }
+    }
+
+    fn within(predicted: f64, measured: f64) -> bool {
+        if !predicted.is_finite() || !measured.is_finite() {
+            return false;
+        }
+        (predicted - measured).abs() <= NOISE_POINTS
+            || (measured > 0.0
+                && (1.0 / PREDICTION_FACTOR..=PREDICTION_FACTOR).contains(&(predicted / measured)))
+    }
+
+    fn record(
+        agent: &Path,
+        rates: &Path,
+        fx: &RatesFixture,
+        budget: bool,
+        out: &Path,
+    ) -> Result<Probed> {
+        let mut cmd = command(agent);
+        cmd.args(["record", "-q"]);
+        if budget {
+            cmd.args(["--max-overhead", "5"]);
+        }
+        for f in fx.probed {
+            cmd.args(["-f", f]);
+        }
+        cmd.arg("--out").arg(out).arg("--").arg(rates).args(fx.args);
+        let o = output(&mut cmd)?;
+        // Kept beside the Parquet files, to look into a surprising figure.
+        let _ = std::fs::write(out.join("agent-stderr.txt"), &o.stderr);
+        Ok(Probed {
+            counts: Counts::parse(&String::from_utf8_lossy(&o.stdout))?,
+            totals: totals(out)?,
+            session: session_figures(out)?,
+        })
+    }
+
+    fn bare(rates: &Path, fx: &RatesFixture) -> Result<Counts> {
+        let o = output(command(rates).args(fx.args))?;
+        Counts::parse(&String::from_utf8_lossy(&o.stdout))
+    }
+
+    /// Every fixture: `trials` interleaved pairs each (`long_trials` for the
+    /// 5-s ones), then one run recording every call.
+    pub(super) fn run(
+        agent: &Path,
+        rates: &Path,
+        trials: usize,
+        long_trials: usize,
+        work: &Path,
+    ) -> Result<Vec<FixtureResult>> {
+        let mut results = Vec::new();
+        for (i, fx) in FIXTURES.iter().enumerate() {
+            let n = if fx.fixed_time() { long_trials } else { trials };
+            let name = format!(
+                "estimates {}/{}: rates {} ({}; {n} trials)",
+                i + 1,
+                FIXTURES.len(),
+                fx.args.join(" "),
+                fx.flags()
+            );
+            let result = step(&name, || {
+                let fixed = fx.fixed_time();
+                let mut out = Vec::new();
+                for t in 0..n {
+                    let bare = bare(rates, fx)?;
+                    let dir = work.join(format!("estimates-{}-{t}", i + 1));
+                    let sampled = record(agent, rates, fx, true, &dir)?;
+                    let trial = Trial { bare, sampled };
+                    let c = &trial.sampled.counts;
+                    let hot = trial.sampled.total("hot")?;
+                    println!(
+                        "    trial {}/{n}: hot {} estimated {} [{}] ({}), {}; predicted {} (full {}{}), measured {} (scope: {})",
+                        t + 1,
+                        thousands(c.hot),
+                        hot.estimate(),
+                        hot.interval(),
+                        hot.brief(c.hot),
+                        hot.method(),
+                        slow(trial.sampled.session.predicted),
+                        if trial.sampled.session.full_at_least {
+                            "≥ "
+                        } else {
+                            ""
+                        },
+                        slow(trial.sampled.session.predicted_full),
+                        slow(Some(trial.measured_pct(fixed))),
+                        scope_measured(&trial.sampled.session),
+                    );
+                    out.push(trial);
+                }
+                let full = record(
+                    agent,
+                    rates,
+                    fx,
+                    false,
+                    &work.join(format!("estimates-{}-full", i + 1)),
+                )?;
+                let result = FixtureResult {
+                    fx,
+                    trials: out,
+                    full,
+                };
+                println!(
+                    "    every call recorded: measured {} (scope: {}); predicted under the budget {}{}",
+                    slow(Some(result.full_measured_pct())),
+                    scope_measured(&result.full.session),
+                    if result.full_predicted().1 {
+                        "≥ "
+                    } else {
+                        ""
+                    },
+                    slow(Some(result.full_predicted().0)),
+                );
+                Ok(result)
+            })?;
+            results.push(result);
+        }
+        Ok(results)
+    }
+
+    /// The estimates section of the report (markdown).
+    pub(super) fn render(
+        results: &[FixtureResult],
+        trials: usize,
+        long_trials: usize,
+        date: &str,
+        kernel: &str,
+    ) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "### Counts and slowdowns under a budget (`record --max-overhead 5`, rates fixture)\n\n\
+             Measured on {date} (kernel {kernel}): {trials} trials per short fixture and {long_trials} per 5-s one, each a bare run and a \
+             `scope-agent record --max-overhead 5` run of the same command, interleaved; then one \
+             `record` with no flags (every call recorded). Truth: the counts the fixture prints. \
+             Slowdowns: of the wall time for `run` (fixed work), of the CPU time per `hot` call \
+             for `for` (fixed time); scope's own figure (`sessions.measured_pct`, from the \
+             target's kernel vs user time) in parentheses. `Nx`: N times as long.\n"
+        );
+        s.push_str(
+            "| fixture (`rates …`; `hot` unprobed per call, threads, length) | `hot`: truth | estimate | 95% interval | error (worst) | interval held | method | `outer`, `cold` | every call recorded: predicted | measured (scope's) | ratio | under the budget: predicted | measured (scope's) | ratio | target | |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |\n",
+        );
+        for (i, r) in results.iter().enumerate() {
+            let t = r.median_trial();
+            let truth = t.sampled.counts.hot;
+            let hot = t.sampled.total("hot").ok();
+            let errors = r.hot_errors();
+            let error = match (hot.and_then(|h| h.error_pct(truth)), worst(&errors)) {
+                (Some(e), Some(w)) => format!("{e:+.1}% ({w:+.1}%)"),
+                _ => "–".into(),
+            };
+            let held = r
+                .trials
+                .iter()
+                .filter(|t| {
+                    t.sampled
+                        .total("hot")
+                        .is_ok_and(|h| h.holds(t.sampled.counts.hot))
+                })
+                .count();
+            let mut methods: Vec<String> = r
+                .trials
+                .iter()
+                .filter_map(|t| t.sampled.total("hot").ok().map(Total::method))
+                .collect();
+            methods.sort();
+            methods.dedup();
+            let others = others_summary(r);
+            let bare_per_call = median(r.trials.iter().map(|t| t.bare.per_call_ns()).collect());
+            let bare_wall = median(r.trials.iter().map(|t| t.bare.wall_ns).collect());
+            let (full_pred, at_least) = r.full_predicted();
+            let full_meas = r.full_measured_pct();
+            let full_ratio = ratio(full_pred, full_meas);
+            let samp_pred = r.sampled_predicted();
+            let samp_meas = r.sampled_measured_pct();
+            let scope_samp = median(
+                r.trials
+                    .iter()
+                    .filter_map(|t| t.sampled.session.measured)
+                    .collect(),
+            );
+            let mut misses = Vec::new();
+            if !r.estimates_meet() {
+                misses.push("counts");
+            }
+            if !r.full_prediction_meets() {
+                misses.push("full prediction");
+            }
+            if !r.sampled_prediction_meets() {
+                misses.push("prediction under the budget");
+            }
+            let verdict = if misses.is_empty() {
+                "meets".to_string()
+            } else {
+                format!("**misses**: {}", misses.join(", "))
+            };
+            let _ = writeln!(
+                s,
+                "| {}. {}: `{}`, `{}`; {}, {} thread{}, {} | {} | {} | {} | {error} | {held}/{} | {} | {others} | {}{} | {} ({}) | {full_ratio} | {} | {} ({}) | {} | estimate within ±{WITHIN_PCT:.0}%, interval holds{}; predictions within {PREDICTION_FACTOR:.0}x (or {NOISE_POINTS:.0} points){} | {verdict} |",
+                i + 1,
+                r.fx.label,
+                r.fx.args.join(" "),
+                r.fx.flags(),
+                ns(bare_per_call),
+                r.fx.threads(),
+                if r.fx.threads() == "1" { "" } else { "s" },
+                secs(bare_wall),
+                thousands(truth),
+                hot.map_or("–".into(), Total::estimate),
+                hot.map_or("–".into(), Total::interval),
+                r.trials.len(),
+                methods.join(", "),
+                if at_least { "≥ " } else { "" },
+                slow(Some(full_pred)),
+                slow(Some(full_meas)),
+                scope_measured(&r.full.session),
+                slow(Some(samp_pred)),
+                slow(Some(samp_meas)),
+                slow(Some(scope_samp)),
+                ratio(samp_pred, samp_meas),
+                if r.fx.lower_bound_expected {
+                    " (here: a lower bound only is the honest answer)"
+                } else {
+                    ""
+                },
+                if at_least {
+                    ", a lower bound that holds"
+                } else {
+                    ""
+                },
+            );
+        }
+        s.push_str(
+            "\nPer trial (`hot`; `outer` and `cold`: error of the estimate, ✓ when its interval holds the truth):\n\n\
+             | fixture | trial | `hot`: truth | estimate | 95% interval | error | method | `outer` | `cold` | predicted: every call | under the budget | measured | scope's |\n\
+             | ---: | --- | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: |\n",
+        );
+        for (i, r) in results.iter().enumerate() {
+            let fixed = r.fx.fixed_time();
+            for (k, t) in r.trials.iter().enumerate() {
+                let c = &t.sampled.counts;
+                let hot = t.sampled.total("hot").ok();
+                let other = |name: &str| {
+                    if r.fx.probed.contains(&name) {
+                        t.sampled
+                            .total(name)
+                            .map_or("–".into(), |tot| tot.brief(c.of(name)))
+                    } else {
+                        "not probed".into()
+                    }
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {} | {} | {} |",
+                    i + 1,
+                    k + 1,
+                    thousands(c.hot),
+                    hot.map_or("–".into(), Total::estimate),
+                    hot.map_or("–".into(), Total::interval),
+                    hot.map_or("–".into(), |h| h.brief(c.hot)),
+                    hot.map_or("–".into(), Total::method),
+                    other("outer"),
+                    other("cold"),
+                    if t.sampled.session.full_at_least {
+                        "≥ "
+                    } else {
+                        ""
+                    },
+                    slow(t.sampled.session.predicted_full),
+                    slow(t.sampled.session.predicted),
+                    slow(Some(t.measured_pct(fixed))),
+                    scope_measured(&t.sampled.session),
+                );
+            }
+            let c = &r.full.counts;
+            let exact = r.fx.probed.iter().all(|name| {
+                r.full
+                    .total(name)
+                    .is_ok_and(|tot| tot.exact && tot.calls == Some(c.of(name)))
+            });
+            let _ = writeln!(
+                s,
+                "| {} | every call | {} | {} | – | – | recorded | | | {} (measured) | – | {} | {} |",
+                i + 1,
+                thousands(c.hot),
+                if exact { "exact" } else { "**not exact**" },
+                slow(r.full.session.predicted_full),
+                slow(Some(r.full_measured_pct())),
+                scope_measured(&r.full.session),
+            );
+        }
+        s
+    }
+
+    /// `outer` and `cold` over every trial: `exact` when recorded and
+    /// right in all of them, else the worst error and how often the
+    /// interval held.
+    fn others_summary(r: &FixtureResult) -> String {
+        let mut parts = Vec::new();
+        for name in ["outer", "cold"] {
+            if !r.fx.probed.contains(&name) {
+                continue;
+            }
+            let rows: Vec<(Option<&Total>, i64)> = r
+                .trials
+                .iter()
+                .map(|t| (t.sampled.total(name).ok(), t.sampled.counts.of(name)))
+                .collect();
+            let exact = rows
+                .iter()
+                .all(|(tot, truth)| tot.is_some_and(|t| t.exact && t.calls == Some(*truth)));
+            if exact {
+                parts.push(format!("`{name}` exact"));
+                continue;
+            }
+            let errors: Vec<f64> = rows
+                .iter()
+                .filter_map(|(tot, truth)| tot.and_then(|t| t.error_pct(*truth)))
+                .collect();
+            let held = rows
+                .iter()
+                .filter(|(tot, truth)| tot.is_some_and(|t| t.holds(*truth)))
+                .count();
+            parts.push(format!(
+                "`{name}` {}, held {held}/{}",
+                worst(&errors).map_or("no estimate".into(), |w| format!("worst {w:+.1}%")),
+                rows.len()
+            ));
+        }
+        if parts.is_empty() {
+            "not probed".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+
+    /// The error furthest from 0.
+    fn worst(errors: &[f64]) -> Option<f64> {
+        errors
+            .iter()
+            .copied()
+            .max_by(|a, b| a.abs().total_cmp(&b.abs()))
+    }
+
+    fn ratio(predicted: f64, measured: f64) -> String {
+        if measured > 0.0 && predicted.is_finite() {
+            format!("{:.2}x", predicted / measured)
+        } else {
+            "–".into()
+        }
+    }
+
+    /// scope's own measured slowdown: `12%`, `≥ 36%` (a lower bound only),
+    /// or `–`.
+    fn scope_measured(s: &SessionFigures) -> String {
+        match (s.measured, s.measured_low) {
+            (Some(m), _) => slow(Some(m)),
+            (None, Some(low)) => format!("≥ {}", slow(Some(low))),
+            (None, None) => "–".into(),
+        }
+    }
+
+    /// A slowdown in percent; past 100% also as how many times as long.
+    fn slow(pct: Option<f64>) -> String {
+        match pct {
+            Some(p) if p.is_finite() => {
+                if p.abs() < 10.0 {
+                    format!("{p:.1}%")
+                } else if p < 100.0 {
+                    format!("{p:.0}%")
+                } else {
+                    format!("{}% ({:.1}x)", thousands(p.round() as i64), 1.0 + p / 100.0)
+                }
+            }
+            _ => "–".into(),
+        }
+    }
+
+    fn ns(v: f64) -> String {
+        if v < 1_000.0 {
+            format!("{v:.1} ns")
+        } else {
+            format!("{:.1} µs", v / 1e3)
+        }
+    }
+
+    fn secs(wall_ns: f64) -> String {
+        if wall_ns < 1e9 {
+            format!("{:.0} ms", wall_ns / 1e6)
+        } else {
+            format!("{:.1} s", wall_ns / 1e9)
+        }
+    }
+
+    /// 1234567 → `1,234,567`.
+    fn thousands(v: i64) -> String {
+        let digits = v.unsigned_abs().to_string();
+        let mut out = String::new();
+        for (i, ch) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(ch);
+        }
+        if v < 0 { format!("-{out}") } else { out }
+    }
 }
