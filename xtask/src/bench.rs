@@ -1629,7 +1629,7 @@ mod estimates {
                         },
                         slow(trial.sampled.session.predicted_full),
                         slow(Some(trial.measured_pct(fixed))),
-                        scope_measured(&trial.sampled.session),
+                        scope_measured_range(&trial.sampled.session),
                     );
                     out.push(trial);
                 }
@@ -1648,7 +1648,7 @@ mod estimates {
                 println!(
                     "    every call recorded: measured {} (scope: {}); predicted under the budget {}{}",
                     slow(Some(result.full_measured_pct())),
-                    scope_measured(&result.full.session),
+                    scope_measured_range(&result.full.session),
                     if result.full_predicted().1 {
                         "≥ "
                     } else {
@@ -1815,7 +1815,7 @@ mod estimates {
                     slow(t.sampled.session.predicted_full),
                     slow(t.sampled.session.predicted),
                     slow(Some(t.measured_pct(fixed))),
-                    scope_measured(&t.sampled.session),
+                    scope_measured_range(&t.sampled.session),
                 );
             }
             let c = &r.full.counts;
@@ -1832,7 +1832,7 @@ mod estimates {
                 if exact { "exact" } else { "**not exact**" },
                 slow(r.full.session.predicted_full),
                 slow(Some(r.full_measured_pct())),
-                scope_measured(&r.full.session),
+                scope_measured_range(&r.full.session),
             );
         }
         s
@@ -1906,6 +1906,15 @@ mod estimates {
         }
     }
 
+    /// [`scope_measured`] with its range: `12% (7.4–17%)`.
+    fn scope_measured_range(s: &SessionFigures) -> String {
+        let m = scope_measured(s);
+        match (s.measured_low, s.measured_high) {
+            (Some(l), Some(h)) => format!("{m} ({}–{})", slow(Some(l)), slow(Some(h))),
+            _ => m,
+        }
+    }
+
     /// A slowdown in percent; past 100% also as how many times as long.
     fn slow(pct: Option<f64>) -> String {
         match pct {
@@ -1943,7 +1952,7 @@ mod estimates {
         let digits = v.unsigned_abs().to_string();
         let mut out = String::new();
         for (i, ch) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
                 out.push(',');
             }
             out.push(ch);
