@@ -135,6 +135,16 @@ fn record_rates(out: &Path, flags: &[&str], args: &[&str]) -> AgentRun {
     record_with(out, &["hot", "outer", "cold"], flags, &cmd)
 }
 
+/// `record --max-overhead 5` of the rates fixture with `args`: the output
+/// directory, the run, and the fixture's counts.
+fn record_sampled(args: &[&str]) -> (tempfile::TempDir, AgentRun, Truth) {
+    let dir = tempfile::tempdir().unwrap();
+    let run = record_rates(dir.path(), &["--max-overhead", "5"], args);
+    assert_success(&run);
+    let t = truth_of(&run.stdout);
+    (dir, run, t)
+}
+
 #[test]
 fn record_with_no_flags_counts_every_call_and_says_what_that_costs() {
     require_root();
@@ -174,16 +184,9 @@ fn record_with_no_flags_counts_every_call_and_says_what_that_costs() {
 fn record_with_a_budget_estimates_a_sampled_function_from_its_caller() {
     require_root();
     let _one = one_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
     // --max-overhead 5 (record's default records everything): 2 s of hot
     // at about 5 µs of work per call on two threads, 1.5x that in probes.
-    let run = record_rates(
-        dir.path(),
-        &["--max-overhead", "5"],
-        &["for", "2000", "2", "4000"],
-    );
-    assert_success(&run);
-    let t = truth_of(&run.stdout);
+    let (dir, run, t) = record_sampled(&["for", "2000", "2", "4000"]);
     assert!(
         assert_holds(dir.path(), "hot", t.hot, &run.stderr),
         "hot is sampled: {}",
@@ -220,18 +223,11 @@ fn record_with_a_budget_estimates_a_sampled_function_from_its_caller() {
 fn a_short_run_is_estimated_from_its_first_milliseconds() {
     require_root();
     let _one = one_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
     // --max-overhead 5 on a run of about 0.1 s unprobed: 40,000 calls of a
     // 2-µs function on each of two threads; the decision comes 30 ms in.
     // outer (a call per 100 hot ones) costs little and stays recorded: the
     // clock hot is counted by.
-    let run = record_rates(
-        dir.path(),
-        &["--max-overhead", "5"],
-        &["run", "2", "40000", "2000"],
-    );
-    assert_success(&run);
-    let t = truth_of(&run.stdout);
+    let (dir, run, t) = record_sampled(&["run", "2", "40000", "2000"]);
     assert_holds(dir.path(), "hot", t.hot, &run.stderr);
     assert_holds(dir.path(), "outer", t.outer, &run.stderr);
 }
@@ -276,15 +272,8 @@ fn a_function_far_cheaper_than_its_probes_gets_a_lower_bound_only() {
 fn bursts_are_estimated_too() {
     require_root();
     let _one = one_at_a_time();
-    let dir = tempfile::tempdir().unwrap();
     // --max-overhead 5: 30 ms of calls, 100 ms of sleep, for 2.5 s.
-    let run = record_rates(
-        dir.path(),
-        &["--max-overhead", "5"],
-        &["for", "2500", "2", "4000", "bursty:30:100"],
-    );
-    assert_success(&run);
-    let t = truth_of(&run.stdout);
+    let (dir, run, t) = record_sampled(&["for", "2500", "2", "4000", "bursty:30:100"]);
     assert_holds(dir.path(), "hot", t.hot, &run.stderr);
     assert_holds(dir.path(), "outer", t.outer, &run.stderr);
 }

@@ -343,6 +343,15 @@ pub fn read_user_sys(pid: u32) -> Option<(u64, u64)> {
     ))
 }
 
+/// The most time the probes can have taken of a target whose system time
+/// grew by `sys_ns` (the kernel charges their handling there): that, plus
+/// the tick sampling's error (two standard deviations at a 4 ms tick, and a
+/// 10 ms clock tick of rounding).
+pub fn sys_cap_ns(sys_ns: u64) -> f64 {
+    let d = sys_ns as f64;
+    d + 2.0 * (d * 4e6).sqrt() + 10e6
+}
+
 /// The `n` largest counts of `m`, largest first (ties by id).
 fn top(m: Option<&FxHashMap<u32, u64>>, n: usize) -> Vec<(u32, u64)> {
     let mut v: Vec<(u32, u64)> = m

@@ -529,9 +529,7 @@ impl Governor {
             .iter()
             .map(|s| s.entries as f64 * self.band.entry_ns + s.returns as f64 * self.band.return_ns)
             .sum();
-        let d = sys_end.saturating_sub(sys_start) as f64;
-        // Tick sampling: two standard deviations and a tick of slack.
-        let cap = d + 2.0 * (d * 4e6).sqrt() + 10e6;
+        let cap = ledger::sys_cap_ns(sys_end.saturating_sub(sys_start));
         if modelled <= cap || modelled <= 0.0 {
             return self.band;
         }
@@ -732,11 +730,7 @@ impl Governor {
         // time (the kernel charges their handling there): a cap on what the
         // calibration says, when the machine's load made it read high.
         let sys_now = read_user_sys(self.pid).map(|u| u.1);
-        let sys_cap = sys_now.map(|now| {
-            let d = now.saturating_sub(self.tick_sys_ns) as f64;
-            // Tick sampling: two standard deviations and a tick of slack.
-            d + 2.0 * (d * 4e6).sqrt() + 10e6
-        });
+        let sys_cap = sys_now.map(|now| ledger::sys_cap_ns(now.saturating_sub(self.tick_sys_ns)));
         let tick = self.tick_figures(from_ns, tick_end_ns, wall_ns, sys_cap);
         self.measured_pct = Some(100.0 * tick.probe_ns / tick.own_ns);
         let cost_of = |calls: f64| {
