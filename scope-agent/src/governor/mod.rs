@@ -176,11 +176,6 @@ pub struct Governor {
     predicted_once: bool,
     /// When a tick last came early (see `far_over_budget`).
     last_early: Option<Instant>,
-    /// When `far_over_budget` may next read the target's CPU time: reading
-    /// `/proc/PID/task/*/schedstat` costs a file per thread, so the check
-    /// waits 20 times as long as the last read took (at most 5% of the
-    /// agent's time, for targets with hundreds of threads).
-    next_cpu_read: Option<Instant>,
     /// When the last "unmanaged" warning was given.
     last_unmanaged: Option<Instant>,
     rows: Vec<GovernorRecord>,
@@ -323,7 +318,6 @@ impl Governor {
             last_backpressure: None,
             predicted_once: false,
             last_early: None,
-            next_cpu_read: None,
             last_unmanaged: None,
             rows: Vec::new(),
             agg_rows: Vec::new(),
@@ -592,7 +586,7 @@ impl Governor {
             && self
                 .last_early
                 .is_none_or(|t| now.duration_since(t) >= EARLY_MIN * 3)
-            && self.far_over_budget(now, due, factor);
+            && self.far_over_budget(due, factor);
         if urgent {
             // Demotions need no quiet moment (promotions wait for one).
             self.tick_len = due;
@@ -606,10 +600,12 @@ impl Governor {
         }
     }
 
-    /// Whether the calls of functions recorded in full since the tick
-    /// began (at least [`EARLY_MIN`] ago) already cost more than `factor`
-    /// times the budget: then the tick comes now.
-    fn far_over_budget(&mut self, now: Instant, due: Duration, factor: f64) -> bool {
+    /// Whether the calls of functions recorded in full over the last
+    /// [`RECENT`] (from the ledger's slots, at least [`EARLY_MIN`] into the
+    /// tick) already cost more than `factor` times the budget: then the
+    /// tick comes now. Judged on the recent slots, not the whole interval:
+    /// a target idle for most of it and hot since must not look cool.
+    fn far_over_budget(&self, due: Duration, factor: f64) -> bool {
         if due < EARLY_MIN {
             return false;
         }
@@ -621,19 +617,40 @@ impl Governor {
             } else {
                 self.seen_ungoverned
             };
-        let probe_ns = calls as f64 * self.cost.full_ns;
-        if probe_ns < 1e6 || self.next_cpu_read.is_some_and(|t| now < t) {
+        if (calls as f64) * self.cost.full_ns < 1e6 {
             return false;
         }
-        let read_started = Instant::now();
-        let cpu = target_cpu_ns(self.pid).unwrap_or(self.tick_cpu_ns);
-        self.next_cpu_read = Some(now + read_started.elapsed() * 20);
-        let cpu_ns = cpu.saturating_sub(self.tick_cpu_ns) as f64;
+        let end = self.ledger.current().start_ns;
+        let from = end - RECENT.as_nanos() as i64;
+        let mut recent_calls = 0u64;
+        let mut cpu_ns = 0u64;
+        let mut first = end;
+        for s in self.ledger.slots().iter().rev().skip(1) {
+            if s.end_ns <= from {
+                break;
+            }
+            first = s.start_ns;
+            cpu_ns += s.cpu_ns.unwrap_or(0);
+            recent_calls += s
+                .counts
+                .iter()
+                .filter(|(id, _)| match self.governed.get(id) {
+                    Some(g) => !g.sampled,
+                    None => !self.predicted_once,
+                })
+                .map(|(_, n)| *n)
+                .sum::<u64>();
+        }
+        let wall_ns = (end - first).max(1) as f64;
+        if wall_ns < EARLY_MIN.as_nanos() as f64 {
+            return false;
+        }
+        let probe_ns = recent_calls as f64 * self.cost.full_ns;
         let pct = overhead_pct(
-            calls as f64,
+            recent_calls as f64,
             self.cost.full_ns,
-            cpu_ns,
-            due.as_nanos() as f64,
+            cpu_ns as f64,
+            wall_ns,
             probe_ns,
         );
         pct > factor * self.budget_pct

@@ -199,13 +199,23 @@ pub(super) fn changes(
         .collect();
     let promote = promote_ok && !to_promote.is_empty() && s.quiet;
     let apply = must_act || promote || (decision.n * 2 < s.n && to_promote.is_empty());
+    // Functions that stay sampled keep a real N (≥ 2): the decision's N is
+    // 1 when it samples nothing, though its promotions may be put off
+    // (cooldown, a window open).
+    let stay_sampled = s
+        .sampled
+        .iter()
+        .any(|id| !promote || !to_promote.contains(id))
+        || !to_demote.is_empty();
     let n = if !apply {
         s.n
     } else if promote || to_promote.is_empty() {
-        decision.n.max(1)
+        if stay_sampled {
+            decision.n.max(2)
+        } else {
+            decision.n.max(1)
+        }
     } else {
-        // Functions that stay sampled keep a real N (≥ 2) even when the
-        // promotions are put off.
         decision.n.max(s.n).max(2)
     };
     Changes {
