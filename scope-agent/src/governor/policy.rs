@@ -290,6 +290,45 @@ mod tests {
     }
 
     #[test]
+    fn functions_kept_sampled_by_their_cooldown_keep_n_of_two_or_more() {
+        // The target went idle: the decision samples nothing (N 1), but the
+        // sampled function was demoted a second ago.
+        let decision = decide(&[load(1, 0.0, true)], 5.0);
+        assert_eq!(decision.n, 1);
+        let now = Instant::now();
+        let sampled: FxHashSet<u32> = [1].into_iter().collect();
+        let c = changes(
+            &decision,
+            &Standing {
+                budget_pct: 5.0,
+                sampled: &sampled,
+                n: 19,
+                current_pct: 0.0,
+                quiet: true,
+                now,
+            },
+            |_| Some(now),
+        );
+        assert!(c.to_promote.is_empty(), "cooling down");
+        assert!(c.apply, "N may come down");
+        assert_eq!(c.n, 2);
+        // Once promoted, nothing is sampled: N is 1.
+        let c = changes(
+            &decision,
+            &Standing {
+                budget_pct: 5.0,
+                sampled: &sampled,
+                n: 19,
+                current_pct: 0.0,
+                quiet: true,
+                now,
+            },
+            |_| None,
+        );
+        assert_eq!((c.to_promote.as_slice(), c.n), (&[1][..], 1));
+    }
+
+    #[test]
     fn n_is_at_least_two_and_at_most_max() {
         let d = decide(&[load(1, 5.5, true)], 5.0);
         assert_eq!(d.n, 2);
