@@ -196,9 +196,8 @@ pub struct Governor {
     calls_so_far: Option<CallsSoFar>,
     /// The slowdown the probes caused in the last tick, percent.
     measured_pct: Option<f64>,
-    /// The last prediction of recording every call, percent, and whether
-    /// it is only a lower bound.
-    full_pct: Option<f64>,
+    /// Whether the last prediction of recording every call was only a
+    /// lower bound.
     full_at_least: bool,
     /// State of the pauses' jitter (see `windows::jitter`).
     rng: u64,
@@ -226,6 +225,14 @@ pub struct GovernorSetup {
     pub now_ns: i64,
     /// Epoch minus monotonic clock, ns.
     pub clock_offset_ns: i64,
+}
+
+/// See [`Governor::final_prediction`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionPrediction {
+    pub full_pct: Option<f64>,
+    pub full_at_least: bool,
+    pub done_pct: Option<f64>,
 }
 
 /// The session's calls so far, for the status line.
@@ -272,7 +279,6 @@ impl Governor {
             read_cost: Duration::ZERO,
             calls_so_far: None,
             measured_pct: None,
-            full_pct: None,
             full_at_least: false,
             window_factor: 1.0,
             rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(setup.pid),
@@ -535,10 +541,44 @@ impl Governor {
         }
     }
 
-    /// The last prediction of recording every call (percent), and whether
-    /// it is only a lower bound.
-    pub fn full_prediction(&self) -> (Option<f64>, bool) {
-        (self.full_pct, self.full_at_least)
+    /// What the session's model says at its end, from `estimates` (the
+    /// counts of every function, [`estimates`](Self::estimates)): the
+    /// slowdown recording every call would have caused (percent; only a
+    /// lower bound when `.1`, because a count or the target's own time is
+    /// known only from below), and the slowdown the probes did cause, warm-up
+    /// and windows included (their events × their cost, over the target's
+    /// own time), both against the target's own CPU time over the session.
+    pub fn final_prediction(&self, estimates: &[CountEstimate]) -> SessionPrediction {
+        let band = self.session_band();
+        let slots = self.ledger.slots();
+        let cpu: f64 = slots.iter().filter_map(|s| s.cpu_ns).sum::<u64>() as f64;
+        let probe: f64 = slots
+            .iter()
+            .map(|s| s.entries as f64 * band.entry_ns + s.returns as f64 * band.return_ns)
+            .sum();
+        let cost_scale = band.entry_ns / self.band.entry_ns.max(1e-9);
+        let calls: f64 = estimates
+            .iter()
+            .map(|e| e.calls.unwrap_or(e.low) as f64)
+            .sum();
+        let mut at_least = estimates.iter().any(|e| e.calls.is_none());
+        let mut own = cpu - probe;
+        if own < probe {
+            // Where the probes took more than the target's own work, that
+            // work itself ran slower than bare (caches and TLB refilled
+            // after every trap, part of the handling in user mode), and the
+            // calibrated cost may be off by its band: the least the probes
+            // can have taken leaves the most the target can have done, and
+            // the figure is a lower bound.
+            own = cpu - band.low * probe;
+            at_least = true;
+        }
+        let own = own.max(0.01 * cpu).max(1.0);
+        SessionPrediction {
+            full_pct: (cpu > 0.0).then(|| 100.0 * calls * self.cost.full_ns * cost_scale / own),
+            full_at_least: at_least,
+            done_pct: (cpu > 0.0).then(|| 100.0 * probe / own),
+        }
     }
 
     /// One step of the capture loop, after a drain: cuts calls of windows
@@ -819,7 +859,6 @@ impl Governor {
         }
         let current = policy::current_pct(&loads, &sampled, self.n, self.window_factor);
         let decision = decide_with(&decide_loads, self.budget_pct, self.window_factor);
-        self.full_pct = Some(decision.full_pct);
         if !self.predicted_once {
             self.predicted_once = true;
             let rate = total_calls / wall.as_secs_f64().max(1e-3);

@@ -75,8 +75,8 @@ pub(super) fn write_and_report(
     let measured = cost.measured(exited);
     let (predicted_full, predicted_full_at_least, predicted) = match &governor {
         Some(g) => {
-            let (full, at_least) = g.full_prediction();
-            (full, at_least, g.status().map(|s| s.predicted_pct))
+            let p = g.final_prediction(&estimates);
+            (p.full_pct, p.full_at_least, p.done_pct)
         }
         // Every call recorded: the prediction of full recording is what
         // was measured.

@@ -28,9 +28,9 @@
 //!   calls_exact, calls_recorded (rows in `calls`), lost, max_overhead_pct
 //!   (the governor's budget; null when every call was recorded),
 //!   predicted_full_pct and predicted_full_at_least (the slowdown of
-//!   recording every call: the governor's prediction, or what was measured
-//!   when every call was), predicted_pct (the slowdown of what was done at
-//!   the end), measured_pct, measured_low_pct, measured_high_pct (what the
+//!   recording every call: from the counts and the probes' cost, or what
+//!   was measured when every call was), predicted_pct (the slowdown the
+//!   session's probes caused by the model, warm-up included), measured_pct, measured_low_pct, measured_high_pct (what the
 //!   probes cost the target, measured from its user and system time)
 //! - `totals`: one row per probed function: function_id, calls (exact, or
 //!   the estimate; null when no honest one exists), exact, calls_low and
@@ -185,12 +185,15 @@ pub struct SessionRow {
     pub lost: u64,
     /// `--max-overhead` (`None`: every call recorded).
     pub max_overhead_pct: Option<f64>,
-    /// Predicted slowdown of recording every call, percent (the governor's
-    /// last; with every call recorded, what was measured), and whether it
-    /// is only a lower bound.
+    /// Predicted slowdown of recording every call, percent (from the
+    /// session's counts, estimated where sampled, and the probes' cost; with
+    /// every call recorded, what was measured), and whether it is only a
+    /// lower bound.
     pub predicted_full_pct: Option<f64>,
     pub predicted_full_at_least: bool,
-    /// Predicted slowdown of the way the session recorded at its end.
+    /// The slowdown the session's own probes caused by the model (their
+    /// events × their cost over the target's own time; warm-up and windows
+    /// included), to set against `measured_pct`.
     pub predicted_pct: Option<f64>,
     /// What the probes cost the target, measured: its kernel time in their
     /// handling over its own time, percent, with the range its tick
