@@ -59,15 +59,18 @@ fn record(agent: &Path, out: &Path, demo: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The design doc's query: calls and total time per function.
+/// Calls and total time per function, from `totals` (exact, or estimates
+/// where a session sampled: `exact` says which; the design doc's
+/// `count(*)` over `calls` counts recorded rows, the calls only when every
+/// call was recorded).
 fn totals_sql(out: &Path) -> String {
     let dir = out.display();
     format!(
-        "SELECT f.name, count(*) AS calls, sum(c.duration_ns) AS total_ns \
-         FROM read_parquet('{dir}/calls/**/*.parquet', hive_partitioning = true) c \
+        "SELECT f.name, sum(t.calls) AS calls, bool_and(t.exact) AS exact, sum(t.total_ns) AS total_ns \
+         FROM read_parquet('{dir}/totals/**/*.parquet', hive_partitioning = true) t \
          JOIN read_parquet('{dir}/functions/**/*.parquet', hive_partitioning = true) f \
          USING (session_id, function_id) \
-         GROUP BY f.name ORDER BY total_ns DESC"
+         GROUP BY f.name ORDER BY total_ns DESC NULLS LAST"
     )
 }
 
