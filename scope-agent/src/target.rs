@@ -204,14 +204,10 @@ impl GatedChild {
         }
     }
 
-    /// CPU time the command used, all threads, once it has been reaped
-    /// (from `wait4`: what per-thread readings miss of threads that ended).
-    pub fn cpu_ns(&self) -> Option<u64> {
-        self.user_sys_ns.map(|(u, s)| u + s)
-    }
-
-    /// The same, split into user and kernel mode (uprobe handling is
-    /// charged to the kernel side).
+    /// CPU time the command used, all threads, once it has been reaped, in
+    /// user and in kernel mode (from `wait4`: what per-thread readings miss
+    /// of threads that ended; uprobe handling is charged to the kernel
+    /// side).
     pub fn user_sys_ns(&self) -> Option<(u64, u64)> {
         self.user_sys_ns
     }
