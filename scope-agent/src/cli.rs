@@ -47,6 +47,152 @@ pub enum Command {
     /// timed bare, with entry + return probes (recording), an entry probe
     /// only (the governor's warm-up) and a uprobe.session probe
     Calibrate(CalibrateArgs),
+    /// Run SQL over the store (every table, every session: the rows DuckDB sees)
+    Query(QueryArgs),
+    /// Per function: calls, total and self time, p50/p90/p99/max (the latest session)
+    Report(ReportArgs),
+    /// The call tree aggregated by path, with calls and times (the latest session)
+    Tree(TreeArgs),
+    /// Time travel: what was on a thread's stack at an instant
+    Stack(StackArgs),
+    /// A thread's calls in order over an interval, indented by depth
+    Timeline(TimelineArgs),
+}
+
+/// Where the reading commands find the store, and which sessions they read.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// The store: a directory (as record and attach write it), file://DIR,
+    /// or s3://BUCKET/PREFIX.
+    #[arg(
+        long,
+        value_name = "DIR|URL",
+        default_value = "scope-data",
+        env = "SCOPE_DATA"
+    )]
+    pub data: String,
+
+    /// Which session: an id (or a unique prefix, or the pid part), `latest`,
+    /// or `all`.
+    #[arg(long, value_name = "ID|latest|all")]
+    pub session: Option<String>,
+
+    /// Memory the query engine may use before sorts and joins spill to
+    /// disk: bytes or with a K/M/G suffix.
+    #[arg(long, value_name = "SIZE", default_value = "2G", value_parser = parse_size64)]
+    pub memory: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The SQL (DataFusion's dialect, close to PostgreSQL's). Tables: calls,
+    /// functions, losses, sessions, totals, agent_metrics, governor,
+    /// aggregates (those the store has), each with a session_id column.
+    #[arg(value_name = "SQL")]
+    pub sql: String,
+
+    #[command(flatten)]
+    pub data: DataArgs,
+
+    /// table, csv, json (an array), jsonl (one object per line) or parquet.
+    #[arg(long, value_name = "FORMAT", default_value = "table")]
+    pub format: String,
+
+    /// Write the result to this file (created 0600) instead of standard
+    /// output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Rows a table shows (the rest are counted).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_rows: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+
+    /// Sort key: total, self, calls, p50, p90, p99, max or name.
+    #[arg(short, long, value_name = "KEY", default_value = "total")]
+    pub sort: String,
+
+    /// One row per function, or per thread (and function), module, or
+    /// caller → callee edge.
+    #[arg(
+        long,
+        value_name = "function|thread|module|caller",
+        default_value = "function"
+    )]
+    pub by: String,
+
+    /// At most this many rows (0: all).
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
+    pub limit: usize,
+
+    /// text, csv or json.
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    pub format: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TreeArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+
+    /// Only this thread.
+    #[arg(long, value_name = "TID")]
+    pub tid: Option<u32>,
+
+    /// Show paths down to this depth (0: all).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub depth: usize,
+
+    /// Hide paths below this share of the total time, in percent.
+    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
+    pub min_pct: f64,
+
+    /// Root the tree at this function (every call of it).
+    #[arg(long, value_name = "NAME")]
+    pub focus: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StackArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+
+    /// The thread (a tid; `scope-agent report --by thread` lists them).
+    #[arg(long, value_name = "TID")]
+    pub tid: u32,
+
+    /// The instant: +1.5s (after the session's start), an RFC 3339
+    /// timestamp (2026-11-26T16:45:22.5Z), or epoch nanoseconds.
+    #[arg(long, value_name = "TIME")]
+    pub at: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TimelineArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+
+    /// The thread.
+    #[arg(long, value_name = "TID")]
+    pub tid: u32,
+
+    /// Start of the interval (default: the session's start); +1.5s, RFC
+    /// 3339 or epoch ns.
+    #[arg(long, value_name = "TIME")]
+    pub from: Option<String>,
+
+    /// End of the interval (default: the session's end).
+    #[arg(long, value_name = "TIME")]
+    pub to: Option<String>,
+
+    /// At most this many calls.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 1000)]
+    pub limit: usize,
 }
 
 #[derive(Debug, Args)]
@@ -332,6 +478,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("'{s}': a duration must be positive"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `65536`, `64K`, `8M`, `1G`, `10G` as a 64-bit byte count.
+pub fn parse_size64(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
+        Some('t' | 'T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (try 512M, 2G)"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("'{s}': a size must be positive"));
+    }
+    Ok((v * mult as f64) as u64)
 }
 
 /// `65536`, `64K`, `8M`, `1G`.

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod governor;
 pub mod listing;
 pub mod probe;
+pub mod read;
 pub mod session;
 pub mod status;
 pub mod storage;

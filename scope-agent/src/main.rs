@@ -44,6 +44,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             calibrate(args.rounds.max(1))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Query(args) => scope_agent::read::query(args).map(|()| ExitCode::SUCCESS),
+        Command::Report(args) => scope_agent::read::report(args).map(|()| ExitCode::SUCCESS),
+        Command::Tree(args) => scope_agent::read::tree(args).map(|()| ExitCode::SUCCESS),
+        Command::Stack(args) => scope_agent::read::stack(args).map(|()| ExitCode::SUCCESS),
+        Command::Timeline(args) => scope_agent::read::timeline(args).map(|()| ExitCode::SUCCESS),
         Command::Functions(args) => {
             let (source, pattern) = match (args.pid, args.args.as_slice()) {
                 (Some(pid), []) => (Source::Pid(pid), None),

@@ -1,2 +1,21 @@
 //! scope's reading side: everything that answers questions from a store of
-//! Parquet files (a local directory or an object-store URL) without root.
+//! Parquet files (a local directory or an object-store URL), without root.
+//!
+//! - [`store`]: finds a store's tables and sessions, checks each file, and
+//!   registers every table in DataFusion as DuckDB sees it.
+//! - [`output`]: writes a result as a table, CSV, JSON or Parquet.
+//! - [`report`]: per-function figures (`scope-agent report`) and the call
+//!   tree aggregated by path (`scope-agent tree`).
+//! - [`travel`]: time travel: a thread's stack at an instant (`stack`) and
+//!   its calls in order (`timeline`).
+//! - [`time`]: the `+1.5s` / absolute time arguments.
+
+mod cols;
+pub mod output;
+pub mod report;
+pub mod store;
+pub mod time;
+pub mod travel;
+pub mod tree;
+
+pub use store::{OpenOptions, SessionSel, Store};

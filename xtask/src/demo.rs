@@ -1,13 +1,14 @@
 //! `cargo xtask demo`: build the agent (release) and examples/demo/demo.c,
 //! record the demo with every function of its executable probed, then show
-//! the per-function totals with DuckDB and the command to query further.
+//! `scope-agent report` and `scope-agent tree` of it and the commands that
+//! go further (DuckDB's among them).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::process::{cargo, command, describe, on_path, run, step, target_dir, workspace_root};
-use crate::setup::{ensure_root_and_bpf, ensure_toolchain, pip_install_duckdb, python_has_duckdb};
+use crate::process::{cargo, command, describe, run, step, target_dir, workspace_root};
+use crate::setup::{ensure_root_and_bpf, ensure_toolchain};
 
 /// Records the demo into `out` and reports on it.
 pub fn run_demo(out: &Path) -> Result<()> {
@@ -27,7 +28,7 @@ pub fn run_demo(out: &Path) -> Result<()> {
     step("record", || {
         record(&target.join("release/scope-agent"), &out, &demo)
     })?;
-    show_totals(&out);
+    show_answers(&target.join("release/scope-agent"), &out);
     Ok(())
 }
 
@@ -60,9 +61,8 @@ fn record(agent: &Path, out: &Path, demo: &Path) -> Result<()> {
 }
 
 /// Calls and total time per function, from `totals` (exact, or estimates
-/// where a session sampled: `exact` says which; the design doc's
-/// `count(*)` over `calls` counts recorded rows, the calls only when every
-/// call was recorded).
+/// where a session sampled: `exact` says which), as DuckDB reads the same
+/// files: a hint for users who query with their own engine.
 fn totals_sql(out: &Path) -> String {
     let dir = out.display();
     format!(
@@ -74,34 +74,39 @@ fn totals_sql(out: &Path) -> String {
     )
 }
 
-/// Prints the per-function totals (best effort: the recording itself has
-/// succeeded) and the command that reproduces them.
-fn show_totals(out: &Path) {
-    let sql = totals_sql(out);
-    println!("==> query");
-    if !python_has_duckdb() {
-        println!("scope: installing Python's duckdb (one time, about a minute)...");
-        if let Err(e) = pip_install_duckdb() {
-            println!("    skipped: Python's duckdb is not available ({e:#})");
+/// Prints `scope-agent report` and `scope-agent tree` of the recording
+/// (best effort: the recording itself has succeeded), then the commands
+/// that go further, DuckDB's among them.
+fn show_answers(agent: &Path, out: &Path) {
+    let data = out.display().to_string();
+    for (title, args) in [
+        (
+            "report",
+            vec!["report", "--data", data.as_str(), "--limit", "15"],
+        ),
+        (
+            "tree",
+            vec!["tree", "--data", data.as_str(), "--depth", "4"],
+        ),
+    ] {
+        println!("==> {title}");
+        if let Err(e) = run(command(agent).args(&args)) {
+            println!("    {title} failed: {e:#}");
         }
     }
-    if python_has_duckdb() {
-        let script = "import duckdb, sys; duckdb.sql(sys.argv[1]).show(max_rows=20)";
-        if let Err(e) = run(command("python3").args(["-c", script, &sql])) {
-            println!("    the query failed: {e:#}");
-        }
-    }
-    let sessions = std::fs::read_dir(out.join("sessions")).map_or(0, |d| d.count());
-    if sessions > 1 {
-        println!(
-            "({sessions} sessions in {}: the totals cover them all)",
-            out.display()
-        );
-    }
-    println!("\nQuery the recording yourself:");
-    println!("  duckdb -c \"{sql}\"");
-    if !on_path("duckdb") {
-        println!("(no duckdb CLI here: `python3 -m pip install duckdb-cli` installs it, or run");
-        println!("  python3 -c 'import duckdb, sys; duckdb.sql(sys.argv[1]).show()' \"{sql}\")");
-    }
+    println!("\nGo further (none of these needs root):");
+    println!(
+        "  {} query \"SELECT * FROM totals\" --data {data}",
+        agent.display()
+    );
+    println!(
+        "  {} stack --data {data} --tid TID --at +0.05s",
+        agent.display()
+    );
+    println!(
+        "  {} timeline --data {data} --tid TID --from +0.05s --to +0.06s",
+        agent.display()
+    );
+    println!("or with DuckDB, over the same files:");
+    println!("  duckdb -c \"{}\"", totals_sql(out));
 }

@@ -1,0 +1,129 @@
+//! The reading commands (`query`, `report`, `tree`, `stack`, `timeline`):
+//! flags to [`scope_query`] calls and their output. None needs root: they
+//! read files.
+
+use std::io::{IsTerminal as _, Write};
+use std::os::unix::fs::OpenOptionsExt as _;
+
+use anyhow::{Context as _, Result};
+use scope_query::output::{OutputFormat, check_binary_target, write_result};
+use scope_query::report::{By, ReportOptions, SortKey};
+use scope_query::time::parse_time;
+use scope_query::tree::TreeOptions;
+use scope_query::{OpenOptions, SessionSel, Store};
+
+use crate::cli::{DataArgs, QueryArgs, ReportArgs, StackArgs, TimelineArgs, TreeArgs};
+
+/// Opens the store `args` names; `default` is the session selection when
+/// `--session` is not given.
+fn open(args: &DataArgs, default: SessionSel) -> Result<Store> {
+    let sessions = args.session.as_deref().map_or(default, SessionSel::parse);
+    Store::open(
+        &args.data,
+        &OpenOptions {
+            sessions,
+            memory_limit: Some(args.memory as usize),
+        },
+    )
+}
+
+/// A file created 0600 (the agent may run as root), or standard output.
+fn output(path: Option<&std::path::Path>) -> Result<Box<dyn Write + Send>> {
+    match path {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(p)
+                .with_context(|| format!("cannot create {}", p.display()))?;
+            Ok(Box::new(std::io::BufWriter::new(f)))
+        }
+        None => Ok(Box::new(std::io::BufWriter::new(std::io::stdout()))),
+    }
+}
+
+/// `scope-agent query`.
+pub fn query(args: QueryArgs) -> Result<()> {
+    let format: OutputFormat = args.format.parse().map_err(anyhow::Error::msg)?;
+    check_binary_target(
+        format,
+        args.output.is_none() && std::io::stdout().is_terminal(),
+    )?;
+    let store = open(&args.data, SessionSel::All)?;
+    let mut rows = store.stream(&args.sql)?;
+    let schema = rows.schema();
+    let mut out = output(args.output.as_deref())?;
+    write_result(schema, &mut rows, format, &mut out, args.max_rows)?;
+    Ok(())
+}
+
+/// `scope-agent report`.
+pub fn report(args: ReportArgs) -> Result<()> {
+    let by: By = args.by.parse().map_err(anyhow::Error::msg)?;
+    let sort: SortKey = args.sort.parse().map_err(anyhow::Error::msg)?;
+    let store = open(&args.data, SessionSel::Latest)?;
+    let r = scope_query::report::report(
+        &store,
+        &ReportOptions {
+            by,
+            sort,
+            limit: args.limit,
+        },
+    )?;
+    let mut out = output(None)?;
+    match args.format.as_str() {
+        "text" | "table" => write!(out, "{}", scope_query::report::render(&r, by))?,
+        "json" => writeln!(out, "{}", scope_query::report::to_json(&r))?,
+        "csv" => write!(out, "{}", scope_query::report::to_csv(&r))?,
+        other => anyhow::bail!("unknown format {other:?}: text, csv or json"),
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `scope-agent tree`.
+pub fn tree(args: TreeArgs) -> Result<()> {
+    let store = open(&args.data, SessionSel::Latest)?;
+    let opts = TreeOptions {
+        tid: args.tid,
+        max_depth: args.depth,
+        min_pct: args.min_pct,
+        focus: args.focus,
+    };
+    let t = scope_query::tree::build(&store, &opts)?;
+    let mut out = output(None)?;
+    for h in scope_query::report::session_header(&store)? {
+        writeln!(out, "{h}")?;
+    }
+    writeln!(out)?;
+    write!(out, "{}", scope_query::tree::render(&t, &opts))?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `scope-agent stack`.
+pub fn stack(args: StackArgs) -> Result<()> {
+    let at = parse_time(&args.at)?;
+    let store = open(&args.data, SessionSel::Latest)?;
+    let st = scope_query::travel::stack(&store, args.tid, at)?;
+    print!("{}", scope_query::travel::render_stack(&st));
+    Ok(())
+}
+
+/// `scope-agent timeline`.
+pub fn timeline(args: TimelineArgs) -> Result<()> {
+    let from = args.from.as_deref().map(parse_time).transpose()?;
+    let to = args.to.as_deref().map(parse_time).transpose()?;
+    let store = open(&args.data, SessionSel::Latest)?;
+    let tl = scope_query::travel::timeline(&store, args.tid, from, to, args.limit)?;
+    let mut out = output(None)?;
+    write!(
+        out,
+        "{}",
+        scope_query::travel::render_timeline(&tl, args.tid)
+    )?;
+    out.flush()?;
+    Ok(())
+}

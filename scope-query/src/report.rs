@@ -1,0 +1,716 @@
+//! Answers without SQL: `report` (per function: calls, total, self and
+//! latency percentiles) and `tree` (the call tree aggregated by path, like
+//! `uftrace graph`).
+//!
+//! Counts come from `totals` where the session has it: exact, or an
+//! estimate marked `≈` with its interval (sampled functions), so a sampled
+//! count never reads as a total. Percentiles are over the recorded calls
+//! (every call unless the function was sampled) and come from a t-digest
+//! (`approx_percentile_cont`, within about 1% of the exact quantile); the
+//! maximum is exact. Lost events are shown where they touch the numbers.
+
+use std::fmt::Write as _;
+
+use anyhow::{Result, bail};
+use rustc_hash::FxHashMap;
+
+use crate::cols;
+use crate::store::{Store, sql_str};
+use crate::time::{fmt_ns, fmt_offset};
+
+/// What `report` groups by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum By {
+    /// One row per function (the default).
+    Function,
+    /// One row per thread and function.
+    Thread,
+    /// One row per module (self time and calls).
+    Module,
+    /// One row per caller → callee edge.
+    Caller,
+}
+
+impl std::str::FromStr for By {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "function" => By::Function,
+            "thread" => By::Thread,
+            "module" => By::Module,
+            "caller" => By::Caller,
+            o => {
+                return Err(format!(
+                    "unknown --by {o:?}: function, thread, module or caller"
+                ));
+            }
+        })
+    }
+}
+
+/// The sort key of `report`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortKey {
+    /// Total (inclusive) time.
+    Total,
+    /// Self (exclusive) time.
+    SelfTime,
+    /// Calls.
+    Calls,
+    /// Median duration.
+    P50,
+    /// 90th percentile duration.
+    P90,
+    /// 99th percentile duration.
+    P99,
+    /// Longest call.
+    Max,
+    /// Name, alphabetically.
+    Name,
+}
+
+impl std::str::FromStr for SortKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "total" => SortKey::Total,
+            "self" => SortKey::SelfTime,
+            "calls" => SortKey::Calls,
+            "p50" => SortKey::P50,
+            "p90" => SortKey::P90,
+            "p99" => SortKey::P99,
+            "max" => SortKey::Max,
+            "name" => SortKey::Name,
+            o => {
+                return Err(format!(
+                    "unknown sort key {o:?}: total, self, calls, p50, p90, p99, max or name"
+                ));
+            }
+        })
+    }
+}
+
+/// One row of a report.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReportRow {
+    /// What the row is about: a function, `tid 42  function`, a module, or
+    /// `caller → callee`.
+    pub key: String,
+    /// Thread id, for `--by thread`.
+    pub tid: Option<i64>,
+    /// Module of the function (or the module itself for `--by module`).
+    pub module: String,
+    /// Calls: exact, or the estimate when `!exact`; `None` when unknown.
+    pub calls: Option<f64>,
+    /// Whether `calls` (and the times) are exact.
+    pub exact: bool,
+    /// The 95% interval of an estimate (`high` `None`: unbounded).
+    pub calls_low: Option<f64>,
+    /// Upper end of the interval.
+    pub calls_high: Option<f64>,
+    /// Rows in `calls` (recorded one by one).
+    pub recorded: i64,
+    /// Sum of durations, ns (scaled like the count when estimated).
+    pub total_ns: Option<f64>,
+    /// Sum of self times, ns.
+    pub self_ns: Option<f64>,
+    /// Percentiles over the recorded calls, ns.
+    pub p50_ns: Option<f64>,
+    /// 90th percentile.
+    pub p90_ns: Option<f64>,
+    /// 99th percentile.
+    pub p99_ns: Option<f64>,
+    /// Longest recorded call.
+    pub max_ns: Option<f64>,
+    /// How the count was found, when not simply recorded.
+    pub method: Option<String>,
+}
+
+/// A report: a header of what it covers, its rows, and notes (losses,
+/// estimates).
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// What the report covers.
+    pub header: Vec<String>,
+    /// The rows, sorted.
+    pub rows: Vec<ReportRow>,
+    /// Rows left out by `--limit`.
+    pub more: usize,
+    /// Lines under the table.
+    pub notes: Vec<String>,
+}
+
+/// Options of `report`.
+#[derive(Clone, Debug)]
+pub struct ReportOptions {
+    /// Grouping.
+    pub by: By,
+    /// Sort key (descending, but ascending for names).
+    pub sort: SortKey,
+    /// At most this many rows (0: all).
+    pub limit: usize,
+}
+
+/// Whether the registered tables show one session (function ids are then
+/// unique) or several (functions are matched by name and module).
+fn one_session(store: &Store) -> bool {
+    store.selected_sessions().len() == 1
+}
+
+/// Builds the report of the store's selected sessions.
+pub fn report(store: &Store, opts: &ReportOptions) -> Result<Report> {
+    if !store.has_table("calls") || !store.has_table("functions") {
+        bail!(
+            "{}: no calls or functions table (nothing was recorded here)",
+            store.location().display
+        );
+    }
+    let mut out = Report {
+        header: session_header(store)?,
+        ..Report::default()
+    };
+    let single = one_session(store);
+    let fkey = if single {
+        "c.function_id"
+    } else {
+        "f.name, f.module"
+    };
+    let pct = |q: f64| format!("approx_percentile_cont({q}) WITHIN GROUP (ORDER BY c.duration_ns)");
+    let (select_key, group, join_extra) = match opts.by {
+        By::Function => (
+            "min(f.name) AS key, min(f.module) AS module, CAST(NULL AS BIGINT) AS tid".to_string(),
+            fkey.to_string(),
+            String::new(),
+        ),
+        By::Thread => (
+            "min(f.name) AS key, min(f.module) AS module, c.tid AS tid".to_string(),
+            format!("c.tid, {fkey}"),
+            String::new(),
+        ),
+        By::Module => (
+            "f.module AS key, f.module AS module, CAST(NULL AS BIGINT) AS tid".to_string(),
+            "f.module".to_string(),
+            String::new(),
+        ),
+        By::Caller => (
+            "concat(coalesce(min(pf.name), '(root)'), ' → ', min(f.name)) AS key, min(f.module) AS module, CAST(NULL AS BIGINT) AS tid"
+                .to_string(),
+            format!("pf.name, pf.module, {fkey}"),
+            "LEFT JOIN calls p ON p.session_id = c.session_id AND p.tid = c.tid AND p.call_id = c.parent_call_id \
+             LEFT JOIN functions pf ON pf.session_id = p.session_id AND pf.function_id = p.function_id"
+                .to_string(),
+        ),
+    };
+    let key_id = if single && opts.by == By::Function {
+        "c.function_id AS function_id"
+    } else {
+        "CAST(NULL AS BIGINT) AS function_id"
+    };
+    let sql = format!(
+        "SELECT {select_key}, {key_id}, count(*) AS recorded, \
+           sum(c.duration_ns) AS total_ns, sum(c.self_ns) AS self_ns, \
+           {} AS p50_ns, {} AS p90_ns, {} AS p99_ns, max(c.duration_ns) AS max_ns \
+         FROM calls c JOIN functions f ON f.session_id = c.session_id AND f.function_id = c.function_id \
+         {join_extra} GROUP BY {group}",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99)
+    );
+    let mut rows = Vec::new();
+    let mut by_id: FxHashMap<String, usize> = FxHashMap::default();
+    for b in store.sql(&sql)? {
+        let key = cols::strs(&b, "key")?;
+        let module = cols::strs(&b, "module")?;
+        let tid = cols::i64s(&b, "tid")?;
+        let fid = cols::i64s(&b, "function_id")?;
+        let rec = cols::i64s(&b, "recorded")?;
+        let total = cols::f64s(&b, "total_ns")?;
+        let selfs = cols::f64s(&b, "self_ns")?;
+        let p50 = cols::f64s(&b, "p50_ns")?;
+        let p90 = cols::f64s(&b, "p90_ns")?;
+        let p99 = cols::f64s(&b, "p99_ns")?;
+        let max = cols::f64s(&b, "max_ns")?;
+        for i in 0..b.num_rows() {
+            let recorded = rec[i].unwrap_or(0);
+            let row = ReportRow {
+                key: key[i].clone().unwrap_or_default(),
+                tid: tid[i],
+                module: module[i].clone().unwrap_or_default(),
+                calls: Some(recorded as f64),
+                exact: true,
+                calls_low: None,
+                calls_high: None,
+                recorded,
+                total_ns: total[i],
+                self_ns: selfs[i],
+                p50_ns: p50[i],
+                p90_ns: p90[i],
+                p99_ns: p99[i],
+                max_ns: max[i],
+                method: None,
+            };
+            let id = match fid[i] {
+                Some(id) => id.to_string(),
+                None => format!("{}\u{1}{}", row.key, row.module),
+            };
+            by_id.insert(id, rows.len());
+            rows.push(row);
+        }
+    }
+    // Sampled sessions: counts and times come from `totals`.
+    let sampled = sampled_sessions(store)?;
+    if store.has_table("totals") && opts.by == By::Function {
+        apply_totals(store, single, &mut rows, &mut by_id)?;
+    } else if !sampled.is_empty() {
+        out.notes.push(format!(
+            "sampled session{} ({}): counts per {} are of the recorded calls; `report` without --by shows estimated totals",
+            if sampled.len() == 1 { "" } else { "s" },
+            sampled.join(", "),
+            match opts.by {
+                By::Thread => "thread",
+                By::Module => "module",
+                By::Caller => "caller",
+                By::Function => "function",
+            }
+        ));
+        for r in &mut rows {
+            r.exact = false;
+        }
+    }
+    if opts.by == By::Module {
+        for r in &mut rows {
+            // Inclusive times summed over a module count nested calls twice.
+            r.total_ns = None;
+        }
+    }
+    sort_rows(&mut rows, opts.sort);
+    if opts.limit > 0 && rows.len() > opts.limit {
+        out.more = rows.len() - opts.limit;
+        rows.truncate(opts.limit);
+    }
+    out.notes.extend(loss_notes(store)?);
+    if rows
+        .iter()
+        .any(|r| !r.exact && r.calls.is_some() && r.method.is_some())
+    {
+        out.notes.push(
+            "≈: an estimate (a sampled function); its 95% interval is in brackets; times are scaled like the count; percentiles are over the recorded calls".to_string(),
+        );
+    }
+    out.rows = rows;
+    Ok(out)
+}
+
+/// Replaces the counts and times of every function `totals` knows with its
+/// figures (exact, or estimates marked as such), adding functions that ran
+/// but have no recorded call.
+fn apply_totals(
+    store: &Store,
+    single: bool,
+    rows: &mut Vec<ReportRow>,
+    by_id: &mut FxHashMap<String, usize>,
+) -> Result<()> {
+    let group = if single {
+        "t.function_id"
+    } else {
+        "f.name, f.module"
+    };
+    let id_col = if single {
+        "t.function_id AS function_id"
+    } else {
+        "CAST(NULL AS BIGINT) AS function_id"
+    };
+    let sql = format!(
+        "SELECT {id_col}, min(f.name) AS key, min(f.module) AS module, \
+           CASE WHEN count(t.calls) = count(*) THEN sum(t.calls) END AS calls, \
+           bool_and(t.exact) AS exact, sum(t.calls_low) AS calls_low, \
+           CASE WHEN count(t.calls_high) = count(*) THEN sum(t.calls_high) END AS calls_high, \
+           sum(t.calls_recorded) AS recorded, \
+           CASE WHEN count(t.total_ns) = count(*) THEN sum(t.total_ns) END AS total_ns, \
+           CASE WHEN count(t.self_ns) = count(*) THEN sum(t.self_ns) END AS self_ns, \
+           CASE WHEN count(DISTINCT t.method) = 1 THEN min(t.method) ELSE 'mixed' END AS method \
+         FROM totals t JOIN functions f ON f.session_id = t.session_id AND f.function_id = t.function_id \
+         GROUP BY {group}"
+    );
+    for b in store.sql(&sql)? {
+        let fid = cols::i64s(&b, "function_id")?;
+        let key = cols::strs(&b, "key")?;
+        let module = cols::strs(&b, "module")?;
+        let calls = cols::f64s(&b, "calls")?;
+        let exact = cols::bools(&b, "exact")?;
+        let low = cols::f64s(&b, "calls_low")?;
+        let high = cols::f64s(&b, "calls_high")?;
+        let rec = cols::i64s(&b, "recorded")?;
+        let total = cols::f64s(&b, "total_ns")?;
+        let selfs = cols::f64s(&b, "self_ns")?;
+        let method = cols::strs(&b, "method")?;
+        for i in 0..b.num_rows() {
+            let k = key[i].clone().unwrap_or_default();
+            let m = module[i].clone().unwrap_or_default();
+            let id = match fid[i] {
+                Some(id) => id.to_string(),
+                None => format!("{k}\u{1}{m}"),
+            };
+            let exact = exact[i].unwrap_or(false);
+            if calls[i] == Some(0.0) && exact {
+                continue;
+            }
+            let idx = match by_id.get(&id) {
+                Some(&idx) => idx,
+                None => {
+                    rows.push(ReportRow {
+                        key: k,
+                        module: m,
+                        ..ReportRow::default()
+                    });
+                    by_id.insert(id, rows.len() - 1);
+                    rows.len() - 1
+                }
+            };
+            let r = &mut rows[idx];
+            r.exact = exact;
+            r.calls = calls[i];
+            if !exact {
+                r.calls_low = low[i];
+                r.calls_high = high[i];
+                r.method = method[i].clone();
+                r.total_ns = total[i];
+                r.self_ns = selfs[i];
+            }
+            r.recorded = rec[i].unwrap_or(r.recorded);
+        }
+    }
+    Ok(())
+}
+
+/// Sessions among the selected ones whose counts are not all exact.
+pub fn sampled_sessions(store: &Store) -> Result<Vec<String>> {
+    if !store.has_table("sessions") {
+        return Ok(Vec::new());
+    }
+    let has = store.tables()["sessions"]
+        .schema
+        .field_with_name("calls_exact")
+        .is_ok();
+    if !has {
+        return Ok(Vec::new());
+    }
+    let mut v = Vec::new();
+    for b in
+        store.sql("SELECT session_id FROM sessions WHERE NOT calls_exact ORDER BY session_id")?
+    {
+        v.extend(cols::strs(&b, "session_id")?.into_iter().flatten());
+    }
+    Ok(v)
+}
+
+fn sort_rows(rows: &mut [ReportRow], key: SortKey) {
+    let f = |r: &ReportRow| -> f64 {
+        match key {
+            SortKey::Total => r.total_ns.or(r.self_ns),
+            SortKey::SelfTime => r.self_ns,
+            SortKey::Calls => r.calls,
+            SortKey::P50 => r.p50_ns,
+            SortKey::P90 => r.p90_ns,
+            SortKey::P99 => r.p99_ns,
+            SortKey::Max => r.max_ns,
+            SortKey::Name => None,
+        }
+        .unwrap_or(-1.0)
+    };
+    if key == SortKey::Name {
+        rows.sort_by(|a, b| a.key.cmp(&b.key).then(a.tid.cmp(&b.tid)));
+    } else {
+        rows.sort_by(|a, b| {
+            f(b).total_cmp(&f(a))
+                .then(a.tid.cmp(&b.tid))
+                .then(a.key.cmp(&b.key))
+        });
+    }
+}
+
+/// One line per selected session: id, command, pid, length, how its
+/// counts were taken. A session without a `sessions` row is in progress
+/// or was cut off.
+pub fn session_header(store: &Store) -> Result<Vec<String>> {
+    let selected = store.selected_sessions();
+    let mut lines = Vec::new();
+    let mut known: FxHashMap<String, String> = FxHashMap::default();
+    if store.has_table("sessions") {
+        let schema = &store.tables()["sessions"].schema;
+        let exact_col = if schema.field_with_name("calls_exact").is_ok() {
+            "calls_exact"
+        } else {
+            "CAST(NULL AS BOOLEAN) AS calls_exact"
+        };
+        let budget = if schema.field_with_name("max_overhead_pct").is_ok() {
+            "max_overhead_pct"
+        } else {
+            "CAST(NULL AS DOUBLE) AS max_overhead_pct"
+        };
+        for b in store.sql(&format!(
+            "SELECT session_id, command, pid, start_ns, end_ns, lost, {exact_col}, {budget} FROM sessions"
+        ))? {
+            let id = cols::strs(&b, "session_id")?;
+            let cmd = cols::strs(&b, "command")?;
+            let pid = cols::i64s(&b, "pid")?;
+            let s = cols::i64s(&b, "start_ns")?;
+            let e = cols::i64s(&b, "end_ns")?;
+            let exact = cols::bools(&b, "calls_exact")?;
+            let budget = cols::f64s(&b, "max_overhead_pct")?;
+            for i in 0..b.num_rows() {
+                let len = e[i].unwrap_or(0) - s[i].unwrap_or(0);
+                let how = match (exact[i], budget[i]) {
+                    (_, Some(pct)) => format!("sampled within a {pct}% budget"),
+                    (Some(true), None) => "every call recorded".to_string(),
+                    _ => "every call recorded (counts inexact: events lost)".to_string(),
+                };
+                known.insert(
+                    id[i].clone().unwrap_or_default(),
+                    format!(
+                        "{} (pid {}), {}, {how}",
+                        cmd[i].clone().unwrap_or_default(),
+                        pid[i].unwrap_or(0),
+                        fmt_ns(len as f64)
+                    ),
+                );
+            }
+        }
+    }
+    for id in &selected {
+        match known.get(id) {
+            Some(desc) => lines.push(format!("session {id}: {desc}")),
+            None => lines.push(format!(
+                "session {id}: no sessions row (still recording, or the agent was killed): figures cover the files written so far"
+            )),
+        }
+    }
+    Ok(lines)
+}
+
+/// Where events were lost, per session: how many and when.
+pub fn loss_notes(store: &Store) -> Result<Vec<String>> {
+    if !store.has_table("losses") || !store.has_table("sessions") {
+        return Ok(Vec::new());
+    }
+    let mut notes = Vec::new();
+    for b in store.sql(
+        "SELECT l.session_id, sum(l.lost) AS lost, min(l.start_ns) - min(s.start_ns) AS from_ns, \
+           max(l.end_ns) - min(s.start_ns) AS to_ns \
+         FROM losses l JOIN sessions s ON s.session_id = l.session_id \
+         GROUP BY l.session_id HAVING sum(l.lost) > 0 ORDER BY l.session_id",
+    )? {
+        let id = cols::strs(&b, "session_id")?;
+        let lost = cols::i64s(&b, "lost")?;
+        let from = cols::i64s(&b, "from_ns")?;
+        let to = cols::i64s(&b, "to_ns")?;
+        for i in 0..b.num_rows() {
+            notes.push(format!(
+                "session {}: {} events lost between {} and {} (the ring was full): the counts of functions running then are lower bounds (totals.calls_high allows for them)",
+                id[i].clone().unwrap_or_default(),
+                lost[i].unwrap_or(0),
+                fmt_offset(from[i].unwrap_or(0)),
+                fmt_offset(to[i].unwrap_or(0)),
+            ));
+        }
+    }
+    Ok(notes)
+}
+
+/// A count for people: exact with thousands separators, or `≈54.0K`.
+pub fn fmt_count(calls: Option<f64>, exact: bool) -> String {
+    match calls {
+        None => "unknown".to_string(),
+        Some(c) if exact => group_digits(c.round() as u64),
+        Some(c) => format!("≈{}", si(c)),
+    }
+}
+
+/// `12,345`.
+pub fn group_digits(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// `54.0K`, `1.34M`.
+pub fn si(v: f64) -> String {
+    if v >= 1e9 {
+        format!("{:.2}G", v / 1e9)
+    } else if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e4 {
+        format!("{:.1}K", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// The report as text.
+pub fn render(report: &Report, by: By) -> String {
+    let mut s = String::new();
+    for h in &report.header {
+        let _ = writeln!(s, "{h}");
+    }
+    let _ = writeln!(s);
+    let mut table: Vec<Vec<String>> = Vec::new();
+    let mut head = vec![];
+    if by == By::Thread {
+        head.push("tid".to_string());
+    }
+    head.extend(
+        ["calls", "total", "self", "p50", "p90", "p99", "max"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    head.push(match by {
+        By::Module => "module".to_string(),
+        By::Caller => "caller → function".to_string(),
+        _ => "function".to_string(),
+    });
+    table.push(head);
+    let t = |v: Option<f64>, exact: bool| match v {
+        None => "-".to_string(),
+        Some(v) if exact => fmt_ns(v),
+        Some(v) => format!("≈{}", fmt_ns(v)),
+    };
+    for r in &report.rows {
+        let mut row = vec![];
+        if by == By::Thread {
+            row.push(r.tid.map_or("-".into(), |t| t.to_string()));
+        }
+        row.push(fmt_count(r.calls, r.exact));
+        row.push(t(r.total_ns, r.exact || r.method.is_none()));
+        row.push(t(r.self_ns, r.exact || r.method.is_none()));
+        for p in [r.p50_ns, r.p90_ns, r.p99_ns, r.max_ns] {
+            row.push(t(p, true));
+        }
+        let mut name = r.key.clone();
+        if !r.exact
+            && let Some(m) = &r.method
+        {
+            let interval = match (r.calls_low, r.calls_high) {
+                (Some(l), Some(h)) => format!("[{}–{}]", si(l), si(h)),
+                (Some(l), None) => format!("[≥{}]", si(l)),
+                _ => String::new(),
+            };
+            let _ = write!(
+                name,
+                "  {interval} {} recorded; {m}",
+                group_digits(r.recorded.max(0) as u64)
+            );
+        }
+        row.push(name);
+        table.push(row);
+    }
+    let ncol = table[0].len();
+    let widths: Vec<usize> = (0..ncol)
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in &table {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == ncol {
+                let _ = write!(line, "{cell}");
+            } else {
+                let pad = widths[c] - cell.chars().count();
+                let _ = write!(line, "{}{}  ", " ".repeat(pad), cell);
+            }
+        }
+        let _ = writeln!(s, "{}", line.trim_end());
+    }
+    if report.more > 0 {
+        let _ = writeln!(s, "… {} more (--limit 0 shows all)", report.more);
+    }
+    if report.rows.is_empty() {
+        let _ = writeln!(s, "(no calls recorded)");
+    }
+    for n in &report.notes {
+        let _ = writeln!(s, "\n{n}");
+    }
+    s
+}
+
+/// Quoted list of session ids for an SQL `IN`.
+pub fn sessions_in(ids: &[String]) -> String {
+    ids.iter()
+        .map(|s| sql_str(s))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl ReportRow {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "key": self.key,
+            "tid": self.tid,
+            "module": self.module,
+            "calls": self.calls,
+            "exact": self.exact,
+            "calls_low": self.calls_low,
+            "calls_high": self.calls_high,
+            "calls_recorded": self.recorded,
+            "method": self.method,
+            "total_ns": self.total_ns,
+            "self_ns": self.self_ns,
+            "p50_ns": self.p50_ns,
+            "p90_ns": self.p90_ns,
+            "p99_ns": self.p99_ns,
+            "max_ns": self.max_ns,
+        })
+    }
+}
+
+/// The report as JSON: `{"sessions": [...], "rows": [...], "notes": [...]}`.
+pub fn to_json(r: &Report) -> String {
+    serde_json::json!({
+        "sessions": r.header,
+        "rows": r.rows.iter().map(ReportRow::json).collect::<Vec<_>>(),
+        "more": r.more,
+        "notes": r.notes,
+    })
+    .to_string()
+}
+
+/// The report's rows as CSV with a header line (numbers unformatted, ns).
+pub fn to_csv(r: &Report) -> String {
+    let mut s = String::from(
+        "key,tid,module,calls,exact,calls_low,calls_high,calls_recorded,method,total_ns,self_ns,p50_ns,p90_ns,p99_ns,max_ns\n",
+    );
+    let q = |v: &str| format!("\"{}\"", v.replace('"', "\"\""));
+    let n = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.0}"));
+    for row in &r.rows {
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            q(&row.key),
+            row.tid.map_or(String::new(), |t| t.to_string()),
+            q(&row.module),
+            n(row.calls),
+            row.exact,
+            n(row.calls_low),
+            n(row.calls_high),
+            row.recorded,
+            row.method.as_deref().map(q).unwrap_or_default(),
+            n(row.total_ns),
+            n(row.self_ns),
+            n(row.p50_ns),
+            n(row.p90_ns),
+            n(row.p99_ns),
+            n(row.max_ns),
+        );
+    }
+    s
+}

@@ -1,0 +1,787 @@
+//! Opening a store: find its tables and sessions, check every Parquet file's
+//! footer, and register each table in a DataFusion [`SessionContext`] over
+//! the files as they lie, with `session_id` from the Hive directory name,
+//! exactly the rows DuckDB's `read_parquet('<table>/**/*.parquet',
+//! hive_partitioning = true)` sees.
+//!
+//! A store is any directory (or object-store prefix) holding
+//! `<table>/session_id=<id>/*.parquet`; the tables are found, not listed in
+//! code, so tables added later are registered too. A file whose footer
+//! cannot be read (half written by a killed writer of another tool,
+//! truncated, not Parquet) is skipped with a warning naming it; the table
+//! is then registered file by file so the rest still answers.
+//!
+//! Everything here is blocking: the store owns a small Tokio runtime and
+//! every call waits on it. The reading commands are one-shot CLI commands,
+//! and a blocking API keeps them (and their tests) simple.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use arrow_array::RecordBatch;
+use arrow_schema::{DataType, Schema, SchemaRef};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt as _;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt as _};
+
+/// The partition column every table gets from its directory names.
+pub const SESSION_COLUMN: &str = "session_id";
+
+/// Where a store lies: a local directory, or a prefix in an object store.
+#[derive(Clone)]
+pub struct Location {
+    /// What the user gave, for messages (`scope-data`, `s3://bkt/traces`).
+    pub display: String,
+    /// The URL DataFusion resolves (`file:///abs/scope-data/`,
+    /// `s3://bkt/traces/`), always ending in `/`.
+    pub url: url::Url,
+    /// The store that URL's scheme and authority name.
+    pub store: Arc<dyn ObjectStore>,
+    /// The prefix of the store's root inside `store`.
+    pub prefix: ObjPath,
+    /// The local directory, when the store is one.
+    pub local: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Location")
+            .field("display", &self.display)
+            .field("url", &self.url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Location {
+    /// A local directory. It must exist: a reading command on a path that
+    /// is not there says so instead of answering from an empty store.
+    pub fn local(dir: &Path) -> Result<Location> {
+        let abs = std::fs::canonicalize(dir).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                anyhow!(
+                    "{}: no such directory (record or attach write one; --data names another)",
+                    dir.display()
+                )
+            } else {
+                anyhow!("{}: {e}", dir.display())
+            }
+        })?;
+        if !abs.is_dir() {
+            bail!("{}: not a directory", dir.display());
+        }
+        let url = url::Url::from_directory_path(&abs)
+            .map_err(|()| anyhow!("{}: cannot be made a file:// URL", abs.display()))?;
+        let prefix = ObjPath::from_filesystem_path(&abs)
+            .with_context(|| format!("{}: not a usable path", abs.display()))?;
+        Ok(Location {
+            display: dir.display().to_string(),
+            url,
+            store: Arc::new(object_store::local::LocalFileSystem::new()),
+            prefix,
+            local: Some(abs),
+        })
+    }
+
+    /// A location from what the user typed: a URL with a scheme other than
+    /// `file` goes to [`crate::objstore`] hooks; anything else is a path.
+    pub fn parse(s: &str) -> Result<Location> {
+        if let Some(rest) = s.strip_prefix("file://") {
+            return Location::local(Path::new(rest));
+        }
+        if s.contains("://") {
+            return remote_location(s);
+        }
+        Location::local(Path::new(s))
+    }
+}
+
+/// An object-store location (`s3://…`). Object stores come with the
+/// `objstore` module; until a scheme is known here it is refused clearly.
+fn remote_location(s: &str) -> Result<Location> {
+    let url = url::Url::parse(s).with_context(|| format!("{s}: not a valid URL"))?;
+    bail!(
+        "{s}: the {} scheme is not supported (a directory, file://DIR or s3://BUCKET/PREFIX)",
+        url.scheme()
+    )
+}
+
+/// An SQL type name for a column that must read as null.
+fn sql_type(t: &DataType) -> &'static str {
+    match t {
+        DataType::Boolean => "BOOLEAN",
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => "INT",
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => "INT UNSIGNED",
+        DataType::UInt64 => "BIGINT UNSIGNED",
+        DataType::Float32 | DataType::Float64 => "DOUBLE",
+        DataType::Utf8 | DataType::LargeUtf8 => "VARCHAR",
+        _ => "BIGINT",
+    }
+}
+
+/// One table of the store, as found.
+#[derive(Clone, Debug)]
+pub struct TableInfo {
+    /// Directory name: `calls`, `functions`, ….
+    pub name: String,
+    /// The schema of its files, merged (a column missing from older files
+    /// reads as null), without `session_id`.
+    pub schema: SchemaRef,
+    /// Readable files per session id, as paths inside the object store.
+    pub files: BTreeMap<String, Vec<FileInfo>>,
+}
+
+/// One readable Parquet file.
+#[derive(Clone, Debug)]
+pub struct FileInfo {
+    /// Its path in the object store.
+    pub path: ObjPath,
+    /// Bytes.
+    pub size: u64,
+    /// Rows, from the footer.
+    pub rows: u64,
+}
+
+/// A file that was left out, and why.
+#[derive(Clone, Debug)]
+pub struct Skipped {
+    /// The file (a URL or a path).
+    pub file: String,
+    /// What was wrong with it.
+    pub why: String,
+}
+
+/// Which sessions a reading command looks at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionSel {
+    /// Every session in the store (what DuckDB sees).
+    All,
+    /// The newest session (by id: ids begin with their UTC start time).
+    Latest,
+    /// One session by id (or a unique prefix of one).
+    Id(String),
+}
+
+impl SessionSel {
+    /// `all`, `latest`, or an id.
+    pub fn parse(s: &str) -> SessionSel {
+        match s {
+            "all" => SessionSel::All,
+            "latest" | "last" => SessionSel::Latest,
+            id => SessionSel::Id(id.to_string()),
+        }
+    }
+}
+
+/// An open store: its tables registered for SQL.
+pub struct Store {
+    rt: tokio::runtime::Runtime,
+    ctx: SessionContext,
+    location: Location,
+    tables: BTreeMap<String, TableInfo>,
+    sessions: Vec<String>,
+    selected: Option<Vec<String>>,
+    skipped: Vec<Skipped>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("location", &self.location)
+            .field("tables", &self.tables.keys().collect::<Vec<_>>())
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a store is opened.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Which sessions the registered tables show.
+    pub sessions: SessionSel,
+    /// Memory the query engine may use before it spills sorts and joins to
+    /// disk; `None`: unbounded.
+    pub memory_limit: Option<usize>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            sessions: SessionSel::All,
+            memory_limit: None,
+        }
+    }
+}
+
+impl Store {
+    /// Opens the store at `data` (a directory, `file://DIR`, or an object
+    /// store URL) and registers its tables.
+    pub fn open(data: &str, opts: &OpenOptions) -> Result<Store> {
+        let location = Location::parse(data)?;
+        Store::open_location(location, opts)
+    }
+
+    /// Opens a store at an already parsed [`Location`].
+    pub fn open_location(location: Location, opts: &OpenOptions) -> Result<Store> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+                    .clamp(1, 8),
+            )
+            .thread_name("scope-query")
+            .enable_all()
+            .build()
+            .context("cannot start the query runtime")?;
+        let mut config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2),
+            );
+        config.options_mut().sql_parser.collect_spans = true;
+        config.options_mut().execution.parquet.pushdown_filters = true;
+        config.options_mut().execution.parquet.reorder_filters = true;
+        let ctx = match opts.memory_limit {
+            Some(bytes) => {
+                let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+                    .with_memory_pool(Arc::new(
+                        datafusion::execution::memory_pool::FairSpillPool::new(bytes),
+                    ))
+                    .build_arc()
+                    .context("cannot set up the query engine's memory pool")?;
+                SessionContext::new_with_config_rt(config, runtime)
+            }
+            None => SessionContext::new_with_config(config),
+        };
+        ctx.register_object_store(&location.url, location.store.clone());
+        let mut store = Store {
+            rt,
+            ctx,
+            location,
+            tables: BTreeMap::new(),
+            sessions: Vec::new(),
+            selected: None,
+            skipped: Vec::new(),
+        };
+        store.scan()?;
+        store.select(&opts.sessions)?;
+        store.register()?;
+        for s in &store.skipped {
+            eprintln!("scope-agent: warning: skipped {}: {}", s.file, s.why);
+        }
+        Ok(store)
+    }
+
+    /// Lists every table directory and file, reading each footer.
+    fn scan(&mut self) -> Result<()> {
+        let store = self.location.store.clone();
+        let prefix = self.location.prefix.clone();
+        let display = self.location.display.clone();
+        let (tables, skipped) = self.rt.block_on(async move {
+            let mut listing = store.list(Some(&prefix));
+            let mut found: BTreeMap<String, BTreeMap<String, Vec<(ObjPath, u64)>>> =
+                BTreeMap::new();
+            while let Some(meta) = listing.next().await {
+                let meta = meta.map_err(|e| anyhow!("{display}: cannot list: {e}"))?;
+                let Some(rel) = meta.location.prefix_match(&prefix) else {
+                    continue;
+                };
+                let parts: Vec<String> = rel.map(|p| p.as_ref().to_string()).collect();
+                // <table>/session_id=<id>/<file>.parquet, nothing else:
+                // hidden names (a writer's `.part-*.tmp`, a compaction's
+                // staging tree) never count.
+                let [table, session, file] = parts.as_slice() else {
+                    continue;
+                };
+                if table.starts_with('.') || file.starts_with('.') || !file.ends_with(".parquet") {
+                    continue;
+                }
+                let Some(id) = session.strip_prefix("session_id=") else {
+                    continue;
+                };
+                found
+                    .entry(table.clone())
+                    .or_default()
+                    .entry(id.to_string())
+                    .or_default()
+                    .push((meta.location.clone(), meta.size));
+            }
+            let mut tables = BTreeMap::new();
+            let mut skipped = Vec::new();
+            for (name, sessions) in found {
+                let mut schemas: Vec<Schema> = Vec::new();
+                let mut files: BTreeMap<String, Vec<FileInfo>> = BTreeMap::new();
+                for (id, mut paths) in sessions {
+                    paths.sort();
+                    for (path, size) in paths {
+                        match read_footer(store.as_ref(), &path, size).await {
+                            Ok((schema, rows)) => {
+                                if !schemas.iter().any(|s| s == &schema) {
+                                    schemas.push(schema);
+                                }
+                                files.entry(id.clone()).or_default().push(FileInfo {
+                                    path,
+                                    size,
+                                    rows,
+                                });
+                            }
+                            Err(why) => skipped.push(Skipped {
+                                file: path.to_string(),
+                                why: format!("{why:#}"),
+                            }),
+                        }
+                    }
+                }
+                if files.is_empty() {
+                    continue;
+                }
+                let schema = merge_schemas(&name, schemas)?;
+                tables.insert(
+                    name.clone(),
+                    TableInfo {
+                        name,
+                        schema: Arc::new(schema),
+                        files,
+                    },
+                );
+            }
+            Ok::<_, anyhow::Error>((tables, skipped))
+        })?;
+        let mut sessions: Vec<String> = tables
+            .values()
+            .flat_map(|t| t.files.keys().cloned())
+            .collect();
+        sessions.sort();
+        sessions.dedup();
+        self.tables = tables;
+        self.sessions = sessions;
+        self.skipped = skipped;
+        if self.tables.is_empty() {
+            bail!(
+                "{}: no scope tables here (expected <table>/session_id=<id>/*.parquet, as record and attach write)",
+                self.location.display
+            );
+        }
+        Ok(())
+    }
+
+    /// Narrows the registered tables to `sel`.
+    fn select(&mut self, sel: &SessionSel) -> Result<()> {
+        self.selected = match sel {
+            SessionSel::All => None,
+            SessionSel::Latest => {
+                Some(vec![self.sessions.last().cloned().ok_or_else(|| {
+                    anyhow!("{}: no sessions", self.location.display)
+                })?])
+            }
+            SessionSel::Id(id) => Some(vec![self.resolve_session(id)?]),
+        };
+        Ok(())
+    }
+
+    /// The one session `id` names: an exact id, or a unique prefix or
+    /// suffix (the pid part) of one.
+    pub fn resolve_session(&self, id: &str) -> Result<String> {
+        if self.sessions.iter().any(|s| s == id) {
+            return Ok(id.to_string());
+        }
+        let matches: Vec<&String> = self
+            .sessions
+            .iter()
+            .filter(|s| s.starts_with(id) || s.ends_with(&format!("-{id}")))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => bail!(
+                "no session {id:?} in {} (sessions: {})",
+                self.location.display,
+                self.session_list()
+            ),
+            many => bail!(
+                "session {id:?} is ambiguous in {}: {}",
+                self.location.display,
+                many.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// The sessions, for messages: all when few, else the first and last.
+    pub fn session_list(&self) -> String {
+        match self.sessions.len() {
+            0 => "none".to_string(),
+            n if n <= 6 => self.sessions.join(", "),
+            n => format!(
+                "{} … {} ({n} in all; `scope-agent query 'SELECT * FROM sessions'` lists them)",
+                self.sessions[..2].join(", "),
+                self.sessions[n - 2..].join(", ")
+            ),
+        }
+    }
+
+    /// Registers every table under its own name: the whole table directory
+    /// with Hive partitioning when every file is readable; else, per
+    /// session, a table over its readable files by name, with the session
+    /// id added as a constant, under one `UNION ALL` view. A selection of
+    /// sessions is a view that filters `session_id` (pruned by partition,
+    /// so the other sessions' files are never opened).
+    fn register(&mut self) -> Result<()> {
+        let names: Vec<String> = self.tables.keys().cloned().collect();
+        for name in names {
+            let info = self.tables[&name].clone();
+            let prefix = format!("{}/", self.table_prefix(&name));
+            let damaged = self.skipped.iter().any(|s| s.file.starts_with(&prefix));
+            let wanted: Vec<&String> = match &self.selected {
+                None => info.files.keys().collect(),
+                Some(sel) => info.files.keys().filter(|k| sel.contains(k)).collect(),
+            };
+            let view = if !damaged {
+                let url = ListingTableUrl::parse(format!("{}{name}/", self.location.url))?;
+                let options = listing_options()
+                    .with_table_partition_cols(vec![(SESSION_COLUMN.to_string(), DataType::Utf8)]);
+                let config = ListingTableConfig::new(url)
+                    .with_listing_options(options)
+                    .with_schema(info.schema.clone());
+                let table = Arc::new(ListingTable::try_new(config)?);
+                match &self.selected {
+                    None => {
+                        self.ctx
+                            .register_table(name.as_str(), table)
+                            .with_context(|| format!("cannot register table {name}"))?;
+                        continue;
+                    }
+                    Some(sel) => {
+                        let raw = format!("scope_raw_{name}");
+                        self.ctx.register_table(raw.as_str(), table)?;
+                        let list: Vec<String> = sel.iter().map(|s| sql_str(s)).collect();
+                        format!(
+                            "SELECT * FROM {raw} WHERE {SESSION_COLUMN} IN ({})",
+                            list.join(", ")
+                        )
+                    }
+                }
+            } else {
+                let mut parts = Vec::new();
+                for (i, id) in wanted.iter().enumerate() {
+                    let urls = info.files[*id]
+                        .iter()
+                        .map(|f| ListingTableUrl::parse(format!("{}{}", self.url_root(), f.path)))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let config = ListingTableConfig::new_with_multi_paths(urls)
+                        .with_listing_options(listing_options())
+                        .with_schema(info.schema.clone());
+                    let raw = format!("scope_raw_{name}_{i}");
+                    self.ctx
+                        .register_table(raw.as_str(), Arc::new(ListingTable::try_new(config)?))?;
+                    parts.push(format!(
+                        "SELECT *, {} AS {SESSION_COLUMN} FROM {raw}",
+                        sql_str(id)
+                    ));
+                }
+                if parts.is_empty() {
+                    // No readable file of the selected sessions: an empty
+                    // table of the right shape.
+                    let cols: Vec<String> = info
+                        .schema
+                        .fields()
+                        .iter()
+                        .map(|f| {
+                            format!(
+                                "CAST(NULL AS {}) AS \"{}\"",
+                                sql_type(f.data_type()),
+                                f.name()
+                            )
+                        })
+                        .collect();
+                    format!(
+                        "SELECT {}, CAST(NULL AS VARCHAR) AS {SESSION_COLUMN} WHERE false",
+                        cols.join(", ")
+                    )
+                } else {
+                    parts.join(" UNION ALL ")
+                }
+            };
+            self.rt
+                .block_on(async {
+                    self.ctx
+                        .sql(&format!("CREATE VIEW {name} AS {view}"))
+                        .await?
+                        .collect()
+                        .await
+                })
+                .with_context(|| format!("cannot register table {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// `s3://bkt` or `file://` (no trailing slash): what an object path is
+    /// appended to for a full URL.
+    fn url_root(&self) -> String {
+        let mut u = self.location.url.clone();
+        u.set_path("/");
+        let s = u.to_string();
+        s.trim_end_matches('/').to_string() + "/"
+    }
+
+    /// The object path prefix of one table's directory, as a string.
+    fn table_prefix(&self, table: &str) -> String {
+        if self.location.prefix.as_ref().is_empty() {
+            table.to_string()
+        } else {
+            format!("{}/{table}", self.location.prefix)
+        }
+    }
+
+    /// Where the store is, as the user named it.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The tables found, by name.
+    pub fn tables(&self) -> &BTreeMap<String, TableInfo> {
+        &self.tables
+    }
+
+    /// Whether the store has `table`.
+    pub fn has_table(&self, table: &str) -> bool {
+        self.tables.contains_key(table)
+    }
+
+    /// Every session id in the store, oldest first.
+    pub fn sessions(&self) -> &[String] {
+        &self.sessions
+    }
+
+    /// The sessions the registered tables show, oldest first.
+    pub fn selected_sessions(&self) -> Vec<String> {
+        match &self.selected {
+            None => self.sessions.clone(),
+            Some(s) => s.clone(),
+        }
+    }
+
+    /// Files that were left out, and why.
+    pub fn skipped(&self) -> &[Skipped] {
+        &self.skipped
+    }
+
+    /// The DataFusion context, for callers that build plans themselves.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Runs `fut` on the store's runtime.
+    pub fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        self.rt.block_on(fut)
+    }
+
+    /// Runs `sql` and collects every batch. For small results (reports);
+    /// use [`Store::stream`] for anything that grows with the store.
+    pub fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        self.rt.block_on(async {
+            let df = self
+                .ctx
+                .sql(sql)
+                .await
+                .map_err(|e| self.sql_error(sql, e))?;
+            df.collect().await.map_err(|e| self.sql_error(sql, e))
+        })
+    }
+
+    /// Runs `sql` and returns its schema and a blocking iterator over its
+    /// batches: memory stays bounded by the plan, not by the result.
+    pub fn stream(&self, sql: &str) -> Result<BatchIter<'_>> {
+        let stream = self.rt.block_on(async {
+            let df = self
+                .ctx
+                .sql(sql)
+                .await
+                .map_err(|e| self.sql_error(sql, e))?;
+            df.execute_stream()
+                .await
+                .map_err(|e| self.sql_error(sql, e))
+        })?;
+        Ok(BatchIter {
+            store: self,
+            stream,
+        })
+    }
+
+    /// An SQL error as one message: DataFusion's own words, the query with
+    /// a caret under the position it names, and the tables and columns
+    /// there are.
+    pub fn sql_error(&self, sql: &str, e: DataFusionError) -> anyhow::Error {
+        let mut msg = String::new();
+        let inner = strip_context(&e);
+        let _ = write!(msg, "{inner}");
+        let span = e.diagnostic().and_then(|d| d.span).or_else(|| {
+            // A parser error names "Line: L, Column: C" in its text.
+            parse_line_col(&inner)
+        });
+        if let Some((line, col)) = span.map(|s| (s.start.line, s.start.column))
+            && line >= 1
+            && col >= 1
+            && let Some(text) = sql.lines().nth((line - 1) as usize)
+        {
+            let _ = write!(
+                msg,
+                "\n  at line {line}, column {col}:\n    {text}\n    {}^",
+                " ".repeat((col - 1) as usize)
+            );
+        }
+        let _ = write!(msg, "\n{}", self.describe_tables());
+        anyhow!(msg)
+    }
+
+    /// The tables and their columns, one line each.
+    pub fn describe_tables(&self) -> String {
+        let mut s = String::from("tables in this store:");
+        for t in self.tables.values() {
+            let cols: Vec<&str> = t
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .chain([SESSION_COLUMN])
+                .collect();
+            let _ = write!(s, "\n  {}({})", t.name, cols.join(", "));
+        }
+        s
+    }
+}
+
+/// A blocking iterator over a query's batches.
+pub struct BatchIter<'a> {
+    store: &'a Store,
+    stream: SendableRecordBatchStream,
+}
+
+impl BatchIter<'_> {
+    /// The result's schema.
+    pub fn schema(&self) -> SchemaRef {
+        self.stream.schema()
+    }
+}
+
+impl Iterator for BatchIter<'_> {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let stream = &mut self.stream;
+        self.store
+            .rt
+            .block_on(stream.next())
+            .map(|r| r.map_err(|e| anyhow!("{}", strip_context(&e))))
+    }
+}
+
+/// Options every listing table shares: `.parquet` files, statistics kept
+/// for pruning.
+fn listing_options() -> ListingOptions {
+    let format = ParquetFormat::default().with_enable_pruning(true);
+    ListingOptions::new(Arc::new(format)).with_file_extension(".parquet")
+}
+
+/// Reads a file's footer: its Arrow schema and row count. Errors say what
+/// is wrong with the file in a few words.
+async fn read_footer(store: &dyn ObjectStore, path: &ObjPath, size: u64) -> Result<(Schema, u64)> {
+    if size < 12 {
+        bail!("{size} bytes: too short for Parquet (half written?)");
+    }
+    let tail = store
+        .get_range(path, size - 8..size)
+        .await
+        .map_err(|e| anyhow!("cannot read: {e}"))?;
+    if &tail[4..8] != b"PAR1" {
+        bail!("no Parquet footer (half written or not Parquet)");
+    }
+    let len = u32::from_le_bytes(tail[0..4].try_into().expect("4 bytes")) as u64;
+    if len + 12 > size {
+        bail!("footer length {len} exceeds the file's {size} bytes (corrupt)");
+    }
+    let footer = store
+        .get_range(path, size - 8 - len..size - 8)
+        .await
+        .map_err(|e| anyhow!("cannot read: {e}"))?;
+    let meta = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&footer)
+        .map_err(|e| anyhow!("corrupt footer: {e}"))?;
+    let file_meta = meta.file_metadata();
+    let schema = parquet::arrow::parquet_to_arrow_schema(
+        file_meta.schema_descr(),
+        file_meta.key_value_metadata(),
+    )
+    .map_err(|e| anyhow!("unreadable schema: {e}"))?;
+    // Metadata (the embedded Arrow schema's options) differs between
+    // writers and is irrelevant here.
+    let schema = Schema::new(schema.fields().clone());
+    Ok((schema, file_meta.num_rows().max(0) as u64))
+}
+
+/// One schema for a table whose files were written by different versions:
+/// the union of their columns (newer columns read as null in older files).
+fn merge_schemas(table: &str, schemas: Vec<Schema>) -> Result<Schema> {
+    let mut merged = Schema::try_merge(schemas.iter().cloned())
+        .map_err(|e| anyhow!("table {table}: its files disagree on a column's type: {e}"))?;
+    // A column some files lack must be nullable in the merged schema.
+    let fields: Vec<arrow_schema::Field> = merged
+        .fields()
+        .iter()
+        .map(|f| {
+            let everywhere = schemas.iter().all(|s| s.field_with_name(f.name()).is_ok());
+            f.as_ref()
+                .clone()
+                .with_nullable(f.is_nullable() || !everywhere)
+        })
+        .collect();
+    merged = Schema::new(fields);
+    Ok(merged)
+}
+
+/// The innermost message of a DataFusion error, without the "Error during
+/// planning:" style wrappers repeated by each layer.
+fn strip_context(e: &DataFusionError) -> String {
+    let mut e = e;
+    loop {
+        match e {
+            DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => e = inner,
+            DataFusionError::Shared(inner) => e = inner.as_ref(),
+            _ => break,
+        }
+    }
+    e.to_string()
+}
+
+/// "… at Line: 1, Column: 8" in a parser error.
+fn parse_line_col(msg: &str) -> Option<datafusion::common::Span> {
+    let i = msg.find("Line: ")?;
+    let rest = &msg[i + 6..];
+    let line: u64 = rest.split(',').next()?.trim().parse().ok()?;
+    let j = rest.find("Column: ")?;
+    let col: u64 = rest[j + 8..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .ok()?;
+    let loc = datafusion::common::Location { line, column: col };
+    Some(datafusion::common::Span::new(loc, loc))
+}
+
+/// Quotes `s` as an SQL string literal.
+pub fn sql_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}

@@ -1,0 +1,481 @@
+//! Time travel: what was on a thread's stack at an instant (`stack`), and
+//! its calls in order over an interval (`timeline`, like `uftrace
+//! replay`).
+//!
+//! Both read one session. A point query asks for the calls of one thread
+//! that began at or before the instant and had not returned by then; with
+//! files sorted by (tid, start_ns) (what `compact` writes) the row-group
+//! statistics of `tid` and `start_ns` leave out every row group of other
+//! threads and every later one.
+
+use std::fmt::Write as _;
+
+use anyhow::{Result, bail};
+use rustc_hash::FxHashMap;
+
+use crate::cols;
+use crate::report::group_digits;
+use crate::store::{Store, sql_str};
+use crate::time::{TimeArg, fmt_epoch, fmt_ns, fmt_offset};
+
+/// The session a time-travel command looks at: its id and time range.
+#[derive(Clone, Debug)]
+pub struct SessionSpan {
+    /// Session id.
+    pub id: String,
+    /// Its start, epoch ns (from `sessions`, else its first call).
+    pub start_ns: i64,
+    /// Its end, epoch ns (from `sessions`, else its last call's end).
+    pub end_ns: i64,
+    /// Whether the session sampled (frames outside windows are missing).
+    pub sampled: bool,
+}
+
+/// The one session the store shows (time travel needs exactly one).
+pub fn session_span(store: &Store) -> Result<SessionSpan> {
+    let sel = store.selected_sessions();
+    let [id] = sel.as_slice() else {
+        bail!(
+            "time travel reads one session: give --session ID (sessions: {})",
+            store.session_list()
+        );
+    };
+    let mut span = SessionSpan {
+        id: id.clone(),
+        start_ns: 0,
+        end_ns: 0,
+        sampled: !crate::report::sampled_sessions(store)?.is_empty(),
+    };
+    let mut found = false;
+    if store.has_table("sessions") {
+        for b in store.sql("SELECT start_ns, end_ns FROM sessions")? {
+            if b.num_rows() > 0 {
+                span.start_ns = cols::i64s(&b, "start_ns")?[0].unwrap_or(0);
+                span.end_ns = cols::i64s(&b, "end_ns")?[0].unwrap_or(0);
+                found = true;
+            }
+        }
+    }
+    if !found {
+        for b in store.sql(
+            "SELECT min(start_ns) AS s, max(start_ns + coalesce(duration_ns, 0)) AS e FROM calls",
+        )? {
+            span.start_ns = cols::i64s(&b, "s")?[0].unwrap_or(0);
+            span.end_ns = cols::i64s(&b, "e")?[0].unwrap_or(0);
+        }
+    }
+    Ok(span)
+}
+
+/// A thread's first and last moments in the session, for messages.
+fn threads(store: &Store) -> Result<Vec<(i64, i64, i64, i64)>> {
+    let mut v = Vec::new();
+    for b in store.sql(
+        "SELECT tid, count(*) AS n, min(start_ns) AS s, max(start_ns + coalesce(duration_ns, 0)) AS e \
+         FROM calls GROUP BY tid ORDER BY tid",
+    )? {
+        let t = cols::i64s(&b, "tid")?;
+        let n = cols::i64s(&b, "n")?;
+        let s = cols::i64s(&b, "s")?;
+        let e = cols::i64s(&b, "e")?;
+        for i in 0..b.num_rows() {
+            v.push((
+                t[i].unwrap_or(0),
+                n[i].unwrap_or(0),
+                s[i].unwrap_or(0),
+                e[i].unwrap_or(0),
+            ));
+        }
+    }
+    Ok(v)
+}
+
+/// Checks that `tid` recorded calls in the session; the error lists the
+/// threads that did.
+fn check_thread(store: &Store, span: &SessionSpan, tid: u32) -> Result<()> {
+    let all = threads(store)?;
+    if all.iter().any(|t| t.0 == tid as i64) {
+        return Ok(());
+    }
+    let mut msg = format!(
+        "thread {tid} recorded no calls in session {}; threads that did:",
+        span.id
+    );
+    for (t, n, s, e) in all.iter().take(20) {
+        let _ = write!(
+            msg,
+            "\n  tid {t}: {} calls, {} to {}",
+            group_digits(*n as u64),
+            fmt_offset(s - span.start_ns),
+            fmt_offset(e - span.start_ns)
+        );
+    }
+    if all.len() > 20 {
+        let _ = write!(msg, "\n  … {} more", all.len() - 20);
+    }
+    bail!(msg)
+}
+
+/// Resolves a time argument and checks it lies in the session.
+fn instant(span: &SessionSpan, t: TimeArg, what: &str) -> Result<i64> {
+    let ns = t.resolve(span.start_ns);
+    if ns < span.start_ns || ns > span.end_ns {
+        bail!(
+            "{what} {} ({}) is outside session {}: it ran from +0s to {} ({} to {})",
+            fmt_offset(ns - span.start_ns).replace("+-", "-"),
+            fmt_epoch(ns),
+            span.id,
+            fmt_offset(span.end_ns - span.start_ns),
+            fmt_epoch(span.start_ns),
+            fmt_epoch(span.end_ns)
+        );
+    }
+    Ok(ns)
+}
+
+/// One frame of a stack, or one call of a timeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Frame {
+    /// `calls.call_id`.
+    pub call_id: i64,
+    /// Depth (0 at the thread's outermost probed call).
+    pub depth: i64,
+    /// Function name.
+    pub name: String,
+    /// Source file and line, when DWARF had them.
+    pub location: Option<String>,
+    /// Entry, epoch ns.
+    pub start_ns: i64,
+    /// Duration, ns; `None` when it never returned in the recording.
+    pub duration_ns: Option<i64>,
+    /// Self time, ns.
+    pub self_ns: Option<i64>,
+    /// `name=value` of the captured arguments (strings quoted).
+    pub args: Vec<String>,
+    /// Return value, when captured.
+    pub ret: Option<i64>,
+}
+
+const FRAME_COLUMNS: &str = "c.call_id, c.depth, c.start_ns, c.duration_ns, c.self_ns, \
+    f.name, f.file, f.line";
+
+/// Reads frames from a query over `calls c JOIN functions f` (with the
+/// optional argument columns when the store has them).
+fn frames_of(
+    store: &Store,
+    filter: &str,
+    order: &str,
+    limit: Option<usize>,
+) -> Result<(Vec<Frame>, bool)> {
+    let calls = &store.tables()["calls"].schema;
+    let funcs = &store.tables()["functions"].schema;
+    let mut extra = String::new();
+    let has_args = calls.field_with_name("args").is_ok();
+    let has_ret = calls.field_with_name("ret").is_ok();
+    let has_strs = calls.field_with_name("arg_strings").is_ok();
+    let has_names = funcs.field_with_name("param_names").is_ok();
+    if has_args {
+        extra.push_str(", c.args");
+    }
+    if has_ret {
+        extra.push_str(", c.ret");
+    }
+    if has_strs {
+        extra.push_str(", c.arg_strings");
+    }
+    if has_names {
+        extra.push_str(", f.param_names");
+    }
+    let lim = limit.map_or(String::new(), |n| format!(" LIMIT {}", n + 1));
+    let sql = format!(
+        "SELECT {FRAME_COLUMNS}{extra} FROM calls c JOIN functions f \
+           ON f.session_id = c.session_id AND f.function_id = c.function_id \
+         WHERE {filter} ORDER BY {order}{lim}"
+    );
+    let mut out = Vec::new();
+    for b in store.stream(&sql)? {
+        let b = b?;
+        let id = cols::i64s(&b, "call_id")?;
+        let depth = cols::i64s(&b, "depth")?;
+        let start = cols::i64s(&b, "start_ns")?;
+        let dur = cols::i64s(&b, "duration_ns")?;
+        let selfs = cols::i64s(&b, "self_ns")?;
+        let name = cols::strs(&b, "name")?;
+        let file = cols::strs(&b, "file")?;
+        let line = cols::i64s(&b, "line")?;
+        let args = if has_args {
+            cols::i64_lists(&b, "args")?
+        } else {
+            vec![None; b.num_rows()]
+        };
+        let rets = if has_ret {
+            cols::i64s(&b, "ret")?
+        } else {
+            vec![None; b.num_rows()]
+        };
+        let strs = if has_strs {
+            cols::str_lists(&b, "arg_strings")?
+        } else {
+            vec![None; b.num_rows()]
+        };
+        let pnames = if has_names {
+            cols::str_lists(&b, "param_names")?
+        } else {
+            vec![None; b.num_rows()]
+        };
+        for i in 0..b.num_rows() {
+            let mut shown = Vec::new();
+            if let Some(vals) = &args[i] {
+                for (j, v) in vals.iter().enumerate() {
+                    let pname = pnames[i]
+                        .as_ref()
+                        .and_then(|p| p.get(j).cloned().flatten())
+                        .unwrap_or_else(|| format!("arg{j}"));
+                    let s = strs[i].as_ref().and_then(|s| s.get(j).cloned().flatten());
+                    shown.push(match (s, v) {
+                        (Some(s), _) => format!("{pname}={s:?}"),
+                        (None, Some(v)) => format!("{pname}={v}"),
+                        (None, None) => format!("{pname}=?"),
+                    });
+                }
+            }
+            out.push(Frame {
+                call_id: id[i].unwrap_or(0),
+                depth: depth[i].unwrap_or(0),
+                name: name[i].clone().unwrap_or_default(),
+                location: match (&file[i], line[i]) {
+                    (Some(f), Some(l)) => Some(format!("{f}:{l}")),
+                    (Some(f), None) => Some(f.clone()),
+                    _ => None,
+                },
+                start_ns: start[i].unwrap_or(0),
+                duration_ns: dur[i],
+                self_ns: selfs[i],
+                args: shown,
+                ret: rets[i],
+            });
+        }
+    }
+    let more = limit.is_some_and(|n| out.len() > n);
+    if let Some(n) = limit {
+        out.truncate(n);
+    }
+    Ok((out, more))
+}
+
+/// What was on a thread's stack at an instant, innermost frame first.
+#[derive(Clone, Debug)]
+pub struct Stack {
+    /// The session.
+    pub span: SessionSpan,
+    /// The thread.
+    pub tid: u32,
+    /// The instant, epoch ns.
+    pub at_ns: i64,
+    /// Frames, innermost first.
+    pub frames: Vec<Frame>,
+    /// When no frame was open: the call that ended last before the instant
+    /// and the one that began first after it.
+    pub around: (Option<Frame>, Option<Frame>),
+}
+
+/// `stack --tid T --at TIME`.
+pub fn stack(store: &Store, tid: u32, at: TimeArg) -> Result<Stack> {
+    let span = session_span(store)?;
+    let at_ns = instant(&span, at, "--at")?;
+    check_thread(store, &span, tid)?;
+    let filter = format!(
+        "c.tid = {tid} AND c.start_ns <= {at_ns} AND (c.duration_ns IS NULL OR c.start_ns + c.duration_ns > {at_ns}) \
+         AND c.session_id = {}",
+        sql_str(&span.id)
+    );
+    // A call without a return (the program exited inside it, or the
+    // recording ended) is open from its entry to the session's end.
+    let (frames, _) = frames_of(store, &filter, "c.depth DESC, c.start_ns DESC", None)?;
+    let mut around = (None, None);
+    if frames.is_empty() {
+        let before = format!(
+            "c.tid = {tid} AND c.start_ns + c.duration_ns <= {at_ns} AND c.start_ns >= {}",
+            span.start_ns
+        );
+        around.0 = frames_of(store, &before, "c.start_ns + c.duration_ns DESC", Some(1))?
+            .0
+            .pop();
+        let after = format!("c.tid = {tid} AND c.start_ns > {at_ns}");
+        around.1 = frames_of(store, &after, "c.start_ns, c.depth", Some(1))?
+            .0
+            .pop();
+    }
+    Ok(Stack {
+        span,
+        tid,
+        at_ns,
+        frames,
+        around,
+    })
+}
+
+fn call_text(f: &Frame) -> String {
+    let mut s = format!("{}({})", f.name, f.args.join(", "));
+    if let Some(r) = f.ret {
+        let _ = write!(s, " = {r}");
+    }
+    s
+}
+
+/// The stack as text.
+pub fn render_stack(st: &Stack) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "thread {} at {} ({}), session {}:",
+        st.tid,
+        fmt_offset(st.at_ns - st.span.start_ns),
+        fmt_epoch(st.at_ns),
+        st.span.id
+    );
+    if st.frames.is_empty() {
+        let _ = writeln!(s, "  no probed function was running");
+        if let Some(b) = &st.around.0 {
+            let _ = writeln!(
+                s,
+                "  before: {} returned at {}",
+                b.name,
+                fmt_offset(b.start_ns + b.duration_ns.unwrap_or(0) - st.span.start_ns)
+            );
+        }
+        if let Some(a) = &st.around.1 {
+            let _ = writeln!(
+                s,
+                "  after:  {} entered at {}",
+                a.name,
+                fmt_offset(a.start_ns - st.span.start_ns)
+            );
+        }
+    }
+    for (i, f) in st.frames.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "  #{i:<2} {}{}",
+            call_text(f),
+            f.location
+                .as_ref()
+                .map_or(String::new(), |l| format!("  at {l}"))
+        );
+        let so_far = st.at_ns - f.start_ns;
+        let _ = writeln!(
+            s,
+            "       entered {}, {} so far{}",
+            fmt_offset(f.start_ns - st.span.start_ns),
+            fmt_ns(so_far as f64),
+            match f.duration_ns {
+                Some(d) => format!(" of {}", fmt_ns(d as f64)),
+                None => ", never returned in the recording".to_string(),
+            }
+        );
+    }
+    if st.span.sampled {
+        let _ = writeln!(
+            s,
+            "  (a sampled session: calls outside the sampling windows are not recorded, so frames may be missing)"
+        );
+    }
+    s
+}
+
+/// `timeline --tid T --from A --to B`: the thread's calls that overlap
+/// the interval, in order of entry.
+pub struct Timeline {
+    /// The session.
+    pub span: SessionSpan,
+    /// The interval, epoch ns.
+    pub from_ns: i64,
+    /// End of the interval.
+    pub to_ns: i64,
+    /// The calls, by entry.
+    pub calls: Vec<Frame>,
+    /// Whether `limit` cut the list.
+    pub more: bool,
+}
+
+/// Builds a timeline.
+pub fn timeline(
+    store: &Store,
+    tid: u32,
+    from: Option<TimeArg>,
+    to: Option<TimeArg>,
+    limit: usize,
+) -> Result<Timeline> {
+    let span = session_span(store)?;
+    let from_ns = match from {
+        Some(t) => instant(&span, t, "--from")?,
+        None => span.start_ns,
+    };
+    let to_ns = match to {
+        Some(t) => instant(&span, t, "--to")?,
+        None => span.end_ns,
+    };
+    if to_ns < from_ns {
+        bail!("--to is before --from");
+    }
+    check_thread(store, &span, tid)?;
+    let filter = format!(
+        "c.tid = {tid} AND c.start_ns <= {to_ns} AND (c.duration_ns IS NULL OR c.start_ns + c.duration_ns >= {from_ns}) \
+         AND c.session_id = {}",
+        sql_str(&span.id)
+    );
+    let (calls, more) = frames_of(store, &filter, "c.start_ns, c.depth", Some(limit.max(1)))?;
+    Ok(Timeline {
+        span,
+        from_ns,
+        to_ns,
+        calls,
+        more,
+    })
+}
+
+/// The timeline as text: entry offset, duration, and the call indented by
+/// its depth.
+pub fn render_timeline(tl: &Timeline, tid: u32) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "thread {tid}, {} to {}, session {}:",
+        fmt_offset(tl.from_ns - tl.span.start_ns),
+        fmt_offset(tl.to_ns - tl.span.start_ns),
+        tl.span.id
+    );
+    let base = tl.calls.iter().map(|c| c.depth).min().unwrap_or(0);
+    let mut by_depth: FxHashMap<i64, usize> = FxHashMap::default();
+    for c in &tl.calls {
+        *by_depth.entry(c.depth).or_default() += 1;
+        let dur = match c.duration_ns {
+            Some(d) => fmt_ns(d as f64),
+            None => "open".to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "{:>14}  {:>10}  {}{}",
+            fmt_offset(c.start_ns - tl.span.start_ns),
+            dur,
+            "  ".repeat((c.depth - base).max(0) as usize),
+            call_text(c)
+        );
+    }
+    if tl.calls.is_empty() {
+        let _ = writeln!(s, "  (no probed call in this interval)");
+    }
+    if tl.more {
+        let _ = writeln!(
+            s,
+            "… more calls (--limit N shows more, or narrow --from/--to)"
+        );
+    }
+    if tl.span.sampled {
+        let _ = writeln!(
+            s,
+            "(a sampled session: calls outside the sampling windows are not recorded)"
+        );
+    }
+    s
+}
