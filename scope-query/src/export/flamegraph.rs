@@ -28,6 +28,9 @@ pub(super) fn write(
     ));
     options.count_name = "ns".to_owned();
     options.name_type = "Function:".to_owned();
+    // Every path is drawn, however narrow: the graph is lossless (the
+    // paths are few; inferno's default leaves out frames under 0.1 px).
+    options.min_width = 0.0;
     if lines.is_empty() {
         // inferno refuses an empty graph ("No stack counts found"); an
         // empty session still gets a valid SVG.
