@@ -366,7 +366,7 @@ def expect_duckdb(store):
         """
     ).fetchall()
     counts = c.sql(f"SELECT name, count(*) FROM {calls} JOIN {functions} USING (session_id, function_id) GROUP BY name").fetchall()
-    n, threads = c.sql(f"SELECT count(*), count(DISTINCT (pid, tid)) FROM {calls}").fetchone()
+    n, threads = c.sql(f"SELECT count(*), count(DISTINCT struct_pack(pid := pid, tid := tid)) FROM {calls}").fetchall()[0]
     print(
         json.dumps(
             {
