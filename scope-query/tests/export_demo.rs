@@ -9,8 +9,10 @@ mod export_support;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow_array::{Array, RecordBatch, StringArray, UInt32Array, Int64Array, ListArray};
-use datafusion::arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow_array::{Array, Int64Array, ListArray, RecordBatch, StringArray, UInt32Array};
+use datafusion::arrow::compute::{
+    SortColumn, concat_batches, lexsort_to_indices, take_record_batch,
+};
 use export_support::*;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rustc_hash::FxHashMap;
@@ -26,7 +28,10 @@ fn read(table: &str) -> RecordBatch {
     for session in std::fs::read_dir(store().join(table)).unwrap() {
         for file in std::fs::read_dir(session.unwrap().path()).unwrap() {
             let file = File::open(file.unwrap().path()).unwrap();
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap();
             batches.extend(reader.map(Result::unwrap));
         }
     }
@@ -34,7 +39,12 @@ fn read(table: &str) -> RecordBatch {
 }
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {
-    batch.column_by_name(name).unwrap().as_any().downcast_ref::<T>().unwrap()
+    batch
+        .column_by_name(name)
+        .unwrap()
+        .as_any()
+        .downcast_ref::<T>()
+        .unwrap()
 }
 
 fn functions() -> FxHashMap<u32, FunctionInfo> {
@@ -66,7 +76,10 @@ fn sorted_calls() -> Vec<RecordBatch> {
     let calls = read("calls");
     let keys: Vec<SortColumn> = ["tid", "start_ns", "depth"]
         .iter()
-        .map(|c| SortColumn { values: calls.column_by_name(c).unwrap().clone(), options: None })
+        .map(|c| SortColumn {
+            values: calls.column_by_name(c).unwrap().clone(),
+            options: None,
+        })
         .collect();
     let sorted = take_record_batch(&calls, &lexsort_to_indices(&keys, None).unwrap()).unwrap();
     (0..sorted.num_rows())
@@ -85,7 +98,9 @@ fn every_format_of_the_demo_agrees_with_duckdb() {
     let expect = write_expectation(dir.path(), &expect_json);
 
     let sessions = read("sessions");
-    let command = column::<StringArray>(&sessions, "command").value(0).to_owned();
+    let command = column::<StringArray>(&sessions, "command")
+        .value(0)
+        .to_owned();
     let functions = functions();
     let meta = ExportMeta {
         session_id: "20261126T164522Z-20034",
@@ -99,6 +114,10 @@ fn every_format_of_the_demo_agrees_with_duckdb() {
     let batches = sorted_calls();
     let stats = check_all_formats(dir.path(), &batches, &meta, &expect);
     for (format, s) in stats {
-        assert_eq!((s.calls, s.threads, s.open_calls), (47_708, 1, 0), "{format}");
+        assert_eq!(
+            (s.calls, s.threads, s.open_calls),
+            (47_708, 1, 0),
+            "{format}"
+        );
     }
 }

@@ -28,7 +28,9 @@ fn functions() -> FxHashMap<u32, FunctionInfo> {
 }
 
 fn name(functions: &FxHashMap<u32, FunctionInfo>, id: u32) -> String {
-    functions.get(&id).map_or(format!("function#{id}"), |f| f.name.clone())
+    functions
+        .get(&id)
+        .map_or(format!("function#{id}"), |f| f.name.clone())
 }
 
 const START_NS: i64 = 500;
@@ -43,8 +45,18 @@ fn threads() -> Vec<Thread> {
         1_000,
         10_000,
         vec![
-            call(2, 2_000, 3_000, vec![call(3, 2_100, 500, vec![]), call(3, 3_000, 700, vec![])]),
-            call(2, 6_000, 4_000, vec![call(3, 6_500, 1_000, vec![]), call(4, 8_000, 100, vec![])]),
+            call(
+                2,
+                2_000,
+                3_000,
+                vec![call(3, 2_100, 500, vec![]), call(3, 3_000, 700, vec![])],
+            ),
+            call(
+                2,
+                6_000,
+                4_000,
+                vec![call(3, 6_500, 1_000, vec![]), call(4, 8_000, 100, vec![])],
+            ),
         ],
     );
     main.args = Some(vec![Some(2), Some(140_000_000_000_000)]);
@@ -63,13 +75,25 @@ fn threads() -> Vec<Thread> {
     let mut root_open = call(2, 30_000, 0, vec![call(3, 31_000, 1_000, vec![])]);
     root_open.duration_ns = None;
     root_open.flags = 2 | 16;
-    let main2 = call(1, 1_500, 20_000, vec![call(2, 1_600, 300, vec![inner_open]), call(3, 5_000, 100, vec![])]);
+    let main2 = call(
+        1,
+        1_500,
+        20_000,
+        vec![
+            call(2, 1_600, 300, vec![inner_open]),
+            call(3, 5_000, 100, vec![]),
+        ],
+    );
     vec![(100, 100, vec![main]), (100, 101, vec![main2, root_open])]
 }
 
 fn check_stats(stats: &FxHashMap<Format, ExportStats>) {
     for (format, s) in stats {
-        assert_eq!((s.calls, s.threads, s.open_calls), (13, 2, 2), "{format}: {s:?}");
+        assert_eq!(
+            (s.calls, s.threads, s.open_calls),
+            (13, 2, 2),
+            "{format}: {s:?}"
+        );
         assert!(s.bytes > 0, "{format}: {s:?}");
     }
 }
@@ -108,35 +132,51 @@ fn chrome_names_the_captured_arguments() {
     let (path, _) = export_to(dir.path(), Format::Chrome, &batches, &meta);
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let events = doc["traceEvents"].as_array().unwrap();
-    let x = |name: &str, ts: &str| {
+    let x = |name: &str, ts: f64| {
         events
             .iter()
-            .find(|e| e["ph"] == "X" && e["name"] == name && e["ts"].to_string() == ts)
+            .find(|e| e["ph"] == "X" && e["name"] == name && e["ts"].as_f64() == Some(ts))
             .unwrap_or_else(|| panic!("no X event {name} at {ts}"))
             .clone()
     };
-    let main = x("main", "0.5");
+    let main = x("main", 0.5);
     assert_eq!(main["args"]["argc"], 2);
     assert_eq!(main["args"]["argv"], "./synthetic");
     assert_eq!(main["args"]["ret"], 0);
-    assert_eq!(main["dur"].to_string(), "10.0");
-    let b = x("b", "1.6");
+    assert_eq!(main["dur"].as_f64(), Some(10.0));
+    let b = x("b", 1.6);
     assert_eq!(b["args"]["s"], "hello \"quoted\"\nline");
     assert_eq!(b["args"]["ret"], -3);
     assert_eq!(b["args"]["len"], 5);
     // Not exact in a double: a string.
-    assert_eq!(x("a", "1.5")["args"]["n"], "9223090562183485048");
-    let open = x("a", "29.5");
-    assert_eq!(open["dur"].to_string(), "10.0", "open until the session end");
+    assert_eq!(x("a", 1.5)["args"]["n"], "9223090562183485048");
+    let open = x("a", 29.5);
+    assert_eq!(
+        open["dur"].as_f64(),
+        Some(10.0),
+        "open until the session end"
+    );
     assert_eq!(open["args"]["flags"], "return_missing|loss_while_open");
-    let cut = x("b", "1.15");
-    assert_eq!(cut["dur"].to_string(), "0.25", "open, ends with its parent");
+    let cut = x("b", 1.15);
+    assert_eq!(
+        cut["dur"].as_f64(),
+        Some(0.25),
+        "open, ends with its parent"
+    );
     let names: Vec<_> = events
         .iter()
         .filter(|e| e["ph"] == "M")
-        .map(|e| (e["name"].as_str().unwrap(), e["args"]["name"].as_str().unwrap()))
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap(),
+                e["args"]["name"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert!(names.contains(&("process_name", "./synthetic --flag")), "{names:?}");
+    assert!(
+        names.contains(&("process_name", "./synthetic --flag")),
+        "{names:?}"
+    );
     assert!(names.contains(&("thread_name", "thread 101")), "{names:?}");
     assert_eq!(doc["otherData"]["start_ns"], "500");
 }
@@ -172,10 +212,27 @@ fn thread_names_come_from_the_meta() {
     meta.thread_names = Some(&names);
     let batches = batches(&rows(&threads()), 100, false);
     let mut out = Vec::new();
-    export(Format::Speedscope, &mut batches.into_iter().map(Ok), &meta, &mut out).unwrap();
+    export(
+        Format::Speedscope,
+        &mut batches.into_iter().map(Ok),
+        &meta,
+        &mut out,
+    )
+    .unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&out).unwrap();
-    let names: Vec<_> = doc["profiles"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["thread 100 (pid 100, tid 100)", "worker-1 (pid 100, tid 101)"]);
+    let names: Vec<_> = doc["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "thread 100 (pid 100, tid 100)",
+            "worker-1 (pid 100, tid 101)"
+        ]
+    );
 }
 
 #[test]
@@ -185,16 +242,30 @@ fn unordered_calls_are_refused_with_a_reason() {
     let mut rows = rows(&threads());
     rows.swap(1, 2);
     for format in Format::ALL {
-        let err = export(format, &mut batches(&rows, 5, false).into_iter().map(Ok), &meta, &mut Vec::new())
-            .expect_err("out of order");
-        assert!(err.to_string().contains("not ordered by (tid, start_ns, depth)"), "{format}: {err}");
+        let err = export(
+            format,
+            &mut batches(&rows, 5, false).into_iter().map(Ok),
+            &meta,
+            &mut Vec::new(),
+        )
+        .expect_err("out of order");
+        assert!(
+            err.to_string()
+                .contains("not ordered by (tid, start_ns, depth)"),
+            "{format}: {err}"
+        );
     }
     // A thread that comes back after another.
     let mut rows = export_support::rows(&threads());
     let last = rows.pop().unwrap();
     rows.insert(0, last);
-    let err = export(Format::Chrome, &mut batches(&rows, 5, false).into_iter().map(Ok), &meta, &mut Vec::new())
-        .unwrap_err();
+    let err = export(
+        Format::Chrome,
+        &mut batches(&rows, 5, false).into_iter().map(Ok),
+        &meta,
+        &mut Vec::new(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("comes again"), "{err}");
 }
 
@@ -203,9 +274,24 @@ fn a_missing_or_mistyped_column_is_named() {
     let functions = functions();
     let meta = meta(&functions, START_NS, END_NS);
     let batch = batches(&rows(&threads()), 100, false).remove(0);
-    let without = batch.project(&(0..batch.num_columns()).filter(|i| batch.schema().field(*i).name() != "depth").collect::<Vec<_>>()).unwrap();
-    let err = export(Format::Folded, &mut std::iter::once(Ok(without)), &meta, &mut Vec::new()).unwrap_err();
-    assert_eq!(err.to_string(), "the calls batch has no column `depth` (Int32)");
+    let without = batch
+        .project(
+            &(0..batch.num_columns())
+                .filter(|i| batch.schema().field(*i).name() != "depth")
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+    let err = export(
+        Format::Folded,
+        &mut std::iter::once(Ok(without)),
+        &meta,
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the calls batch has no column `depth` (Int32)"
+    );
     let schema = batch.schema();
     let mut columns: Vec<(&str, arrow_array::ArrayRef)> = Vec::new();
     for (i, f) in schema.fields().iter().enumerate() {
@@ -216,10 +302,27 @@ fn a_missing_or_mistyped_column_is_named() {
         };
         columns.push((f.name().as_str(), c));
     }
-    let mistyped = arrow_array::RecordBatch::try_from_iter(columns.iter().map(|(n, c)| (*n, c.clone()))).unwrap();
-    let err = export(Format::Pprof, &mut std::iter::once(Ok(mistyped)), &meta, &mut Vec::new()).unwrap_err();
-    assert_eq!(err.to_string(), "column `start_ns` of the calls batch is UInt64, expected Int64");
-    let err = export(Format::Chrome, &mut std::iter::once(Err(anyhow::anyhow!("part-00003.parquet: corrupt"))), &meta, &mut Vec::new()).unwrap_err();
+    let mistyped =
+        arrow_array::RecordBatch::try_from_iter(columns.iter().map(|(n, c)| (*n, c.clone())))
+            .unwrap();
+    let err = export(
+        Format::Pprof,
+        &mut std::iter::once(Ok(mistyped)),
+        &meta,
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "column `start_ns` of the calls batch is UInt64, expected Int64"
+    );
+    let err = export(
+        Format::Chrome,
+        &mut std::iter::once(Err(anyhow::anyhow!("part-00003.parquet: corrupt"))),
+        &meta,
+        &mut Vec::new(),
+    )
+    .unwrap_err();
     assert_eq!(err.to_string(), "part-00003.parquet: corrupt");
 }
 
@@ -240,11 +343,18 @@ fn an_empty_session_gives_valid_empty_files() {
     let dir = tempfile::tempdir().unwrap();
     let functions = functions();
     let meta = meta(&functions, START_NS, END_NS);
-    let expect = write_expectation(dir.path(), &serde_json::json!({"calls": 0, "threads": 0, "counts": {}, "self_by_path": {}}));
+    let expect = write_expectation(
+        dir.path(),
+        &serde_json::json!({"calls": 0, "threads": 0, "counts": {}, "self_by_path": {}}),
+    );
     for format in [Format::Chrome, Format::Speedscope, Format::Folded] {
         let (path, s) = export_to(dir.path(), format, &[], &meta);
         assert_eq!((s.calls, s.threads), (0, 0));
-        let args = [format.name(), path.to_str().unwrap(), expect.to_str().unwrap()];
+        let args = [
+            format.name(),
+            path.to_str().unwrap(),
+            expect.to_str().unwrap(),
+        ];
         if format == Format::Speedscope {
             let schema = speedscope_schema();
             check(&[args[0], args[1], args[2], schema.to_str().unwrap()]);

@@ -11,7 +11,9 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use arrow_array::{ArrayRef, Int32Array, Int64Array, RecordBatch, UInt8Array, UInt32Array, UInt64Array};
+use arrow_array::{
+    ArrayRef, Int32Array, Int64Array, RecordBatch, UInt8Array, UInt32Array, UInt64Array,
+};
 use rustc_hash::FxHashMap;
 use scope_query::export::{ExportMeta, Format, FunctionInfo, export};
 
@@ -36,7 +38,11 @@ fn row(i: u64, n: u64) -> (u32, u32, i32, i64, Option<i64>) {
     if j == 0 {
         (tid, 2, 1, run_start, Some((LEAVES as i64 + 1) * 100 - 1))
     } else {
-        let dur = if k % 1000 == 0 { None } else { Some(50) };
+        let dur = if k.is_multiple_of(1000) {
+            None
+        } else {
+            Some(50)
+        };
         (tid, 3 + (j % 5) as u32, 2, run_start + j as i64 * 100, dur)
     }
 }
@@ -44,16 +50,38 @@ fn row(i: u64, n: u64) -> (u32, u32, i32, i64, Option<i64>) {
 /// `n` generated calls in batches, made as they are read.
 fn generated(n: u64) -> impl Iterator<Item = Result<RecordBatch>> {
     (0..n.div_ceil(BATCH_ROWS)).map(move |b| {
-        let rows: Vec<_> = (b * BATCH_ROWS..((b + 1) * BATCH_ROWS).min(n)).map(|i| row(i, n)).collect();
+        let rows: Vec<_> = (b * BATCH_ROWS..((b + 1) * BATCH_ROWS).min(n))
+            .map(|i| row(i, n))
+            .collect();
         let len = rows.len();
         let columns: Vec<(&str, ArrayRef)> = vec![
             ("pid", Arc::new(UInt32Array::from(vec![1000u32; len]))),
-            ("tid", Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.0)))),
-            ("call_id", Arc::new(UInt64Array::from_iter_values(0..len as u64))),
-            ("function_id", Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.1)))),
-            ("depth", Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.2)))),
-            ("start_ns", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| 1_000_000 + r.3)))),
-            ("duration_ns", Arc::new(rows.iter().map(|r| r.4).collect::<Int64Array>())),
+            (
+                "tid",
+                Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.0))),
+            ),
+            (
+                "call_id",
+                Arc::new(UInt64Array::from_iter_values(0..len as u64)),
+            ),
+            (
+                "function_id",
+                Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.1))),
+            ),
+            (
+                "depth",
+                Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ),
+            (
+                "start_ns",
+                Arc::new(Int64Array::from_iter_values(
+                    rows.iter().map(|r| 1_000_000 + r.3),
+                )),
+            ),
+            (
+                "duration_ns",
+                Arc::new(rows.iter().map(|r| r.4).collect::<Int64Array>()),
+            ),
             ("flags", Arc::new(UInt8Array::from(vec![0u8; len]))),
         ];
         Ok(RecordBatch::try_from_iter(columns)?)
@@ -84,12 +112,29 @@ fn measure(format: Format, n: u64, meta: &ExportMeta, dir: &std::path::Path) -> 
 
 #[test]
 fn export_memory_stays_flat_as_the_calls_grow() {
-    let large: u64 = std::env::var("SCOPE_EXPORT_MEMORY_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000_000);
+    let large: u64 = std::env::var("SCOPE_EXPORT_MEMORY_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000);
     let small = large / 10;
     let dir = tempfile::tempdir().unwrap();
     let mut functions = FxHashMap::default();
-    for (id, name) in [(1, "main"), (2, "run"), (3, "leaf0"), (4, "leaf1"), (5, "leaf2"), (6, "leaf3"), (7, "leaf4")] {
-        functions.insert(id, FunctionInfo { name: name.to_owned(), ..FunctionInfo::default() });
+    for (id, name) in [
+        (1, "main"),
+        (2, "run"),
+        (3, "leaf0"),
+        (4, "leaf1"),
+        (5, "leaf2"),
+        (6, "leaf3"),
+        (7, "leaf4"),
+    ] {
+        functions.insert(
+            id,
+            FunctionInfo {
+                name: name.to_owned(),
+                ..FunctionInfo::default()
+            },
+        );
     }
     let meta = ExportMeta {
         session_id: "memory",
@@ -111,8 +156,13 @@ fn export_memory_stays_flat_as_the_calls_grow() {
             bytes as f64 / (1024.0 * 1024.0)
         );
         if large_kib > small_kib + 16 * 1024 {
-            failures.push(format!("{format}: {small_kib} KiB for {small} calls, {large_kib} KiB for {large}"));
+            failures.push(format!(
+                "{format}: {small_kib} KiB for {small} calls, {large_kib} KiB for {large}"
+            ));
         }
     }
-    assert!(failures.is_empty(), "the peak memory grew with the calls: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "the peak memory grew with the calls: {failures:?}"
+    );
 }

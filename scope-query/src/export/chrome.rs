@@ -44,10 +44,10 @@ pub(super) fn write(
     };
     let walked = walk(batches, meta, &mut sink)?;
     let out = sink.out;
-    write!(
+    writeln!(
         out,
         "],\"displayTimeUnit\":\"ns\",\"otherData\":{{\"exporter\":\"scope\",\"session_id\":{},\
-         \"command\":{},\"start_ns\":\"{}\",\"end_ns\":\"{}\",\"calls\":{},\"open_calls\":{}}}}}\n",
+         \"command\":{},\"start_ns\":\"{}\",\"end_ns\":\"{}\",\"calls\":{},\"open_calls\":{}}}}}",
         json_str(meta.session_id),
         json_str(meta.command),
         meta.start_ns,

@@ -120,7 +120,10 @@ impl<'a> CallColumns<'a> {
         let mut out = Vec::new();
         let ints = self.args.as_ref().and_then(|c| c.range(i));
         let strs = self.arg_strings.as_ref().and_then(|c| c.range(i));
-        let n = ints.clone().map_or(0, |r| r.len()).max(strs.clone().map_or(0, |r| r.len()));
+        let n = ints
+            .clone()
+            .map_or(0, |r| r.len())
+            .max(strs.clone().map_or(0, |r| r.len()));
         for k in 0..n {
             let string = strs.clone().and_then(|r| {
                 let j = r.start + k;
@@ -206,12 +209,16 @@ fn optional<'a, T: Array + 'static>(
     let Some(column) = batch.column_by_name(name) else {
         return Ok(None);
     };
-    column.as_any().downcast_ref::<T>().map(Some).ok_or_else(|| {
-        anyhow!(
-            "column `{name}` of the calls batch is {}, expected {type_name}",
-            column.data_type()
-        )
-    })
+    column
+        .as_any()
+        .downcast_ref::<T>()
+        .map(Some)
+        .ok_or_else(|| {
+            anyhow!(
+                "column `{name}` of the calls batch is {}, expected {type_name}",
+                column.data_type()
+            )
+        })
 }
 
 /// The list column `name` whose elements are `T`, if there is one.

@@ -197,7 +197,10 @@ pub fn export(
     meta: &ExportMeta,
     out: &mut dyn Write,
 ) -> Result<ExportStats> {
-    let mut counted = CountingWriter { inner: out, bytes: 0 };
+    let mut counted = CountingWriter {
+        inner: out,
+        bytes: 0,
+    };
     let walked = {
         let mut buffered = io::BufWriter::with_capacity(1 << 16, &mut counted);
         let walked = match format {

@@ -106,9 +106,9 @@ impl CallSink for SpeedscopeSink<'_, '_> {
         let sep = if self.profiles > 0 { ",\n" } else { "" };
         self.profiles += 1;
         let name = format!("{} (pid {pid}, tid {tid})", thread_name(self.meta, tid));
-        write!(
+        writeln!(
             self.out,
-            "{sep}{{\"type\":\"evented\",\"name\":{},\"unit\":\"nanoseconds\",\"events\":[\n",
+            "{sep}{{\"type\":\"evented\",\"name\":{},\"unit\":\"nanoseconds\",\"events\":[",
             json_str(&name)
         )
         .map_err(write_error)?;

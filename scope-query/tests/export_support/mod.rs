@@ -59,7 +59,15 @@ pub struct Row {
 /// preorder, as each child starts within its parent after its elder
 /// siblings).
 pub fn rows(threads: &[Thread]) -> Vec<Row> {
-    fn visit(pid: u32, tid: u32, n: &Node, parent: Option<u64>, depth: i32, next: &mut u64, out: &mut Vec<Row>) {
+    fn visit(
+        pid: u32,
+        tid: u32,
+        n: &Node,
+        parent: Option<u64>,
+        depth: i32,
+        next: &mut u64,
+        out: &mut Vec<Row>,
+    ) {
         *next += 1;
         let id = *next;
         out.push(Row {
@@ -95,28 +103,64 @@ pub fn batches(rows: &[Row], batch_rows: usize, with_args: bool) -> Vec<RecordBa
     rows.chunks(batch_rows.max(1))
         .map(|chunk| {
             let mut columns: Vec<(&str, ArrayRef)> = vec![
-                ("pid", Arc::new(UInt32Array::from_iter_values(chunk.iter().map(|r| r.pid)))),
-                ("tid", Arc::new(UInt32Array::from_iter_values(chunk.iter().map(|r| r.tid)))),
-                ("call_id", Arc::new(UInt64Array::from_iter_values(chunk.iter().map(|r| r.call_id)))),
+                (
+                    "pid",
+                    Arc::new(UInt32Array::from_iter_values(chunk.iter().map(|r| r.pid))),
+                ),
+                (
+                    "tid",
+                    Arc::new(UInt32Array::from_iter_values(chunk.iter().map(|r| r.tid))),
+                ),
+                (
+                    "call_id",
+                    Arc::new(UInt64Array::from_iter_values(
+                        chunk.iter().map(|r| r.call_id),
+                    )),
+                ),
                 (
                     "parent_call_id",
-                    Arc::new(chunk.iter().map(|r| r.parent_call_id).collect::<UInt64Array>()),
+                    Arc::new(
+                        chunk
+                            .iter()
+                            .map(|r| r.parent_call_id)
+                            .collect::<UInt64Array>(),
+                    ),
                 ),
                 (
                     "function_id",
-                    Arc::new(UInt32Array::from_iter_values(chunk.iter().map(|r| r.node.function_id))),
+                    Arc::new(UInt32Array::from_iter_values(
+                        chunk.iter().map(|r| r.node.function_id),
+                    )),
                 ),
-                ("depth", Arc::new(Int32Array::from_iter_values(chunk.iter().map(|r| r.depth)))),
+                (
+                    "depth",
+                    Arc::new(Int32Array::from_iter_values(chunk.iter().map(|r| r.depth))),
+                ),
                 (
                     "start_ns",
-                    Arc::new(Int64Array::from_iter_values(chunk.iter().map(|r| r.node.start_ns))),
+                    Arc::new(Int64Array::from_iter_values(
+                        chunk.iter().map(|r| r.node.start_ns),
+                    )),
                 ),
                 (
                     "duration_ns",
-                    Arc::new(chunk.iter().map(|r| r.node.duration_ns).collect::<Int64Array>()),
+                    Arc::new(
+                        chunk
+                            .iter()
+                            .map(|r| r.node.duration_ns)
+                            .collect::<Int64Array>(),
+                    ),
                 ),
-                ("self_ns", Arc::new(chunk.iter().map(|_| None::<i64>).collect::<Int64Array>())),
-                ("flags", Arc::new(UInt8Array::from_iter_values(chunk.iter().map(|r| r.node.flags)))),
+                (
+                    "self_ns",
+                    Arc::new(chunk.iter().map(|_| None::<i64>).collect::<Int64Array>()),
+                ),
+                (
+                    "flags",
+                    Arc::new(UInt8Array::from_iter_values(
+                        chunk.iter().map(|r| r.node.flags),
+                    )),
+                ),
             ];
             if with_args {
                 let mut args = ListBuilder::new(Int64Builder::new());
@@ -142,7 +186,10 @@ pub fn batches(rows: &[Row], batch_rows: usize, with_args: bool) -> Vec<RecordBa
                     }
                 }
                 columns.push(("args", Arc::new(args.finish())));
-                columns.push(("ret", Arc::new(chunk.iter().map(|r| r.node.ret).collect::<Int64Array>())));
+                columns.push((
+                    "ret",
+                    Arc::new(chunk.iter().map(|r| r.node.ret).collect::<Int64Array>()),
+                ));
                 columns.push(("arg_strings", Arc::new(strs.finish())));
             }
             RecordBatch::try_from_iter(columns).expect("a calls batch")
@@ -153,7 +200,11 @@ pub fn batches(rows: &[Row], batch_rows: usize, with_args: bool) -> Vec<RecordBa
 /// What an export of `threads` must show, from the trees: calls per
 /// function name, self time per path (an unknown duration ends at
 /// `end_ns` or the parent's end), threads. The JSON `export_check.py` reads.
-pub fn expectation(threads: &[Thread], names: &dyn Fn(u32) -> String, end_ns: i64) -> serde_json::Value {
+pub fn expectation(
+    threads: &[Thread],
+    names: &dyn Fn(u32) -> String,
+    end_ns: i64,
+) -> serde_json::Value {
     fn visit(
         n: &Node,
         parent_end: i64,
@@ -164,8 +215,15 @@ pub fn expectation(threads: &[Thread], names: &dyn Fn(u32) -> String, end_ns: i6
     ) -> i64 {
         let name = names(n.function_id);
         *counts.entry(name.clone()).or_default() += 1;
-        let path = if prefix.is_empty() { name } else { format!("{prefix};{name}") };
-        let end = n.duration_ns.map_or(parent_end, |d| n.start_ns + d).min(parent_end);
+        let path = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix};{name}")
+        };
+        let end = n
+            .duration_ns
+            .map_or(parent_end, |d| n.start_ns + d)
+            .min(parent_end);
         let mut children = 0;
         for c in &n.children {
             children += visit(c, end, &path, names, counts, paths);
@@ -193,7 +251,11 @@ pub fn expectation(threads: &[Thread], names: &dyn Fn(u32) -> String, end_ns: i6
 }
 
 /// The session the synthetic exports describe.
-pub fn meta<'a>(functions: &'a FxHashMap<u32, FunctionInfo>, start_ns: i64, end_ns: i64) -> ExportMeta<'a> {
+pub fn meta<'a>(
+    functions: &'a FxHashMap<u32, FunctionInfo>,
+    start_ns: i64,
+    end_ns: i64,
+) -> ExportMeta<'a> {
     ExportMeta {
         session_id: "20260101T000000Z-100",
         pid: 100,
@@ -217,7 +279,11 @@ pub fn export_to(
     let mut it = batches.iter().cloned().map(Ok);
     let stats = export(format, &mut it, meta, &mut file)
         .unwrap_or_else(|e| panic!("export --format {format}: {e:#}"));
-    assert_eq!(stats.bytes, std::fs::metadata(&path).unwrap().len(), "{format}: bytes written");
+    assert_eq!(
+        stats.bytes,
+        std::fs::metadata(&path).unwrap().len(),
+        "{format}: bytes written"
+    );
     (path, stats)
 }
 
@@ -262,7 +328,10 @@ pub fn write_expectation(dir: &Path, value: &serde_json::Value) -> PathBuf {
 /// (installed globally by `cargo xtask test`).
 pub fn speedscope_schema() -> PathBuf {
     require("npm", "Debian's npm");
-    let out = Command::new("npm").args(["root", "-g"]).output().expect("npm root -g");
+    let out = Command::new("npm")
+        .args(["root", "-g"])
+        .output()
+        .expect("npm root -g");
     let root = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     let schema = root.join("speedscope/dist/release/file-format-schema.json");
     assert!(
@@ -298,7 +367,12 @@ pub fn protoc_decode(dir: &Path, trace: &Path) -> PathBuf {
 }
 
 /// Runs every independent reader over every format of `batches`.
-pub fn check_all_formats(dir: &Path, batches: &[RecordBatch], meta: &ExportMeta, expect: &Path) -> FxHashMap<Format, ExportStats> {
+pub fn check_all_formats(
+    dir: &Path,
+    batches: &[RecordBatch],
+    meta: &ExportMeta,
+    expect: &Path,
+) -> FxHashMap<Format, ExportStats> {
     let expect = expect.to_str().unwrap();
     let mut stats = FxHashMap::default();
     for format in Format::ALL {
