@@ -366,3 +366,48 @@ fn an_empty_session_gives_valid_empty_files() {
     let svg = std::fs::read_to_string(svg).unwrap();
     assert!(svg.contains("no calls"), "{svg}");
 }
+
+#[test]
+fn arg_strings_read_as_utf8_view_too() {
+    use arrow_schema::{DataType, Field};
+    use datafusion::arrow::compute::cast;
+    let functions = functions();
+    let meta = meta(&functions, START_NS, END_NS);
+    let batch = batches(&rows(&threads()), 100, true).remove(0);
+    let view = DataType::List(std::sync::Arc::new(Field::new(
+        "item",
+        DataType::Utf8View,
+        true,
+    )));
+    let schema = batch.schema();
+    let columns = schema.fields().iter().enumerate().map(|(i, f)| {
+        let c = batch.column(i).clone();
+        let c = if f.name() == "arg_strings" {
+            cast(&c, &view).unwrap()
+        } else {
+            c
+        };
+        (f.name().clone(), c)
+    });
+    let batch = arrow_array::RecordBatch::try_from_iter(columns).unwrap();
+    assert_eq!(
+        batch.column_by_name("arg_strings").unwrap().data_type(),
+        &view
+    );
+    let mut out = Vec::new();
+    export(
+        Format::Chrome,
+        &mut std::iter::once(Ok(batch)),
+        &meta,
+        &mut out,
+    )
+    .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let main = doc["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["ph"] == "X" && e["name"] == "main" && e["tid"] == 100)
+        .unwrap();
+    assert_eq!(main["args"]["argv"], "./synthetic");
+}

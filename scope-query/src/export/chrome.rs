@@ -11,6 +11,12 @@
 //! is written as a string. Metadata events (`"ph": "M"`) name the process
 //! (the command) and each thread. Events are written as calls close, so
 //! they are not in start order; viewers sort them.
+//!
+//! Viewers rebuild the nesting from the intervals, so a child whose
+//! interval equals its parent's (same start and end, possible only when a
+//! child was cut to its parent's end) may be shown as the parent; the
+//! perfetto and speedscope exports, whose events carry the nesting, do not
+//! have that ambiguity.
 
 use std::io::Write;
 

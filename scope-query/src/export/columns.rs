@@ -3,13 +3,15 @@
 //! Required: tid (UInt32), function_id (UInt32), depth (Int32), start_ns
 //! (Int64, Unix epoch ns), duration_ns (Int64, null when unknown). Optional:
 //! pid (UInt32; else the session's pid), flags (UInt8; else 0), args
-//! (List<Int64>), ret (Int64), arg_strings (List<Utf8>). Other columns
+//! (List<Int64>), ret (Int64), arg_strings (List<Utf8>, or of Utf8View or
+//! LargeUtf8 as DataFusion may read it). Other columns
 //! (call_id, parent_call_id, self_ns...) are not needed: nesting and self
 //! time come from depth and the intervals (see the [module docs](super)).
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use arrow_array::{
-    Array, Int32Array, Int64Array, ListArray, RecordBatch, StringArray, UInt8Array, UInt32Array,
+    Array, Int32Array, Int64Array, LargeStringArray, ListArray, RecordBatch, StringArray,
+    StringViewArray, UInt8Array, UInt32Array,
 };
 
 use super::FunctionInfo;
@@ -54,7 +56,7 @@ pub(super) enum AnnotationValue {
 }
 
 /// A list column's offsets and values.
-struct ListColumn<'a, T> {
+struct ListColumn<'a, T: ?Sized> {
     list: &'a ListArray,
     values: &'a T,
 }
@@ -70,7 +72,7 @@ pub(super) struct CallColumns<'a> {
     flags: Option<&'a UInt8Array>,
     args: Option<ListColumn<'a, Int64Array>>,
     ret: Option<&'a Int64Array>,
-    arg_strings: Option<ListColumn<'a, StringArray>>,
+    arg_strings: Option<ListColumn<'a, dyn StrValues + 'a>>,
     default_pid: u32,
 }
 
@@ -88,7 +90,7 @@ impl<'a> CallColumns<'a> {
             flags: optional(batch, "flags", "UInt8")?,
             args: list(batch, "args", "List<Int64>")?,
             ret: optional(batch, "ret", "Int64")?,
-            arg_strings: list(batch, "arg_strings", "List<Utf8>")?,
+            arg_strings: string_list(batch, "arg_strings")?,
             default_pid,
         })
     }
@@ -128,7 +130,11 @@ impl<'a> CallColumns<'a> {
             let string = strs.clone().and_then(|r| {
                 let j = r.start + k;
                 let values = self.arg_strings.as_ref()?.values;
-                (j < r.end && values.is_valid(j)).then(|| values.value(j).to_owned())
+                if j < r.end {
+                    values.str_at(j).map(str::to_owned)
+                } else {
+                    None
+                }
             });
             let value = match string {
                 Some(s) => Some(AnnotationValue::Str(s)),
@@ -164,7 +170,7 @@ impl<'a> CallColumns<'a> {
     }
 }
 
-impl<T> ListColumn<'_, T> {
+impl<T: ?Sized> ListColumn<'_, T> {
     /// The range of row `i`'s elements in `values`, None when the list is null.
     fn range(&self, i: usize) -> Option<std::ops::Range<usize>> {
         if self.list.is_null(i) {
@@ -236,5 +242,55 @@ fn list<'a, T: Array + 'static>(
             list.data_type()
         )
     })?;
+    Ok(Some(ListColumn { list, values }))
+}
+
+/// The elements of a list of strings, whichever string type they have.
+trait StrValues {
+    /// Element `j`, None when null.
+    fn str_at(&self, j: usize) -> Option<&str>;
+}
+
+impl StrValues for StringArray {
+    fn str_at(&self, j: usize) -> Option<&str> {
+        self.is_valid(j).then(|| self.value(j))
+    }
+}
+
+impl StrValues for StringViewArray {
+    fn str_at(&self, j: usize) -> Option<&str> {
+        self.is_valid(j).then(|| self.value(j))
+    }
+}
+
+impl StrValues for LargeStringArray {
+    fn str_at(&self, j: usize) -> Option<&str> {
+        self.is_valid(j).then(|| self.value(j))
+    }
+}
+
+/// The list column `name` whose elements are strings (Utf8, Utf8View or
+/// LargeUtf8), if there is one.
+fn string_list<'a>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<Option<ListColumn<'a, dyn StrValues + 'a>>> {
+    let type_name = "List<Utf8>";
+    let Some(list) = optional::<ListArray>(batch, name, type_name)? else {
+        return Ok(None);
+    };
+    let any = list.values().as_any();
+    let values: &dyn StrValues = if let Some(v) = any.downcast_ref::<StringArray>() {
+        v
+    } else if let Some(v) = any.downcast_ref::<StringViewArray>() {
+        v
+    } else if let Some(v) = any.downcast_ref::<LargeStringArray>() {
+        v
+    } else {
+        bail!(
+            "column `{name}` of the calls batch is {}, expected {type_name}",
+            list.data_type()
+        )
+    };
     Ok(Some(ListColumn { list, values }))
 }
