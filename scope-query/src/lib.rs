@@ -4,13 +4,16 @@
 //! - [`store`]: finds a store's tables and sessions, checks each file, and
 //!   registers every table in DataFusion as DuckDB sees it.
 //! - [`output`]: writes a result as a table, CSV, JSON or Parquet.
-//! - [`report`]: per-function figures (`scope-agent report`) and the call
-//!   tree aggregated by path (`scope-agent tree`).
+//! - [`report`]: per-function figures (`scope-agent report`); [`tree`]: the
+//!   call tree aggregated by path (`scope-agent tree`).
 //! - [`travel`]: time travel: a thread's stack at an instant (`stack`) and
 //!   its calls in order (`timeline`).
+//! - [`export`]: Perfetto, Chrome trace JSON, folded stacks, flame graph
+//!   SVG, pprof and speedscope, streamed from calls in (tid, start) order.
 //! - [`time`]: the `+1.5s` / absolute time arguments.
 
 mod cols;
+pub mod export;
 pub mod output;
 pub mod report;
 pub mod store;

@@ -154,8 +154,9 @@ pub fn ensure_root_and_bpf(task: &str) -> Result<()> {
     Ok(())
 }
 
-/// Installs the tests' reference tools when missing: bpftrace, bpftool and
-/// golang-go (Debian packages) and Python's duckdb (PyPI); mounts tracefs
+/// Installs the tests' reference tools when missing: bpftrace, bpftool,
+/// golang-go and protobuf-compiler (Debian packages), Python's duckdb,
+/// perfetto and jsonschema (PyPI) and speedscope (npm); mounts tracefs
 /// for bpftrace when it is not mounted.
 pub fn ensure_test_tools() -> Result<()> {
     if !on_path("bpftrace") || !on_path("bpftool") {
@@ -167,6 +168,37 @@ pub fn ensure_test_tools() -> Result<()> {
     if !on_path("go") {
         announce("the Go toolchain (golang-go)");
         apt_install(&["golang-go"])?;
+    }
+    // The export tests' independent readers (scope-query/tests/export_check.py):
+    // protoc with Perfetto's published trace proto (the PyPI package
+    // perfetto ships it), jsonschema with speedscope's published schema (the
+    // npm package speedscope ships it).
+    if !on_path("protoc") {
+        announce("protoc (protobuf-compiler)");
+        apt_install(&["protobuf-compiler"])?;
+    }
+    for (module, package) in [("perfetto", "perfetto"), ("jsonschema", "jsonschema")] {
+        if !succeeds(command("python3").args([
+            "-c",
+            &format!(
+                "import importlib.util, sys; sys.exit(importlib.util.find_spec('{module}') is None)"
+            ),
+        ])) {
+            announce(&format!("Python's {package}"));
+            pip_install(package)?;
+        }
+    }
+    if !speedscope_schema_installed() {
+        announce("speedscope's file format schema (npm package speedscope)");
+        if !on_path("npm") {
+            apt_install(&["npm"])?;
+        }
+        run(command("npm").args(["install", "-g", "--no-fund", "--no-audit", "speedscope@1"]))?;
+        if !speedscope_schema_installed() {
+            bail!(
+                "`npm install -g speedscope` succeeded but its file-format-schema.json is still missing"
+            );
+        }
     }
     if !python_has_duckdb() {
         announce("Python's duckdb");
@@ -220,6 +252,33 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
 /// Whether `python3 -c 'import duckdb'` works.
 pub fn python_has_duckdb() -> bool {
     succeeds(command("python3").args(["-c", "import duckdb"]))
+}
+
+/// Whether npm's global packages hold speedscope's file format schema
+/// (what the export tests validate speedscope files with).
+fn speedscope_schema_installed() -> bool {
+    let Ok(out) = output(command("npm").args(["root", "-g"])) else {
+        return false;
+    };
+    Path::new(String::from_utf8_lossy(&out.stdout).trim())
+        .join("speedscope/dist/release/file-format-schema.json")
+        .is_file()
+}
+
+/// `python3 -m pip install PACKAGE`, like [`pip_install_duckdb`].
+fn pip_install(package: &str) -> Result<()> {
+    if !succeeds(command("python3").args(["-m", "pip", "--version"])) {
+        apt_install(&["python3-pip"])?;
+    }
+    let pip = || {
+        let mut cmd = command("python3");
+        cmd.args(["-m", "pip", "install", "-q", package]);
+        cmd
+    };
+    if output(&mut pip()).is_ok() {
+        return Ok(());
+    }
+    run(pip().arg("--break-system-packages"))
 }
 
 /// `python3 -m pip install duckdb`, with pip itself installed first when
