@@ -57,6 +57,31 @@ pub enum Command {
     Stack(StackArgs),
     /// A thread's calls in order over an interval, indented by depth
     Timeline(TimelineArgs),
+    /// Write a session as a trace or profile: perfetto, chrome, folded,
+    /// flamegraph (SVG), pprof or speedscope
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+
+    /// perfetto (ui.perfetto.dev), chrome (trace event JSON: chrome://tracing
+    /// and Perfetto), folded (Brendan Gregg's stacks, weighted by self time
+    /// in ns), flamegraph (an SVG), pprof (`go tool pprof`), speedscope
+    /// (speedscope.app).
+    #[arg(long, value_name = "FORMAT")]
+    pub format: String,
+
+    /// The file to write (created 0600); `-` for standard output. Default:
+    /// scope-<session>.<extension> in the current directory.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Only this thread.
+    #[arg(long, value_name = "TID")]
+    pub tid: Option<u32>,
 }
 
 /// Where the reading commands find the store, and which sessions they read.

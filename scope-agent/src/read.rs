@@ -12,7 +12,7 @@ use scope_query::time::parse_time;
 use scope_query::tree::TreeOptions;
 use scope_query::{OpenOptions, SessionSel, Store};
 
-use crate::cli::{DataArgs, QueryArgs, ReportArgs, StackArgs, TimelineArgs, TreeArgs};
+use crate::cli::{DataArgs, ExportArgs, QueryArgs, ReportArgs, StackArgs, TimelineArgs, TreeArgs};
 
 /// Opens the store `args` names; `default` is the session selection when
 /// `--session` is not given.
@@ -42,6 +42,44 @@ fn output(path: Option<&std::path::Path>) -> Result<Box<dyn Write + Send>> {
         }
         None => Ok(Box::new(std::io::BufWriter::new(std::io::stdout()))),
     }
+}
+
+/// `scope-agent export`: one session, streamed (the calls' sort spills to
+/// disk under `--memory`; the writers keep one thread's open calls).
+pub fn export(args: ExportArgs) -> Result<()> {
+    let format: scope_query::export::Format = args.format.parse()?;
+    let store = open(&args.data, SessionSel::Latest)?;
+    let session = scope_query::travel::session_span(&store)?;
+    let path = match &args.output {
+        Some(p) if p.as_os_str() == "-" => None,
+        Some(p) => Some(p.clone()),
+        None => Some(std::path::PathBuf::from(format!(
+            "scope-{}.{}",
+            session.id,
+            format.extension()
+        ))),
+    };
+    let mut out = output(path.as_deref())?;
+    let stats = scope_query::export::export_session(&store, format, args.tid, &mut out)?;
+    out.flush()?;
+    let open = if stats.open_calls > 0 {
+        format!(
+            ", {} without a return (shown to the session's end)",
+            stats.open_calls
+        )
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "scope-agent: exported {} calls on {} thread{} of session {} as {format}: {} bytes{open}{}",
+        stats.calls,
+        stats.threads,
+        if stats.threads == 1 { "" } else { "s" },
+        session.id,
+        stats.bytes,
+        path.map_or(String::new(), |p| format!(" to {}", p.display())),
+    );
+    Ok(())
 }
 
 /// `scope-agent query`.

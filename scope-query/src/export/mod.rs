@@ -260,3 +260,98 @@ fn thread_name(meta: &ExportMeta, tid: u32) -> String {
         .cloned()
         .unwrap_or_else(|| format!("thread {tid}"))
 }
+
+/// Exports one session of an open store: its calls read in (tid, start_ns,
+/// depth) order (the sort spills to disk under the store's memory limit;
+/// only the columns the formats use are read), its functions, and its
+/// `sessions` row for the process and time range. `tid` narrows the export
+/// to one thread.
+pub fn export_session(
+    store: &crate::Store,
+    format: Format,
+    tid: Option<u32>,
+    out: &mut dyn Write,
+) -> Result<ExportStats> {
+    use crate::cols;
+    let span = crate::travel::session_span(store)?;
+    let mut functions: FxHashMap<u32, FunctionInfo> = FxHashMap::default();
+    let fschema = &store.tables()["functions"].schema;
+    let pnames = if fschema.field_with_name("param_names").is_ok() {
+        "param_names"
+    } else {
+        "CAST(NULL AS VARCHAR) AS param_names"
+    };
+    for b in store.sql(&format!(
+        "SELECT function_id, name, module, file, line, {pnames} FROM functions"
+    ))? {
+        let id = cols::i64s(&b, "function_id")?;
+        let name = cols::strs(&b, "name")?;
+        let module = cols::strs(&b, "module")?;
+        let file = cols::strs(&b, "file")?;
+        let line = cols::i64s(&b, "line")?;
+        let params = cols::str_lists(&b, "param_names")?;
+        for i in 0..b.num_rows() {
+            functions.insert(
+                id[i].unwrap_or(0) as u32,
+                FunctionInfo {
+                    name: name[i].clone().unwrap_or_default(),
+                    module: module[i].clone().unwrap_or_default(),
+                    file: file[i].clone(),
+                    line: line[i].map(|l| l as u32),
+                    param_names: params[i]
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(Option::unwrap_or_default)
+                        .collect(),
+                },
+            );
+        }
+    }
+    let (mut pid, mut command) = (0u32, String::new());
+    if store.has_table("sessions") {
+        for b in store.sql("SELECT pid, command FROM sessions")? {
+            if b.num_rows() > 0 {
+                pid = cols::i64s(&b, "pid")?[0].unwrap_or(0) as u32;
+                command = cols::strs(&b, "command")?[0].clone().unwrap_or_default();
+            }
+        }
+    }
+    let cschema = &store.tables()["calls"].schema;
+    let mut columns = vec![
+        "pid",
+        "tid",
+        "call_id",
+        "parent_call_id",
+        "function_id",
+        "depth",
+        "start_ns",
+        "duration_ns",
+        "self_ns",
+        "flags",
+    ];
+    for optional in ["args", "ret", "arg_strings"] {
+        if cschema.field_with_name(optional).is_ok() {
+            columns.push(optional);
+        }
+    }
+    let filter = match tid {
+        Some(t) => format!("WHERE tid = {t}"),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT {} FROM calls {filter} ORDER BY tid, start_ns, depth",
+        columns.join(", ")
+    );
+    let mut batches = store.stream(&sql)?;
+    let meta = ExportMeta {
+        session_id: &span.id,
+        pid,
+        command: &command,
+        start_ns: span.start_ns,
+        end_ns: span.end_ns,
+        functions: &functions,
+        thread_names: None,
+    };
+    export(format, &mut batches, &meta, out)
+}
