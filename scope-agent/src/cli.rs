@@ -131,6 +131,17 @@ pub struct QueryArgs {
     /// Rows a table shows (the rest are counted).
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub max_rows: usize,
+
+    /// Ask the running agent instead of the files: the last seconds of its
+    /// recording (tables calls and functions), over its Unix socket in
+    /// /run/scope (root only, like the agent).
+    #[arg(long)]
+    pub live: bool,
+
+    /// With --live: the agent recording this process (needed when several
+    /// agents run).
+    #[arg(long, value_name = "PID", requires = "live")]
+    pub pid: Option<u32>,
 }
 
 #[derive(Debug, Args)]

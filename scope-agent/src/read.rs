@@ -89,6 +89,13 @@ pub fn query(args: QueryArgs) -> Result<()> {
         format,
         args.output.is_none() && std::io::stdout().is_terminal(),
     )?;
+    if args.live {
+        let (schema, batches) = crate::live::query(args.pid, &args.sql)?;
+        let mut out = output(args.output.as_deref())?;
+        let mut it = batches.into_iter().map(Ok);
+        write_result(schema, &mut it, format, &mut out, args.max_rows)?;
+        return Ok(());
+    }
     let store = open(&args.data, SessionSel::All)?;
     let mut rows = store.stream(&args.sql)?;
     let schema = rows.schema();

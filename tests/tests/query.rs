@@ -551,3 +551,72 @@ fn timeline_prints_nested_calls_in_order() {
         "{out}"
     );
 }
+
+#[test]
+fn live_queries_read_the_running_recording_and_say_when_none_runs() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = fixture(Lang::C, "0");
+    let out = dir.path().display().to_string();
+    // `record` with no flags but --out and -f: every call of leaf, for 4 s.
+    let mut agent_run = scope_tests::spawn_agent(&[
+        "record",
+        "--out",
+        &out,
+        "-f",
+        "leaf",
+        "--",
+        bin.to_str().unwrap(),
+        "govern",
+        "4000",
+        "10",
+        "100",
+    ]);
+    agent_run.wait_for_stderr("scope: live:", std::time::Duration::from_secs(30));
+    let said = agent_run.stderr_so_far();
+    let pid = said
+        .split("--live --pid ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the live line names the pid")
+        .to_string();
+    let socket = format!("/run/scope/live-{pid}.sock");
+    let mode = std::fs::metadata(&socket).expect("the socket exists");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o600, "{socket}");
+    // Calls arrive within a few ticks of the writer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let n = loop {
+        let (ok, stdout, stderr) = agent(&[
+            "query",
+            "--live",
+            "--pid",
+            &pid,
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM calls c JOIN functions f USING (session_id, function_id) WHERE f.name = 'leaf'",
+        ]);
+        assert!(ok, "{stderr}");
+        let n: u64 = stdout.lines().nth(1).unwrap_or("0").trim().parse().unwrap();
+        if n > 0 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(n > 0, "no live calls");
+    let (ok, _, err) = agent(&["query", "--live", "--pid", &pid, "SELECT nosuch FROM calls"]);
+    assert!(!ok);
+    assert!(err.contains("nosuch"), "{err}");
+    let run = agent_run.wait(std::time::Duration::from_secs(120));
+    assert_success(&run);
+    assert!(
+        !std::path::Path::new(&socket).exists(),
+        "the socket outlived the session"
+    );
+    let (ok, _, err) = agent(&["query", "--live", "--pid", &pid, "SELECT 1"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("no live agent for pid {pid}")),
+        "{err}"
+    );
+}

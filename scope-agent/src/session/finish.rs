@@ -55,6 +55,7 @@ pub(super) fn write_and_report(
         late_plans,
         late_files,
         cost,
+        live: live_server,
         ..
     } = live;
     let stop_reason = ended.reason;
@@ -64,9 +65,12 @@ pub(super) fn write_and_report(
             store,
             stats,
             gauges: _,
+            hot: _,
         },
         written,
     ) = writer.finish();
+    // Every call is in the files now: live queries end with the socket.
+    drop(live_server);
     let counts = correlator.counts();
     let lost = reader.lost_total();
     let estimates = counts_of(planned, &late_plans, governor.as_ref(), &stats, lost);

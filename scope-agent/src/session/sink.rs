@@ -17,6 +17,9 @@ pub(super) struct SessionSink {
     pub(super) store: ParquetStore,
     pub(super) stats: CallStats,
     pub(super) gauges: Arc<WriterGauges>,
+    /// The hot tier that live queries read (`None` when it could not be
+    /// set up).
+    pub(super) hot: Option<Arc<crate::live::HotTier>>,
 }
 
 impl SessionSink {
@@ -33,6 +36,9 @@ impl SessionSink {
 
 impl EventSink for SessionSink {
     fn write_calls(&mut self, calls: &[CallRecord]) -> Result<()> {
+        if let Some(hot) = &self.hot {
+            hot.push(calls);
+        }
         let a = self.store.write_calls(calls);
         let b = self.stats.write_calls(calls);
         self.publish(a.and(b))
