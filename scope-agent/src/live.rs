@@ -412,7 +412,7 @@ mod tests {
             ..FunctionRow::default()
         };
         let tier = HotTier::new(Duration::from_secs(1), "s1", &[f]).unwrap();
-        // 300 K calls over 6 s, converted 65,536 at a time (1.3 s each):
+        // 300 K calls over 6 s, converted once 65,536 are pending (1.3 s):
         // the three batches wholly older than the last second go.
         let calls: Vec<CallRecord> = (0..300_000).map(|i| call(i, i as i64 * 20_000)).collect();
         for chunk in calls.chunks(1000) {
@@ -429,7 +429,8 @@ mod tests {
             .downcast_ref::<arrow_array::Int64Array>()
             .unwrap()
             .value(0);
-        assert_eq!(n, 300_000 - 3 * 65_536);
+        // Pushed 1,000 at a time, a batch holds 66,000 rows.
+        assert_eq!(n, 300_000 - 3 * 66_000);
         assert!(run_query(&tier, "SELECT nosuch FROM calls").is_err());
     }
 }
