@@ -79,9 +79,81 @@ fn main() -> anyhow::Result<()> {
                 opts.memory_limit >> 20
             );
         }
+        Some("exp") => encoding_experiment(&args[1..])?,
         _ => anyhow::bail!(
             "usage: compact_store gen DIR CALLS [SEG_ROWS] [THREADS] | compact DIR [MEMORY_MIB]"
         ),
+    }
+    Ok(())
+}
+
+/// Rewrites sorted calls files with variants of the writer properties and
+/// prints the bytes each takes (how the compacted encodings were chosen).
+fn encoding_experiment(files: &[String]) -> anyhow::Result<()> {
+    use parquet::arrow::ArrowWriter;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::basic::{Compression, Encoding, ZstdLevel};
+    use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
+    use parquet::schema::types::ColumnPath;
+    let mut batches = Vec::new();
+    for f in files {
+        let r = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f)?)?.build()?;
+        for b in r {
+            batches.push(b?);
+        }
+    }
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let base = |level: i32| -> WriterPropertiesBuilder {
+        let mut b = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(level).unwrap()))
+            .set_max_row_group_row_count(Some(122_880))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_data_page_row_count_limit(8192);
+        for c in ["call_id", "parent_call_id", "start_ns"] {
+            b = b
+                .set_column_dictionary_enabled(ColumnPath::from(c), false)
+                .set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED);
+        }
+        b
+    };
+    let with = |mut b: WriterPropertiesBuilder, enc: Encoding| {
+        for c in ["duration_ns", "self_ns"] {
+            b = b
+                .set_column_dictionary_enabled(ColumnPath::from(c), false)
+                .set_column_encoding(ColumnPath::from(c), enc);
+        }
+        b
+    };
+    let variants: Vec<(&str, WriterProperties)> = vec![
+        ("zstd3 (compact)", base(3).build()),
+        (
+            "zstd3 pages 20000",
+            base(3).set_data_page_row_count_limit(20_000).build(),
+        ),
+        ("zstd9", base(9).build()),
+        (
+            "zstd3 durations BYTE_STREAM_SPLIT",
+            with(base(3), Encoding::BYTE_STREAM_SPLIT).build(),
+        ),
+        (
+            "zstd3 durations DELTA",
+            with(base(3), Encoding::DELTA_BINARY_PACKED).build(),
+        ),
+        (
+            "zstd3 durations PLAIN",
+            with(base(3), Encoding::PLAIN).build(),
+        ),
+    ];
+    for (name, props) in variants {
+        let mut w = ArrowWriter::try_new(Vec::new(), batches[0].schema(), Some(props))?;
+        for b in &batches {
+            w.write(b)?;
+        }
+        let bytes = w.into_inner()?.len();
+        println!(
+            "{name}: {bytes} B, {:.3} B/call",
+            bytes as f64 / rows as f64
+        );
     }
     Ok(())
 }

@@ -186,7 +186,7 @@ fn a_compaction_killed_at_any_moment_leaves_old_or_new_files() {
     // second or more here); where each kill lands does not matter, only that
     // the store is whole after it.
     let mut finished = 0;
-    for (i, ms) in [30u64, 120, 250, 400, 600, 900, 1300].iter().enumerate() {
+    for (i, ms) in [40u64, 200, 450, 800, 1300].iter().enumerate() {
         let root = tmp.path().join(format!("run{i}"));
         copy_tree(&pristine, &root);
         let mut c = child(&root).stderr(Stdio::null()).spawn().unwrap();
@@ -201,5 +201,5 @@ fn a_compaction_killed_at_any_moment_leaves_old_or_new_files() {
         assert_eq!(duckdb_calls_digest(&root), digest, "killed after {ms} ms");
         recover_and_check(&root, &counts, &digest);
     }
-    assert!(finished < 7, "no kill landed during a compaction");
+    assert!(finished < 5, "no kill landed during a compaction");
 }

@@ -12,9 +12,11 @@
 //! ```
 //!
 //! The tree sits beside the table directories, never inside one, so no
-//! reader's glob over `<root>/<table>/**` can reach it; it is two levels
-//! deeper than `<root>/<table>/session_id=*`, so `<root>/*/session_id=*/*`
-//! cannot match it either (DuckDB's `*` does match dot-directories).
+//! reader's glob over `<root>/<table>/**` (DuckDB) and no listing of
+//! `<root>/<table>/` (DataFusion) can reach it. DuckDB's `*` and `**` do
+//! match dot-directories (checked with DuckDB 2.0): the staged files sit one
+//! level deeper than `<root>/*/session_id=*/*.parquet`, so that glob misses
+//! them too, but `<root>/**/*.parquet` over every table would see them.
 //!
 //! A live session directory is only ever replaced by one atomic
 //! `renameat2(RENAME_EXCHANGE)`: before it a query sees the old files, after
