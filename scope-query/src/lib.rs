@@ -10,9 +10,12 @@
 //!   its calls in order (`timeline`).
 //! - [`export`]: Perfetto, Chrome trace JSON, folded stacks, flame graph
 //!   SVG, pprof and speedscope, streamed from calls in (tid, start) order.
+//! - [`compact`]: the cold tier: a session's segments merged into large
+//!   files sorted for time travel, swapped in atomically; retention.
 //! - [`time`]: the `+1.5s` / absolute time arguments.
 
 mod cols;
+pub mod compact;
 pub mod export;
 pub mod output;
 pub mod report;
