@@ -60,6 +60,44 @@ pub enum Command {
     /// Write a session as a trace or profile: perfetto, chrome, folded,
     /// flamegraph (SVG), pprof or speedscope
     Export(ExportArgs),
+    /// The cold tier: merge finished sessions' segments into large files
+    /// sorted for time travel (atomically), and remove old sessions
+    Compact(CompactArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// The store (a local directory).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "scope-data",
+        env = "SCOPE_DATA"
+    )]
+    pub data: PathBuf,
+
+    /// Only this session (default: every finished session not compacted
+    /// yet).
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+
+    /// Retention by age: remove whole sessions that ended longer ago than
+    /// this (90m, 36h, 7d, 2w).
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    pub keep: Option<Duration>,
+
+    /// Retention by size: remove the oldest finished sessions until the
+    /// store takes at most this much (500M, 10G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size64)]
+    pub max_size: Option<u64>,
+
+    /// Rows per row group of the compacted files.
+    #[arg(long, value_name = "N", default_value_t = 122_880)]
+    pub row_group_rows: usize,
+
+    /// Memory the sort may hold before it spills to disk.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size64)]
+    pub memory: u64,
 }
 
 #[derive(Debug, Args)]
@@ -512,6 +550,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     if !secs.is_finite() || secs <= 0.0 {
         return Err(format!("'{s}': a duration must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// An age for retention: `90m`, `36h`, `7d`, `2w` (a bare number is days).
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let i = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(i);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not an age (try 36h, 7d, 2w)"))?;
+    let secs = match unit {
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        "" | "d" => v * 86400.0,
+        "w" => v * 7.0 * 86400.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (s, m, h, d or w)")),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("'{s}': an age must be positive"));
     }
     Ok(Duration::from_secs_f64(secs))
 }

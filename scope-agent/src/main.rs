@@ -49,6 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tree(args) => scope_agent::read::tree(args).map(|()| ExitCode::SUCCESS),
         Command::Stack(args) => scope_agent::read::stack(args).map(|()| ExitCode::SUCCESS),
         Command::Timeline(args) => scope_agent::read::timeline(args).map(|()| ExitCode::SUCCESS),
+        Command::Compact(args) => scope_agent::read::compact(args).map(|()| ExitCode::SUCCESS),
         Command::Export(args) => scope_agent::read::export(args).map(|()| ExitCode::SUCCESS),
         Command::Functions(args) => {
             let (source, pattern) = match (args.pid, args.args.as_slice()) {

@@ -12,7 +12,9 @@ use scope_query::time::parse_time;
 use scope_query::tree::TreeOptions;
 use scope_query::{OpenOptions, SessionSel, Store};
 
-use crate::cli::{DataArgs, ExportArgs, QueryArgs, ReportArgs, StackArgs, TimelineArgs, TreeArgs};
+use crate::cli::{
+    CompactArgs, DataArgs, ExportArgs, QueryArgs, ReportArgs, StackArgs, TimelineArgs, TreeArgs,
+};
 
 /// Opens the store `args` names; `default` is the session selection when
 /// `--session` is not given.
@@ -170,5 +172,58 @@ pub fn timeline(args: TimelineArgs) -> Result<()> {
         scope_query::travel::render_timeline(&tl, args.tid)
     )?;
     out.flush()?;
+    Ok(())
+}
+
+/// `scope-agent compact`: progress on stderr, one line per session with its
+/// bytes per call before and after, and what retention removed.
+pub fn compact(args: CompactArgs) -> Result<()> {
+    use scope_query::compact::{CompactOptions, compact};
+    let opts = CompactOptions {
+        session: args.session,
+        row_group_rows: args.row_group_rows.max(1024),
+        keep: args.keep,
+        max_size: args.max_size,
+        memory_limit: args.memory as usize,
+        ..CompactOptions::default()
+    };
+    let report = compact(&args.data, &opts, &mut |msg: &str| {
+        eprintln!("scope-agent: {msg}");
+    })?;
+    for s in &report.sessions {
+        let per = |v: Option<f64>| v.map_or("-".to_string(), |b| format!("{b:.2}"));
+        println!(
+            "compacted {}: {} calls, {} files → {}, {} → {} bytes ({} → {} bytes per call){}",
+            s.session_id,
+            s.calls,
+            s.files_before,
+            s.files_after,
+            s.bytes_before,
+            s.bytes_after,
+            per(s.bytes_per_call_before()),
+            per(s.bytes_per_call_after()),
+            if s.spilled_bytes > 0 {
+                format!("; the sort spilled {} bytes", s.spilled_bytes)
+            } else {
+                String::new()
+            }
+        );
+    }
+    for (id, bytes, why) in &report.removed {
+        println!(
+            "removed {id} ({bytes} bytes): {}",
+            if *why == "age" {
+                "older than --keep"
+            } else {
+                "over --max-size"
+            }
+        );
+    }
+    for (id, why) in &report.skipped {
+        println!("left {id} as it is: {why}");
+    }
+    if report.sessions.is_empty() && report.removed.is_empty() {
+        println!("nothing to compact in {}", args.data.display());
+    }
     Ok(())
 }
