@@ -535,6 +535,16 @@ fn unreachable_reason(lower: &str) -> Option<&'static str> {
         })
 }
 
+/// A single-threaded tokio runtime (I/O and timers), for callers that have
+/// none: the agent's uploader thread and its check at the start of a
+/// session, `scope-agent upload`.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a tokio runtime")
+}
+
 /// Sends one listing request under the prefix: `Ok` when the store answers
 /// and the credentials are accepted; else one line saying why (see
 /// [`AccessError`]), e.g. `s3://bkt/x: access denied (InvalidAccessKeyId)
