@@ -325,7 +325,11 @@ impl ProbeArgs {
                 Err(e) => return Err(format!("{e:#}")),
             },
             Some(_) => (
-                self.spool,
+                // Absolute, so the `scope-agent upload SPOOL …` line printed
+                // for files left behind works from any directory.
+                std::path::absolute(&self.spool).map_err(|e| {
+                    format!("--spool {}: {e}", self.spool.display())
+                })?,
                 Some(UploadConfig {
                     url: out_text,
                     wait: self.upload_wait,
