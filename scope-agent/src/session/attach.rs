@@ -81,6 +81,7 @@ pub(super) fn load_and_attach(
         session_id,
         store,
         late_functions,
+        uploader,
     } = output;
     let mut child = match (&cfg.target, &planned.program) {
         (Target::Record { argv }, Some(program)) => Some(GatedChild::spawn(program, argv)?),
@@ -172,6 +173,7 @@ pub(super) fn load_and_attach(
     let writer = SinkThread::spawn(
         SessionSink {
             store,
+            uploader,
             stats: CallStats::new(),
             gauges: Arc::clone(&gauges),
             hot,
