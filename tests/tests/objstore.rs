@@ -273,6 +273,45 @@ fn record_to_s3_then_duckdb_httpfs_reads_exact_counts() {
     );
     assert_eq!(s[0]["n"], 1);
     assert_eq!(s[0]["rec"], 1200);
+
+    // scope's own reading commands read the same store through --data
+    // s3://…, configured by the same environment.
+    let (status, out) = run_stdout(
+        &[
+            "query",
+            "--data",
+            "s3://scope/team/run1",
+            "--format",
+            "csv",
+            "SELECT f.name, count(*) AS n FROM calls c JOIN functions f USING (session_id, function_id) \
+             GROUP BY f.name ORDER BY f.name",
+        ],
+        &moto.aws_env(),
+    );
+    assert!(status.success(), "{out}");
+    assert_eq!(out, "name,n\na_fn,300\nb_fn,300\nc_fn,300\nleaf,300\n");
+    let (status, out) = run_stdout(
+        &["report", "--data", "s3://scope/team/run1", "--format", "csv"],
+        &moto.aws_env(),
+    );
+    assert!(status.success(), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("\"leaf\",,") && l.contains(",300,true,")), "{out}");
+    // A bucket that is not there: one line.
+    let (status, out) = run_stdout(&["report", "--data", "s3://nosuch/x"], &moto.aws_env());
+    assert!(!status.success());
+    assert!(out.contains("bucket 'nosuch' does not exist"), "{out}");
+}
+
+/// Runs `scope-agent ARGS` with `env`; (status, stdout, or stderr when it
+/// failed).
+fn run_stdout(args: &[&str], env: &[(String, String)]) -> (ExitStatus, String) {
+    let out = Command::new(agent_bin())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("run scope-agent");
+    let text = if out.status.success() { &out.stdout } else { &out.stderr };
+    (out.status, String::from_utf8_lossy(text).into_owned())
 }
 
 #[test]
