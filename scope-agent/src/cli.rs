@@ -103,6 +103,13 @@ pub struct CompactArgs {
     /// Memory the sort may hold before it spills to disk.
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size64)]
     pub memory: u64,
+
+    /// Then move the compacted sessions to object storage
+    /// (s3://BUCKET/PREFIX, configured like AWS tools): every file
+    /// uploaded whole, the `sessions` row last; the local copy of a session
+    /// is removed only once all its files are there.
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -547,9 +554,8 @@ impl ProbeArgs {
             Some(_) => (
                 // Absolute, so the `scope-agent upload SPOOL …` line printed
                 // for files left behind works from any directory.
-                std::path::absolute(&self.spool).map_err(|e| {
-                    format!("--spool {}: {e}", self.spool.display())
-                })?,
+                std::path::absolute(&self.spool)
+                    .map_err(|e| format!("--spool {}: {e}", self.spool.display()))?,
                 Some(UploadConfig {
                     url: out_text,
                     wait: self.upload_wait,

@@ -225,5 +225,94 @@ pub fn compact(args: CompactArgs) -> Result<()> {
     if report.sessions.is_empty() && report.removed.is_empty() {
         println!("nothing to compact in {}", args.data.display());
     }
+    if let Some(url) = &args.to {
+        move_to(&args.data, url, opts.session.as_deref())?;
+    }
+    Ok(())
+}
+
+/// `compact --to URL`: uploads every compacted, finished session (or the
+/// one `--session` names) and removes its local files once all are there.
+fn move_to(root: &std::path::Path, url: &str, only: Option<&str>) -> Result<()> {
+    use scope_query::objstore::{Location, check_access, open_location, runtime, upload_file};
+    let Location::Remote(remote) = open_location(url)? else {
+        anyhow::bail!("--to {url}: give an object-store URL (s3://BUCKET/PREFIX)");
+    };
+    let rt = runtime()?;
+    rt.block_on(check_access(&remote))
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    // Sessions whose calls are compacted (part-c files) and finished (a
+    // sessions row).
+    let mut sessions: Vec<String> = Vec::new();
+    if let Ok(dirs) = std::fs::read_dir(root.join("sessions")) {
+        for d in dirs.flatten() {
+            let name = d.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_prefix("session_id=") else {
+                continue;
+            };
+            if only.is_some_and(|o| o != id) {
+                continue;
+            }
+            let calls = root.join("calls").join(&name);
+            let compacted = std::fs::read_dir(&calls).is_ok_and(|files| {
+                files.flatten().any(|f| {
+                    f.file_name()
+                        .to_string_lossy()
+                        .starts_with(scope_query::compact::COMPACTED_PREFIX)
+                })
+            });
+            if compacted || !calls.exists() {
+                sessions.push(id.to_string());
+            }
+        }
+    }
+    sessions.sort();
+    if sessions.is_empty() {
+        println!("no compacted session to move to {url}");
+        return Ok(());
+    }
+    for id in sessions {
+        let part = format!("session_id={id}");
+        let mut files: Vec<(std::path::PathBuf, String)> = Vec::new();
+        for t in std::fs::read_dir(root)?.flatten() {
+            let table = t.file_name().to_string_lossy().into_owned();
+            if table.starts_with('.') {
+                continue;
+            }
+            let dir = t.path().join(&part);
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for f in entries.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".parquet") && !name.starts_with('.') {
+                    files.push((f.path(), format!("{table}/{part}/{name}")));
+                }
+            }
+        }
+        // The sessions row last: it says the session's files are complete.
+        files.sort_by_key(|(_, rel)| (rel.starts_with("sessions/"), rel.clone()));
+        let mut bytes = 0u64;
+        for (path, rel) in &files {
+            bytes += rt.block_on(upload_file(&remote, path, rel)).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} (session {id} stays local; run compact --to again)",
+                    e.message
+                )
+            })?;
+        }
+        for (path, _) in &files {
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        for t in std::fs::read_dir(root)?.flatten() {
+            let _ = std::fs::remove_dir(t.path().join(&part));
+        }
+        println!(
+            "moved {id} to {}: {} files, {bytes} bytes",
+            remote.url_of(""),
+            files.len()
+        );
+    }
     Ok(())
 }

@@ -291,11 +291,21 @@ fn record_to_s3_then_duckdb_httpfs_reads_exact_counts() {
     assert!(status.success(), "{out}");
     assert_eq!(out, "name,n\na_fn,300\nb_fn,300\nc_fn,300\nleaf,300\n");
     let (status, out) = run_stdout(
-        &["report", "--data", "s3://scope/team/run1", "--format", "csv"],
+        &[
+            "report",
+            "--data",
+            "s3://scope/team/run1",
+            "--format",
+            "csv",
+        ],
         &moto.aws_env(),
     );
     assert!(status.success(), "{out}");
-    assert!(out.lines().any(|l| l.starts_with("\"leaf\",,") && l.contains(",300,true,")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("\"leaf\",,") && l.contains(",300,true,")),
+        "{out}"
+    );
     // A bucket that is not there: one line.
     let (status, out) = run_stdout(&["report", "--data", "s3://nosuch/x"], &moto.aws_env());
     assert!(!status.success());
@@ -310,7 +320,11 @@ fn run_stdout(args: &[&str], env: &[(String, String)]) -> (ExitStatus, String) {
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .output()
         .expect("run scope-agent");
-    let text = if out.status.success() { &out.stdout } else { &out.stderr };
+    let text = if out.status.success() {
+        &out.stdout
+    } else {
+        &out.stderr
+    };
     (out.status, String::from_utf8_lossy(text).into_owned())
 }
 
@@ -484,4 +498,120 @@ fn refused_credentials_and_a_missing_bucket_are_one_line_and_record_nothing() {
     );
     // Nothing was recorded, nothing spooled.
     assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn compact_then_move_to_s3_keeps_every_call_readable() {
+    require_root();
+    let moto = Moto::start();
+    moto.create_bucket("cold");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let bin = fixture(Lang::C, "2");
+    // `record` with --segment-rows 250 (small segments to merge) and -f.
+    let (status, stderr) = run(
+        &[
+            "record",
+            "--out",
+            &data,
+            "--segment-rows",
+            "250",
+            "-f",
+            "a_fn",
+            "-f",
+            "b_fn",
+            "-f",
+            "c_fn",
+            "-f",
+            "leaf",
+            "--",
+            bin.to_str().unwrap(),
+            "nest",
+            "300",
+        ],
+        &[],
+    );
+    assert!(status.success(), "{stderr}");
+    let (status, out) = run_stdout(&["compact", "--data", &data], &[]);
+    assert!(status.success(), "{out}");
+    assert!(
+        out.contains("1200 calls, ") && out.contains("bytes per call"),
+        "{out}"
+    );
+    let calls_dir = std::fs::read_dir(dir.path().join("calls"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let names: Vec<String> = std::fs::read_dir(&calls_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["part-c00000.parquet".to_string()], "{out}");
+    // DuckDB over the compacted files: the same counts.
+    let rows = duckdb(&format!(
+        "SELECT count(*) AS n FROM read_parquet('{}', hive_partitioning = true)",
+        calls_glob(dir.path())
+    ));
+    assert_eq!(rows[0]["n"], 1200);
+    // A second run has nothing to do.
+    let (status, out) = run_stdout(&["compact", "--data", &data], &[]);
+    assert!(status.success(), "{out}");
+    assert!(!out.contains("compacted "), "{out}");
+    // Move the cold session to S3: local files go, the store reads there.
+    let (status, out) = run_stdout(
+        &["compact", "--data", &data, "--to", "s3://cold/archive"],
+        &moto.aws_env(),
+    );
+    assert!(status.success(), "{out}");
+    assert!(
+        out.contains("moved ") && out.contains("s3://cold/archive"),
+        "{out}"
+    );
+    assert!(!calls_dir.exists(), "the local copy stayed: {out}");
+    let (status, out) = run_stdout(
+        &["report", "--data", "s3://cold/archive", "--format", "csv"],
+        &moto.aws_env(),
+    );
+    assert!(status.success(), "{out}");
+    for f in ["a_fn", "b_fn", "c_fn", "leaf"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("\"{f}\",,")) && l.contains(",300,true,")),
+            "{f}: {out}"
+        );
+    }
+    // Time travel on the compacted, remote store.
+    let (status, out) = run_stdout(
+        &[
+            "query",
+            "--data",
+            "s3://cold/archive",
+            "--format",
+            "csv",
+            "SELECT tid, start_ns FROM calls c JOIN functions f USING (session_id, function_id) \
+             WHERE f.name = 'leaf' ORDER BY start_ns LIMIT 1",
+        ],
+        &moto.aws_env(),
+    );
+    assert!(status.success(), "{out}");
+    let row: Vec<&str> = out.lines().nth(1).unwrap().split(',').collect();
+    let (status, out) = run_stdout(
+        &[
+            "stack",
+            "--data",
+            "s3://cold/archive",
+            "--tid",
+            row[0],
+            "--at",
+            row[1],
+        ],
+        &moto.aws_env(),
+    );
+    assert!(status.success(), "{out}");
+    assert!(
+        out.contains("#0  leaf(") && out.contains("#3  a_fn("),
+        "{out}"
+    );
 }
