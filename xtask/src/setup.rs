@@ -185,7 +185,7 @@ pub fn ensure_test_tools() -> Result<()> {
             ),
         ])) {
             announce(&format!("Python's {package}"));
-            pip_install(package)?;
+            pip_install(&[package])?;
         }
     }
     if !speedscope_schema_installed() {
@@ -261,6 +261,9 @@ pub const HTTPFS_VENV: &str = "duckdb-httpfs-venv";
 /// `python3 -m pip install PACKAGES`, with `--break-system-packages` when
 /// the system Python refuses (PEP 668).
 fn pip_install(packages: &[&str]) -> Result<()> {
+    if !succeeds(command("python3").args(["-m", "pip", "--version"])) {
+        apt_install(&["python3-pip"])?;
+    }
     let pip = || {
         let mut cmd = command("python3");
         cmd.args(["-m", "pip", "install", "-q"]).args(packages);
@@ -323,22 +326,6 @@ fn speedscope_schema_installed() -> bool {
     Path::new(String::from_utf8_lossy(&out.stdout).trim())
         .join("speedscope/dist/release/file-format-schema.json")
         .is_file()
-}
-
-/// `python3 -m pip install PACKAGE`, like [`pip_install_duckdb`].
-fn pip_install(package: &str) -> Result<()> {
-    if !succeeds(command("python3").args(["-m", "pip", "--version"])) {
-        apt_install(&["python3-pip"])?;
-    }
-    let pip = || {
-        let mut cmd = command("python3");
-        cmd.args(["-m", "pip", "install", "-q", package]);
-        cmd
-    };
-    if output(&mut pip()).is_ok() {
-        return Ok(());
-    }
-    run(pip().arg("--break-system-packages"))
 }
 
 /// `python3 -m pip install duckdb`, with pip itself installed first when
