@@ -183,7 +183,9 @@ fn main() -> Result<()> {
         .with_context(|| format!("CALLS {calls:?}: not a number"))?;
     let seed: u64 = match rest {
         [] => 1,
-        [s] => s.parse().with_context(|| format!("SEED {s:?}: not a number"))?,
+        [s] => s
+            .parse()
+            .with_context(|| format!("SEED {s:?}: not a number"))?,
         _ => bail!("usage: gen_store OUT_DIR CALLS [SEED]"),
     };
     let started = Instant::now();

@@ -9,6 +9,8 @@
 //! governor's slowdown and prediction. Then the estimates table: counts,
 //! intervals and predicted slowdowns under `--max-overhead 5` against the
 //! rates fixture's truth (`SCOPE_BENCH_ONLY=estimates` runs it alone).
+//! Then the query table of [`crate::bench_query`] (`SCOPE_BENCH_ONLY=query`
+//! runs it alone, without root).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};

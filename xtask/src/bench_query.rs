@@ -127,22 +127,27 @@ struct Times {
 pub fn run(root: &Path) -> Result<String> {
     let started = Instant::now();
     let calls = calls_wanted()?;
-    step("build scope-agent, gen_store and query_time (release)", || {
-        run_cmd(cargo()
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "scope-agent",
-                "--bin",
-                "scope-agent",
-                "--example",
-                "gen_store",
-                "--example",
-                "query_time",
-            ])
-            .current_dir(root))
-    })?;
+    step(
+        "build scope-agent, gen_store and query_time (release)",
+        || {
+            run_cmd(
+                cargo()
+                    .args([
+                        "build",
+                        "--release",
+                        "-p",
+                        "scope-agent",
+                        "--bin",
+                        "scope-agent",
+                        "--example",
+                        "gen_store",
+                        "--example",
+                        "query_time",
+                    ])
+                    .current_dir(root),
+            )
+        },
+    )?;
     if !crate::setup::python_has_duckdb() {
         println!("scope: installing Python's duckdb (one time)...");
         crate::setup::pip_install_duckdb()?;
@@ -256,9 +261,9 @@ pub fn run(root: &Path) -> Result<String> {
     let exports = step("export memory (peak RSS)", || {
         let mut v = Vec::new();
         for format in ["perfetto", "folded"] {
-            let m = peak_rss(command(&agent).args([
-                "export", "--data", &data, "--format", format, "-o", "-",
-            ]))?;
+            let m = peak_rss(
+                command(&agent).args(["export", "--data", &data, "--format", format, "-o", "-"]),
+            )?;
             println!(
                 "    {format}: peak RSS {:.0} MB, {:.2} GB written, {:.0} s",
                 m.max_rss_bytes as f64 / 1e6,
@@ -291,7 +296,10 @@ pub fn write_section(path: &Path, section: &str) -> Result<()> {
         (Some(b), Some(e)) if b < e => {
             format!("{}{section}{}", &old[..b], &old[e + END.len()..])
         }
-        _ => format!("{}\n{section}", old.trim_end_matches('\n').to_string() + "\n"),
+        _ => format!(
+            "{}\n{section}",
+            old.trim_end_matches('\n').to_string() + "\n"
+        ),
     };
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
@@ -483,7 +491,8 @@ fn duck_command(data: &str, mode: &str, sqls: &[&str]) -> Command {
 /// Runs the question in both engines and compares the rows (the compared
 /// columns, as numbers where they parse, rows sorted). Returns the count.
 fn check_answers(agent: &Path, data: &str, q: &Question) -> Result<usize> {
-    let scope = output(command(agent).args(["query", "--data", data, "--format", "csv", &q.scope_sql]))?;
+    let scope =
+        output(command(agent).args(["query", "--data", data, "--format", "csv", &q.scope_sql]))?;
     let duck = output(&mut duck_command(data, "csv", &[&q.duck_sql]))?;
     let rows = |text: &[u8]| -> Vec<Vec<String>> {
         let mut v: Vec<Vec<String>> = String::from_utf8_lossy(text)
@@ -517,7 +526,10 @@ fn check_answers(agent: &Path, data: &str, q: &Question) -> Result<usize> {
         );
     }
     if s.is_empty() {
-        bail!("{}: no rows in either engine (the question is wrong)", q.name);
+        bail!(
+            "{}: no rows in either engine (the question is wrong)",
+            q.name
+        );
     }
     Ok(s.len())
 }
@@ -694,7 +706,11 @@ fn peak_rss(cmd: &mut Command) -> Result<Rss> {
     let out_bytes = counter.join().unwrap_or(0);
     let errs = errs.join().unwrap_or_default();
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("`{}` failed (status {status}):\n{}", describe(cmd), errs.trim_end());
+        bail!(
+            "`{}` failed (status {status}):\n{}",
+            describe(cmd),
+            errs.trim_end()
+        );
     }
     Ok(Rss {
         // ru_maxrss is in KiB on Linux.
@@ -838,7 +854,7 @@ fn group_digits(v: u64) -> String {
     let s = v.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
