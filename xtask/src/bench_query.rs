@@ -258,12 +258,36 @@ pub fn run(root: &Path) -> Result<String> {
         Ok(())
     })?;
 
+    // `scope-agent compact` (when this build has it) on a copy, so the
+    // store as the agent wrote it stays for the next run.
+    let compacted = if crate::process::succeeds(command(&agent).args(["compact", "--help"])) {
+        Some(step("compact a copy, then the questions again", || {
+            compact_and_time(&agent, &query_time, &store, &questions, &generated)
+        })?)
+    } else {
+        println!("    (this scope-agent has no `compact` yet: bytes per call before it only)");
+        None
+    };
+
     let exports = step("export memory (peak RSS)", || {
         let mut v = Vec::new();
-        for format in ["perfetto", "folded"] {
-            let m = peak_rss(
-                command(&agent).args(["export", "--data", &data, "--format", format, "-o", "-"]),
-            )?;
+        // The CLI's default --memory (2G), and a pool small enough that
+        // the sort must spill.
+        for (format, memory) in [
+            ("perfetto", None),
+            ("folded", None),
+            ("perfetto", Some("256M")),
+        ] {
+            let mut cmd = command(&agent);
+            cmd.args(["export", "--data", &data, "--format", format, "-o", "-"]);
+            if let Some(m) = memory {
+                cmd.args(["--memory", m]);
+            }
+            let m = peak_rss(&mut cmd)?;
+            let format = match memory {
+                Some(mem) => format!("{format} --memory {mem}"),
+                None => format.to_string(),
+            };
             println!(
                 "    {format}: peak RSS {:.0} MB, {:.2} GB written, {:.0} s",
                 m.max_rss_bytes as f64 / 1e6,
@@ -281,10 +305,100 @@ pub fn run(root: &Path) -> Result<String> {
         &generated,
         &store,
         &exports,
+        compacted.as_ref(),
         &duck_version,
         started.elapsed(),
     );
     Ok(section)
+}
+
+/// The store after `scope-agent compact`, and the questions on it.
+struct Compacted {
+    seconds: f64,
+    files: usize,
+    calls_bytes: u64,
+    /// Query-only medians, (scope, DuckDB), per question.
+    query: Vec<(f64, f64)>,
+    /// `scope-agent stack` as the user runs it, median of 3.
+    stack_cli: f64,
+}
+
+fn compact_and_time(
+    agent: &Path,
+    query_time: &Path,
+    store: &Path,
+    questions: &[Question],
+    g: &Generated,
+) -> Result<Compacted> {
+    let copy = store.with_file_name(format!(
+        "{}-compacted",
+        store
+            .file_name()
+            .map_or("store".into(), |n| n.to_string_lossy())
+    ));
+    if copy.exists() {
+        std::fs::remove_dir_all(&copy)
+            .with_context(|| format!("cannot remove {}", copy.display()))?;
+    }
+    run_cmd(command("cp").arg("-a").arg(store).arg(&copy))?;
+    let data = copy.display().to_string();
+    let seconds = timed(command(agent).args(["compact", "--data", &data]))?;
+    let calls_dir = copy.join("calls");
+    let files = walk_files(&calls_dir)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .count();
+    for q in questions {
+        check_answers(agent, &data, q)?;
+    }
+    check_stack_depth(agent, &data, g)?;
+    let scope_sql: Vec<&str> = questions.iter().map(|q| q.scope_sql.as_str()).collect();
+    let duck_sql: Vec<&str> = questions.iter().map(|q| q.duck_sql.as_str()).collect();
+    let _ = in_process_scope(query_time, &data, 1, &scope_sql)?;
+    let _ = in_process_duck(&data, 1, &duck_sql)?;
+    let s = in_process_scope(query_time, &data, REPS_IN_PROCESS, &scope_sql)?;
+    let d = in_process_duck(&data, REPS_IN_PROCESS, &duck_sql)?;
+    let stack_args = questions
+        .iter()
+        .find(|q| q.name == "stack --at")
+        .and_then(|q| q.cli.clone())
+        .context("no stack question")?;
+    let mut c = Vec::new();
+    for _ in 0..REPS_PROCESS {
+        c.push(timed(command(agent).args(with_data(&stack_args, &data)))?);
+    }
+    for (q, (a, b)) in questions.iter().zip(s.iter().zip(&d)) {
+        println!(
+            "    {} (compacted): scope {a:.3} s, DuckDB {b:.3} s",
+            q.name
+        );
+    }
+    Ok(Compacted {
+        seconds,
+        files,
+        calls_bytes: dir_bytes(&calls_dir),
+        query: s.into_iter().zip(d).collect(),
+        stack_cli: median(&mut c),
+    })
+}
+
+/// Every file under `dir`.
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(_) => out.push(e.path()),
+                Err(_) => {}
+            }
+        }
+    }
+    out
 }
 
 /// Replaces the query section of BENCHMARKS.md (or appends it when the
@@ -748,12 +862,17 @@ fn yes(ok: bool) -> &'static str {
 }
 
 /// The BENCHMARKS.md section.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; each argument is one part of the section"
+)]
 fn render(
     questions: &[Question],
     times: &[Times],
     g: &Generated,
     store: &Path,
-    exports: &[(&str, Rss)],
+    exports: &[(String, Rss)],
+    compacted: Option<&Compacted>,
     duck_version: &str,
     took: Duration,
 ) -> String {
@@ -832,6 +951,34 @@ fn render(
             m.out_bytes as f64 / 1e9,
             m.wall.as_secs_f64(),
             yes(m.max_rss_bytes < 500_000_000)
+        );
+    }
+    if let Some(c) = compacted {
+        let _ = writeln!(
+            s,
+            "\nAfter `scope-agent compact` ({:.0} s, on a copy): {} files of `calls`, \
+             {:.2} bytes per call (before: {:.2}). The questions again, query only:\n",
+            c.seconds,
+            c.files,
+            c.calls_bytes as f64 / g.calls as f64,
+            calls_bytes as f64 / g.calls as f64
+        );
+        s.push_str("| query (compacted store) | scope (s) | DuckDB (s) | ratio | target met |\n");
+        s.push_str("| --- | ---: | ---: | ---: | --- |\n");
+        for (q, (sc, du)) in questions.iter().zip(&c.query) {
+            let r = ratio(*sc, *du);
+            let _ = writeln!(
+                s,
+                "| {}: query | {sc:.3} | {du:.3} | {r:.2} | ≤ 1.5×: {} |",
+                q.name,
+                yes(r <= 1.5)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "| `scope-agent stack`: command | {:.3} | | | < 100 ms: {} |",
+            c.stack_cli,
+            yes(c.stack_cli < 0.1)
         );
     }
     let _ = writeln!(
