@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::probe::attach::AttachModeChoice;
-use crate::session::{SessionConfig, Target};
+use crate::session::{SessionConfig, Target, UploadConfig};
 use crate::symbols::pattern::Pattern;
 
 #[derive(Debug, Parser)]
@@ -43,6 +43,11 @@ pub enum Command {
     Attach(AttachArgs),
     /// List the functions a pattern resolves to (name, module, address, size, file:line)
     Functions(FunctionsArgs),
+    /// Upload the finished Parquet files of a store directory (a spool left
+    /// by `--out s3://…` when the endpoint stayed unreachable) to
+    /// s3://bucket/prefix, each to the same relative key, removing each
+    /// local copy once uploaded
+    Upload(UploadArgs),
     /// Measure what a probe costs on this machine: a function of the agent
     /// timed bare, with entry + return probes (recording), an entry probe
     /// only (the governor's warm-up) and a uprobe.session probe
@@ -60,6 +65,51 @@ pub enum Command {
     /// Write a session as a trace or profile: perfetto, chrome, folded,
     /// flamegraph (SVG), pprof or speedscope
     Export(ExportArgs),
+    /// The cold tier: merge finished sessions' segments into large files
+    /// sorted for time travel (atomically), and remove old sessions
+    Compact(CompactArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// The store (a local directory).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "scope-data",
+        env = "SCOPE_DATA"
+    )]
+    pub data: PathBuf,
+
+    /// Only this session (default: every finished session not compacted
+    /// yet).
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+
+    /// Retention by age: remove whole sessions that ended longer ago than
+    /// this (90m, 36h, 7d, 2w).
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    pub keep: Option<Duration>,
+
+    /// Retention by size: remove the oldest finished sessions until the
+    /// store takes at most this much (500M, 10G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size64)]
+    pub max_size: Option<u64>,
+
+    /// Rows per row group of the compacted files.
+    #[arg(long, value_name = "N", default_value_t = 122_880)]
+    pub row_group_rows: usize,
+
+    /// Memory the sort may hold before it spills to disk.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size64)]
+    pub memory: u64,
+
+    /// Then move the compacted sessions to object storage
+    /// (s3://BUCKET/PREFIX, configured like AWS tools): every file
+    /// uploaded whole, the `sessions` row last; the local copy of a session
+    /// is removed only once all its files are there.
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +181,17 @@ pub struct QueryArgs {
     /// Rows a table shows (the rest are counted).
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub max_rows: usize,
+
+    /// Ask the running agent instead of the files: the last seconds of its
+    /// recording (tables calls and functions), over its Unix socket in
+    /// /run/scope (root only, like the agent).
+    #[arg(long)]
+    pub live: bool,
+
+    /// With --live: the agent recording this process (needed when several
+    /// agents run).
+    #[arg(long, value_name = "PID", requires = "live")]
+    pub pid: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +282,16 @@ pub struct TimelineArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// The directory: a spool (SPOOL/<session id>) or any store.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Where to: s3://bucket/prefix (configured as for --out).
+    #[arg(value_name = "URL")]
+    pub url: String,
+}
+
+#[derive(Debug, Args)]
 pub struct CalibrateArgs {
     /// Measurements to take (each 3 × 1000 calls per probe shape); the
     /// median is reported.
@@ -277,9 +348,28 @@ pub struct ProbeArgs {
     #[arg(long = "arg-strings", value_name = "N")]
     pub arg_strings: Option<u64>,
 
-    /// Directory for the Parquet files (created 0700 if missing).
-    #[arg(short, long, value_name = "DIR", default_value = "scope-data")]
+    /// Directory for the Parquet files (created 0700 if missing), or
+    /// `s3://bucket/prefix`: the files are written to a local spool
+    /// (--spool) and each is uploaded whole once finished, to the same
+    /// relative key under the prefix. S3 is configured the way AWS tools
+    /// are: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_SESSION_TOKEN, AWS_REGION, AWS_PROFILE (~/.aws/credentials and
+    /// ~/.aws/config), AWS_ALLOW_HTTP=true for a plain-http endpoint.
+    #[arg(short, long, value_name = "DIR|URL", default_value = "scope-data")]
     pub out: PathBuf,
+
+    /// With --out s3://…: where the session's files wait for their upload,
+    /// as SPOOL/<session id> (created 0700; removed once everything is
+    /// uploaded). /var/tmp survives a reboot, so what an unreachable
+    /// endpoint left behind is still there to upload.
+    #[arg(long, value_name = "DIR", default_value = crate::storage::upload::DEFAULT_SPOOL_ROOT)]
+    pub spool: PathBuf,
+
+    /// With --out s3://…: at the end of the session, how long to keep
+    /// retrying uploads that fail before leaving the files in the spool
+    /// (`scope-agent upload` sends them later).
+    #[arg(long, value_name = "D", default_value = "60s", value_parser = parse_duration)]
+    pub upload_wait: Duration,
 
     /// Stop recording after this long: 500ms, 10s, 2m, 1h.
     #[arg(short, long, value_name = "D", value_parser = parse_duration)]
@@ -453,13 +543,34 @@ impl ProbeArgs {
             (None, Target::Record { .. }) => None,
             (None, Target::Attach { .. }) => Some(DEFAULT_ATTACH_BUDGET),
         };
+        // `s3://…`: written to the spool, uploaded from there.
+        let out_text = self.out.to_string_lossy().into_owned();
+        let (out_dir, upload) = match out_text.split_once("://") {
+            Some(("file", _)) => match scope_query::objstore::open_location(&out_text) {
+                Ok(scope_query::objstore::Location::Local(p)) => (p, None),
+                Ok(_) => unreachable!("file:// is local"),
+                Err(e) => return Err(format!("{e:#}")),
+            },
+            Some(_) => (
+                // Absolute, so the `scope-agent upload SPOOL …` line printed
+                // for files left behind works from any directory.
+                std::path::absolute(&self.spool)
+                    .map_err(|e| format!("--spool {}: {e}", self.spool.display()))?,
+                Some(UploadConfig {
+                    url: out_text,
+                    wait: self.upload_wait,
+                }),
+            ),
+            None => (self.out, None),
+        };
         Ok(SessionConfig {
+            upload,
             arg_strings,
             target,
             patterns,
             args_all: self.args,
             args_for,
-            out_dir: self.out,
+            out_dir,
             duration: self.duration,
             ring_bytes: self.ring_size,
             max_functions: self.max_functions,
@@ -501,6 +612,30 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     if !secs.is_finite() || secs <= 0.0 {
         return Err(format!("'{s}': a duration must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// An age for retention: `90m`, `36h`, `7d`, `2w` (a bare number is days).
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let i = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(i);
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not an age (try 36h, 7d, 2w)"))?;
+    let secs = match unit {
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        "" | "d" => v * 86400.0,
+        "w" => v * 7.0 * 86400.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (s, m, h, d or w)")),
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("'{s}': an age must be positive"));
     }
     Ok(Duration::from_secs_f64(secs))
 }

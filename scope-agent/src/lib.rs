@@ -10,6 +10,7 @@ pub mod capture;
 pub mod cli;
 pub mod governor;
 pub mod listing;
+pub mod live;
 pub mod probe;
 pub mod read;
 pub mod session;

@@ -40,6 +40,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             session::run(cfg)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Upload(args) => {
+            upload(&args.dir, &args.url)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Calibrate(args) => {
             calibrate(args.rounds.max(1))?;
             Ok(ExitCode::SUCCESS)
@@ -49,6 +53,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tree(args) => scope_agent::read::tree(args).map(|()| ExitCode::SUCCESS),
         Command::Stack(args) => scope_agent::read::stack(args).map(|()| ExitCode::SUCCESS),
         Command::Timeline(args) => scope_agent::read::timeline(args).map(|()| ExitCode::SUCCESS),
+        Command::Compact(args) => scope_agent::read::compact(args).map(|()| ExitCode::SUCCESS),
         Command::Export(args) => scope_agent::read::export(args).map(|()| ExitCode::SUCCESS),
         Command::Functions(args) => {
             let (source, pattern) = match (args.pid, args.args.as_slice()) {
@@ -75,6 +80,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             list_functions(source, pattern, args.limit, view)?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `scope-agent upload DIR URL`: every finished file under DIR to the same
+/// key under URL, each local copy removed once uploaded.
+fn upload(dir: &std::path::Path, url: &str) -> anyhow::Result<()> {
+    use scope_query::objstore::{Location, open_location, runtime, upload_dir};
+    let remote = match open_location(url)? {
+        Location::Remote(r) => r,
+        Location::Local(_) => anyhow::bail!("{url}: not an object store URL (s3://bucket/prefix)"),
+    };
+    if !dir.is_dir() {
+        anyhow::bail!("{}: not a directory", dir.display());
+    }
+    let human = scope_agent::session::human_bytes;
+    match runtime()?.block_on(upload_dir(&remote, dir)) {
+        Ok(r) => {
+            eprintln!(
+                "scope: uploaded {} files ({}) from {} to {url}",
+                r.files,
+                human(r.bytes),
+                dir.display()
+            );
+            Ok(())
+        }
+        Err((r, e)) => anyhow::bail!(
+            "{e:#} ({} files ({}) uploaded before this; the rest stay in {})",
+            r.files,
+            human(r.bytes),
+            dir.display()
+        ),
     }
 }
 

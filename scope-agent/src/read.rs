@@ -12,7 +12,9 @@ use scope_query::time::parse_time;
 use scope_query::tree::TreeOptions;
 use scope_query::{OpenOptions, SessionSel, Store};
 
-use crate::cli::{DataArgs, ExportArgs, QueryArgs, ReportArgs, StackArgs, TimelineArgs, TreeArgs};
+use crate::cli::{
+    CompactArgs, DataArgs, ExportArgs, QueryArgs, ReportArgs, StackArgs, TimelineArgs, TreeArgs,
+};
 
 /// Opens the store `args` names; `default` is the session selection when
 /// `--session` is not given.
@@ -89,6 +91,13 @@ pub fn query(args: QueryArgs) -> Result<()> {
         format,
         args.output.is_none() && std::io::stdout().is_terminal(),
     )?;
+    if args.live {
+        let (schema, batches) = crate::live::query(args.pid, &args.sql)?;
+        let mut out = output(args.output.as_deref())?;
+        let mut it = batches.into_iter().map(Ok);
+        write_result(schema, &mut it, format, &mut out, args.max_rows)?;
+        return Ok(());
+    }
     let store = open(&args.data, SessionSel::All)?;
     let mut rows = store.stream(&args.sql)?;
     let schema = rows.schema();
@@ -163,5 +172,147 @@ pub fn timeline(args: TimelineArgs) -> Result<()> {
         scope_query::travel::render_timeline(&tl, args.tid)
     )?;
     out.flush()?;
+    Ok(())
+}
+
+/// `scope-agent compact`: progress on stderr, one line per session with its
+/// bytes per call before and after, and what retention removed.
+pub fn compact(args: CompactArgs) -> Result<()> {
+    use scope_query::compact::{CompactOptions, compact};
+    let opts = CompactOptions {
+        session: args.session,
+        row_group_rows: args.row_group_rows.max(1024),
+        keep: args.keep,
+        max_size: args.max_size,
+        memory_limit: args.memory as usize,
+        ..CompactOptions::default()
+    };
+    let report = compact(&args.data, &opts, &mut |msg: &str| {
+        eprintln!("scope-agent: {msg}");
+    })?;
+    for s in &report.sessions {
+        let per = |v: Option<f64>| v.map_or("-".to_string(), |b| format!("{b:.2}"));
+        println!(
+            "compacted {}: {} calls, {} files → {}, {} → {} bytes ({} → {} bytes per call){}",
+            s.session_id,
+            s.calls,
+            s.files_before,
+            s.files_after,
+            s.bytes_before,
+            s.bytes_after,
+            per(s.bytes_per_call_before()),
+            per(s.bytes_per_call_after()),
+            if s.spilled_bytes > 0 {
+                format!("; the sort spilled {} bytes", s.spilled_bytes)
+            } else {
+                String::new()
+            }
+        );
+    }
+    for (id, bytes, why) in &report.removed {
+        println!(
+            "removed {id} ({bytes} bytes): {}",
+            if *why == "age" {
+                "older than --keep"
+            } else {
+                "over --max-size"
+            }
+        );
+    }
+    for (id, why) in &report.skipped {
+        println!("left {id} as it is: {why}");
+    }
+    if report.sessions.is_empty() && report.removed.is_empty() {
+        println!("nothing to compact in {}", args.data.display());
+    }
+    if let Some(url) = &args.to {
+        move_to(&args.data, url, opts.session.as_deref())?;
+    }
+    Ok(())
+}
+
+/// `compact --to URL`: uploads every compacted, finished session (or the
+/// one `--session` names) and removes its local files once all are there.
+fn move_to(root: &std::path::Path, url: &str, only: Option<&str>) -> Result<()> {
+    use scope_query::objstore::{Location, check_access, open_location, runtime, upload_file};
+    let Location::Remote(remote) = open_location(url)? else {
+        anyhow::bail!("--to {url}: give an object-store URL (s3://BUCKET/PREFIX)");
+    };
+    let rt = runtime()?;
+    rt.block_on(check_access(&remote))
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    // Sessions whose calls are compacted (part-c files) and finished (a
+    // sessions row).
+    let mut sessions: Vec<String> = Vec::new();
+    if let Ok(dirs) = std::fs::read_dir(root.join("sessions")) {
+        for d in dirs.flatten() {
+            let name = d.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_prefix("session_id=") else {
+                continue;
+            };
+            if only.is_some_and(|o| o != id) {
+                continue;
+            }
+            let calls = root.join("calls").join(&name);
+            let compacted = std::fs::read_dir(&calls).is_ok_and(|files| {
+                files.flatten().any(|f| {
+                    f.file_name()
+                        .to_string_lossy()
+                        .starts_with(scope_query::compact::COMPACTED_PREFIX)
+                })
+            });
+            if compacted || !calls.exists() {
+                sessions.push(id.to_string());
+            }
+        }
+    }
+    sessions.sort();
+    if sessions.is_empty() {
+        println!("no compacted session to move to {url}");
+        return Ok(());
+    }
+    for id in sessions {
+        let part = format!("session_id={id}");
+        let mut files: Vec<(std::path::PathBuf, String)> = Vec::new();
+        for t in std::fs::read_dir(root)?.flatten() {
+            let table = t.file_name().to_string_lossy().into_owned();
+            if table.starts_with('.') {
+                continue;
+            }
+            let dir = t.path().join(&part);
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for f in entries.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".parquet") && !name.starts_with('.') {
+                    files.push((f.path(), format!("{table}/{part}/{name}")));
+                }
+            }
+        }
+        // The sessions row last: it says the session's files are complete.
+        files.sort_by_key(|(_, rel)| (rel.starts_with("sessions/"), rel.clone()));
+        let mut bytes = 0u64;
+        for (path, rel) in &files {
+            bytes += rt.block_on(upload_file(&remote, path, rel)).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} (session {id} stays local; run compact --to again)",
+                    e.message
+                )
+            })?;
+        }
+        for (path, _) in &files {
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        for t in std::fs::read_dir(root)?.flatten() {
+            let _ = std::fs::remove_dir(t.path().join(&part));
+        }
+        println!(
+            "moved {id} to {}: {} files, {bytes} bytes",
+            remote.url_of(""),
+            files.len()
+        );
+    }
     Ok(())
 }

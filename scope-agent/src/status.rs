@@ -28,6 +28,9 @@ const RING_HIGH_PCT: f64 = 50.0;
 pub struct WriterGauges {
     pub files_written: AtomicU64,
     pub rows_buffered: AtomicU64,
+    /// `--out s3://…`: files uploaded, and finished files not uploaded yet.
+    pub uploaded: AtomicU64,
+    pub uploads_pending: AtomicU64,
 }
 
 /// Everything the capture loop knows at one moment.
@@ -236,6 +239,13 @@ impl StatusReporter {
             if let Some(m) = g.measured_pct {
                 line.push_str(&format!(" (last second {m:.1}%)"));
             }
+        }
+        let pending = self.gauges.uploads_pending.load(Ordering::Relaxed);
+        if pending > 0 {
+            line.push_str(&format!(
+                ", {} uploaded, {pending} waiting to upload",
+                self.gauges.uploaded.load(Ordering::Relaxed)
+            ));
         }
         if let Some(why) = behind(snap, fill) {
             line.push_str("; ");

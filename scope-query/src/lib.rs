@@ -10,10 +10,16 @@
 //!   its calls in order (`timeline`).
 //! - [`export`]: Perfetto, Chrome trace JSON, folded stacks, flame graph
 //!   SVG, pprof and speedscope, streamed from calls in (tid, start) order.
+//! - [`compact`]: the cold tier: a session's segments merged into large
+//!   files sorted for time travel, swapped in atomically; retention.
+//! - [`objstore`]: `s3://` locations configured like AWS tools, access
+//!   checks with one-line errors, whole-file uploads.
 //! - [`time`]: the `+1.5s` / absolute time arguments.
 
 mod cols;
+pub mod compact;
 pub mod export;
+pub mod objstore;
 pub mod output;
 pub mod report;
 pub mod store;

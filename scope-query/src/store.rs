@@ -105,14 +105,30 @@ impl Location {
     }
 }
 
-/// An object-store location (`s3://…`). Object stores come with the
-/// `objstore` module; until a scheme is known here it is refused clearly.
+/// An object-store location (`s3://bucket/prefix`), configured the way AWS
+/// tools are ([`crate::objstore`]); wrong credentials, a missing bucket or
+/// an unreachable endpoint give one line here, before any query.
 fn remote_location(s: &str) -> Result<Location> {
-    let url = url::Url::parse(s).with_context(|| format!("{s}: not a valid URL"))?;
-    bail!(
-        "{s}: the {} scheme is not supported (a directory, file://DIR or s3://BUCKET/PREFIX)",
-        url.scheme()
-    )
+    match crate::objstore::open_location(s)? {
+        crate::objstore::Location::Local(p) => Location::local(&p),
+        crate::objstore::Location::Remote(r) => {
+            let rt = crate::objstore::runtime()?;
+            rt.block_on(crate::objstore::check_access(&r))
+                .map_err(|e| anyhow!("{}", e.message))?;
+            let mut url = r.url.clone();
+            if !url.path().ends_with('/') {
+                let path = format!("{}/", url.path());
+                url.set_path(&path);
+            }
+            Ok(Location {
+                display: s.to_string(),
+                url,
+                store: r.store.clone(),
+                prefix: r.prefix.clone(),
+                local: None,
+            })
+        }
+    }
 }
 
 /// An SQL type name for a column that must read as null.

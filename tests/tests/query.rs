@@ -551,3 +551,173 @@ fn timeline_prints_nested_calls_in_order() {
         "{out}"
     );
 }
+
+#[test]
+fn live_queries_read_the_running_recording_and_say_when_none_runs() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = fixture(Lang::C, "0");
+    let out = dir.path().display().to_string();
+    // `record` with no flags but --out and -f: every call of leaf, for 4 s.
+    let mut agent_run = scope_tests::spawn_agent(&[
+        "record",
+        "--out",
+        &out,
+        "-f",
+        "leaf",
+        "--",
+        bin.to_str().unwrap(),
+        "govern",
+        "4000",
+        "10",
+        "100",
+    ]);
+    agent_run.wait_for_stderr("scope: live:", std::time::Duration::from_secs(30));
+    let said = agent_run.stderr_so_far();
+    let pid = said
+        .split("--live --pid ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the live line names the pid")
+        .to_string();
+    let socket = format!("/run/scope/live-{pid}.sock");
+    let mode = std::fs::metadata(&socket).expect("the socket exists");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o600, "{socket}");
+    // Calls arrive within a few ticks of the writer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let n = loop {
+        let (ok, stdout, stderr) = agent(&[
+            "query",
+            "--live",
+            "--pid",
+            &pid,
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM calls c JOIN functions f USING (session_id, function_id) WHERE f.name = 'leaf'",
+        ]);
+        assert!(ok, "{stderr}");
+        let n: u64 = stdout.lines().nth(1).unwrap_or("0").trim().parse().unwrap();
+        if n > 0 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(n > 0, "no live calls");
+    let (ok, _, err) = agent(&["query", "--live", "--pid", &pid, "SELECT nosuch FROM calls"]);
+    assert!(!ok);
+    assert!(err.contains("nosuch"), "{err}");
+    let run = agent_run.wait(std::time::Duration::from_secs(120));
+    assert_success(&run);
+    assert!(
+        !std::path::Path::new(&socket).exists(),
+        "the socket outlived the session"
+    );
+    let (ok, _, err) = agent(&["query", "--live", "--pid", &pid, "SELECT 1"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("no live agent for pid {pid}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn report_marks_estimated_counts_and_notes_losses() {
+    // A copy of the recording whose `totals` says leaf was sampled (an
+    // estimate of 1,000 in [900, 1,100] with 150 rows recorded) and whose
+    // `losses` says 7 events were lost: what a sampled or lossy session
+    // stores, rewritten with DuckDB so the numbers are known.
+    let src = all_store();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("store");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let totals_dir = std::fs::read_dir(copy.join("totals"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let session = totals_dir
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_start_matches("session_id=")
+        .to_string();
+    let totals_file = totals_dir.join("part-0.parquet");
+    let rewritten = dir.path().join("totals.parquet");
+    duckdb(&format!(
+        "COPY (SELECT t.function_id, \
+           CASE WHEN f.name = 'leaf' THEN 1000::UBIGINT ELSE t.calls END AS calls, \
+           CASE WHEN f.name = 'leaf' THEN false ELSE t.exact END AS exact, \
+           CASE WHEN f.name = 'leaf' THEN 900::UBIGINT ELSE t.calls_low END AS calls_low, \
+           CASE WHEN f.name = 'leaf' THEN 1100::UBIGINT ELSE t.calls_high END AS calls_high, \
+           t.calls_recorded, \
+           CASE WHEN f.name = 'leaf' THEN 'sampled: ratio to a related function' ELSE t.method END AS method, \
+           t.basis_function_id, t.total_ns, t.self_ns \
+         FROM read_parquet('{}') t JOIN read_parquet('{}') f USING (function_id)) \
+         TO '{}' (FORMAT parquet); SELECT 1 AS ok",
+        totals_file.display(),
+        copy.join(format!("functions/session_id={session}/part-0.parquet"))
+            .display(),
+        rewritten.display()
+    ));
+    std::fs::copy(&rewritten, &totals_file).unwrap();
+    let losses_dir = copy.join(format!("losses/session_id={session}"));
+    let _ = std::fs::remove_dir_all(&losses_dir);
+    std::fs::create_dir_all(&losses_dir).unwrap();
+    let start = scope_rows(&copy, "SELECT start_ns FROM sessions", &[])[0]["start_ns"]
+        .as_i64()
+        .unwrap();
+    duckdb(&format!(
+        "COPY (SELECT 0::UINTEGER AS cpu, {}::BIGINT AS start_ns, {}::BIGINT AS end_ns, 7::UBIGINT AS lost) \
+         TO '{}' (FORMAT parquet); SELECT 1 AS ok",
+        start + 1_000_000,
+        start + 2_000_000,
+        losses_dir.join("part-00000.parquet").display()
+    ));
+    let data = copy.display().to_string();
+    let (ok, text, err) = agent(&["report", "--data", &data, "--limit", "0"]);
+    assert!(ok, "{err}");
+    let leaf = text
+        .lines()
+        .find(|l| l.contains(" leaf"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(leaf.trim_start().starts_with("≈1000"), "{leaf}");
+    assert!(
+        leaf.contains("[900–1100]") && leaf.contains("150 recorded"),
+        "{leaf}"
+    );
+    assert!(
+        text.contains("7 events lost between +0.001000s and +0.002000s"),
+        "{text}"
+    );
+    let (ok, out, err) = agent(&[
+        "report", "--data", &data, "--format", "json", "--limit", "0",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "leaf")
+        .unwrap();
+    assert_eq!(row["exact"], false);
+    assert_eq!(row["calls"].as_f64(), Some(1000.0));
+    assert_eq!(row["calls_recorded"], 150);
+    // Exact functions stay exact.
+    let a = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "a_fn")
+        .unwrap();
+    assert_eq!(a["exact"], true);
+}

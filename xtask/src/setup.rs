@@ -185,7 +185,7 @@ pub fn ensure_test_tools() -> Result<()> {
             ),
         ])) {
             announce(&format!("Python's {package}"));
-            pip_install(package)?;
+            pip_install(&[package])?;
         }
     }
     if !speedscope_schema_installed() {
@@ -209,7 +209,70 @@ pub fn ensure_test_tools() -> Result<()> {
             );
         }
     }
+    ensure_object_store_tools()?;
     Ok(())
+}
+
+/// The object-storage tests' tools: an S3 server (`moto_server` from
+/// `moto[server]`, with boto3) and, in a venv of its own so it does not
+/// replace the duckdb the other tests use, DuckDB 1.4.4 with the httpfs
+/// extension from PyPI (DuckDB cannot download extensions here).
+fn ensure_object_store_tools() -> Result<()> {
+    if !on_path("moto_server") {
+        announce("moto[server] (an S3 server for the tests)");
+        pip_install(&["moto[server]"])?;
+    }
+    let venv = crate::process::target_dir()?.join(HTTPFS_VENV);
+    let python = venv.join("bin/python");
+    let ready = || {
+        succeeds(command(&python).args([
+            "-c",
+            "import duckdb, duckdb_ext; assert duckdb.__version__ == '1.4.4'",
+        ]))
+    };
+    if !ready() {
+        announce("DuckDB 1.4.4 with httpfs in a venv");
+        if !succeeds(command("python3").args(["-m", "venv", "--help"])) {
+            apt_install(&["python3-venv"])?;
+        }
+        run(command("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(command(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "duckdb==1.4.4",
+            "duckdb-ext-httpfs==1.4.4.20260205",
+        ]))?;
+        if !ready() {
+            bail!(
+                "{} has no duckdb 1.4.4 with httpfs after pip install",
+                venv.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The venv under the target directory (tests/tests/objstore.rs runs its
+/// Python).
+pub const HTTPFS_VENV: &str = "duckdb-httpfs-venv";
+
+/// `python3 -m pip install PACKAGES`, with `--break-system-packages` when
+/// the system Python refuses (PEP 668).
+fn pip_install(packages: &[&str]) -> Result<()> {
+    if !succeeds(command("python3").args(["-m", "pip", "--version"])) {
+        apt_install(&["python3-pip"])?;
+    }
+    let pip = || {
+        let mut cmd = command("python3");
+        cmd.args(["-m", "pip", "install", "-q"]).args(packages);
+        cmd
+    };
+    if output(&mut pip()).is_ok() {
+        return Ok(());
+    }
+    run(pip().arg("--break-system-packages"))
 }
 
 /// Where bpftrace looks for tracefs (and `/sys/kernel/debug/tracing` on
@@ -263,22 +326,6 @@ fn speedscope_schema_installed() -> bool {
     Path::new(String::from_utf8_lossy(&out.stdout).trim())
         .join("speedscope/dist/release/file-format-schema.json")
         .is_file()
-}
-
-/// `python3 -m pip install PACKAGE`, like [`pip_install_duckdb`].
-fn pip_install(package: &str) -> Result<()> {
-    if !succeeds(command("python3").args(["-m", "pip", "--version"])) {
-        apt_install(&["python3-pip"])?;
-    }
-    let pip = || {
-        let mut cmd = command("python3");
-        cmd.args(["-m", "pip", "install", "-q", package]);
-        cmd
-    };
-    if output(&mut pip()).is_ok() {
-        return Ok(());
-    }
-    run(pip().arg("--break-system-packages"))
 }
 
 /// `python3 -m pip install duckdb`, with pip itself installed first when

@@ -60,6 +60,8 @@ pub(super) struct Live {
     /// What the probes cost the target (said early for `record` without a
     /// budget).
     pub(super) cost: CostWatch,
+    /// The live-query socket; removed when the session ends.
+    pub(super) live: Option<crate::live::LiveServer>,
 }
 
 /// Starts the command held at its gate (or watches the process), loads and
@@ -79,6 +81,7 @@ pub(super) fn load_and_attach(
         session_id,
         store,
         late_functions,
+        uploader,
     } = output;
     let mut child = match (&cfg.target, &planned.program) {
         (Target::Record { argv }, Some(program)) => Some(GatedChild::spawn(program, argv)?),
@@ -166,11 +169,14 @@ pub(super) fn load_and_attach(
         g.init_correlator(&mut correlator);
     }
     let gauges = Arc::new(WriterGauges::default());
+    let (hot, live) = start_live(pid, &session_id, planned);
     let writer = SinkThread::spawn(
         SessionSink {
             store,
+            uploader,
             stats: CallStats::new(),
             gauges: Arc::clone(&gauges),
+            hot,
         },
         64,
     )
@@ -207,7 +213,48 @@ pub(super) fn load_and_attach(
         late_plans: Vec::new(),
         late_files: Vec::new(),
         cost,
+        live,
     })
+}
+
+/// How much of the recording live queries see.
+const LIVE_WINDOW: Duration = Duration::from_secs(10);
+
+/// The hot tier and its socket; a failure only costs live queries, said
+/// once.
+fn start_live(
+    pid: u32,
+    session_id: &str,
+    planned: &Planned,
+) -> (
+    Option<Arc<crate::live::HotTier>>,
+    Option<crate::live::LiveServer>,
+) {
+    let tier = match crate::live::HotTier::new(
+        LIVE_WINDOW,
+        session_id,
+        &super::plan::function_rows(&planned.plan),
+    ) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            eprintln!("scope: warning: no live queries ({e:#})");
+            return (None, None);
+        }
+    };
+    match crate::live::LiveServer::start(pid, Arc::clone(&tier)) {
+        Ok(server) => {
+            eprintln!(
+                "scope: live: `scope-agent query --live --pid {pid} 'SQL'` reads the last {} s of calls ({})",
+                LIVE_WINDOW.as_secs(),
+                server.path().display()
+            );
+            (Some(tier), Some(server))
+        }
+        Err(e) => {
+            eprintln!("scope: warning: no live queries ({e:#})");
+            (None, None)
+        }
+    }
 }
 
 /// What attaching the plan needs, borrowed from the session.

@@ -22,6 +22,7 @@ use crate::governor::estimate::{CountEstimate, Method};
 use crate::probe::plan::Plan;
 use crate::status::{loss_pct, si};
 use crate::storage::SessionRow;
+use crate::storage::upload::Uploader;
 use crate::summary::{
     CallStats, SortBy, explain_count, format_count, format_duration_ns, render_top,
 };
@@ -55,6 +56,7 @@ pub(super) fn write_and_report(
         late_plans,
         late_files,
         cost,
+        live: live_server,
         ..
     } = live;
     let stop_reason = ended.reason;
@@ -62,11 +64,15 @@ pub(super) fn write_and_report(
     let (
         SessionSink {
             store,
+            uploader,
             stats,
             gauges: _,
+            hot: _,
         },
         written,
     ) = writer.finish();
+    // Every call is in the files now: live queries end with the socket.
+    drop(live_server);
     let counts = correlator.counts();
     let lost = reader.lost_total();
     let estimates = counts_of(planned, &late_plans, governor.as_ref(), &stats, lost);
@@ -110,11 +116,18 @@ pub(super) fn write_and_report(
         measured_low_pct: measured.map(|m| m.low_pct),
         measured_high_pct: measured.and_then(|m| m.high_pct),
     };
+    let out_dir = store.config().out_dir.clone();
+    let dest = match &uploader {
+        Some(u) => u.remote().url.to_string(),
+        None => out_dir.display().to_string(),
+    };
     let finished = store.finish(&session_row, &totals);
+    // The uploads go on until the files are all sent (or the wait is
+    // over), whatever else failed: nothing written is left unsaid.
+    let uploads = uploader.map(|u| finish_uploads(u, cfg));
     if let Err(e) = written {
         bail!(
-            "recording stopped: {e:#} (every segment finished before this is readable in {})",
-            cfg.out_dir.display()
+            "recording stopped: {e:#} (every segment finished before this is readable in {dest})"
         );
     }
     let summary = finished?;
@@ -172,18 +185,47 @@ pub(super) fn write_and_report(
         );
     }
     eprintln!(
-        "scope: wrote {} files ({}) to {} (session {session_id}); detached in {}",
+        "scope: wrote {} files ({}) to {dest} (session {session_id}); detached in {}",
         summary.files.len() + late_files.len(),
         human_bytes(summary.bytes + late_files.iter().map(|f| f.1).sum::<u64>()),
-        cfg.out_dir.display(),
         format_duration_ns(detach_time.as_nanos() as u64)
     );
+    if let Some(line) = uploads {
+        eprintln!("{line}");
+    }
     if !cfg.quiet && stats.total_calls() > 0 {
         print_top(cfg, &planned.plan, &late_plans, &stats, &estimates);
     }
 
     let exit_code = wait_for_child(child.as_mut(), ended.exit_code, stop);
     Ok(SessionOutcome { exit_code })
+}
+
+/// `--out s3://…`: waits for the uploads (retrying for at most the
+/// configured wait), and returns the line that says what was uploaded and
+/// what is left where.
+fn finish_uploads(uploader: Uploader, cfg: &SessionConfig) -> String {
+    let wait = cfg.upload.as_ref().map_or(Duration::ZERO, |u| u.wait);
+    let url = uploader.remote().url.to_string();
+    let spool = uploader.spool().to_path_buf();
+    let r = uploader.finish(wait);
+    if r.pending.is_empty() {
+        return format!(
+            "scope: uploaded {} files ({}) to {url}",
+            r.uploaded_files,
+            human_bytes(r.uploaded_bytes)
+        );
+    }
+    format!(
+        "scope: warning: {} of {} files ({}) not uploaded to {url} after retrying for {} ({}); they are kept in {}: upload them with `scope-agent upload {} {url}`",
+        r.pending.len(),
+        r.pending.len() + r.uploaded_files,
+        human_bytes(r.pending_bytes),
+        format_duration_ns(wait.as_nanos() as u64),
+        r.last_error.as_deref().unwrap_or("no error recorded"),
+        spool.display(),
+        spool.display()
+    )
 }
 
 /// Calls marked incomplete or uncertain, and events in no call: counted,

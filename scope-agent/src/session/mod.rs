@@ -55,7 +55,11 @@ pub struct SessionConfig {
     pub args_for: Vec<Pattern>,
     /// `--arg-strings`: read `char *` arguments, at most this many bytes each.
     pub arg_strings: Option<u32>,
+    /// The store's directory; with `upload`, the spool root (the session
+    /// writes to `out_dir/<session id>` and uploads from there).
     pub out_dir: PathBuf,
+    /// `--out s3://…`.
+    pub upload: Option<UploadConfig>,
     pub duration: Option<Duration>,
     pub ring_bytes: u32,
     pub max_functions: usize,
@@ -74,6 +78,15 @@ pub struct SessionConfig {
     pub max_overhead: Option<f64>,
     /// `--warmup`: how long the governor counts before it decides.
     pub warmup: Duration,
+}
+
+/// `--out s3://bucket/prefix`: where the files go once written.
+#[derive(Debug, Clone)]
+pub struct UploadConfig {
+    /// `s3://bucket/prefix`, as given.
+    pub url: String,
+    /// How long to keep retrying at the end before leaving the spool.
+    pub wait: Duration,
 }
 
 /// How a session ended.

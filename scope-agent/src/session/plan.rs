@@ -8,11 +8,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{SessionConfig, Target, process_gone, process_state};
+use scope_query::objstore::{
+    AccessErrorKind, Location, RemoteStore, check_access, open_location, runtime,
+};
+
+use super::{SessionConfig, Target, UploadConfig, process_gone, process_state};
 use crate::capture::args::ArgLayout;
 use crate::probe::attach::check_function_count;
 use crate::probe::plan::{Plan, PlannedFunction, build_plan_with};
 use crate::probe::watch::{PendingModules, split_pending};
+use crate::storage::upload::Uploader;
 use crate::storage::{FunctionRow, LateFunctions, ParquetStore, StoreConfig};
 use crate::target::{program_modules, resolve_program, running_modules};
 use crate::time::{SessionClock, session_id};
@@ -39,6 +44,8 @@ pub(super) struct Output {
     pub(super) store: ParquetStore,
     /// Where the `functions` rows of modules loaded later go.
     pub(super) late_functions: LateFunctions,
+    /// `--out s3://…`: the thread that uploads each finished file.
+    pub(super) uploader: Option<Uploader>,
 }
 
 /// Resolves the target and plans the probes; prints the plan's warnings.
@@ -143,12 +150,25 @@ pub(super) fn open_output(cfg: &SessionConfig, planned: &Planned) -> Result<Outp
         Target::Record { .. } => std::process::id(),
     };
     let session_id = session_id(clock.start_epoch_ns, target_pid_for_id);
+    let remote = cfg.upload.as_ref().map(open_remote).transpose()?;
+    let out_dir = match &remote {
+        Some(_) => cfg.out_dir.join(&session_id),
+        None => cfg.out_dir.clone(),
+    };
     let mut store = ParquetStore::create(StoreConfig {
-        out_dir: cfg.out_dir.clone(),
+        out_dir: out_dir.clone(),
         session_id: session_id.clone(),
         segment_max_rows: cfg.segment_rows,
         segment_max_age: cfg.segment_age,
     })?;
+    let uploader = match remote {
+        Some(remote) => {
+            let uploader = Uploader::start(remote, out_dir)?;
+            store.on_file_finished(uploader.notifier());
+            Some(uploader)
+        }
+        None => None,
+    };
     store.write_functions(&function_rows(&planned.plan))?;
     let late_functions = store.late_functions();
     Ok(Output {
@@ -156,7 +176,30 @@ pub(super) fn open_output(cfg: &SessionConfig, planned: &Planned) -> Result<Outp
         session_id,
         store,
         late_functions,
+        uploader,
     })
+}
+
+/// `--out s3://…`: the store's client, checked with one request before
+/// anything is recorded. Refused credentials or a missing bucket stop the
+/// session here (retrying cannot fix them); an unreachable endpoint does
+/// not: the files wait in the spool and the uploads are retried.
+fn open_remote(upload: &UploadConfig) -> Result<RemoteStore> {
+    let remote = match open_location(&upload.url)? {
+        Location::Remote(r) => r,
+        Location::Local(p) => bail!("{}: not an object store URL", p.display()),
+    };
+    let checked = runtime()?.block_on(check_access(&remote));
+    match checked {
+        Ok(()) => Ok(remote),
+        Err(e) if e.kind == AccessErrorKind::Unreachable => {
+            eprintln!(
+                "scope: warning: {e}; recording anyway: files wait in the spool and uploads are retried"
+            );
+            Ok(remote)
+        }
+        Err(e) => Err(anyhow::Error::new(e)),
+    }
 }
 
 pub(super) fn function_rows(plan: &Plan) -> Vec<FunctionRow> {

@@ -9,14 +9,20 @@ use anyhow::Result;
 use crate::capture::{CallRecord, EventSink, LossRecord, MetricsRecord};
 use crate::status::WriterGauges;
 use crate::storage::ParquetStore;
+use crate::storage::upload::Uploader;
 use crate::summary::CallStats;
 
 /// The writer thread's sink: the Parquet store and the summary's statistics,
 /// publishing the store's gauges for the status line after every write.
 pub(super) struct SessionSink {
     pub(super) store: ParquetStore,
+    /// `--out s3://…`: uploads each file the store finishes.
+    pub(super) uploader: Option<Uploader>,
     pub(super) stats: CallStats,
     pub(super) gauges: Arc<WriterGauges>,
+    /// The hot tier that live queries read (`None` when it could not be
+    /// set up).
+    pub(super) hot: Option<Arc<crate::live::HotTier>>,
 }
 
 impl SessionSink {
@@ -27,12 +33,24 @@ impl SessionSink {
         self.gauges
             .rows_buffered
             .store(self.store.rows_buffered() as u64, Ordering::Relaxed);
+        if let Some(u) = &self.uploader {
+            let g = u.gauges();
+            self.gauges
+                .uploads_pending
+                .store(g.pending.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.gauges
+                .uploaded
+                .store(g.uploaded.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
         r
     }
 }
 
 impl EventSink for SessionSink {
     fn write_calls(&mut self, calls: &[CallRecord]) -> Result<()> {
+        if let Some(hot) = &self.hot {
+            hot.push(calls);
+        }
         let a = self.store.write_calls(calls);
         let b = self.stats.write_calls(calls);
         self.publish(a.and(b))

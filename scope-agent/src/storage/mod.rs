@@ -84,6 +84,7 @@
 
 mod durable;
 pub mod schema;
+pub mod upload;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -217,6 +218,17 @@ pub struct StoreSummary {
     pub loss_rows: u64,
 }
 
+/// Told the final path of each file once it is durably written (see
+/// [`ParquetStore::on_file_finished`]).
+pub type FileFinished = std::sync::Arc<dyn Fn(&Path) + Send + Sync>;
+
+/// The files written so far (path, size in bytes), and whom to tell.
+#[derive(Default)]
+struct Written {
+    files: Vec<(PathBuf, u64)>,
+    on_file: Option<FileFinished>,
+}
+
 /// Rows of one table waiting for their segment to be written.
 struct Segment<T> {
     dir: PathBuf,
@@ -296,7 +308,7 @@ pub struct ParquetStore {
     totals_dir: PathBuf,
     functions_written: bool,
     /// Files written so far with their sizes.
-    files: Vec<(PathBuf, u64)>,
+    files: Written,
 }
 
 impl ParquetStore {
@@ -377,7 +389,7 @@ impl ParquetStore {
             sessions_dir,
             totals_dir: cfg.out_dir.join("totals").join(&partition),
             functions_written: false,
-            files: Vec::new(),
+            files: Written::default(),
             props,
             cfg,
         })
@@ -407,7 +419,7 @@ impl ParquetStore {
 
     /// Files finished so far.
     pub fn files_written(&self) -> usize {
-        self.files.len()
+        self.files.files.len()
     }
 
     /// Call rows waiting in memory for their segment file.
@@ -469,8 +481,8 @@ impl ParquetStore {
             return Err(e);
         }
         Ok(StoreSummary {
-            bytes: self.files.iter().map(|(_, n)| n).sum(),
-            files: self.files.into_iter().map(|(p, _)| p).collect(),
+            bytes: self.files.files.iter().map(|(_, n)| n).sum(),
+            files: self.files.files.into_iter().map(|(p, _)| p).collect(),
             call_rows: self.calls.written_rows,
             loss_rows: self.losses.written_rows,
         })
@@ -487,11 +499,20 @@ impl ParquetStore {
             dir: self.functions_dir.clone(),
             props: self.props.clone(),
             next_part: 1,
+            on_file: self.files.on_file.clone(),
         }
     }
 
     pub fn config(&self) -> &StoreConfig {
         &self.cfg
+    }
+
+    /// Calls `f` with the path of every file from now on, once it is
+    /// durably written under its final name (this store's and its
+    /// [`late_functions`](Self::late_functions) writer's, if taken after):
+    /// the point where `--out s3://…` hands a file to its uploader.
+    pub fn on_file_finished(&mut self, f: FileFinished) {
+        self.files.on_file = Some(f);
     }
 
     fn max_rows(&self) -> usize {
@@ -563,7 +584,7 @@ fn segment_name(seq: u32) -> String {
 fn flush<T: Clone>(
     seg: &mut Segment<T>,
     props: &WriterProperties,
-    files: &mut Vec<(PathBuf, u64)>,
+    files: &mut Written,
 ) -> Result<()> {
     if seg.rows.is_empty() {
         return Ok(());
@@ -589,7 +610,7 @@ fn flush_if_old<T: Clone>(
     seg: &mut Segment<T>,
     max_age: Duration,
     props: &WriterProperties,
-    files: &mut Vec<(PathBuf, u64)>,
+    files: &mut Written,
 ) -> Result<()> {
     if seg.is_old(max_age) {
         flush(seg, props, files)?;
@@ -604,7 +625,7 @@ fn buffer_capped<T: Clone>(
     mut rows: &[T],
     max: usize,
     props: &WriterProperties,
-    files: &mut Vec<(PathBuf, u64)>,
+    files: &mut Written,
 ) -> Result<()> {
     loop {
         if seg.rows.len() >= max {
@@ -624,6 +645,7 @@ pub struct LateFunctions {
     dir: PathBuf,
     props: WriterProperties,
     next_part: u32,
+    on_file: Option<FileFinished>,
 }
 
 impl LateFunctions {
@@ -631,10 +653,14 @@ impl LateFunctions {
     pub fn write(&mut self, rows: &[FunctionRow]) -> Result<(PathBuf, u64)> {
         let batch = schema::functions_batch(rows).context("building the functions table")?;
         let name = format!("part-{}.parquet", self.next_part);
-        let mut files = Vec::new();
+        let mut files = Written {
+            files: Vec::new(),
+            on_file: self.on_file.clone(),
+        };
         write_batch(&self.dir, &name, &batch, &self.props, &mut files)?;
         self.next_part += 1;
         files
+            .files
             .pop()
             .ok_or_else(|| anyhow::anyhow!("no file written for {name}"))
     }
@@ -661,15 +687,18 @@ fn write_batch(
     name: &str,
     batch: &RecordBatch,
     props: &WriterProperties,
-    files: &mut Vec<(PathBuf, u64)>,
+    files: &mut Written,
 ) -> Result<()> {
     let bytes =
         encode(batch, props).with_context(|| format!("encoding {}", dir.join(name).display()))?;
     let path = durable::write_file(dir, name, &bytes)?;
     let size = bytes.len() as u64;
-    match files.iter_mut().find(|(p, _)| *p == path) {
+    if let Some(on_file) = &files.on_file {
+        on_file(&path);
+    }
+    match files.files.iter_mut().find(|(p, _)| *p == path) {
         Some(entry) => entry.1 = size,
-        None => files.push((path, size)),
+        None => files.files.push((path, size)),
     }
     Ok(())
 }
