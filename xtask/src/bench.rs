@@ -9,6 +9,8 @@
 //! governor's slowdown and prediction. Then the estimates table: counts,
 //! intervals and predicted slowdowns under `--max-overhead 5` against the
 //! rates fixture's truth (`SCOPE_BENCH_ONLY=estimates` runs it alone).
+//! Then the query table of [`crate::bench_query`] (`SCOPE_BENCH_ONLY=query`
+//! runs it alone, without root).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -70,8 +72,9 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
     let started = Instant::now();
     let only_estimates = match std::env::var(ONLY_ENV).as_deref() {
         Ok("estimates") => true,
+        Ok("query") => return run_query_only(opts, started),
         Ok("") | Err(_) => false,
-        Ok(other) => bail!("{ONLY_ENV}={other}: the only subset is `estimates`"),
+        Ok(other) => bail!("{ONLY_ENV}={other}: the subsets are `estimates` and `query`"),
     };
     let root = workspace_root();
     step("root and BPF", || ensure_root_and_bpf("bench"))?;
@@ -281,6 +284,8 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
         attach.push(figures);
     }
 
+    let query = crate::bench_query::run(&root)?;
+
     let report = render(
         opts,
         &trials,
@@ -308,10 +313,30 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
             .unwrap_or_default();
         let text = format!("{}{GENERATED_END}{kept}", benchmarks_md(&report));
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        crate::bench_query::write_section(&path, &query)?;
         println!("wrote {}", path.display());
     }
+    println!("\n{query}");
     println!(
         "cargo xtask bench: done ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `SCOPE_BENCH_ONLY=query cargo xtask bench`: only the query table (no
+/// root needed); BENCHMARKS.md gets that section replaced and keeps the rest.
+fn run_query_only(opts: &BenchOptions, started: Instant) -> Result<()> {
+    let root = workspace_root();
+    let section = crate::bench_query::run(&root)?;
+    println!("\n{section}");
+    if opts.write {
+        let path = root.join("BENCHMARKS.md");
+        crate::bench_query::write_section(&path, &section)?;
+        println!("wrote the query section of {}", path.display());
+    }
+    println!(
+        "cargo xtask bench ({ONLY_ENV}=query): done ({:.0} s)",
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -1061,7 +1086,7 @@ fn estimates_section(results: &[estimates::FixtureResult], trials: usize, long: 
 }
 
 /// Today's date (UTC), YYYY-MM-DD.
-fn today() -> String {
+pub(crate) fn today() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -4,6 +4,7 @@
 //! for root and kernel support, then build and run.
 
 mod bench;
+mod bench_query;
 mod demo;
 mod fuzz;
 mod process;
