@@ -64,6 +64,8 @@ t0 = time.perf_counter()
 import duckdb
 store, reps, mode, sqls = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 con = duckdb.connect()
+# The progress bar goes to standard output on long queries.
+con.execute("SET enable_progress_bar = false")
 for t in ("calls", "functions", "totals", "sessions", "losses"):
     con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{store}/{t}/**/*.parquet', hive_partitioning = true)")
 if mode == "csv":
