@@ -721,3 +721,80 @@ fn report_marks_estimated_counts_and_notes_losses() {
         .unwrap();
     assert_eq!(a["exact"], true);
 }
+
+/// The default path end to end: `record -- CMD` with no flags at all writes
+/// `scope-data/` in the working directory, and every reading command with
+/// no flags (no `--data`, no `--session`) reads it there: `report`, `tree`,
+/// `query` and `export --format folded` (written beside it as
+/// `scope-<session>.folded`).
+#[test]
+fn defaults_record_then_read_in_the_working_directory() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = fixture(Lang::C, "0");
+    let run = |args: &[&str]| {
+        let out = Command::new(agent_bin())
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("SCOPE_DATA")
+            .output()
+            .expect("run scope-agent");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(
+            out.status.success(),
+            "scope-agent {args:?} failed:\n{stdout}\n{stderr}"
+        );
+        stdout
+    };
+    run(&["record", "--", bin.to_str().unwrap(), "all"]);
+    assert!(
+        dir.path().join("scope-data/calls").is_dir(),
+        "record with no flags did not write scope-data/ in the working directory"
+    );
+
+    let report = run(&["report"]);
+    let leaf = report
+        .lines()
+        .find(|l| l.trim_end().ends_with(" leaf"))
+        .unwrap_or_else(|| panic!("no leaf row:\n{report}"));
+    assert_eq!(
+        leaf.split_whitespace().next(),
+        Some("150"),
+        "leaf's calls in `report`:\n{report}"
+    );
+    assert!(
+        report.contains("estimates from a latency histogram"),
+        "the percentiles are not marked as estimates:\n{report}"
+    );
+
+    let tree = run(&["tree"]);
+    assert!(
+        tree.lines().any(|l| l.contains("a_fn")) && tree.lines().any(|l| l.contains("c_fn")),
+        "{tree}"
+    );
+
+    let count = run(&[
+        "query",
+        "SELECT count(*) AS n FROM calls c JOIN functions f USING (session_id, function_id) \
+         WHERE f.name = 'tleaf'",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(count.trim(), "n\n200", "{count}");
+
+    run(&["export", "--format", "folded"]);
+    let folded: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .expect("read the working directory")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "folded"))
+        .collect();
+    assert_eq!(folded.len(), 1, "export wrote {folded:?}");
+    let text = std::fs::read_to_string(&folded[0]).expect("read the folded stacks");
+    assert!(
+        text.lines().any(|l| l.contains("a_fn;b_fn;c_fn;leaf ")),
+        "{text}"
+    );
+}

@@ -23,9 +23,8 @@
 //!   command's main SQL (the command also reads the session header,
 //!   totals and losses, and `stack` checks the thread).
 //!
-//! The rows both engines return are compared (exact columns; report's
-//! percentiles are t-digest approximations in both engines, so they are
-//! left out), and `stack` must print the generator's known depth: a bench
+//! The rows both engines return are compared, every column (report's
+//! percentiles come from exact histogram buckets), and `stack` must print the generator's known depth: a bench
 //! that answers wrongly fails rather than reports a time. Then bytes per
 //! call of the store, and peak RSS (wait4's `ru_maxrss`) of `scope-agent
 //! export` as perfetto and folded over the whole session, output counted
@@ -516,22 +515,15 @@ fn parse_generated(v: &serde_json::Value) -> Result<Generated> {
 /// The four questions, with the SQL the commands run (`scope-query`'s
 /// `report.rs` and `travel.rs`) and DuckDB's spelling of it.
 fn questions(g: &Generated) -> Vec<Question> {
-    let report = |pct: &dyn Fn(f64) -> String| {
-        format!(
-            "SELECT min(f.name) AS key, min(f.module) AS module, CAST(NULL AS BIGINT) AS tid, \
-               c.function_id AS function_id, count(*) AS recorded, \
-               sum(c.duration_ns) AS total_ns, sum(c.self_ns) AS self_ns, \
-               {} AS p50_ns, {} AS p90_ns, {} AS p99_ns, max(c.duration_ns) AS max_ns \
-             FROM calls c JOIN functions f ON f.session_id = c.session_id AND f.function_id = c.function_id \
-             GROUP BY c.function_id",
-            pct(0.5),
-            pct(0.9),
-            pct(0.99)
-        )
-    };
-    let df_pct =
-        |q: f64| format!("approx_percentile_cont({q}) WITHIN GROUP (ORDER BY c.duration_ns)");
-    let duck_pct = |q: f64| format!("approx_quantile(c.duration_ns, {q})");
+    // `report`'s one scan of `calls` (scope-query's `buckets_sql` for one
+    // session, by function): sums, maximum and a log2 latency histogram of
+    // 128 buckets per doubling per function; names are joined afterwards.
+    let report = "SELECT c.function_id AS fid, CAST(NULL AS BIGINT) AS k2, \
+           CASE WHEN c.duration_ns > 0 THEN CAST(floor(log2(CAST(c.duration_ns AS DOUBLE)) * 128) AS BIGINT) \
+           WHEN c.duration_ns = 0 THEN -1 END AS b, count(*) AS n, \
+           sum(c.duration_ns) AS total_ns, sum(c.self_ns) AS self_ns, max(c.duration_ns) AS max_ns \
+         FROM calls c GROUP BY 1, 2, 3"
+        .to_string();
     let top = "SELECT min(f.name) AS name, count(*) AS calls, sum(c.self_ns) AS self_ns \
         FROM calls c JOIN functions f ON f.session_id = c.session_id AND f.function_id = c.function_id \
         GROUP BY c.function_id ORDER BY self_ns DESC LIMIT 20"
@@ -555,10 +547,9 @@ fn questions(g: &Generated) -> Vec<Question> {
     vec![
         Question {
             name: "report",
-            scope_sql: report(&df_pct),
-            duck_sql: report(&duck_pct),
-            // key, recorded, total, self, max (percentiles are approximate).
-            compare: vec![0, 3, 4, 5, 6, 10],
+            scope_sql: report.clone(),
+            duck_sql: report,
+            compare: vec![0, 1, 2, 3, 4, 5, 6],
             cli: Some(data(&["report"])),
         },
         Question {
@@ -893,10 +884,9 @@ fn render(
          segments of 1,000,000 rows as the agent writes them), {} files, {:.2} GB \
          ({:.2} bytes per call in `calls`). DuckDB {duck_version} (Python), \
          scope's DataFusion with the CLI's settings; both warm (the store is in \
-         the page cache), 2 shared cores. The same SQL in both (DuckDB spells \
-         `approx_percentile_cont(q) WITHIN GROUP (ORDER BY x)` as \
-         `approx_quantile(x, q)`; both are t-digests), and both returned the \
-         same rows. `query`: the query alone inside one process (median of 5); \
+         the page cache), 2 shared cores. The same SQL in both (for `report`, \
+         the one scan of `calls` it makes: sums and a latency histogram per \
+         function), and both returned the same rows. `query`: the query alone inside one process (median of 5); \
          `process`: `scope-agent query --format csv` vs `python3` importing \
          duckdb and running it (median of 3); `command`: what the user types, \
          against DuckDB's process of its main SQL.\n",
