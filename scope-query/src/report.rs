@@ -345,7 +345,11 @@ fn recorded_rows(
             let id = if single { f.to_string() } else { named.clone() };
             let (key, display, tid) = match by {
                 By::Function => (id, name.clone(), None),
-                By::Thread => (format!("{}\u{2}{id}", k2[i].unwrap_or(-1)), name.clone(), k2[i]),
+                By::Thread => (
+                    format!("{}\u{2}{id}", k2[i].unwrap_or(-1)),
+                    name.clone(),
+                    k2[i],
+                ),
                 By::Module => (module.clone(), module.clone(), None),
                 By::Caller => {
                     let caller = k2[i].and_then(|p| names.get(&(s.clone(), p)));
@@ -353,7 +357,11 @@ fn recorded_rows(
                         Some((pn, pm)) => (format!("{pn}\u{1}{pm}"), pn.as_str()),
                         None => (String::new(), "(root)"),
                     };
-                    (format!("{pk}\u{2}{named}"), format!("{pname} → {name}"), None)
+                    (
+                        format!("{pk}\u{2}{named}"),
+                        format!("{pname} → {name}"),
+                        None,
+                    )
                 }
             };
             let idx = *by_key.entry(key).or_insert_with(|| {

@@ -24,10 +24,10 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Schema, SchemaRef};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::physical_plan::wrap_partition_type_in_dict;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
+use datafusion::datasource::physical_plan::wrap_partition_type_in_dict;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -468,14 +468,13 @@ impl Store {
             };
             let view = if !damaged {
                 let url = ListingTableUrl::parse(format!("{}{name}/", self.location.url))?;
-                let options = listing_options()
-                    .with_table_partition_cols(vec![(
-                        SESSION_COLUMN.to_string(),
-                        // A dictionary: one value per file and a key per
-                        // row, not the id copied into every row (joins and
-                        // filters on session_id then cost little).
-                        wrap_partition_type_in_dict(DataType::Utf8),
-                    )]);
+                let options = listing_options().with_table_partition_cols(vec![(
+                    SESSION_COLUMN.to_string(),
+                    // A dictionary: one value per file and a key per
+                    // row, not the id copied into every row (joins and
+                    // filters on session_id then cost little).
+                    wrap_partition_type_in_dict(DataType::Utf8),
+                )]);
                 let config = ListingTableConfig::new(url)
                     .with_listing_options(options)
                     .with_schema(info.schema.clone());
