@@ -13,18 +13,24 @@ use scope_query::tree::TreeOptions;
 use scope_query::{OpenOptions, SessionSel, Store};
 
 use crate::cli::{
-    CompactArgs, DataArgs, ExportArgs, QueryArgs, ReportArgs, StackArgs, TimelineArgs, TreeArgs,
+    CompactArgs, DEFAULT_EXPORT_MEMORY, DEFAULT_QUERY_MEMORY, DataArgs, ExportArgs, QueryArgs,
+    ReportArgs, StackArgs, TimelineArgs, TreeArgs,
 };
 
 /// Opens the store `args` names; `default` is the session selection when
 /// `--session` is not given.
 fn open(args: &DataArgs, default: SessionSel) -> Result<Store> {
+    open_with(args, default, DEFAULT_QUERY_MEMORY)
+}
+
+/// [`open`] with `memory` as the engine's limit unless `--memory` is given.
+fn open_with(args: &DataArgs, default: SessionSel, memory: u64) -> Result<Store> {
     let sessions = args.session.as_deref().map_or(default, SessionSel::parse);
     Store::open(
         &args.data,
         &OpenOptions {
             sessions,
-            memory_limit: Some(args.memory as usize),
+            memory_limit: Some(args.memory.unwrap_or(memory) as usize),
         },
     )
 }
@@ -50,7 +56,7 @@ fn output(path: Option<&std::path::Path>) -> Result<Box<dyn Write + Send>> {
 /// disk under `--memory`; the writers keep one thread's open calls).
 pub fn export(args: ExportArgs) -> Result<()> {
     let format: scope_query::export::Format = args.format.parse()?;
-    let store = open(&args.data, SessionSel::Latest)?;
+    let store = open_with(&args.data, SessionSel::Latest, DEFAULT_EXPORT_MEMORY)?;
     let session = scope_query::travel::session_span(&store)?;
     let path = match &args.output {
         Some(p) if p.as_os_str() == "-" => None,
