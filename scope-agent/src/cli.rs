@@ -153,7 +153,7 @@ pub struct DataArgs {
     pub session: Option<String>,
 
     /// Memory the query engine may use before sorts and joins spill to
-    /// disk: bytes or with a K/M/G suffix. Default: 2G; 256M for `export`,
+    /// disk: bytes or with a K/M/G suffix. Default: 2G; 128M for `export`,
     /// whose one sort of every call would otherwise fill it.
     #[arg(long, value_name = "SIZE", value_parser = parse_size64)]
     pub memory: Option<u64>,
@@ -163,7 +163,7 @@ pub struct DataArgs {
 pub const DEFAULT_QUERY_MEMORY: u64 = 2 << 30;
 /// `export`'s `--memory` when not given: its peak stays under 500 MB on a
 /// 100 M-call session (BENCHMARKS.md).
-pub const DEFAULT_EXPORT_MEMORY: u64 = 256 << 20;
+pub const DEFAULT_EXPORT_MEMORY: u64 = 128 << 20;
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {
