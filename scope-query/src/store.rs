@@ -643,6 +643,22 @@ impl Store {
         })
     }
 
+    /// Runs `sql` as one stream per partition of its plan, for a caller
+    /// that folds every partition at once on the store's runtime (as
+    /// `report` does) instead of merging them into one stream first.
+    pub fn partitions(&self, sql: &str) -> Result<Vec<SendableRecordBatchStream>> {
+        self.rt.block_on(async {
+            let df = self
+                .ctx
+                .sql(sql)
+                .await
+                .map_err(|e| self.sql_error(sql, e))?;
+            df.execute_stream_partitioned()
+                .await
+                .map_err(|e| self.sql_error(sql, e))
+        })
+    }
+
     /// An SQL error as one message: DataFusion's own words, the query with
     /// a caret under the position it names, and the tables and columns
     /// there are.

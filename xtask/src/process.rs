@@ -41,8 +41,27 @@ pub fn command(program: impl AsRef<OsStr>) -> Command {
 }
 
 /// A `cargo` command: the cargo that runs us (`$CARGO`), else `cargo`.
+///
+/// Without the variables `cargo run` set for xtask itself: build scripts
+/// (ring's, through `cc`) rerun when `CARGO_PKG_NAME` or
+/// `CARGO_MANIFEST_DIR` change, so a build from here and a plain `cargo
+/// build` would otherwise rebuild each other's dependency trees (40
+/// minutes of DataFusion in release).
 pub fn cargo() -> Command {
-    command(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut cmd = command(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (k, _) in std::env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                k,
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+            )
+        {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
 }
 
 /// Whether `program` is an executable file on the PATH children get.
