@@ -34,6 +34,10 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt as _;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
+use parquet::file::metadata::ParquetMetaData;
+
+/// Numbers the tables [`Store::register_calls_subset`] registers.
+static SUBSETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The partition column every table gets from its directory names.
 pub const SESSION_COLUMN: &str = "session_id";
@@ -166,6 +170,35 @@ pub struct FileInfo {
     pub size: u64,
     /// Rows, from the footer.
     pub rows: u64,
+    /// For a `calls` file, the ranges its footer's statistics give: the
+    /// index time travel picks files by.
+    pub calls: Option<CallsRange>,
+}
+
+/// What a `calls` file's row-group statistics say about its calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallsRange {
+    /// Lowest and highest thread id.
+    pub tid: (i64, i64),
+    /// Earliest and latest entry, epoch ns.
+    pub start_ns: (i64, i64),
+    /// The longest duration.
+    pub longest_ns: i64,
+    /// Whether a call in it never returned (a null duration): it is open
+    /// from its entry to the end of the session.
+    pub open_calls: bool,
+}
+
+impl CallsRange {
+    /// Whether the file can hold a call of thread `tid` that was running
+    /// at some instant in `from_ns..=to_ns` (entered at or before `to_ns`,
+    /// not returned before `from_ns`).
+    pub fn may_overlap(&self, tid: i64, from_ns: i64, to_ns: i64) -> bool {
+        self.tid.0 <= tid
+            && tid <= self.tid.1
+            && self.start_ns.0 <= to_ns
+            && (self.open_calls || self.start_ns.1.saturating_add(self.longest_ns) > from_ns)
+    }
 }
 
 /// A file that was left out, and why.
@@ -340,25 +373,42 @@ impl Store {
             for (name, sessions) in found {
                 let mut schemas: Vec<Schema> = Vec::new();
                 let mut files: BTreeMap<String, Vec<FileInfo>> = BTreeMap::new();
+                // Every footer at once (16 in flight): a store of a few
+                // hundred segments opens in one round trip's time, locally
+                // and on S3 alike.
+                let mut wanted: Vec<(String, ObjPath, u64)> = Vec::new();
                 for (id, mut paths) in sessions {
                     paths.sort();
-                    for (path, size) in paths {
-                        match read_footer(store.as_ref(), &path, size).await {
-                            Ok((schema, rows)) => {
-                                if !schemas.iter().any(|s| s == &schema) {
-                                    schemas.push(schema);
-                                }
-                                files.entry(id.clone()).or_default().push(FileInfo {
-                                    path,
-                                    size,
-                                    rows,
-                                });
+                    wanted.extend(paths.into_iter().map(|(p, n)| (id.clone(), p, n)));
+                }
+                let is_calls = name == "calls";
+                let read: Vec<_> = futures::stream::iter(wanted.into_iter().map(|(id, path, size)| {
+                    let store = store.clone();
+                    async move {
+                        let r = read_footer(store.as_ref(), &path, size, is_calls).await;
+                        (id, path, size, r)
+                    }
+                }))
+                .buffered(16)
+                .collect()
+                .await;
+                for (id, path, size, r) in read {
+                    match r {
+                        Ok(footer) => {
+                            if !schemas.iter().any(|s| s == &footer.schema) {
+                                schemas.push(footer.schema);
                             }
-                            Err(why) => skipped.push(Skipped {
-                                file: path.to_string(),
-                                why: format!("{why:#}"),
-                            }),
+                            files.entry(id).or_default().push(FileInfo {
+                                path,
+                                size,
+                                rows: footer.rows,
+                                calls: footer.calls,
+                            });
                         }
+                        Err(why) => skipped.push(Skipped {
+                            file: path.to_string(),
+                            why: format!("{why:#}"),
+                        }),
                     }
                 }
                 if files.is_empty() {
@@ -643,6 +693,103 @@ impl Store {
         })
     }
 
+    /// The `calls` files of `session` that may hold a call of thread `tid`
+    /// running at some instant in `from_ns..=to_ns`, by their footers'
+    /// statistics; `None` when a file of the session has none (or a file
+    /// of the table was skipped), and the whole table must be read.
+    pub fn calls_files_near(
+        &self,
+        session: &str,
+        tid: i64,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> Option<Vec<FileInfo>> {
+        let info = self.tables.get("calls")?;
+        let prefix = format!("{}/", self.table_prefix("calls"));
+        if self.skipped.iter().any(|s| s.file.starts_with(&prefix)) {
+            return None;
+        }
+        let mut out = Vec::new();
+        for f in info.files.get(session)? {
+            if f.calls?.may_overlap(tid, from_ns, to_ns) {
+                out.push(f.clone());
+            }
+        }
+        Some(out)
+    }
+
+    /// The longest call of `session` by its `calls` footers (`None` when a
+    /// file has no statistics).
+    pub fn longest_call(&self, session: &str) -> Option<i64> {
+        let files = self.tables.get("calls")?.files.get(session)?;
+        files
+            .iter()
+            .map(|f| f.calls.map(|c| c.longest_ns))
+            .try_fold(0, |m, l| l.map(|l| m.max(l)))
+    }
+
+    /// Registers `files` of `session` (from [`Store::calls_files_near`])
+    /// as a table like `calls` under a new name, and returns that name:
+    /// a point query then opens those files only.
+    pub fn register_calls_subset(&self, session: &str, files: &[FileInfo]) -> Result<String> {
+        let info = &self.tables["calls"];
+        let n = SUBSETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("scope_calls_subset_{n}");
+        if files.is_empty() {
+            let cols: Vec<String> = info
+                .schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    format!(
+                        "CAST(NULL AS {}) AS \"{}\"",
+                        sql_type(f.data_type()),
+                        f.name()
+                    )
+                })
+                .collect();
+            self.create_view(
+                &name,
+                &format!(
+                    "SELECT {}, CAST(NULL AS VARCHAR) AS {SESSION_COLUMN} WHERE false",
+                    cols.join(", ")
+                ),
+            )?;
+            return Ok(name);
+        }
+        let urls = files
+            .iter()
+            .map(|f| ListingTableUrl::parse(format!("{}{}", self.url_root(), f.path)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(listing_options())
+            .with_schema(info.schema.clone());
+        let raw = format!("{name}_raw");
+        self.ctx
+            .register_table(raw.as_str(), Arc::new(ListingTable::try_new(config)?))?;
+        self.create_view(
+            &name,
+            &format!(
+                "SELECT *, {} AS {SESSION_COLUMN} FROM {raw}",
+                sql_str(session)
+            ),
+        )?;
+        Ok(name)
+    }
+
+    fn create_view(&self, name: &str, sql: &str) -> Result<()> {
+        self.rt
+            .block_on(async {
+                self.ctx
+                    .sql(&format!("CREATE VIEW {name} AS {sql}"))
+                    .await?
+                    .collect()
+                    .await
+            })
+            .with_context(|| format!("cannot register table {name}"))?;
+        Ok(())
+    }
+
     /// Runs `sql` as one stream per partition of its plan, for a caller
     /// that folds every partition at once on the store's runtime (as
     /// `report` does) instead of merging them into one stream first.
@@ -734,9 +881,72 @@ fn listing_options() -> ListingOptions {
     ListingOptions::new(Arc::new(format)).with_file_extension(".parquet")
 }
 
-/// Reads a file's footer: its Arrow schema and row count. Errors say what
-/// is wrong with the file in a few words.
-async fn read_footer(store: &dyn ObjectStore, path: &ObjPath, size: u64) -> Result<(Schema, u64)> {
+/// What a file's footer says.
+struct Footer {
+    schema: Schema,
+    rows: u64,
+    calls: Option<CallsRange>,
+}
+
+/// Min and max of an integer column over every row group, and whether any
+/// is null; `None` when a row group has no statistics for it.
+fn int_range(meta: &ParquetMetaData, column: &str) -> Option<(i64, i64, bool)> {
+    use parquet::file::statistics::Statistics;
+    let descr = meta.file_metadata().schema_descr();
+    let idx = (0..descr.num_columns()).find(|&i| descr.column(i).path().string() == column)?;
+    let unsigned = matches!(
+        descr.column(idx).logical_type_ref(),
+        Some(parquet::basic::LogicalType::Integer(t)) if !t.is_signed
+    );
+    let mut out: Option<(i64, i64, bool)> = None;
+    for rg in meta.row_groups() {
+        let stats = rg.column(idx).statistics()?;
+        let nulls = stats.null_count_opt().is_none_or(|n| n > 0);
+        let (lo, hi) = match stats {
+            Statistics::Int32(v) if unsigned => (
+                i64::from(*v.min_opt()? as u32),
+                i64::from(*v.max_opt()? as u32),
+            ),
+            Statistics::Int32(v) => (i64::from(*v.min_opt()?), i64::from(*v.max_opt()?)),
+            Statistics::Int64(v) if !unsigned => (*v.min_opt()?, *v.max_opt()?),
+            _ if rg.num_rows() == 0 => continue,
+            _ => return None,
+        };
+        out = Some(match out {
+            None => (lo, hi, nulls),
+            Some((a, b, n)) => (a.min(lo), b.max(hi), n || nulls),
+        });
+    }
+    out
+}
+
+/// The ranges of a `calls` file, when its footer has the statistics.
+fn calls_range(meta: &ParquetMetaData) -> Option<CallsRange> {
+    let (t0, t1, _) = int_range(meta, "tid")?;
+    let (s0, s1, _) = int_range(meta, "start_ns")?;
+    // A row group whose every duration is null has no min/max: then treat
+    // the file as holding open calls with no known length.
+    let (longest, open_calls) = match int_range(meta, "duration_ns") {
+        Some((_, hi, nulls)) => (hi.max(0), nulls),
+        None => (0, true),
+    };
+    Some(CallsRange {
+        tid: (t0, t1),
+        start_ns: (s0, s1),
+        longest_ns: longest,
+        open_calls,
+    })
+}
+
+/// Reads a file's footer: its Arrow schema, row count and, for a `calls`
+/// file, its ranges. Errors say what is wrong with the file in a few
+/// words.
+async fn read_footer(
+    store: &dyn ObjectStore,
+    path: &ObjPath,
+    size: u64,
+    is_calls: bool,
+) -> Result<Footer> {
     if size < 12 {
         bail!("{size} bytes: too short for Parquet (half written?)");
     }
@@ -766,7 +976,11 @@ async fn read_footer(store: &dyn ObjectStore, path: &ObjPath, size: u64) -> Resu
     // Metadata (the embedded Arrow schema's options) differs between
     // writers and is irrelevant here.
     let schema = Schema::new(schema.fields().clone());
-    Ok((schema, file_meta.num_rows().max(0) as u64))
+    Ok(Footer {
+        schema,
+        rows: file_meta.num_rows().max(0) as u64,
+        calls: if is_calls { calls_range(&meta) } else { None },
+    })
 }
 
 /// One schema for a table whose files were written by different versions:

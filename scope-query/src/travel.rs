@@ -129,11 +129,13 @@ fn check_thread(store: &Store, span: &SessionSpan, tid: u32) -> Result<()> {
 /// the instant instead of every earlier one. The longest duration comes
 /// from the files' statistics (DataFusion answers a bare `max` from the
 /// footers without a scan); empty when there is none.
-fn start_bound(store: &Store, at_ns: i64) -> Result<String> {
-    let mut longest = None;
-    for b in store.sql("SELECT max(duration_ns) AS m FROM calls")? {
-        if b.num_rows() > 0 {
-            longest = cols::i64s(&b, "m")?[0];
+fn start_bound(store: &Store, span: &SessionSpan, at_ns: i64) -> Result<String> {
+    let mut longest = store.longest_call(&span.id);
+    if longest.is_none() {
+        for b in store.sql("SELECT max(duration_ns) AS m FROM calls")? {
+            if b.num_rows() > 0 {
+                longest = cols::i64s(&b, "m")?[0];
+            }
         }
     }
     Ok(match longest {
@@ -143,6 +145,17 @@ fn start_bound(store: &Store, at_ns: i64) -> Result<String> {
         ),
         None => String::new(),
     })
+}
+
+/// The table a query of thread `tid`'s calls running during
+/// `from_ns..=to_ns` reads: only the `calls` files whose footers allow such
+/// a call (one or two of a session's segments for an instant), registered
+/// as a table of their own; `calls` itself when the footers cannot tell.
+fn calls_near(store: &Store, span: &SessionSpan, tid: u32, from_ns: i64, to_ns: i64) -> Result<String> {
+    match store.calls_files_near(&span.id, i64::from(tid), from_ns, to_ns) {
+        Some(files) => store.register_calls_subset(&span.id, &files),
+        None => Ok("calls".to_string()),
+    }
 }
 
 /// Resolves a time argument and checks it lies in the session.
@@ -192,6 +205,7 @@ const FRAME_COLUMNS: &str = "c.call_id, c.depth, c.start_ns, c.duration_ns, c.se
 /// optional argument columns when the store has them).
 fn frames_of(
     store: &Store,
+    table: &str,
     filter: &str,
     order: &str,
     limit: Option<usize>,
@@ -217,7 +231,7 @@ fn frames_of(
     }
     let lim = limit.map_or(String::new(), |n| format!(" LIMIT {}", n + 1));
     let sql = format!(
-        "SELECT {FRAME_COLUMNS}{extra} FROM calls c JOIN functions f \
+        "SELECT {FRAME_COLUMNS}{extra} FROM {table} c JOIN functions f \
            ON f.session_id = c.session_id AND f.function_id = c.function_id \
          WHERE {filter} ORDER BY {order}{lim}"
     );
@@ -312,27 +326,30 @@ pub struct Stack {
 pub fn stack(store: &Store, tid: u32, at: TimeArg) -> Result<Stack> {
     let span = session_span(store)?;
     let at_ns = instant(&span, at, "--at")?;
-    check_thread(store, &span, tid)?;
     let filter = format!(
         "c.tid = {tid} AND c.start_ns <= {at_ns} AND (c.duration_ns IS NULL OR c.start_ns + c.duration_ns > {at_ns}) \
          AND c.session_id = {}{}",
         sql_str(&span.id),
-        start_bound(store, at_ns)?
+        start_bound(store, &span, at_ns)?
     );
     // A call without a return (the program exited inside it, or the
     // recording ended) is open from its entry to the session's end.
-    let (frames, _) = frames_of(store, &filter, "c.depth DESC, c.start_ns DESC", None)?;
+    let near = calls_near(store, &span, tid, at_ns, at_ns)?;
+    let (frames, _) = frames_of(store, &near, &filter, "c.depth DESC, c.start_ns DESC", None)?;
     let mut around = (None, None);
     if frames.is_empty() {
+        // Nothing open then: is the thread known at all (else the error
+        // lists the threads), and what ran before and after?
+        check_thread(store, &span, tid)?;
         let before = format!(
             "c.tid = {tid} AND c.start_ns + c.duration_ns <= {at_ns} AND c.start_ns >= {}",
             span.start_ns
         );
-        around.0 = frames_of(store, &before, "c.start_ns + c.duration_ns DESC", Some(1))?
+        around.0 = frames_of(store, "calls", &before, "c.start_ns + c.duration_ns DESC", Some(1))?
             .0
             .pop();
         let after = format!("c.tid = {tid} AND c.start_ns > {at_ns}");
-        around.1 = frames_of(store, &after, "c.start_ns, c.depth", Some(1))?
+        around.1 = frames_of(store, "calls", &after, "c.start_ns, c.depth", Some(1))?
             .0
             .pop();
     }
@@ -448,14 +465,17 @@ pub fn timeline(
     if to_ns < from_ns {
         bail!("--to is before --from");
     }
-    check_thread(store, &span, tid)?;
     let filter = format!(
         "c.tid = {tid} AND c.start_ns <= {to_ns} AND (c.duration_ns IS NULL OR c.start_ns + c.duration_ns >= {from_ns}) \
          AND c.session_id = {}{}",
         sql_str(&span.id),
-        start_bound(store, from_ns)?
+        start_bound(store, &span, from_ns)?
     );
-    let (calls, more) = frames_of(store, &filter, "c.start_ns, c.depth", Some(limit.max(1)))?;
+    let near = calls_near(store, &span, tid, from_ns.saturating_sub(1), to_ns)?;
+    let (calls, more) = frames_of(store, &near, &filter, "c.start_ns, c.depth", Some(limit.max(1)))?;
+    if calls.is_empty() {
+        check_thread(store, &span, tid)?;
+    }
     Ok(Timeline {
         span,
         from_ns,
