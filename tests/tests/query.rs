@@ -339,6 +339,46 @@ fn report_gives_exact_counts_and_plausible_times() {
         );
         assert!(total >= max, "{name}: {r}");
     }
+    // The percentiles against DuckDB's sorted durations (one session in
+    // this store): within 0.3% of the nearest-rank value, and the sums and
+    // maximum exact.
+    let exact = duckdb(&format!(
+        "SELECT f.name, list(c.duration_ns ORDER BY c.duration_ns) AS d, sum(c.duration_ns) AS total, \
+           sum(c.self_ns) AS self_ns, max(c.duration_ns) AS max_ns \
+         FROM read_parquet('{}', hive_partitioning = true) c \
+         JOIN read_parquet('{}', hive_partitioning = true) f USING (session_id, function_id) \
+         WHERE c.duration_ns IS NOT NULL GROUP BY f.name",
+        calls_glob(store),
+        functions_glob(store)
+    ));
+    for e in &exact {
+        let name = e["name"].as_str().unwrap();
+        let r = row(name);
+        let d: Vec<f64> = e["d"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        for (q, key) in [(0.5, "p50_ns"), (0.9, "p90_ns"), (0.99, "p99_ns")] {
+            let rank = ((q * d.len() as f64).ceil() as usize).clamp(1, d.len());
+            let want = d[rank - 1];
+            let got = r[key].as_f64().unwrap();
+            assert!(
+                (got - want).abs() <= want * 0.003,
+                "{name} {key}: {got} vs nearest rank {want}"
+            );
+        }
+        for key in ["total", "self_ns", "max_ns"] {
+            let ours = if key == "total" { "total_ns" } else { key };
+            assert_eq!(
+                r[ours].as_f64(),
+                e[key].as_f64(),
+                "{name} {key}: {r} vs DuckDB {e:?}"
+            );
+        }
+    }
+    assert!(exact.len() >= 6, "{exact:?}");
     // sleeper sleeps 10 ms per call: its median is at least that, and
     // nearly all of it is its own time.
     let s = row("sleeper");
