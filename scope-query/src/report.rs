@@ -252,7 +252,10 @@ enum Hist {
     #[default]
     Empty,
     Small(Vec<(i32, u64)>),
-    Dense { lo: i32, counts: Vec<u64> },
+    Dense {
+        lo: i32,
+        counts: Vec<u64>,
+    },
 }
 
 impl Hist {
@@ -419,7 +422,8 @@ impl Partial {
             let key = (
                 sid.as_ref().map_or(0, |v| v[i]),
                 fid.value(i),
-                k2.filter(|k| k.is_valid(i)).map_or(i64::MIN, |k| k.value(i)),
+                k2.filter(|k| k.is_valid(i))
+                    .map_or(i64::MIN, |k| k.value(i)),
             );
             let a = self.slot(key);
             a.calls += 1;
@@ -509,7 +513,10 @@ fn scan_calls(store: &Store, by: By, single: bool) -> Result<(Partial, Vec<Strin
             .collect();
         let mut out = Vec::new();
         for t in tasks {
-            out.push(t.await.map_err(|e| anyhow::anyhow!("report scan failed: {e}"))??);
+            out.push(
+                t.await
+                    .map_err(|e| anyhow::anyhow!("report scan failed: {e}"))??,
+            );
         }
         Ok::<_, anyhow::Error>(out)
     })?;
@@ -570,11 +577,7 @@ fn recorded_rows(
         let id = if single { f.to_string() } else { named.clone() };
         let (key, display, tid) = match by {
             By::Function => (id, name.clone(), None),
-            By::Thread => (
-                format!("{}\u{2}{id}", k2.unwrap_or(-1)),
-                name.clone(),
-                k2,
-            ),
+            By::Thread => (format!("{}\u{2}{id}", k2.unwrap_or(-1)), name.clone(), k2),
             By::Module => (module.clone(), module.clone(), None),
             By::Caller => {
                 let caller = k2.and_then(|p| names.get(&(s.clone(), p)));

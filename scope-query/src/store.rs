@@ -382,16 +382,17 @@ impl Store {
                     wanted.extend(paths.into_iter().map(|(p, n)| (id.clone(), p, n)));
                 }
                 let is_calls = name == "calls";
-                let read: Vec<_> = futures::stream::iter(wanted.into_iter().map(|(id, path, size)| {
-                    let store = store.clone();
-                    async move {
-                        let r = read_footer(store.as_ref(), &path, size, is_calls).await;
-                        (id, path, size, r)
-                    }
-                }))
-                .buffered(16)
-                .collect()
-                .await;
+                let read: Vec<_> =
+                    futures::stream::iter(wanted.into_iter().map(|(id, path, size)| {
+                        let store = store.clone();
+                        async move {
+                            let r = read_footer(store.as_ref(), &path, size, is_calls).await;
+                            (id, path, size, r)
+                        }
+                    }))
+                    .buffered(16)
+                    .collect()
+                    .await;
                 for (id, path, size, r) in read {
                     match r {
                         Ok(footer) => {

@@ -151,7 +151,13 @@ fn start_bound(store: &Store, span: &SessionSpan, at_ns: i64) -> Result<String> 
 /// `from_ns..=to_ns` reads: only the `calls` files whose footers allow such
 /// a call (one or two of a session's segments for an instant), registered
 /// as a table of their own; `calls` itself when the footers cannot tell.
-fn calls_near(store: &Store, span: &SessionSpan, tid: u32, from_ns: i64, to_ns: i64) -> Result<String> {
+fn calls_near(
+    store: &Store,
+    span: &SessionSpan,
+    tid: u32,
+    from_ns: i64,
+    to_ns: i64,
+) -> Result<String> {
     match store.calls_files_near(&span.id, i64::from(tid), from_ns, to_ns) {
         Some(files) => store.register_calls_subset(&span.id, &files),
         None => Ok("calls".to_string()),
@@ -345,9 +351,15 @@ pub fn stack(store: &Store, tid: u32, at: TimeArg) -> Result<Stack> {
             "c.tid = {tid} AND c.start_ns + c.duration_ns <= {at_ns} AND c.start_ns >= {}",
             span.start_ns
         );
-        around.0 = frames_of(store, "calls", &before, "c.start_ns + c.duration_ns DESC", Some(1))?
-            .0
-            .pop();
+        around.0 = frames_of(
+            store,
+            "calls",
+            &before,
+            "c.start_ns + c.duration_ns DESC",
+            Some(1),
+        )?
+        .0
+        .pop();
         let after = format!("c.tid = {tid} AND c.start_ns > {at_ns}");
         around.1 = frames_of(store, "calls", &after, "c.start_ns, c.depth", Some(1))?
             .0
@@ -472,7 +484,13 @@ pub fn timeline(
         start_bound(store, &span, from_ns)?
     );
     let near = calls_near(store, &span, tid, from_ns.saturating_sub(1), to_ns)?;
-    let (calls, more) = frames_of(store, &near, &filter, "c.start_ns, c.depth", Some(limit.max(1)))?;
+    let (calls, more) = frames_of(
+        store,
+        &near,
+        &filter,
+        "c.start_ns, c.depth",
+        Some(limit.max(1)),
+    )?;
     if calls.is_empty() {
         check_thread(store, &span, tid)?;
     }

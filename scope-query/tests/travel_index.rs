@@ -20,10 +20,7 @@ fn probes(root: &Path) -> Vec<(u32, i64)> {
         "r = duckdb.sql(\"select min(start_ns), max(start_ns), min(tid) from read_parquet('{}/calls/**/*.parquet')\").fetchall()[0]\nprint(r[0], r[1], r[2])",
         root.display()
     ));
-    let v: Vec<i64> = out
-        .split_whitespace()
-        .map(|x| x.parse().unwrap())
-        .collect();
+    let v: Vec<i64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
     let (lo, hi, tid0) = (v[0], v[1], v[2] as u32);
     let mut p = Vec::new();
     for i in 0..6 {

@@ -515,9 +515,10 @@ fn parse_generated(v: &serde_json::Value) -> Result<Generated> {
 /// The four questions, with the SQL the commands run (`scope-query`'s
 /// `report.rs` and `travel.rs`) and DuckDB's spelling of it.
 fn questions(g: &Generated) -> Vec<Question> {
-    // `report`'s one scan of `calls` (scope-query's `buckets_sql` for one
-    // session, by function): sums, maximum and a log2 latency histogram of
-    // 128 buckets per doubling per function; names are joined afterwards.
+    // What `report` answers, spelled in SQL (the command fills the same
+    // histograms in Rust from one scan, `report.rs`): sums, maximum and a
+    // log2 latency histogram of 128 buckets per doubling per function;
+    // names are joined afterwards.
     let report = "SELECT c.function_id AS fid, CAST(NULL AS BIGINT) AS k2, \
            CASE WHEN c.duration_ns > 0 THEN CAST(floor(log2(CAST(c.duration_ns AS DOUBLE)) * 128) AS BIGINT) \
            WHEN c.duration_ns = 0 THEN -1 END AS b, count(*) AS n, \
@@ -885,8 +886,9 @@ fn render(
          ({:.2} bytes per call in `calls`). DuckDB {duck_version} (Python), \
          scope's DataFusion with the CLI's settings; both warm (the store is in \
          the page cache), 2 shared cores. The same SQL in both (for `report`, \
-         the one scan of `calls` it makes: sums and a latency histogram per \
-         function), and both returned the same rows. `query`: the query alone inside one process (median of 5); \
+         its question spelled in SQL: sums and a latency histogram of 128 buckets \
+         per doubling per function, grouped by bucket; the command itself scans \
+         `calls` once and fills the histograms in Rust), and both returned the same rows. `query`: the query alone inside one process (median of 5); \
          `process`: `scope-agent query --format csv` vs `python3` importing \
          duckdb and running it (median of 3); `command`: what the user types, \
          against DuckDB's process of its main SQL.\n",
