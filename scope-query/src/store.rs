@@ -30,7 +30,7 @@ use datafusion::datasource::listing::{
 use datafusion::datasource::physical_plan::wrap_partition_type_in_dict;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use futures::StreamExt as _;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
@@ -147,6 +147,26 @@ fn sql_type(t: &DataType) -> &'static str {
         DataType::Utf8 | DataType::LargeUtf8 => "VARCHAR",
         _ => "BIGINT",
     }
+}
+
+/// A query of no rows with `schema`'s columns and `session_id`: a table
+/// with no readable file still has its shape.
+fn empty_table_sql(schema: &Schema) -> String {
+    let cols: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            format!(
+                "CAST(NULL AS {}) AS \"{}\"",
+                sql_type(f.data_type()),
+                f.name()
+            )
+        })
+        .collect();
+    format!(
+        "SELECT {}, CAST(NULL AS VARCHAR) AS {SESSION_COLUMN} WHERE false",
+        cols.join(", ")
+    )
 }
 
 /// One table of the store, as found.
@@ -559,53 +579,18 @@ impl Store {
             } else {
                 let mut parts = Vec::new();
                 for (i, id) in wanted.iter().enumerate() {
-                    let urls = info.files[*id]
-                        .iter()
-                        .map(|f| ListingTableUrl::parse(format!("{}{}", self.url_root(), f.path)))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let config = ListingTableConfig::new_with_multi_paths(urls)
-                        .with_listing_options(listing_options())
-                        .with_schema(info.schema.clone());
                     let raw = format!("scope_raw_{name}_{i}");
-                    self.ctx
-                        .register_table(raw.as_str(), Arc::new(ListingTable::try_new(config)?))?;
-                    parts.push(format!(
-                        "SELECT *, {} AS {SESSION_COLUMN} FROM {raw}",
-                        sql_str(id)
-                    ));
+                    parts.push(self.register_files(&raw, id, &info.files[*id], &info.schema)?);
                 }
                 if parts.is_empty() {
                     // No readable file of the selected sessions: an empty
                     // table of the right shape.
-                    let cols: Vec<String> = info
-                        .schema
-                        .fields()
-                        .iter()
-                        .map(|f| {
-                            format!(
-                                "CAST(NULL AS {}) AS \"{}\"",
-                                sql_type(f.data_type()),
-                                f.name()
-                            )
-                        })
-                        .collect();
-                    format!(
-                        "SELECT {}, CAST(NULL AS VARCHAR) AS {SESSION_COLUMN} WHERE false",
-                        cols.join(", ")
-                    )
+                    empty_table_sql(&info.schema)
                 } else {
                     parts.join(" UNION ALL ")
                 }
             };
-            self.rt
-                .block_on(async {
-                    self.ctx
-                        .sql(&format!("CREATE VIEW {name} AS {view}"))
-                        .await?
-                        .collect()
-                        .await
-                })
-                .with_context(|| format!("cannot register table {name}"))?;
+            self.create_view(&name, &view)?;
         }
         Ok(())
     }
@@ -671,15 +656,16 @@ impl Store {
         self.rt.block_on(fut)
     }
 
+    /// `sql` planned, or its error as [`Store::sql_error`] words it.
+    async fn frame(&self, sql: &str) -> Result<DataFrame> {
+        self.ctx.sql(sql).await.map_err(|e| self.sql_error(sql, e))
+    }
+
     /// Runs `sql` and collects every batch. For small results (reports);
     /// use [`Store::stream`] for anything that grows with the store.
     pub fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
         self.rt.block_on(async {
-            let df = self
-                .ctx
-                .sql(sql)
-                .await
-                .map_err(|e| self.sql_error(sql, e))?;
+            let df = self.frame(sql).await?;
             df.collect().await.map_err(|e| self.sql_error(sql, e))
         })
     }
@@ -688,11 +674,7 @@ impl Store {
     /// batches: memory stays bounded by the plan, not by the result.
     pub fn stream(&self, sql: &str) -> Result<BatchIter<'_>> {
         let stream = self.rt.block_on(async {
-            let df = self
-                .ctx
-                .sql(sql)
-                .await
-                .map_err(|e| self.sql_error(sql, e))?;
+            let df = self.frame(sql).await?;
             df.execute_stream()
                 .await
                 .map_err(|e| self.sql_error(sql, e))
@@ -746,45 +728,37 @@ impl Store {
         let n = SUBSETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("scope_calls_subset_{n}");
         if files.is_empty() {
-            let cols: Vec<String> = info
-                .schema
-                .fields()
-                .iter()
-                .map(|f| {
-                    format!(
-                        "CAST(NULL AS {}) AS \"{}\"",
-                        sql_type(f.data_type()),
-                        f.name()
-                    )
-                })
-                .collect();
-            self.create_view(
-                &name,
-                &format!(
-                    "SELECT {}, CAST(NULL AS VARCHAR) AS {SESSION_COLUMN} WHERE false",
-                    cols.join(", ")
-                ),
-            )?;
+            self.create_view(&name, &empty_table_sql(&info.schema))?;
             return Ok(name);
         }
+        let raw = format!("{name}_raw");
+        let view = self.register_files(&raw, session, files, &info.schema)?;
+        self.create_view(&name, &view)?;
+        Ok(name)
+    }
+
+    /// Registers `files` of `session` as the table `raw`, and returns the
+    /// query that adds their `session_id`.
+    fn register_files(
+        &self,
+        raw: &str,
+        session: &str,
+        files: &[FileInfo],
+        schema: &SchemaRef,
+    ) -> Result<String> {
         let urls = files
             .iter()
             .map(|f| ListingTableUrl::parse(format!("{}{}", self.url_root(), f.path)))
             .collect::<Result<Vec<_>, _>>()?;
         let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(listing_options())
-            .with_schema(info.schema.clone());
-        let raw = format!("{name}_raw");
+            .with_schema(schema.clone());
         self.ctx
-            .register_table(raw.as_str(), Arc::new(ListingTable::try_new(config)?))?;
-        self.create_view(
-            &name,
-            &format!(
-                "SELECT *, {} AS {SESSION_COLUMN} FROM {raw}",
-                sql_str(session)
-            ),
-        )?;
-        Ok(name)
+            .register_table(raw, Arc::new(ListingTable::try_new(config)?))?;
+        Ok(format!(
+            "SELECT *, {} AS {SESSION_COLUMN} FROM {raw}",
+            sql_str(session)
+        ))
     }
 
     fn create_view(&self, name: &str, sql: &str) -> Result<()> {
@@ -805,11 +779,7 @@ impl Store {
     /// `report` does) instead of merging them into one stream first.
     pub fn partitions(&self, sql: &str) -> Result<Vec<SendableRecordBatchStream>> {
         self.rt.block_on(async {
-            let df = self
-                .ctx
-                .sql(sql)
-                .await
-                .map_err(|e| self.sql_error(sql, e))?;
+            let df = self.frame(sql).await?;
             df.execute_stream_partitioned()
                 .await
                 .map_err(|e| self.sql_error(sql, e))
