@@ -272,12 +272,12 @@ pub fn run(root: &Path) -> Result<String> {
 
     let exports = step("export memory (peak RSS)", || {
         let mut v = Vec::new();
-        // The CLI's default --memory (2G), and a pool small enough that
-        // the sort must spill.
+        // export's default --memory (128M), and a smaller pool, under
+        // which the sort spills more.
         for (format, memory) in [
             ("perfetto", None),
             ("folded", None),
-            ("perfetto", Some("256M")),
+            ("perfetto", Some("64M")),
         ] {
             let mut cmd = command(&agent);
             cmd.args(["export", "--data", &data, "--format", format, "-o", "-"]);
