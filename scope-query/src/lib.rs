@@ -15,7 +15,9 @@
 //! - [`objstore`]: `s3://` locations configured like AWS tools, access
 //!   checks with one-line errors, whole-file uploads.
 //! - [`time`]: the `+1.5s` / absolute time arguments.
+//! - [`analysis`]: findings, the AST map, complexity fits and predictions.
 
+pub mod analysis;
 mod cols;
 pub mod compact;
 pub mod export;
