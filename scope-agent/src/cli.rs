@@ -68,6 +68,25 @@ pub enum Command {
     /// The cold tier: merge finished sessions' segments into large files
     /// sorted for time travel (atomically), and remove old sessions
     Compact(CompactArgs),
+    /// What is wrong and where: bottlenecks, repeated work (N+1), recursion,
+    /// latency outliers, bimodal durations, waiting, polling loops and
+    /// complexity, computed from the latest session and ranked
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+
+    /// text, markdown or json.
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    pub format: String,
+
+    /// Do not write the `findings` table into the store (it is written by
+    /// default, beside the session's other tables, for SQL and `explain`).
+    #[arg(long)]
+    pub no_write: bool,
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,7 @@ use scope_query::tree::TreeOptions;
 use scope_query::{OpenOptions, SessionSel, Store};
 
 use crate::cli::{
-    CompactArgs, DEFAULT_EXPORT_MEMORY, DEFAULT_QUERY_MEMORY, DataArgs, ExportArgs, QueryArgs,
+    AnalyzeArgs, CompactArgs, DEFAULT_EXPORT_MEMORY, DEFAULT_QUERY_MEMORY, DataArgs, ExportArgs, QueryArgs,
     ReportArgs, StackArgs, TimelineArgs, TreeArgs,
 };
 
@@ -132,6 +132,32 @@ pub fn report(args: ReportArgs) -> Result<()> {
         "csv" => write!(out, "{}", scope_query::report::to_csv(&r))?,
         other => anyhow::bail!("unknown format {other:?}: text, csv or json"),
     }
+    out.flush()?;
+    Ok(())
+}
+
+/// `scope-agent analyze`: the findings of one session, ranked; the
+/// `findings` table written beside the session's tables (local stores).
+pub fn analyze(args: AnalyzeArgs) -> Result<()> {
+    use scope_query::analysis::{self, render};
+    let format: render::Format = args.format.parse().map_err(anyhow::Error::msg)?;
+    let store = open(&args.data, SessionSel::Latest)?;
+    let mut a = analysis::analyze(&store)?;
+    if !args.no_write {
+        match &store.location().local {
+            Some(root) => {
+                if let Err(e) = analysis::table::write(root, &a.session, &a.findings) {
+                    a.notes.push(format!("the findings table was not written: {e:#}"));
+                }
+            }
+            None => a.notes.push(format!(
+                "the findings table is written only into local stores; {} is not one",
+                store.location().display
+            )),
+        }
+    }
+    let mut out = output(None)?;
+    write!(out, "{}", render::render(&a, format))?;
     out.flush()?;
     Ok(())
 }

@@ -1,9 +1,116 @@
-//! Analysis over the store: findings computed from the data (never invented),
-//! the AST map of the sources (or the binary's control-flow graph), empirical
-//! complexity fits and predictions.
+//! Analysis over the store: findings computed from the data (never
+//! invented), the AST map of the sources (or the binary's control-flow
+//! graph), empirical complexity fits and predictions.
 //!
-//! - [`finding`]: the [`Finding`] every part produces and the `findings` table.
+//! - [`finding`]: the [`Finding`] every part produces.
+//! - [`findings`]: bottlenecks, repeated work, recursion, latency outliers,
+//!   bimodal durations, waiting and polling, from one session's calls and
+//!   on-CPU samples.
+//! - [`table`]: the `findings` table (Parquet, beside the session's other
+//!   tables).
+//! - [`render`]: the ranked report as text, Markdown or JSON.
+//!
+//! [`analyze`] runs them all on the selected session and ranks the result:
+//! `F1` is the most severe finding.
 
 pub mod finding;
+pub mod findings;
+pub mod render;
+pub mod table;
+
+use anyhow::{Result, bail};
 
 pub use finding::{Evidence, Finding, Kind};
+
+use crate::Store;
+
+/// What `analyze` found in one session.
+#[derive(Debug, Default)]
+pub struct Analysis {
+    pub session: String,
+    /// What the session was (the report's header lines).
+    pub header: Vec<String>,
+    /// Ranked: most severe first, ids `F1`, `F2`, … in that order.
+    pub findings: Vec<Finding>,
+    /// What could not be computed, and why; losses.
+    pub notes: Vec<String>,
+    /// Calls and functions recorded, top-level time: the summary an LLM
+    /// gets with the findings.
+    pub calls: i64,
+    pub functions: usize,
+    pub root_ns: f64,
+}
+
+impl Analysis {
+    /// Every function named by a finding.
+    pub fn functions_named(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .findings
+            .iter()
+            .flat_map(|f| std::iter::once(f.function.clone()).chain(f.related.clone()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The aggregate summary sent with the findings (no arguments, no
+    /// strings).
+    pub fn summary(&self) -> String {
+        format!(
+            "{} calls of {} functions; top-level calls took {} in all; {} findings",
+            self.calls,
+            self.functions,
+            crate::time::fmt_ns(self.root_ns),
+            self.findings.len()
+        )
+    }
+}
+
+/// Analyzes the store's selected session (exactly one: `--session all` is
+/// refused, findings compare functions within a run).
+pub fn analyze(store: &Store) -> Result<Analysis> {
+    if !store.has_table("calls") || !store.has_table("functions") {
+        bail!(
+            "{}: no calls or functions table (nothing was recorded here)",
+            store.location().display
+        );
+    }
+    let sessions = store.selected_sessions();
+    let session = match sessions.as_slice() {
+        [one] => one.clone(),
+        [] => bail!("{}: no session to analyze", store.location().display),
+        many => bail!(
+            "analyze looks at one session at a time, and {} are selected: pick one with --session (e.g. --session {})",
+            many.len(),
+            many[many.len() - 1]
+        ),
+    };
+    let computed = findings::compute(store)?;
+    let mut a = Analysis {
+        session,
+        header: crate::report::session_header(store)?,
+        findings: computed.findings,
+        notes: computed.notes,
+        calls: computed.calls,
+        functions: computed.functions,
+        root_ns: computed.root_ns,
+    };
+    a.notes.extend(crate::report::loss_notes(store)?);
+    rank(&mut a.findings);
+    Ok(a)
+}
+
+/// Most severe first (ties: more confident, then kind and name, so the
+/// order is stable); ids follow the order.
+pub fn rank(findings: &mut [Finding]) {
+    findings.sort_by(|a, b| {
+        (b.severity * b.confidence.max(0.1))
+            .total_cmp(&(a.severity * a.confidence.max(0.1)))
+            .then(a.kind.cmp(&b.kind))
+            .then(a.function.cmp(&b.function))
+    });
+    for (i, f) in findings.iter_mut().enumerate() {
+        f.id = format!("F{}", i + 1);
+    }
+}
