@@ -44,8 +44,13 @@ const POLL_MAX_SPREAD: f64 = 0.25;
 /// ... with the function busy at most this share of the time between
 /// calls (a tight loop is not polling).
 const POLL_MAX_DUTY: f64 = 0.1;
-/// ... at least this far apart.
-const POLL_MIN_GAP_NS: f64 = 100e3;
+/// ... at least this far apart (a faster regular cadence is a loop
+/// doing other work between the calls, not a wait) ...
+const POLL_MIN_GAP_NS: f64 = 1e6;
+/// ... each call short.
+const POLL_MAX_CALL_NS: f64 = 1e6;
+/// Latency outliers are a rare tail: at most this share of the calls.
+const OUTLIER_MAX_SLOW_SHARE: f64 = 0.1;
 
 /// What one session's analysis found, before ranking.
 #[derive(Debug, Default)]
@@ -665,6 +670,10 @@ fn outliers(
         if p50 <= 0.0 || p99 < OUTLIER_MIN_RATIO * p50 {
             continue;
         }
+        // Two modes are the bimodal finding's, not a tail.
+        if f.hist.two_modes().is_some_and(|m| m.is_bimodal()) {
+            continue;
+        }
         // The calls above 10 × p50: how many, how much time.
         let cut = (OUTLIER_MIN_RATIO * p50) as i64;
         let mut slow = 0i64;
@@ -691,9 +700,12 @@ fn outliers(
                 ));
             }
         }
-        if slow == 0 {
+        if slow == 0 || slow as f64 > OUTLIER_MAX_SLOW_SHARE * f.recorded as f64 {
             continue;
         }
+        // On-CPU samples inside the slow calls: a tail the thread spent
+        // off the CPU (preempted, blocked) is not the function's own work.
+        let on_cpu = slow_calls_on_cpu(store, f.id, cut, slow_ns)?;
         let tail_share = if f.total_ns > 0.0 {
             slow_ns / f.total_ns
         } else {
@@ -704,7 +716,8 @@ fn outliers(
         } else {
             0.0
         };
-        let mut x = finding(Kind::LatencyOutlier, f, share, 0.9);
+        let weight = on_cpu.map_or(1.0, |c| c.max(0.2));
+        let mut x = finding(Kind::LatencyOutlier, f, share * weight, 0.9 * weight);
         x.evidence = vec![
             Evidence::new("p50_ns", p50, "ns"),
             Evidence::new("p99_ns", p99, "ns"),
@@ -713,8 +726,12 @@ fn outliers(
             Evidence::new("slow_share_of_function", tail_share, "ratio"),
             count_evidence(f),
         ];
+        if let Some(c) = on_cpu {
+            x.evidence
+                .push(Evidence::new("slow_calls_on_cpu_share", c, "ratio"));
+        }
         x.message = format!(
-            "{}: p99 {} is {:.0}× p50 {}; {} calls over {} take {} of its time; slowest: {}",
+            "{}: p99 {} is {:.0}× p50 {}; {} calls over {} take {} of its time{}; slowest: {}",
             f.name,
             fmt_ns(p99),
             p99 / p50,
@@ -722,11 +739,39 @@ fn outliers(
             slow,
             fmt_ns(cut as f64),
             pct(tail_share),
+            match on_cpu {
+                Some(c) if c < 0.5 => format!(
+                    " (on the CPU only {} of that time: mostly preempted or blocked)",
+                    pct(c)
+                ),
+                Some(c) => format!(" (on the CPU {} of that time)", pct(c)),
+                None => String::new(),
+            },
             examples.join(", ")
         );
         out.push(x);
     }
     Ok(())
+}
+
+/// The share of the slow calls' time (`duration_ns > cut`, `slow_ns` in
+/// all) the thread was on the CPU, from on-CPU samples; `None` without
+/// samples or when too few would be expected to say.
+fn slow_calls_on_cpu(store: &Store, id: u32, cut: i64, slow_ns: f64) -> Result<Option<f64>> {
+    let expected = slow_ns * SAMPLE_HZ / 1e9;
+    if !store.has_table("samples") || expected < 3.0 {
+        return Ok(None);
+    }
+    let mut n = 0;
+    for b in store.sql(&format!(
+        "SELECT count(*) AS n FROM calls c JOIN samples s \
+           ON s.session_id = c.session_id AND s.tid = c.tid \
+           AND s.time_ns >= c.start_ns AND s.time_ns < c.start_ns + c.duration_ns \
+         WHERE c.function_id = {id} AND c.duration_ns > {cut}"
+    ))? {
+        n += cols::i64s(&b, "n")?.into_iter().flatten().sum::<i64>();
+    }
+    Ok(Some((n as f64 / expected).min(1.0)))
 }
 
 /// Durations in two modes.
@@ -917,7 +962,11 @@ fn polling(
         let spread = (q(&gaps, 0.75) - q(&gaps, 0.25)) / gap.max(1.0);
         let dur = q(&durs, 0.5);
         let duty = dur / gap.max(1.0);
-        if gap < POLL_MIN_GAP_NS || spread > POLL_MAX_SPREAD || duty > POLL_MAX_DUTY {
+        if gap < POLL_MIN_GAP_NS
+            || spread > POLL_MAX_SPREAD
+            || duty > POLL_MAX_DUTY
+            || dur > POLL_MAX_CALL_NS
+        {
             continue;
         }
         let span = (calls.last().unwrap().0 - calls[0].0) as f64;
