@@ -276,7 +276,8 @@ pub fn compute(store: &Store) -> Result<Computed> {
     let mut fns = function_stats(store)?;
     out.functions = fns.len();
     out.calls = fns.values().map(|f| f.recorded).sum();
-    let edges = edges(store)?;
+    let map = CallFunctions::load(store)?;
+    let edges = edges(store, map.as_ref())?;
     for ((p, c), e) in &edges {
         if p == c {
             if let Some(f) = fns.get_mut(c) {
@@ -293,7 +294,8 @@ pub fn compute(store: &Store) -> Result<Computed> {
     let total_self: f64 = fns.values().map(|f| f.self_ns.max(0.0)).sum();
 
     bottlenecks(&fns, total_self, out.root_ns, &mut out.findings);
-    repeated_work(store, &fns, &edges, out.root_ns, &mut out.findings)?;
+    repeated_work(store, map.as_ref(), &fns, &edges, out.root_ns, &mut out.findings)?;
+    drop(map);
     recursion(store, &fns, out.root_ns, &mut out.findings)?;
     outliers(store, &fns, total_self, &mut out.findings)?;
     bimodal(&fns, total_self, &mut out.findings);
@@ -379,9 +381,104 @@ fn function_stats(store: &Store) -> Result<FxHashMap<u32, FnStats>> {
     Ok(fns)
 }
 
+/// Each call's function, indexed by call id (ids are assigned at entry,
+/// counting up from the session's first call): what turns a child's
+/// `parent_call_id` into its caller's function without joining `calls`
+/// with itself (a hash join of every call, which does not spill).
+pub struct CallFunctions {
+    base: u64,
+    /// function id + 1; 0: no such call recorded.
+    f: Vec<u32>,
+}
+
+impl CallFunctions {
+    /// Ids spread over more than this many slots per call fall back to SQL.
+    const MAX_SLOTS_PER_CALL: u64 = 4;
+
+    /// `None` when the ids are too sparse for a dense table.
+    pub fn load(store: &Store) -> Result<Option<CallFunctions>> {
+        let mut range = None;
+        for b in store.sql("SELECT min(call_id) AS lo, max(call_id) AS hi, count(*) AS n FROM calls")? {
+            let lo = cols::i64s(&b, "lo")?;
+            let hi = cols::i64s(&b, "hi")?;
+            let n = cols::i64s(&b, "n")?;
+            if let (Some(lo), Some(hi), Some(n)) = (lo[0], hi[0], n[0]) {
+                range = Some((lo as u64, hi as u64, n as u64));
+            }
+        }
+        let Some((lo, hi, n)) = range else {
+            return Ok(Some(CallFunctions { base: 0, f: Vec::new() }));
+        };
+        let slots = hi - lo + 1;
+        if slots > n.max(1) * Self::MAX_SLOTS_PER_CALL || slots > u32::MAX as u64 {
+            return Ok(None);
+        }
+        let mut f = vec![0u32; slots as usize];
+        for b in store.stream("SELECT call_id, function_id FROM calls")? {
+            let b = b?;
+            let id = cols::i64s(&b, "call_id")?;
+            let func = cols::i64s(&b, "function_id")?;
+            for (id, func) in id.into_iter().zip(func) {
+                if let (Some(id), Some(func)) = (id, func) {
+                    f[(id as u64 - lo) as usize] = func as u32 + 1;
+                }
+            }
+        }
+        Ok(Some(CallFunctions { base: lo, f }))
+    }
+
+    /// The function of call `id`, if it was recorded.
+    pub fn get(&self, id: u64) -> Option<u32> {
+        let i = id.checked_sub(self.base)? as usize;
+        match self.f.get(i) {
+            Some(&v) if v > 0 => Some(v - 1),
+            _ => None,
+        }
+    }
+}
+
 /// Parent function → child function: calls, distinct parent calls, the
 /// children's time.
-fn edges(store: &Store) -> Result<FxHashMap<(u32, u32), Edge>> {
+fn edges(store: &Store, map: Option<&CallFunctions>) -> Result<FxHashMap<(u32, u32), Edge>> {
+    let mut out: FxHashMap<(u32, u32), Edge> = FxHashMap::default();
+    let Some(map) = map else {
+        return edges_sql(store);
+    };
+    // Distinct parents per edge: children of one parent call are counted
+    // once by remembering the last parent seen per edge (rows of one
+    // parent are not always adjacent, so this is an upper bound fixed by
+    // the exact per-parent query of the candidates).
+    let mut last: FxHashMap<(u32, u32), u64> = FxHashMap::default();
+    for b in store.stream(
+        "SELECT parent_call_id, function_id, duration_ns FROM calls WHERE parent_call_id IS NOT NULL",
+    )? {
+        let b = b?;
+        let parent = cols::i64s(&b, "parent_call_id")?;
+        let func = cols::i64s(&b, "function_id")?;
+        let d = cols::i64s(&b, "duration_ns")?;
+        for i in 0..b.num_rows() {
+            let (Some(p), Some(cf)) = (parent[i], func[i]) else {
+                continue;
+            };
+            let Some(pf) = map.get(p as u64) else {
+                continue;
+            };
+            let key = (pf, cf as u32);
+            let e = out.entry(key).or_default();
+            e.calls += 1;
+            e.child_ns += d[i].unwrap_or(0).max(0) as f64;
+            let l = last.entry(key).or_insert(u64::MAX);
+            if *l != p as u64 {
+                *l = p as u64;
+                e.parents += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`edges`] by joining `calls` with itself (sparse call ids).
+fn edges_sql(store: &Store) -> Result<FxHashMap<(u32, u32), Edge>> {
     let mut out = FxHashMap::default();
     for b in store.sql(
         "SELECT p.function_id AS pf, c.function_id AS cf, count(*) AS calls, \
@@ -407,6 +504,44 @@ fn edges(store: &Store) -> Result<FxHashMap<(u32, u32), Edge>> {
         }
     }
     Ok(out)
+}
+
+/// Calls of `child` per call of `parent` (only parent calls that make at
+/// least one).
+fn per_parent(
+    store: &Store,
+    map: Option<&CallFunctions>,
+    parent: u32,
+    child: u32,
+) -> Result<Vec<i64>> {
+    let mut per: Vec<i64> = Vec::new();
+    match map {
+        Some(map) => {
+            let mut counts: FxHashMap<u64, i64> = FxHashMap::default();
+            for b in store.stream(&format!(
+                "SELECT parent_call_id FROM calls WHERE function_id = {child} AND parent_call_id IS NOT NULL"
+            ))? {
+                let b = b?;
+                for p in cols::i64s(&b, "parent_call_id")?.into_iter().flatten() {
+                    if map.get(p as u64) == Some(parent) {
+                        *counts.entry(p as u64).or_default() += 1;
+                    }
+                }
+            }
+            per.extend(counts.into_values());
+        }
+        None => {
+            for b in store.sql(&format!(
+                "SELECT count(*) AS n FROM calls c JOIN calls p \
+                   ON p.call_id = c.parent_call_id AND p.session_id = c.session_id \
+                 WHERE p.function_id = {parent} AND c.function_id = {child} GROUP BY c.parent_call_id"
+            ))? {
+                per.extend(cols::i64s(&b, "n")?.into_iter().flatten());
+            }
+        }
+    }
+    per.sort_unstable();
+    Ok(per)
 }
 
 fn pct(x: f64) -> String {
@@ -478,6 +613,7 @@ fn bottlenecks(
 /// The same child called many times per parent call.
 fn repeated_work(
     store: &Store,
+    map: Option<&CallFunctions>,
     fns: &FxHashMap<u32, FnStats>,
     edges: &FxHashMap<(u32, u32), Edge>,
     root_ns: f64,
@@ -494,15 +630,7 @@ fn repeated_work(
             continue;
         };
         // Counts per parent call, for their distribution.
-        let mut per: Vec<i64> = Vec::new();
-        for b in store.sql(&format!(
-            "SELECT count(*) AS n FROM calls c JOIN calls p \
-               ON p.call_id = c.parent_call_id AND p.session_id = c.session_id \
-             WHERE p.function_id = {pf} AND c.function_id = {cf} GROUP BY c.parent_call_id"
-        ))? {
-            per.extend(cols::i64s(&b, "n")?.into_iter().flatten());
-        }
-        per.sort_unstable();
+        let per = per_parent(store, map, pf, cf)?;
         if per.is_empty() {
             continue;
         }
@@ -523,7 +651,7 @@ fn repeated_work(
             Evidence::new("per_parent_median", median, "calls"),
             Evidence::new("per_parent_p90", q(0.9) as f64, "calls"),
             Evidence::new("per_parent_max", q(1.0) as f64, "calls"),
-            Evidence::new("parent_calls", e.parents as f64, "calls"),
+            Evidence::new("parent_calls", per.len() as f64, "calls"),
             Evidence::new("child_calls", e.calls as f64, "calls"),
             Evidence::new("child_ns", e.child_ns, "ns"),
             Evidence::new("time_share", share, "ratio"),
@@ -535,7 +663,7 @@ fn repeated_work(
             median,
             q(0.9),
             q(1.0),
-            e.parents,
+            per.len(),
             pct(share)
         );
         out.push(x);
