@@ -300,12 +300,34 @@ pub fn run(root: &Path) -> Result<String> {
         Ok(v)
     })?;
 
+    // `scope-agent analyze` as a user runs it (the findings table not
+    // written, so the store stays as generated): median of 3.
+    let analyze = if crate::process::succeeds(command(&agent).args(["analyze", "--help"])) {
+        Some(step("analyze (median of 3, peak RSS)", || {
+            let mut walls = Vec::new();
+            let mut rss = 0;
+            for _ in 0..3 {
+                let m = peak_rss(
+                    command(&agent).args(["analyze", "--data", &data, "--no-write", "--format", "json"]),
+                )?;
+                rss = rss.max(m.max_rss_bytes);
+                walls.push(m.wall.as_secs_f64());
+            }
+            let t = median(&mut walls);
+            println!("    analyze: {t:.2} s, peak RSS {:.0} MB", rss as f64 / 1e6);
+            Ok((t, rss))
+        })?)
+    } else {
+        None
+    };
+
     let section = render(
         &questions,
         &times,
         &generated,
         &store,
         &exports,
+        analyze,
         compacted.as_ref(),
         &duck_version,
         started.elapsed(),
@@ -866,6 +888,7 @@ fn render(
     g: &Generated,
     store: &Path,
     exports: &[(String, Rss)],
+    analyze: Option<(f64, u64)>,
     compacted: Option<&Compacted>,
     duck_version: &str,
     took: Duration,
@@ -945,6 +968,14 @@ fn render(
             m.out_bytes as f64 / 1e9,
             m.wall.as_secs_f64(),
             yes(m.max_rss_bytes < 500_000_000)
+        );
+    }
+    if let Some((t, rss)) = analyze {
+        let _ = writeln!(
+            s,
+            "\n| `scope-agent analyze --no-write` (every finding kind) | {t:.2} s | peak RSS {:.0} MB | < 30 s: {} |\n| --- | ---: | ---: | --- |",
+            rss as f64 / 1e6,
+            yes(t < 30.0)
         );
     }
     if let Some(c) = compacted {

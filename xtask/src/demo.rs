@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: build the agent (release) and examples/demo/demo.c,
 //! record the demo with every function of its executable probed, then show
-//! `scope-agent report` and `scope-agent tree` of it and the commands that
+//! `scope-agent report`, `scope-agent tree` and `scope-agent analyze` of it and the commands that
 //! go further (DuckDB's among them).
 
 use std::path::{Path, PathBuf};
@@ -88,6 +88,7 @@ fn show_answers(agent: &Path, out: &Path) {
             "tree",
             vec!["tree", "--data", data.as_str(), "--depth", "4"],
         ),
+        ("analyze", vec!["analyze", "--data", data.as_str()]),
     ] {
         println!("==> {title}");
         if let Err(e) = run(command(agent).args(&args)) {
