@@ -969,3 +969,49 @@ pub fn assert_success(run: &AgentRun) {
         run.stderr
     );
 }
+
+/// tests/fixtures/rust/`<name>`.rs built with plain `rustc -g -C
+/// opt-level=<opt>` and crate name `<name>` (its functions demangle as
+/// `<name>::f`) into `<target>/fixtures/generated/<name>-rust-O<opt>/<name>`,
+/// rebuilt when the source differs from the copy kept next to it. Compiles
+/// the file in place (DWARF names it) to a name of its own, then renames:
+/// safe from parallel test processes.
+pub fn rust_fixture_file(name: &str, opt: &str) -> PathBuf {
+    let path = workspace_root().join(format!("tests/fixtures/rust/{name}.rs"));
+    let source = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let dir = target_dir()
+        .join("fixtures/generated")
+        .join(format!("{name}-rust-O{opt}"));
+    let (copy, out) = (dir.join(format!("{name}.rs")), dir.join(name));
+    if out.is_file() && std::fs::read_to_string(&copy).is_ok_and(|s| s == source) {
+        return out;
+    }
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let nonce = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(".{name}.{}.{nonce}.tmp", std::process::id()));
+    let mut cmd = Command::new("rustc");
+    cmd.args(["-g", "-C", &format!("opt-level={opt}"), "-C", "debuginfo=2"])
+        .args(["--edition", "2021", "--crate-name", name, "-o"])
+        .arg(&tmp)
+        .arg(&path);
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", describe(&cmd)));
+    if !output.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        panic!(
+            "{} failed ({}):\n{}",
+            describe(&cmd),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    std::fs::rename(&tmp, &out)
+        .and_then(|()| std::fs::write(&copy, &source))
+        .unwrap_or_else(|e| panic!("cannot move {} into place: {e}", out.display()));
+    out
+}
