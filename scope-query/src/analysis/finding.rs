@@ -97,8 +97,8 @@ pub struct Finding {
     pub kind: Kind,
     /// The function the finding names (demangled).
     pub function: String,
-    /// Another function involved: the repeated child, the caller of a
-    /// waiting call, … (None when there is none).
+    /// Another function involved: for repeated work the parent whose
+    /// calls repeat `function` (None when there is none).
     pub related: Option<String>,
     /// 0..=1: how much it matters (share of time it explains, mostly).
     pub severity: f64,
