@@ -844,8 +844,15 @@ fn outliers(
         } else {
             0.0
         };
-        let weight = on_cpu.map_or(1.0, |c| c.max(0.2));
-        let mut x = finding(Kind::LatencyOutlier, f, share * weight, 0.9 * weight);
+        // A tail of 10× p50 is worth less than one of 1000×; off-CPU
+        // tails (preemption, blocking) count a fifth.
+        let weight = on_cpu.map_or(1.0, |c| c.max(0.2)) * ((p99 / p50).log10() / 3.0).min(1.0);
+        let mut x = finding(
+            Kind::LatencyOutlier,
+            f,
+            share * weight,
+            0.9 * on_cpu.map_or(1.0, |c| c.max(0.2)),
+        );
         x.evidence = vec![
             Evidence::new("p50_ns", p50, "ns"),
             Evidence::new("p99_ns", p99, "ns"),
