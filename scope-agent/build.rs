@@ -10,6 +10,10 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("CARGO_FEATURE_AGENT").is_none() {
         return Ok(());
     }
+    // Worktrees sharing one target directory share this script's output
+    // directory too: a path that never exists makes cargo run it on every
+    // build (a no-op eBPF build takes seconds), so each embeds its own object.
+    println!("cargo:rerun-if-changed=.always-rerun");
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

@@ -4,6 +4,8 @@
 //!
 //! - [`finding`]: the [`Finding`] every part produces and the `findings` table.
 
+pub mod complexity;
 pub mod finding;
+pub mod predict;
 
 pub use finding::{Evidence, Finding, Kind};
