@@ -969,3 +969,51 @@ pub fn assert_success(run: &AgentRun) {
         run.stderr
     );
 }
+
+/// tests/fixtures/rust/`<name>`.rs built with plain `rustc -g -C
+/// opt-level=<opt>` into `<target>/fixtures/rust-<name>-O<opt>/<name>`
+/// (rebuilt when the source is newer; safe from parallel test processes:
+/// compiled to a name of its own, then renamed).
+pub fn rust_fixture_file(name: &str, opt: &str) -> PathBuf {
+    let source = workspace_root().join(format!("tests/fixtures/rust/{name}.rs"));
+    let dir = target_dir()
+        .join("fixtures")
+        .join(format!("rust-{name}-O{opt}"));
+    let out = dir.join(name);
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let source_time = modified(&source)
+        .unwrap_or_else(|| panic!("cannot read {}", source.display()));
+    if modified(&out).is_some_and(|t| t >= source_time) {
+        return out;
+    }
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let nonce = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(".{name}.{}.{nonce}.tmp", std::process::id()));
+    let mut cmd = Command::new("rustc");
+    cmd.args(["-g", "-C", &format!("opt-level={opt}"), "-C", "debuginfo=2"])
+        .args(["--edition", "2021", "--crate-name", name])
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&source);
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", describe(&cmd)));
+    assert!(
+        output.status.success(),
+        "{} failed ({}):\n{}",
+        describe(&cmd),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::rename(&tmp, &out).unwrap_or_else(|e| {
+        panic!(
+            "cannot rename {} to {}: {e}",
+            tmp.display(),
+            out.display()
+        )
+    });
+    out
+}
