@@ -45,7 +45,7 @@ fn check_sorts(lang: &str, out: &ComplexityOutcome) {
         let f = &cf.fit;
         eprintln!(
             "{lang} {function}: {} slope {:.3} r2 {:.4} n {}..{} ({} calls, {} sizes), \
-             a {:.0} ns, b {:.4} ns, call sigma {:.3}",
+             a {:.0} ns, b {:.4} ns, call sigma {:.3}, BIC {:?}",
             f.model,
             f.loglog_slope,
             f.r2,
@@ -55,7 +55,11 @@ fn check_sorts(lang: &str, out: &ComplexityOutcome) {
             f.groups,
             f.intercept,
             f.coef,
-            f.call_sigma
+            f.call_sigma,
+            f.criterion
+                .iter()
+                .map(|(m, b)| format!("{m} {b:.1}"))
+                .collect::<Vec<_>>()
         );
         assert_eq!(f.model, model, "{lang} {function}: {cf:#?}");
         assert_eq!(
