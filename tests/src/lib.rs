@@ -981,8 +981,8 @@ pub fn rust_fixture_file(name: &str, opt: &str) -> PathBuf {
         .join(format!("rust-{name}-O{opt}"));
     let out = dir.join(name);
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let source_time = modified(&source)
-        .unwrap_or_else(|| panic!("cannot read {}", source.display()));
+    let source_time =
+        modified(&source).unwrap_or_else(|| panic!("cannot read {}", source.display()));
     if modified(&out).is_some_and(|t| t >= source_time) {
         return out;
     }
@@ -1008,12 +1008,7 @@ pub fn rust_fixture_file(name: &str, opt: &str) -> PathBuf {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    std::fs::rename(&tmp, &out).unwrap_or_else(|e| {
-        panic!(
-            "cannot rename {} to {}: {e}",
-            tmp.display(),
-            out.display()
-        )
-    });
+    std::fs::rename(&tmp, &out)
+        .unwrap_or_else(|e| panic!("cannot rename {} to {}: {e}", tmp.display(), out.display()));
     out
 }

@@ -512,7 +512,8 @@ pub struct ComplexityOutcome {
 }
 
 /// The note when no call has arguments.
-pub const NEEDS_ARGS: &str = "complexity needs arguments: record with --args (or --args-for PATTERN)";
+pub const NEEDS_ARGS: &str =
+    "complexity needs arguments: record with --args (or --args-for PATTERN)";
 
 /// Points kept per (function, argument): beyond, a uniform sample.
 const MAX_POINTS: usize = 200_000;
@@ -848,7 +849,8 @@ pub fn complexity_findings(store: &Store) -> Result<ComplexityOutcome> {
     }
     out.fits
         .sort_by(|a, b| b.time_share.total_cmp(&a.time_share));
-    out.findings.sort_by(|a, b| b.severity.total_cmp(&a.severity));
+    out.findings
+        .sort_by(|a, b| b.severity.total_cmp(&a.severity));
     out.skipped.sort();
     Ok(out)
 }
@@ -1007,10 +1009,7 @@ pub(crate) mod tests {
             1,
         );
         assert!(matches!(fit(&narrow), Err(NoFit::NarrowSpan { .. })));
-        assert_eq!(
-            fit(&[(0.0, 10.0), (-5.0, 20.0)]),
-            Err(NoFit::NoPositiveN)
-        );
+        assert_eq!(fit(&[(0.0, 10.0), (-5.0, 20.0)]), Err(NoFit::NoPositiveN));
         assert_eq!(
             fit(&[(1.0, 10.0), (1000.0, 20.0)]),
             Err(NoFit::TooFewPoints { points: 2 })
@@ -1040,7 +1039,14 @@ pub(crate) mod tests {
 
     #[test]
     fn pointer_types_are_not_sizes() {
-        for t in ["int *", "const char *", "&str", "*mut i32", "int[]", "function"] {
+        for t in [
+            "int *",
+            "const char *",
+            "&str",
+            "*mut i32",
+            "int[]",
+            "function",
+        ] {
             assert!(is_pointer_type(t), "{t}");
         }
         for t in ["long", "u64", "size_t", "unsigned int"] {

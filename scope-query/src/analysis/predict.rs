@@ -254,3 +254,143 @@ pub fn overhead_pct(calls: f64, cost_ns: f64, cpu_ns: f64, wall_ns: f64, probe_n
     let work = (own - probe_ns).max(own * 0.01).max(1.0);
     100.0 * calls * cost_ns / work
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::complexity::tests::{calls, geometric};
+    use crate::analysis::complexity::{Model, fit};
+
+    fn truth(model: Model, a: f64, b: f64, n: f64) -> f64 {
+        a + b * model.g(n)
+    }
+
+    #[test]
+    fn the_interval_holds_the_truth_and_most_new_calls() {
+        // Fitted on n = 16..16384, predicted inside the range and 10× past
+        // it: the true median lies in the interval, and so do at least 90%
+        // of new calls drawn with the same noise (outliers included, 5%).
+        for (model, a, b, sigma) in [
+            (Model::Quadratic, 3000.0, 0.5, 0.2),
+            (Model::NLogN, 3000.0, 3.0, 0.3),
+            (Model::Linear, 1000.0, 2.0, 0.1),
+        ] {
+            let sizes = geometric(16.0, 16384.0, 2.0);
+            let f = fit(&calls(model, a, b, &sizes, 8, sigma, 3)).unwrap();
+            assert_eq!(f.model, model);
+            for n in [1000.0, 163_840.0] {
+                let p = predict(&f, n);
+                let t = truth(model, a, b, n);
+                assert!(p.lo < t && t < p.hi, "{model} at {n}: {p:?}, truth {t}");
+                assert!(p.lo < p.ns && p.ns < p.hi, "{p:?}");
+                let new = calls(model, a, b, &[n], 1000, sigma, 99);
+                let inside = new.iter().filter(|&&(_, t)| p.lo <= t && t <= p.hi).count();
+                assert!(inside >= 900, "{model} at {n}: {inside} of 1000 in {p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn extrapolation_widens_the_interval() {
+        let sizes = geometric(16.0, 16384.0, 2.0);
+        let f = fit(&calls(Model::Quadratic, 3000.0, 0.5, &sizes, 8, 0.2, 5)).unwrap();
+        let rel = |p: Prediction| p.hi / p.lo;
+        assert!(rel(predict(&f, 1e7)) >= rel(predict(&f, 1000.0)));
+    }
+
+    #[test]
+    fn exponential_far_out_is_infinite_not_a_panic() {
+        let sizes: Vec<f64> = (1..=120).map(f64::from).collect();
+        let f = fit(&calls(Model::Exponential, 1000.0, 1e-25, &sizes, 8, 0.1, 1)).unwrap();
+        assert_eq!(f.model, Model::Exponential);
+        assert!(predict(&f, 1e6).ns.is_infinite());
+    }
+
+    #[test]
+    fn queries_parse() {
+        assert_eq!(
+            parse_query("sort_items n=1e6"),
+            Ok(("sort_items".into(), vec![("n".into(), 1e6)]))
+        );
+        assert_eq!(
+            parse_query("  std::sort<int> (x) arg2=64k  m=1_000 "),
+            Ok((
+                "std::sort<int> (x)".into(),
+                vec![("arg2".into(), 64e3), ("m".into(), 1000.0)]
+            ))
+        );
+        assert_eq!(parse_query("f n=2M").unwrap().1[0].1, 2e6);
+    }
+
+    #[test]
+    fn bad_queries_say_what_is_wrong() {
+        for (q, needle) in [
+            ("", "empty query"),
+            ("n=5", "no function"),
+            ("sort_items", "no ARG=N"),
+            ("sort_items n=abc", "not a number"),
+            ("sort_items n=-4", "≥ 0"),
+            ("sort_items n=inf", "finite"),
+            ("sort_items =4", "no argument name"),
+            ("sort_items n=4 n=5", "given twice"),
+            ("sort_items n=4 extra", "not ARG=N"),
+        ] {
+            let e = parse_query(q).expect_err(q);
+            assert!(e.contains(needle), "{q:?}: {e}");
+        }
+    }
+
+    fn fits() -> Vec<ComplexityFit> {
+        let sizes = geometric(16.0, 16384.0, 2.0);
+        let f = fit(&calls(Model::Quadratic, 3000.0, 0.5, &sizes, 8, 0.2, 5)).unwrap();
+        vec![ComplexityFit {
+            function: "app::sort_items".into(),
+            arg: 2,
+            param: "n".into(),
+            source: ArgSource::Value,
+            fit: f,
+            time_share: 0.5,
+        }]
+    }
+
+    #[test]
+    fn a_query_finds_its_fit_by_name_or_suffix_and_its_argument() {
+        let fits = fits();
+        for q in [
+            "app::sort_items n=1e5",
+            "sort_items arg2=1e5",
+            "sort_items k=3 n=1e5",
+        ] {
+            let (f, args) = parse_query(q).unwrap();
+            let (cf, n, p) = predict_query(&fits, &f, &args).unwrap();
+            assert_eq!((cf.function.as_str(), n), ("app::sort_items", 1e5));
+            assert_eq!(p, predict(&cf.fit, 1e5));
+        }
+        let e = predict_query(&fits, "sort_items", &[("k".into(), 3.0)]).unwrap_err();
+        assert!(e.contains("depends on `n` (arg2)"), "{e}");
+        let e = predict_query(&fits, "other", &[("n".into(), 3.0)]).unwrap_err();
+        assert!(e.contains("no complexity fit for \"other\""), "{e}");
+        assert!(e.contains("app::sort_items"), "{e}");
+    }
+
+    #[test]
+    fn probe_overhead_is_calls_times_cost_within_the_band() {
+        let p = probe_overhead(2000.0, 1e6);
+        assert_eq!(p.ns, 2e9);
+        assert_eq!((p.lo, p.hi), (2e9 * COST_BAND_LOW, 2e9 * COST_BAND_HIGH));
+        // A 4 µs probe on calls of about 3 µs + 0.5·n² ns: large at n = 16,
+        // negligible at n = 16384.
+        let fits = fits();
+        let small = plan_overhead_pct(&fits[0].fit, 16.0, 4000.0);
+        let large = plan_overhead_pct(&fits[0].fit, 16384.0, 4000.0);
+        assert!(small.ns > 50.0 && large.ns < 0.1, "{small:?} {large:?}");
+        assert!(small.lo < small.ns && small.ns < small.hi, "{small:?}");
+    }
+
+    #[test]
+    fn overhead_is_relative_to_the_targets_own_work() {
+        let pct = overhead_pct(1000.0, 10_000.0, 1e9, 1e9, 1e7);
+        assert!((pct - 100.0 * 1e7 / 9.9e8).abs() < 1e-9, "{pct}");
+        assert!(overhead_pct(10.0, 1e6, 1e6, 1e6, 2e6) > 0.0);
+    }
+}
