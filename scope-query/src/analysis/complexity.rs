@@ -10,12 +10,17 @@
 //! - Call durations carry multiplicative noise with heavy tails (preemption,
 //!   cache misses, page faults), so calls are grouped by n (1/8 of a
 //!   doubling wide: distinct sizes stay apart) and each group is its
-//!   median n and median duration. One outlier moves nothing.
+//!   median n and the interquartile mean of its log durations (as robust
+//!   as the median to a slow tail, less noisy). One outlier moves nothing.
+//!   On synthetic calls with 10–30% lognormal noise, 5% outliers 2–20×
+//!   slower and a few µs of constant cost, 8 calls per size over two to
+//!   four decades, the right model is chosen in ≥ 29 of 30 data sets at
+//!   10–20% noise and ≥ 28 of 30 at 30% (the unit tests).
 //! - Each model is `t = a + b·g(n)` with `a ≥ 0` and `b ≥ 0`: `a` takes the
 //!   constant cost every call pays whatever n is (a uprobe adds a few µs to
 //!   every call), `b` the growth. `g` is 1, log2 n, n, n·log2 n, n², n³ or
 //!   2^n. The fit minimises the squared *log* residuals of the group
-//!   medians (relative errors: a 1 ms call and a 1 s call count alike),
+//!   centres (relative errors: a 1 ms call and a 1 s call count alike),
 //!   weighted by the square root of each group's calls.
 //! - Models are compared by BIC in log space, `m·ln(RSS/m) + p·ln m` over
 //!   the m groups (p = 1 for O(1), 2 otherwise); the simplest model within
@@ -120,11 +125,11 @@ pub struct Fit {
     pub coef: f64,
     /// `a`: ns every call takes whatever n is.
     pub intercept: f64,
-    /// Slope of ln(median ns) against ln n over the groups (trend-prof's
+    /// Slope of ln(ns) against ln n over the groups (trend-prof's
     /// figure: ≈ 1 for O(n), ≈ 2 for O(n²); a constant cost per call
     /// pulls it down).
     pub loglog_slope: f64,
-    /// 1 − RSS/TSS of ln(median ns) for the chosen model (weighted).
+    /// 1 − RSS/TSS of the groups' ln(ns) for the chosen model (weighted).
     pub r2: f64,
     pub n_min: f64,
     pub n_max: f64,
@@ -135,11 +140,11 @@ pub struct Fit {
     /// BIC of every model evaluated, simplest first (lower is better;
     /// O(2^n) is left out when n > 1000).
     pub criterion: Vec<(Model, f64)>,
-    /// Residual standard deviation of ln(median ns) around the model
+    /// Residual standard deviation of the groups' ln(ns) around the model
     /// (degrees of freedom `groups − params`).
     pub residual_sigma: f64,
     /// Robust spread (1.4826 × MAD) of one call's ln(ns) around the model:
-    /// how far a single call strays from the median.
+    /// how far a single call strays from the model.
     pub call_sigma: f64,
     /// Covariance of (`intercept`, `coef`) in ns²: `[var a, cov ab, var b]`
     /// (Gauss–Newton in log space, scaled by `residual_sigma²`).
@@ -147,7 +152,7 @@ pub struct Fit {
 }
 
 impl Fit {
-    /// The median duration the model gives at `n`, in ns.
+    /// The typical (central) duration the model gives at `n`, in ns.
     pub fn at(&self, n: f64) -> f64 {
         self.intercept + self.coef * self.model.g(n)
     }
@@ -205,7 +210,7 @@ fn central(ts: &mut [f64]) -> f64 {
     (mid.iter().map(|t| t.ln()).sum::<f64>() / mid.len() as f64).exp()
 }
 
-/// Calls grouped by n (1/8 of a doubling wide), each group its medians.
+/// Calls grouped by n (1/8 of a doubling wide), each group its centre (see [`central`]).
 fn groups(points: &[(f64, f64)]) -> Vec<Group> {
     let mut by: FxHashMap<i64, (Vec<f64>, Vec<f64>)> = FxHashMap::default();
     for &(n, t) in points {

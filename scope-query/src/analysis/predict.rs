@@ -33,7 +33,7 @@ fn student_t95(df: usize) -> f64 {
     }
 }
 
-/// Variance of ln(median ns) at `n` from the fit's parameters alone (delta
+/// Variance of ln(ns) of the model at `n` from the fit's parameters alone (delta
 /// method on `ln(a + b·g(n))` with the fit's covariance of `(a, b)`).
 fn model_log_var(fit: &Fit, n: f64) -> f64 {
     let y = fit.at(n);
@@ -46,12 +46,13 @@ fn model_log_var(fit: &Fit, n: f64) -> f64 {
     ((va + 2.0 * g * cab + g * g * vb) / (y * y)).max(0.0)
 }
 
-/// The time of one call at size `n`: `ns` is the model's median, `lo..hi`
+/// The time of one call at size `n`: `ns` is the model's typical time (the
+/// fit is to the groups' central durations, about their medians), `lo..hi`
 /// a 95% prediction interval for a single call, in log space:
 /// `exp(±t₀.₉₇₅(df) · √(Var ln ŷ + call_sigma²))` around it, where
 /// `Var ln ŷ` is the parameters' uncertainty (delta method from
-/// [`Fit::cov`]) and `call_sigma` the calls' own spread around the group
-/// medians. Beyond `n_max` the model is assumed to keep holding: the
+/// [`Fit::cov`]) and `call_sigma` the calls' own spread around the
+/// model. Beyond `n_max` the model is assumed to keep holding: the
 /// interval widens only as the coefficient's uncertainty grows with g(n).
 /// A time too large for an f64 (O(2^n) far out) is infinite.
 pub fn predict(fit: &Fit, n: f64) -> Prediction {
