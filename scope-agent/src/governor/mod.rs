@@ -109,9 +109,11 @@ const EARLY_MIN: Duration = Duration::from_millis(30);
 /// How far the probes' real cost per event may be from the one measured
 /// when the session started: its cost in the target depends on the probed
 /// instruction and moves with the VM's load. Measured on this VM: 0.75x to
-/// 1.5x of the calibration; the band is wider.
-const BAND_LOW: f64 = 0.5;
-const BAND_HIGH: f64 = 2.0;
+/// 1.5x of the calibration; the band is wider. Shared with the predictor
+/// (`scope_query::analysis::predict`), so a plan's predicted overhead uses
+/// the same band.
+const BAND_LOW: f64 = scope_query::analysis::predict::COST_BAND_LOW;
+const BAND_HIGH: f64 = scope_query::analysis::predict::COST_BAND_HIGH;
 /// How often the governor re-estimates.
 pub const TICK: Duration = Duration::from_secs(1);
 /// Ring fill at which the governor samples more (the kernel drops at 100%).

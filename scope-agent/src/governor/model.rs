@@ -198,19 +198,11 @@ pub fn sampling_n(o: f64, room: f64) -> u32 {
     (n.ceil().max(2.0) as u32).min(MAX_N)
 }
 
-/// Slowdown (percent) of recording `calls` calls at `cost_ns` each, for a
-/// target that used `cpu_ns` of CPU over `wall_ns`, `probe_ns` of it in the
-/// probes themselves. The probes' time is set against the target's own
-/// time: its CPU time when it is busy (several threads may use more CPU
-/// than wall time), the wall time when it mostly waits (a probe on a thread
-/// that sleeps between calls delays it only by the probe).
-pub fn overhead_pct(calls: f64, cost_ns: f64, cpu_ns: f64, wall_ns: f64, probe_ns: f64) -> f64 {
-    let own = cpu_ns.max(wall_ns);
-    // Never below a hundredth of it: the calibration's error must not make
-    // the prediction explode.
-    let work = (own - probe_ns).max(own * 0.01).max(1.0);
-    100.0 * calls * cost_ns / work
-}
+/// Slowdown (percent) of recording `calls` calls at `cost_ns` each (see
+/// the function's own documentation): it lives with the predictor in
+/// scope-query, so the governor's prediction and a plan's predicted probe
+/// overhead are one model.
+pub use scope_query::analysis::predict::overhead_pct;
 
 #[cfg(test)]
 mod tests {

@@ -9,12 +9,18 @@
 //! - [`table`]: the `findings` table (Parquet, beside the session's other
 //!   tables).
 //! - [`render`]: the ranked report as text, Markdown or JSON.
+//! - [`complexity`]: duration fitted against an argument (O(1)..O(2^n), by
+//!   BIC in log space over grouped calls; n must span 100×).
+//! - [`predict`]: the time of a call at a given n with a 95% interval; the
+//!   probe-overhead arithmetic the governor shares.
 //!
 //! [`analyze`] runs them all on the selected session and ranks the result:
 //! `F1` is the most severe finding.
 
+pub mod complexity;
 pub mod finding;
 pub mod findings;
+pub mod predict;
 pub mod render;
 pub mod table;
 
