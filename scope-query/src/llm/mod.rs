@@ -1280,7 +1280,8 @@ pub fn check_answer(answer: &str, findings: &[Finding], known_functions: &[Strin
                     unknown_ids.push(c.clone());
                 }
             }
-            // "… is slow. [F1]": a leading citation belongs to the sentence before.
+            // "… is slow. [F1]": a leading citation also covers the sentence
+            // before when that one has none ("[F1] X is slow." covers its own).
             let body = strip_leading_citations(seg);
             if body.len() < seg.trim_start().len() && prev_open {
                 uncited -= 1;
@@ -1290,7 +1291,7 @@ pub fn check_answer(answer: &str, findings: &[Finding], known_functions: &[Strin
                 .filter(|w| w.chars().any(char::is_alphanumeric))
                 .count();
             let heading = body.trim_start().starts_with('#') || body.trim_end().ends_with(':');
-            if words >= 3 && !heading && citations(body).is_empty() {
+            if words >= 3 && !heading && cites.is_empty() {
                 uncited += 1;
                 prev_open = true;
             } else {
