@@ -707,6 +707,30 @@ async fn rate_limit_429_then_success_is_retried() {
 }
 
 #[tokio::test]
+async fn rate_limit_with_a_long_retry_after_is_not_waited_for() {
+    let srv = serve(|_, _| {
+        Reply::Raw(
+            429,
+            vec![("retry-after", "3600".into())],
+            json!({ "error": { "message": "Rate limit reached", "type": "requests" } }).to_string(),
+        )
+    })
+    .await;
+    let cfg = config(ProviderKind::OpenAi, &srv.base, Some(KEY));
+    let e = complete(&cfg, &prompt()).await.unwrap_err();
+    assert!(
+        matches!(e, LlmError::RateLimited { attempts: 1, .. }),
+        "{e:?}"
+    );
+    let s = one_line(&e);
+    assert!(
+        s.contains("rate limited (HTTP 429)") && s.contains("asks to wait 3600 s"),
+        "{s}"
+    );
+    assert_eq!(srv.requests().len(), 1);
+}
+
+#[tokio::test]
 async fn quota_429_insufficient_quota_is_not_retried() {
     let srv = serve(|_, _| {
         Reply::Json(429, json!({ "error": { "message": "You exceeded your current quota, please check your plan and billing details.", "type": "insufficient_quota", "code": "insufficient_quota" } }))

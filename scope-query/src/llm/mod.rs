@@ -842,7 +842,7 @@ fn retry_after_header(h: &HeaderMap) -> Option<Duration> {
         .trim()
         .parse::<f64>()
         .ok()?;
-    (v >= 0.0 && v < 1e6).then(|| Duration::from_secs_f64(v))
+    (0.0..1e6).contains(&v).then(|| Duration::from_secs_f64(v))
 }
 
 /// Google's `RetryInfo` detail: `"retryDelay": "23s"`.
@@ -852,7 +852,7 @@ fn google_retry_delay(body: &Value) -> Option<Duration> {
         .iter()
         .find_map(|d| d.get("retryDelay")?.as_str())
         .and_then(|s| s.trim_end_matches('s').parse::<f64>().ok())
-        .filter(|v| *v >= 0.0 && *v < 1e6)
+        .filter(|v| (0.0..1e6).contains(v))
         .map(Duration::from_secs_f64)
 }
 
@@ -938,8 +938,14 @@ async fn run<P: Provider>(p: &P, cfg: &LlmConfig, prompt: &Prompt) -> Result<Str
         let wait = retry_after
             .unwrap_or_else(|| cfg.backoff.saturating_mul(1 << (attempt - 1).min(16)))
             .min(MAX_WAIT);
-        if attempt > cfg.max_retries || slept + wait > RETRY_BUDGET {
+        // A server asking for a longer wait than we would give is not retried.
+        let too_long = retry_after.filter(|w| *w > MAX_WAIT);
+        if attempt > cfg.max_retries || slept + wait > RETRY_BUDGET || too_long.is_some() {
             let target = p.target().clone();
+            let detail = match too_long {
+                Some(w) => format!("{detail} (the server asks to wait {} s)", w.as_secs()),
+                None => detail,
+            };
             return Err(match status {
                 429 if quota => LlmError::Quota {
                     target,
