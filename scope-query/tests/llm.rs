@@ -577,6 +577,21 @@ async fn redaction_hashes_names_and_maps_them_back() {
 fn arguments_only_with_include_args() {
     let f = findings();
     let without = build_prompt(&f, SUMMARY, &PromptOptions::default());
+    // One JSON line per finding, keys in reading order.
+    assert!(
+        without.user.contains(
+            "\n{\"id\":\"F1\",\"kind\":\"bottleneck\",\"function\":\"app::db::run_query\","
+        ),
+        "{}",
+        without.user
+    );
+    assert!(
+        without
+            .user
+            .contains("\"evidence\":{\"self_share\":\"0.62 ratio\",\"calls\":\"1200 calls\"}}\n"),
+        "{}",
+        without.user
+    );
     assert!(!without.user.contains("arg0_max"), "{}", without.user);
     assert!(!without.user.contains("SELECT secret"), "{}", without.user);
     let with = build_prompt(

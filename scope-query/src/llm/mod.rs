@@ -1042,21 +1042,25 @@ pub fn build_prompt(findings: &[Finding], summary: &str, opts: &PromptOptions) -
         };
         r.text(&s)
     };
+    // Each finding as one JSON line with its keys in reading order (a
+    // serde_json map would sort them); `facts` keeps them as values for Mock.
     let mut facts = Vec::with_capacity(findings.len());
+    let mut lines = Vec::with_capacity(findings.len());
     for f in findings {
-        let mut o = serde_json::Map::new();
-        o.insert("id".into(), json!(f.id));
-        o.insert("kind".into(), json!(f.kind.as_str()));
-        o.insert("function".into(), json!(r.tag_function(&f.function)));
+        let mut o: Vec<(&str, Value)> = vec![
+            ("id", json!(f.id)),
+            ("kind", json!(f.kind.as_str())),
+            ("function", json!(r.tag_function(&f.function))),
+        ];
         if let Some(rel) = &f.related {
-            o.insert("related".into(), json!(r.tag_function(rel)));
+            o.push(("related", json!(r.tag_function(rel))));
         }
         if let Some(loc) = &f.location {
-            o.insert("location".into(), json!(r.tag_location(loc)));
+            o.push(("location", json!(r.tag_location(loc))));
         }
-        o.insert("severity".into(), json!(round3(f.severity)));
-        o.insert("confidence".into(), json!(round3(f.confidence)));
-        let mut ev = serde_json::Map::new();
+        o.push(("severity", json!(round3(f.severity))));
+        o.push(("confidence", json!(round3(f.confidence))));
+        let mut ev: Vec<(&str, Value)> = Vec::new();
         for e in &f.evidence {
             if !opts.include_args && e.name.starts_with("arg") {
                 continue;
@@ -1065,11 +1069,20 @@ pub fn build_prompt(findings: &[Finding], summary: &str, opts: &PromptOptions) -
             if e.estimated {
                 v.push_str(" (estimated)");
             }
-            ev.insert(e.name.clone(), json!(v.trim()));
+            ev.push((&e.name, json!(v.trim())));
         }
-        o.insert("evidence".into(), Value::Object(ev));
-        o.insert("message".into(), json!(text(&f.message, &mut r)));
-        facts.push(Value::Object(o));
+        o.push(("message", json!(text(&f.message, &mut r))));
+        let mut line = ordered_json(&o);
+        line.pop();
+        line.push_str(&format!(",\"evidence\":{}}}", ordered_json(&ev)));
+        let mut map: serde_json::Map<String, Value> =
+            o.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        map.insert(
+            "evidence".into(),
+            Value::Object(ev.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+        );
+        facts.push(Value::Object(map));
+        lines.push(line);
     }
     let summary = text(summary.trim(), &mut r);
     let mut user = String::new();
@@ -1080,10 +1093,10 @@ pub fn build_prompt(findings: &[Finding], summary: &str, opts: &PromptOptions) -
     }
     user.push_str(&format!(
         "Findings ({}, most important first):\n",
-        facts.len()
+        lines.len()
     ));
-    for f in &facts {
-        user.push_str(&f.to_string());
+    for l in &lines {
+        user.push_str(l);
         user.push('\n');
     }
     user.push_str(
@@ -1097,6 +1110,15 @@ pub fn build_prompt(findings: &[Finding], summary: &str, opts: &PromptOptions) -
         facts,
         redactions,
     }
+}
+
+/// `{"k":v,…}` with the keys in the given order.
+fn ordered_json(pairs: &[(&str, Value)]) -> String {
+    let body: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
+        .collect();
+    format!("{{{}}}", body.join(","))
 }
 
 fn round3(v: f64) -> f64 {
