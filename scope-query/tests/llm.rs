@@ -867,17 +867,27 @@ fn missing_keys_name_the_variable() {
     let e = LlmConfig::resolve_with(Some("gemini"), None, None, &env_of(&[])).unwrap_err();
     let s = one_line(&e);
     assert!(
-        s.starts_with("gemini: no credentials") && s.contains("GEMINI_API_KEY"),
+        s.starts_with("gemini: no API key: set GEMINI_API_KEY"),
         "{s}"
     );
     let e = LlmConfig::resolve_with(Some("openai"), None, None, &env_of(&[])).unwrap_err();
-    assert!(one_line(&e).contains("OPENAI_API_KEY"));
+    assert!(one_line(&e).starts_with("openai: no API key: set OPENAI_API_KEY"));
     let e = LlmConfig::resolve_with(Some("vertex"), None, None, &env_of(&[])).unwrap_err();
     let s = one_line(&e);
     assert!(
-        s.contains("VERTEX_ACCESS_TOKEN") && s.contains("GOOGLE_APPLICATION_CREDENTIALS"),
+        s.starts_with("vertex: no credentials: set VERTEX_ACCESS_TOKEN")
+            && s.contains("GOOGLE_APPLICATION_CREDENTIALS"),
         "{s}"
     );
+    let env = env_of(&[("VERTEX_ACCESS_TOKEN", KEY)]);
+    let e = LlmConfig::resolve_with(Some("vertex"), None, None, &env).unwrap_err();
+    let s = one_line(&e);
+    assert!(
+        s.starts_with("vertex: no Google Cloud project: set GOOGLE_CLOUD_PROJECT"),
+        "{s}"
+    );
+    let e = LlmConfig::resolve_with(Some("gemini"), Some("bad model"), None, &env).unwrap_err();
+    assert!(one_line(&e).contains("model name \"bad model\" is not valid"));
     let e = LlmConfig::resolve_with(None, None, None, &env_of(&[])).unwrap_err();
     assert!(one_line(&e).contains("--provider"));
     let e = LlmConfig::resolve_with(Some("claude"), None, None, &env_of(&[])).unwrap_err();

@@ -25,7 +25,7 @@ impl Gemini {
         let Credential::ApiKey { key, from } = &cfg.credential else {
             return Err(LlmError::MissingKey {
                 provider: cfg.provider,
-                hint: "set GEMINI_API_KEY (or GOOGLE_API_KEY)".to_string(),
+                hint: "no API key: set GEMINI_API_KEY (or GOOGLE_API_KEY)".to_string(),
             });
         };
         let mut headers = HeaderMap::new();

@@ -327,7 +327,7 @@ impl LlmConfig {
                     return Err(LlmError::MissingKey {
                         provider,
                         hint: format!(
-                            "set GEMINI_API_KEY (or GOOGLE_API_KEY), or gemini_api_key in {file_name}"
+                            "no API key: set GEMINI_API_KEY (or GOOGLE_API_KEY), or gemini_api_key in {file_name}"
                         ),
                     });
                 };
@@ -352,7 +352,7 @@ impl LlmConfig {
                     return Err(LlmError::MissingKey {
                         provider,
                         hint: format!(
-                            "set OPENAI_API_KEY or openai_api_key in {file_name} (or OPENAI_BASE_URL to a local server)"
+                            "no API key: set OPENAI_API_KEY or openai_api_key in {file_name} (or OPENAI_BASE_URL to a local server, which needs none)"
                         ),
                     });
                 }
@@ -382,7 +382,7 @@ impl LlmConfig {
                     return Err(LlmError::MissingKey {
                         provider,
                         hint: format!(
-                            "set VERTEX_ACCESS_TOKEN (e.g. $(gcloud auth print-access-token)) or GOOGLE_APPLICATION_CREDENTIALS to a service-account JSON, or vertex_access_token / google_application_credentials in {file_name}"
+                            "no credentials: set VERTEX_ACCESS_TOKEN (e.g. $(gcloud auth print-access-token)) or GOOGLE_APPLICATION_CREDENTIALS to a service-account JSON, or vertex_access_token / google_application_credentials in {file_name}"
                         ),
                     });
                 };
@@ -393,7 +393,7 @@ impl LlmConfig {
                     return Err(LlmError::MissingKey {
                         provider,
                         hint: format!(
-                            "no Google Cloud project: set GOOGLE_CLOUD_PROJECT or project in {file_name}"
+                            "no Google Cloud project: set GOOGLE_CLOUD_PROJECT or project in {file_name} (or use a service-account JSON with project_id)"
                         ),
                     });
                 }
@@ -521,7 +521,7 @@ pub enum LlmError {
         provider: ProviderKind,
         model: String,
     },
-    #[error("{provider}: no credentials: {hint}")]
+    #[error("{provider}: {hint}")]
     MissingKey {
         provider: ProviderKind,
         hint: String,

@@ -44,7 +44,7 @@ impl Vertex {
         let location = cfg.location.as_deref().unwrap_or("us-central1");
         if matches!(cfg.credential, Credential::None | Credential::ApiKey { .. }) {
             return Err(missing(
-                "set VERTEX_ACCESS_TOKEN or GOOGLE_APPLICATION_CREDENTIALS to a service-account JSON",
+                "no credentials: set VERTEX_ACCESS_TOKEN or GOOGLE_APPLICATION_CREDENTIALS to a service-account JSON",
             ));
         }
         let base = match &cfg.endpoint {
@@ -73,7 +73,7 @@ impl Vertex {
                     Credential::None | Credential::ApiKey { .. } => {
                         Err(Failure::Fatal(LlmError::MissingKey {
                             provider: ProviderKind::Vertex,
-                            hint: "no access token".to_string(),
+                            hint: "no credentials: no access token".to_string(),
                         }))
                     }
                 }
