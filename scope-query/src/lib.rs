@@ -16,11 +16,14 @@
 //!   checks with one-line errors, whole-file uploads.
 //! - [`time`]: the `+1.5s` / absolute time arguments.
 //! - [`analysis`]: findings, the AST map, complexity fits and predictions.
+//! - [`llm`]: `explain`: findings sent to Gemini, Vertex AI, an
+//!   OpenAI-compatible server or Mock, and the answer checked against them.
 
 pub mod analysis;
 mod cols;
 pub mod compact;
 pub mod export;
+pub mod llm;
 pub mod objstore;
 pub mod output;
 pub mod report;
