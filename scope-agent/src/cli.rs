@@ -72,6 +72,41 @@ pub enum Command {
     /// latency outliers, bimodal durations, waiting, polling loops and
     /// complexity, computed from the latest session and ranked
     Analyze(AnalyzeArgs),
+    /// Ask an LLM to explain analyze's findings: each claim tied to a
+    /// finding id, names not in the findings flagged (gemini, vertex,
+    /// openai-compatible, or mock; keys from the environment or a 0600
+    /// config file)
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+
+    /// gemini, vertex, openai (any OpenAI-compatible server: llama.cpp,
+    /// vLLM, Ollama, hosted ones) or mock (deterministic, offline).
+    /// Default: SCOPE_LLM_PROVIDER or the config file's `provider`.
+    #[arg(long, value_name = "PROVIDER")]
+    pub provider: Option<String>,
+
+    /// The model (default: the provider's usual one, or SCOPE_LLM_MODEL).
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+
+    /// The API's base URL, for self-hosted servers and proxies (default:
+    /// the provider's; OPENAI_BASE_URL for openai).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+
+    /// Send argument values and strings too (left out by default).
+    #[arg(long)]
+    pub include_args: bool,
+
+    /// Replace function names and paths by stable hashes before sending;
+    /// the answer is mapped back before it is printed.
+    #[arg(long)]
+    pub redact: bool,
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +122,12 @@ pub struct AnalyzeArgs {
     /// default, beside the session's other tables, for SQL and `explain`).
     #[arg(long)]
     pub no_write: bool,
+
+    /// Predict one call's time from the function's complexity fit, e.g.
+    /// 'sort_items n=1e6' (the key is a parameter name or argN; needs a
+    /// session recorded with --args).
+    #[arg(long, value_name = "'FUNCTION PARAM=N'")]
+    pub predict: Vec<String>,
 }
 
 #[derive(Debug, Args)]

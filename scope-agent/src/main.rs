@@ -51,6 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Query(args) => scope_agent::read::query(args).map(|()| ExitCode::SUCCESS),
         Command::Report(args) => scope_agent::read::report(args).map(|()| ExitCode::SUCCESS),
         Command::Analyze(args) => scope_agent::read::analyze(args).map(|()| ExitCode::SUCCESS),
+        Command::Explain(args) => scope_agent::read::explain(args).map(|()| ExitCode::SUCCESS),
         Command::Tree(args) => scope_agent::read::tree(args).map(|()| ExitCode::SUCCESS),
         Command::Stack(args) => scope_agent::read::stack(args).map(|()| ExitCode::SUCCESS),
         Command::Timeline(args) => scope_agent::read::timeline(args).map(|()| ExitCode::SUCCESS),

@@ -13,7 +13,7 @@ use scope_query::tree::TreeOptions;
 use scope_query::{OpenOptions, SessionSel, Store};
 
 use crate::cli::{
-    AnalyzeArgs, CompactArgs, DEFAULT_EXPORT_MEMORY, DEFAULT_QUERY_MEMORY, DataArgs, ExportArgs, QueryArgs,
+    AnalyzeArgs, CompactArgs, ExplainArgs, DEFAULT_EXPORT_MEMORY, DEFAULT_QUERY_MEMORY, DataArgs, ExportArgs, QueryArgs,
     ReportArgs, StackArgs, TimelineArgs, TreeArgs,
 };
 
@@ -156,10 +156,74 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             )),
         }
     }
+    for q in &args.predict {
+        let line = analysis::predict_line(&a, q)?;
+        a.predictions.push(line);
+    }
     let mut out = output(None)?;
     write!(out, "{}", render::render(&a, format))?;
     out.flush()?;
     Ok(())
+}
+
+/// `scope-agent explain`: analyze's findings (computed now, never taken
+/// from the model) sent with an aggregate summary to the configured LLM;
+/// its answer printed with every claim tied to a finding id. When the
+/// provider fails, the findings are printed and the error is the one line.
+pub fn explain(args: ExplainArgs) -> Result<()> {
+    use scope_query::analysis::{self, render};
+    use scope_query::llm::{LlmConfig, PromptOptions, render_checked};
+    let cfg = LlmConfig::resolve(
+        args.provider.as_deref(),
+        args.model.as_deref(),
+        args.endpoint.as_deref(),
+    )?;
+    let store = open(&args.data, SessionSel::Latest)?;
+    let a = analysis::analyze(&store)?;
+    let known = analysis::function_names(&store)?;
+    let mut out = output(None)?;
+    if a.findings.is_empty() {
+        write!(out, "{}", render::render(&a, render::Format::Text))?;
+        writeln!(out, "nothing to explain: analyze found nothing")?;
+        out.flush()?;
+        return Ok(());
+    }
+    let opts = PromptOptions {
+        include_args: args.include_args,
+        redact: args.redact,
+    };
+    let target = cfg.target();
+    eprintln!(
+        "explain: sending {} findings and a summary to {target}",
+        a.findings.len()
+    );
+    let answer = store.block_on(scope_query::llm::explain(
+        &cfg,
+        &a.findings,
+        &a.summary(),
+        &opts,
+        &known,
+    ));
+    match answer {
+        Ok(c) => {
+            for h in &a.header {
+                writeln!(out, "{h}")?;
+            }
+            writeln!(out, "{} explains {} findings:\n", target, a.findings.len())?;
+            write!(out, "{}", render_checked(&c))?;
+            writeln!(out, "\nfindings (computed by analyze):")?;
+            for f in &a.findings {
+                writeln!(out, "  {} {} {}: {}", f.id, f.kind, f.function, f.message)?;
+            }
+            out.flush()?;
+            Ok(())
+        }
+        Err(e) => {
+            write!(out, "{}", render::render(&a, render::Format::Text))?;
+            out.flush()?;
+            Err(anyhow::anyhow!("{e}"))
+        }
+    }
 }
 
 /// `scope-agent tree`.

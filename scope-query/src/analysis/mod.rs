@@ -45,6 +45,11 @@ pub struct Analysis {
     pub calls: i64,
     pub functions: usize,
     pub root_ns: f64,
+    /// The complexity fits (also behind the `complexity` findings), for
+    /// `--predict`.
+    pub fits: Vec<complexity::ComplexityFit>,
+    /// `--predict` answers, one line each.
+    pub predictions: Vec<String>,
 }
 
 impl Analysis {
@@ -93,6 +98,7 @@ pub fn analyze(store: &Store) -> Result<Analysis> {
         ),
     };
     let computed = findings::compute(store)?;
+    let cx = complexity::complexity_findings(store)?;
     let mut a = Analysis {
         session,
         header: crate::report::session_header(store)?,
@@ -101,10 +107,55 @@ pub fn analyze(store: &Store) -> Result<Analysis> {
         calls: computed.calls,
         functions: computed.functions,
         root_ns: computed.root_ns,
+        fits: cx.fits,
+        predictions: Vec::new(),
     };
+    a.findings.extend(cx.findings);
+    a.notes.extend(cx.note);
     a.notes.extend(crate::report::loss_notes(store)?);
     rank(&mut a.findings);
     Ok(a)
+}
+
+/// `--predict 'sort_items n=1e6'`: the time of one call from the
+/// function's complexity fit, with its 95% interval, as one line.
+pub fn predict_line(a: &Analysis, query: &str) -> Result<String> {
+    let (function, args) = predict::parse_query(query).map_err(anyhow::Error::msg)?;
+    if a.fits.is_empty() {
+        bail!(
+            "--predict {query:?}: no complexity fit in this session ({})",
+            complexity::NEEDS_ARGS
+        );
+    }
+    let (cf, n, p) =
+        predict::predict_query(&a.fits, &function, &args).map_err(anyhow::Error::msg)?;
+    Ok(format!(
+        "predicted: {}({} = {n}) takes {} (95% interval {} .. {}), from its {} fit over n = {}..{} (r² {:.3}){}",
+        cf.function,
+        cf.param,
+        crate::time::fmt_ns(p.ns),
+        crate::time::fmt_ns(p.lo),
+        crate::time::fmt_ns(p.hi),
+        cf.fit.model,
+        cf.fit.n_min,
+        cf.fit.n_max,
+        cf.fit.r2,
+        if n > cf.fit.n_max * 10.0 {
+            "; n is far beyond the measured range: the interval assumes the model holds there"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// Every function name of the selected session: an LLM's answer may name
+/// these without being flagged.
+pub fn function_names(store: &Store) -> Result<Vec<String>> {
+    let mut v = Vec::new();
+    for b in store.sql("SELECT DISTINCT name FROM functions")? {
+        v.extend(crate::cols::strs(&b, "name")?.into_iter().flatten());
+    }
+    Ok(v)
 }
 
 /// Most severe first (ties: more confident, then kind and name, so the

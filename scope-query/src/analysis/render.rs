@@ -82,6 +82,9 @@ fn text(a: &Analysis) -> String {
         let _ = writeln!(s, "     {}", f.message);
         let _ = writeln!(s, "     {}", evidence_line(f));
     }
+    for p in &a.predictions {
+        let _ = writeln!(s, "{p}");
+    }
     for n in &a.notes {
         let _ = writeln!(s, "note: {n}");
     }
@@ -114,6 +117,12 @@ fn markdown(a: &Analysis) -> String {
     let _ = writeln!(s, "\n## Evidence\n");
     for f in &a.findings {
         let _ = writeln!(s, "- **{}** `{}`: {}", f.id, f.function, evidence_line(f));
+    }
+    if !a.predictions.is_empty() {
+        let _ = writeln!(s, "\n## Predictions\n");
+        for p in &a.predictions {
+            let _ = writeln!(s, "- {p}");
+        }
     }
     if !a.notes.is_empty() {
         let _ = writeln!(s, "\n## Notes\n");
@@ -157,6 +166,7 @@ fn json(a: &Analysis) -> String {
         "session": a.session,
         "summary": {"calls": a.calls, "functions": a.functions, "top_level_ns": a.root_ns},
         "findings": a.findings.iter().map(finding_json).collect::<Vec<_>>(),
+        "predictions": a.predictions,
         "notes": a.notes,
     });
     format!("{v:#}\n")
