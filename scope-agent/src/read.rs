@@ -173,15 +173,23 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
 pub fn explain(args: ExplainArgs) -> Result<()> {
     use scope_query::analysis::{self, render};
     use scope_query::llm::{LlmConfig, PromptOptions, render_checked};
-    let cfg = LlmConfig::resolve(
-        args.provider.as_deref(),
-        args.model.as_deref(),
-        args.endpoint.as_deref(),
-    )?;
     let store = open(&args.data, SessionSel::Latest)?;
     let a = analysis::analyze(&store)?;
     let known = analysis::function_names(&store)?;
     let mut out = output(None)?;
+    let cfg = match LlmConfig::resolve(
+        args.provider.as_deref(),
+        args.model.as_deref(),
+        args.endpoint.as_deref(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            // What analyze computed is worth having without the model.
+            write!(out, "{}", render::render(&a, render::Format::Text))?;
+            out.flush()?;
+            return Err(anyhow::anyhow!("{e}"));
+        }
+    };
     if a.findings.is_empty() {
         write!(out, "{}", render::render(&a, render::Format::Text))?;
         writeln!(out, "nothing to explain: analyze found nothing")?;

@@ -414,3 +414,161 @@ fn an_empty_directory_says_there_is_nothing_to_analyze() {
         assert_one_line_naming(&stderr, &data);
     }
 }
+
+/// One recording of the C bottleneck scenario, shared by the `explain`
+/// tests (they only read it).
+fn bottleneck_store() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        record_scenario(Lang::C, "bottleneck", dir.path());
+        dir
+    })
+    .path()
+}
+
+/// `scope-agent ARGS` with the LLM settings of the environment removed.
+fn agent_without_llm_env(args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(args);
+    for v in [
+        "SCOPE_LLM_PROVIDER",
+        "SCOPE_LLM_MODEL",
+        "SCOPE_LLM_CONFIG",
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "VERTEX_ACCESS_TOKEN",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.env("HOME", "/nonexistent-home-for-explain");
+    let out = cmd.output().expect("run scope-agent");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `explain --provider mock` (a non-default flag: the provider): the
+/// deterministic provider's answer cites the findings by id and names the
+/// planted bottleneck; nothing is flagged.
+#[test]
+fn explain_with_the_mock_provider_cites_the_findings() {
+    require_root();
+    let data = bottleneck_store().display().to_string();
+    let (ok, stdout, stderr) =
+        agent_without_llm_env(&["explain", "--data", &data, "--provider", "mock"]);
+    assert!(ok, "explain --provider mock failed:\n{stderr}\n{stdout}");
+    assert!(stdout.contains("[F1]"), "no [F1] citation:\n{stdout}");
+    assert!(stdout.contains("slow_checksum"), "{stdout}");
+    assert!(
+        !stdout.contains("not in the findings"),
+        "the mock's answer was flagged:\n{stdout}"
+    );
+}
+
+/// `explain` with no provider configured: one line saying how to pick one,
+/// a non-zero exit, and analyze's findings still printed.
+#[test]
+fn explain_without_a_provider_says_so_and_prints_the_findings() {
+    require_root();
+    let data = bottleneck_store().display().to_string();
+    let (ok, stdout, stderr) = agent_without_llm_env(&["explain", "--data", &data]);
+    assert!(!ok, "explain without a provider succeeded:\n{stdout}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "not one line:\n{stderr}");
+    assert!(lines[0].contains("--provider"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stdout.contains("slow_checksum"),
+        "the findings were not printed:\n{stdout}"
+    );
+}
+
+/// `explain --provider openai --endpoint http://127.0.0.1:PORT/v1` (two
+/// non-default flags) against a server on loopback that checks the
+/// request's shape and answers like the chat completions API, naming a
+/// function that is in no finding: the answer is printed and that name is
+/// flagged.
+#[test]
+fn explain_against_an_openai_compatible_server_flags_invented_names() {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    require_root();
+    let data = bottleneck_store().display().to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || -> String {
+        let (stream, _) = listener.accept().expect("accept");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).unwrap();
+        let mut length = 0usize;
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).unwrap();
+            if h.trim().is_empty() {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        let body = String::from_utf8(body).unwrap();
+        let answer = serde_json::json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "model": "local",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+              "content": "`slow_checksum` takes most of the self time [F1]. `mystery_fn()` is slow too."}}]
+        })
+        .to_string();
+        let mut stream = stream;
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+            answer.len()
+        )
+        .unwrap();
+        format!("{request_line}\n{body}")
+    });
+    let endpoint = format!("http://127.0.0.1:{port}/v1");
+    let (ok, stdout, stderr) = agent_without_llm_env(&[
+        "explain",
+        "--data",
+        &data,
+        "--provider",
+        "openai",
+        "--model",
+        "local",
+        "--endpoint",
+        &endpoint,
+    ]);
+    let request = server.join().expect("server thread");
+    assert!(ok, "explain against the loopback server failed:\n{stderr}\n{stdout}");
+    assert!(
+        request.starts_with("POST /v1/chat/completions "),
+        "{request}"
+    );
+    let body: Value = serde_json::from_str(request.split_once('\n').unwrap().1).unwrap();
+    assert_eq!(body["model"], "local", "{body}");
+    let messages = body["messages"].as_array().expect("messages");
+    assert!(
+        messages.iter().any(|m| m["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("slow_checksum") && c.contains("F1"))),
+        "the findings were not sent: {body}"
+    );
+    assert!(stdout.contains("[F1]"), "{stdout}");
+    let flagged = stdout
+        .split_once("not in the findings")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("nothing flagged:\n{stdout}"));
+    assert!(flagged.contains("mystery_fn"), "{stdout}");
+}

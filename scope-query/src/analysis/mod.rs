@@ -162,8 +162,9 @@ pub fn function_names(store: &Store) -> Result<Vec<String>> {
 /// order is stable); ids follow the order.
 pub fn rank(findings: &mut [Finding]) {
     findings.sort_by(|a, b| {
-        (b.severity * b.confidence.max(0.1))
-            .total_cmp(&(a.severity * a.confidence.max(0.1)))
+        b.severity
+            .total_cmp(&a.severity)
+            .then(b.confidence.total_cmp(&a.confidence))
             .then(a.kind.cmp(&b.kind))
             .then(a.function.cmp(&b.function))
     });
