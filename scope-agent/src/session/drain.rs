@@ -17,6 +17,8 @@ pub(super) struct Drained {
     pub(super) detach_time: Duration,
     /// The agent's mean CPU use over the session, percent.
     pub(super) mean_cpu_pct: f64,
+    /// What the sampler took (`None` without one).
+    pub(super) samples: Option<crate::sample::SamplerReport>,
 }
 
 pub(super) fn detach_and_drain(live: &mut Live, ended: &mut Ended) -> Drained {
@@ -46,6 +48,14 @@ pub(super) fn detach_and_drain(live: &mut Live, ended: &mut Ended) -> Drained {
     }
     let detach_time = detach_started.elapsed();
     let end_ns = live.clock.now_epoch_ns();
+    // Its files before the `sessions` row (a session row means complete).
+    let samples = live.sampler.take().and_then(|s| match s.finish() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("scope: warning: samples: {e:#}");
+            None
+        }
+    });
     drain_ring(live);
     live.correlator.finish();
     let losses = live.reader.read_losses(end_ns);
@@ -87,5 +97,6 @@ pub(super) fn detach_and_drain(live: &mut Live, ended: &mut Ended) -> Drained {
         end_ns,
         detach_time,
         mean_cpu_pct,
+        samples,
     }
 }
