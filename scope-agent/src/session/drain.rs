@@ -47,8 +47,9 @@ pub(super) fn detach_and_drain(live: &mut Live, ended: &mut Ended) -> Drained {
         let _ = h.join();
     }
     let detach_time = detach_started.elapsed();
-    let end_ns = live.clock.now_epoch_ns();
-    // Its files before the `sessions` row (a session row means complete).
+    // Stopped before the session's end is read, so every sample lies
+    // within the session; its files before the `sessions` row (a session
+    // row means complete).
     let samples = live.sampler.take().and_then(|s| match s.finish() {
         Ok(r) => Some(r),
         Err(e) => {
@@ -56,6 +57,7 @@ pub(super) fn detach_and_drain(live: &mut Live, ended: &mut Ended) -> Drained {
             None
         }
     });
+    let end_ns = live.clock.now_epoch_ns();
     drain_ring(live);
     live.correlator.finish();
     let losses = live.reader.read_losses(end_ns);
