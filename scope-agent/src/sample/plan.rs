@@ -333,9 +333,14 @@ pub fn run(cfg: &PlanConfig, stop: &AtomicBool) -> Result<()> {
         .enumerate()
         .map(|(i, s)| {
             let (module, f, _, _) = sym.function(s.key).expect("filtered above");
+            // A file replaced while mapped shows as `path (deleted)`.
             let module_name = module
                 .file_name()
                 .map_or_else(|| module.display().to_string(), |n| n.to_string_lossy().into_owned());
+            let module_name = module_name
+                .strip_suffix(" (deleted)")
+                .unwrap_or(&module_name)
+                .to_string();
             let r = rates.as_ref().map(|r| r[i]);
             Candidate {
                 pattern: format!("{module_name}:{}", f.name),
@@ -499,6 +504,7 @@ mod tests {
             addrs: vec![0; keys.len()],
             frames: Arc::from(vec![String::new(); keys.len()]),
             functions: keys.to_vec(),
+            complete: true,
         }
     }
 

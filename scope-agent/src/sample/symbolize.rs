@@ -28,6 +28,9 @@ pub struct Stack {
     pub frames: Arc<[String]>,
     /// The function of each frame, where one was found.
     pub functions: Vec<Option<FnKey>>,
+    /// Every frame lay in a known mapping (else the stack is symbolized
+    /// again next time: a library, or `exec`, may have mapped it since).
+    pub complete: bool,
 }
 
 /// The symbols of one mapped file.
@@ -50,6 +53,8 @@ pub struct Symbolizer {
     modules: Vec<Module>,
     last_refresh: Option<Instant>,
     stacks: HashMap<i32, Arc<Stack>>,
+    /// Addresses of stacks not symbolized for good yet.
+    pending: HashMap<i32, Vec<u64>>,
 }
 
 /// Re-read the process's mappings at most this often (an address outside
@@ -57,16 +62,17 @@ pub struct Symbolizer {
 const REFRESH_EVERY: Duration = Duration::from_millis(500);
 
 impl Symbolizer {
+    /// The mappings are read at the first address, not here: `record`
+    /// starts sampling before its command's `exec`.
     pub fn new(pid: u32) -> Self {
-        let mut s = Self {
+        Self {
             pid,
             ranges: Vec::new(),
             modules: Vec::new(),
             last_refresh: None,
             stacks: HashMap::new(),
-        };
-        s.refresh();
-        s
+            pending: HashMap::new(),
+        }
     }
 
     /// The stack `id` holds, symbolized once; `read` reads its addresses
@@ -79,9 +85,16 @@ impl Symbolizer {
         if let Some(s) = self.stacks.get(&id) {
             return Some(Arc::clone(s));
         }
-        let addrs = read()?;
+        let addrs = match self.pending.remove(&id) {
+            Some(a) => a,
+            None => read()?,
+        };
         let stack = Arc::new(self.symbolize(addrs));
-        self.stacks.insert(id, Arc::clone(&stack));
+        if stack.complete {
+            self.stacks.insert(id, Arc::clone(&stack));
+        } else {
+            self.pending.insert(id, stack.addrs.clone());
+        }
         Some(stack)
     }
 
@@ -89,12 +102,14 @@ impl Symbolizer {
     pub fn symbolize(&mut self, addrs: Vec<u64>) -> Stack {
         let mut frames = Vec::with_capacity(addrs.len());
         let mut functions = Vec::with_capacity(addrs.len());
+        let mut complete = true;
         for (i, &addr) in addrs.iter().enumerate() {
             // A return address is the instruction after the call; the call
             // itself (one byte back) is in the caller even when the call is
             // the function's last instruction.
             let lookup = if i == 0 { addr } else { addr.saturating_sub(1) };
             let (name, key) = self.resolve(lookup);
+            complete &= key.is_some() || self.range_of(lookup).is_some();
             frames.push(name);
             functions.push(key);
         }
@@ -102,6 +117,7 @@ impl Symbolizer {
             addrs,
             frames: frames.into(),
             functions,
+            complete,
         }
     }
 
@@ -228,13 +244,25 @@ mod tests {
     #[test]
     fn stacks_are_read_once_per_id() {
         let mut s = Symbolizer::new(std::process::id());
+        let here = marker_function as usize as u64;
         let mut reads = 0;
         for _ in 0..3 {
             let st = s.stack(7, || {
                 reads += 1;
-                Some(vec![0x10])
+                Some(vec![here])
             });
             assert!(st.is_some());
+        }
+        assert_eq!(reads, 1);
+        // An address outside every mapping: read once, symbolized again
+        // each time (a mapping may appear).
+        let mut reads = 0;
+        for _ in 0..3 {
+            let st = s.stack(9, || {
+                reads += 1;
+                Some(vec![0x10])
+            });
+            assert_eq!(&*st.unwrap().frames[0], "[unknown]");
         }
         assert_eq!(reads, 1);
         assert!(s.stack(8, || None).is_none());
