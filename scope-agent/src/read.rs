@@ -121,7 +121,10 @@ fn export_samples(
 ) -> Result<()> {
     let sel = store.selected_sessions();
     let [id] = sel.as_slice() else {
-        anyhow::bail!("export reads one session: give --session ID (sessions: {})", store.session_list());
+        anyhow::bail!(
+            "export reads one session: give --session ID (sessions: {})",
+            store.session_list()
+        );
     };
     let path = match &args.output {
         Some(p) if p.as_os_str() == "-" => None,

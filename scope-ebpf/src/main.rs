@@ -36,8 +36,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::bpf_get_smp_processor_id,
-        generated::bpf_probe_read_user_str,
+        generated::bpf_get_smp_processor_id, generated::bpf_probe_read_user_str,
     },
     macros::{map, perf_event, uprobe, uretprobe},
     maps::{PerCpuArray, RingBuf, StackTrace},

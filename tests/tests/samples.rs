@@ -93,7 +93,10 @@ fn plan_ranks_by_samples_and_attach_plan_records_what_it_chose() {
     // main is on every stack but not called: not worth a probe.
     assert!(!text.contains(":main\""), "{text}");
     let mode = std::fs::metadata(&plan).unwrap().permissions();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
 
     // The samples are stored and name the hot function.
     let rows = duckdb(&format!(
@@ -155,8 +158,14 @@ fn record_samples_by_default_within_the_session_and_not_with_no_samples() {
         "SELECT start_ns, end_ns, pid FROM read_parquet('{}', hive_partitioning=true)",
         sessions_glob(&out)
     ));
-    let (start, end) = (s[0]["start_ns"].as_i64().unwrap(), s[0]["end_ns"].as_i64().unwrap());
-    assert!(before <= start && end <= after, "session {start}..{end} in {before}..{after}");
+    let (start, end) = (
+        s[0]["start_ns"].as_i64().unwrap(),
+        s[0]["end_ns"].as_i64().unwrap(),
+    );
+    assert!(
+        before <= start && end <= after,
+        "session {start}..{end} in {before}..{after}"
+    );
     let rows = duckdb(&format!(
         "SELECT count(*) AS n, min(time_ns) AS t0, max(time_ns) AS t1, \
          count(*) FILTER (WHERE frames[1] = 'hot_leaf' AND frames[2] = 'hot_mid') AS leaf, \
@@ -190,7 +199,11 @@ fn record_samples_by_default_within_the_session_and_not_with_no_samples() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = std::fs::read_to_string(&svg).unwrap();
-    assert!(text.contains("hot_leaf") && text.contains("<svg"), "{}", &text[..text.len().min(500)]);
+    assert!(
+        text.contains("hot_leaf") && text.contains("<svg"),
+        "{}",
+        &text[..text.len().min(500)]
+    );
     let o = Command::new(agent_bin())
         .args(["export", "--data"])
         .arg(&out)
@@ -205,7 +218,12 @@ fn record_samples_by_default_within_the_session_and_not_with_no_samples() {
 
     // --no-samples: no samples table.
     let out2 = dir.path().join("none");
-    let run = record_with(&out2, &["cold"], &["--no-samples"], &[bin.to_str().unwrap(), "0.5"]);
+    let run = record_with(
+        &out2,
+        &["cold"],
+        &["--no-samples"],
+        &[bin.to_str().unwrap(), "0.5"],
+    );
     assert_success(&run);
     assert!(!out2.join("samples").exists());
     assert!(!run.stderr.contains("on-CPU samples"), "{}", run.stderr);
@@ -217,13 +235,7 @@ fn plan_refuses_bad_input_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[probe]]\nname = 1\n").unwrap();
-    let run = run_agent(&[
-        "record",
-        "--plan",
-        bad.to_str().unwrap(),
-        "--",
-        "true",
-    ]);
+    let run = run_agent(&["record", "--plan", bad.to_str().unwrap(), "--", "true"]);
     assert!(!run.status.success());
     assert!(
         run.stderr.contains("bad.toml") && run.stderr.contains("probe 1"),

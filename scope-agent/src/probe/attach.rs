@@ -35,7 +35,8 @@ use aya::{Ebpf, EbpfLoader};
 use scope_common::names;
 
 /// The compiled eBPF object, built by `build.rs`.
-pub(crate) static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/scope-ebpf"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/scope-ebpf"));
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;

@@ -110,8 +110,8 @@ impl Sampler {
         let ring = RingBuf::try_from(take(&mut ebpf, names::SAMPLES_MAP)?).map_err(|e| load(&e))?;
         let stacks =
             StackTraceMap::try_from(take(&mut ebpf, names::STACKS_MAP)?).map_err(|e| load(&e))?;
-        let errors =
-            PerCpuArray::try_from(take(&mut ebpf, names::SAMPLE_ERRORS_MAP)?).map_err(|e| load(&e))?;
+        let errors = PerCpuArray::try_from(take(&mut ebpf, names::SAMPLE_ERRORS_MAP)?)
+            .map_err(|e| load(&e))?;
         Ok(Self {
             _ebpf: ebpf,
             ring,
@@ -183,12 +183,7 @@ impl Sampler {
 
     /// The kernel's failure counters, summed over CPUs.
     pub fn errors(&self) -> SampleErrors {
-        let slot = |i: u32| -> u64 {
-            self.errors
-                .get(&i, 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0)
-        };
+        let slot = |i: u32| -> u64 { self.errors.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
         SampleErrors {
             collisions: slot(SAMPLE_ERR_COLLISION),
             no_stack: slot(SAMPLE_ERR_STACK),

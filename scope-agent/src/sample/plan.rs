@@ -133,9 +133,17 @@ pub fn choose(cands: &mut [Candidate], budget_pct: f64, self_only: bool) -> f64 
 }
 
 /// The plan file: the chosen patterns, the budget, the evidence as comments.
-pub fn plan_toml(cands: &[Candidate], budget_pct: f64, predicted_pct: f64, evidence: &str) -> String {
+pub fn plan_toml(
+    cands: &[Candidate],
+    budget_pct: f64,
+    predicted_pct: f64,
+    evidence: &str,
+) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# scope-agent plan: functions worth probing, from on-CPU samples.");
+    let _ = writeln!(
+        s,
+        "# scope-agent plan: functions worth probing, from on-CPU samples."
+    );
     for line in evidence.lines() {
         let _ = writeln!(s, "# {line}");
     }
@@ -179,13 +187,18 @@ fn toml_string(v: &str) -> String {
 
 /// Reads a plan file's patterns (`[[probe]] pattern = "…"`).
 pub fn read_plan(path: &Path) -> Result<Vec<Pattern>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("--plan {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--plan {}: {e}", path.display()))?;
     parse_plan(&text).map_err(|e| format!("--plan {}: {e}", path.display()))
 }
 
 fn parse_plan(text: &str) -> Result<Vec<Pattern>, String> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        e.to_string().lines().next().unwrap_or("not TOML").to_string()
+        e.to_string()
+            .lines()
+            .next()
+            .unwrap_or("not TOML")
+            .to_string()
     })?;
     let Some(probes) = table.get("probe") else {
         return Ok(Vec::new());
@@ -215,8 +228,9 @@ pub fn run(cfg: &PlanConfig, stop: &AtomicBool) -> Result<()> {
     crate::symbols::maps::exec_ranges(pid).map_err(|e| anyhow::anyhow!("{e}"))?;
     let clock = SessionClock::now();
     let session_id = crate::time::session_id(clock.start_epoch_ns, pid);
-    let mut sampler = Sampler::start(pid, SAMPLE_HZ)
-        .with_context(|| format!("cannot sample pid {pid} (perf events: see kernel.perf_event_paranoid)"))?;
+    let mut sampler = Sampler::start(pid, SAMPLE_HZ).with_context(|| {
+        format!("cannot sample pid {pid} (perf events: see kernel.perf_event_paranoid)")
+    })?;
     let mut sym = Symbolizer::new(pid);
     let mut rows = Vec::new();
     let tty = std::io::stderr().is_terminal();
@@ -258,7 +272,10 @@ pub fn run(cfg: &PlanConfig, stop: &AtomicBool) -> Result<()> {
     let errors = sampler.errors();
     drop(sampler);
     if gone {
-        eprintln!("scope: plan: pid {pid} exited after {:.1} s", wall.as_secs_f64());
+        eprintln!(
+            "scope: plan: pid {pid} exited after {:.1} s",
+            wall.as_secs_f64()
+        );
     }
     let mut writer = SamplesWriter::new(&cfg.out_dir, &session_id)?;
     let (file, _) = writer.write(&rows)?;
@@ -315,16 +332,26 @@ pub fn run(cfg: &PlanConfig, stop: &AtomicBool) -> Result<()> {
         })
         .collect();
     if shallow {
-        picked.sort_by(|a, b| b.self_samples.cmp(&a.self_samples));
+        picked.sort_by_key(|s| std::cmp::Reverse(s.self_samples));
     }
-    picked.retain(|s| (if shallow { s.self_samples } else { s.incl_samples }) as f64 / total >= 0.005);
+    picked.retain(|s| {
+        (if shallow {
+            s.self_samples
+        } else {
+            s.incl_samples
+        }) as f64
+            / total
+            >= 0.005
+    });
     picked.truncate(cfg.candidates);
 
     let counted = count_calls(cfg, &sym, &picked);
     let (rates, cost_note) = match counted {
         Ok((rates, note)) => (Some(rates), note),
         Err(e) => {
-            eprintln!("scope: plan: warning: the candidates' calls could not be counted ({e:#}): costs unknown, nothing chosen");
+            eprintln!(
+                "scope: plan: warning: the candidates' calls could not be counted ({e:#}): costs unknown, nothing chosen"
+            );
             (None, String::new())
         }
     };
@@ -334,9 +361,10 @@ pub fn run(cfg: &PlanConfig, stop: &AtomicBool) -> Result<()> {
         .map(|(i, s)| {
             let (module, f, _, _) = sym.function(s.key).expect("filtered above");
             // A file replaced while mapped shows as `path (deleted)`.
-            let module_name = module
-                .file_name()
-                .map_or_else(|| module.display().to_string(), |n| n.to_string_lossy().into_owned());
+            let module_name = module.file_name().map_or_else(
+                || module.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
             let module_name = module_name
                 .strip_suffix(" (deleted)")
                 .unwrap_or(&module_name)
@@ -366,9 +394,17 @@ pub fn run(cfg: &PlanConfig, stop: &AtomicBool) -> Result<()> {
         } else {
             String::new()
         },
-        if cost_note.is_empty() { String::new() } else { format!("{cost_note}\n") },
+        if cost_note.is_empty() {
+            String::new()
+        } else {
+            format!("{cost_note}\n")
+        },
         depths.median(),
-        if shallow { " (shallow: no frame pointers? ranked by self share)" } else { "" },
+        if shallow {
+            " (shallow: no frame pointers? ranked by self share)"
+        } else {
+            ""
+        },
         chosen,
         cands.len(),
         cfg.budget_pct,
@@ -415,10 +451,13 @@ fn count_calls(
     let mut by_module: HashMap<PathBuf, Vec<ProbePoint>> = HashMap::new();
     for (i, s) in picked.iter().enumerate() {
         let (_, f, open, _) = sym.function(s.key).expect("symbolized");
-        by_module.entry(open.to_path_buf()).or_default().push(ProbePoint {
-            file_offset: f.file_offset,
-            cookie: i as u64 + 1,
-        });
+        by_module
+            .entry(open.to_path_buf())
+            .or_default()
+            .push(ProbePoint {
+                file_offset: f.file_offset,
+                cookie: i as u64 + 1,
+            });
     }
     let mut links = Vec::new();
     for (path, points) in &by_module {
@@ -461,7 +500,12 @@ fn count_calls(
 
 fn print_table(cands: &[Candidate]) {
     let mut out = std::io::stdout().lock();
-    let width = cands.iter().map(|c| c.pattern.len()).max().unwrap_or(8).clamp(8, 60);
+    let width = cands
+        .iter()
+        .map(|c| c.pattern.len())
+        .max()
+        .unwrap_or(8)
+        .clamp(8, 60);
     let _ = writeln!(
         out,
         "  {:<width$}  {:>6}  {:>6}  {:>9}  {:>9}",
@@ -545,7 +589,11 @@ mod tests {
             cand("m:unknown", 90.0, None),
         ];
         let used = choose(&mut c, 5.0, false);
-        let chosen: Vec<&str> = c.iter().filter(|c| c.chosen).map(|c| c.pattern.as_str()).collect();
+        let chosen: Vec<&str> = c
+            .iter()
+            .filter(|c| c.chosen)
+            .map(|c| c.pattern.as_str())
+            .collect();
         assert_eq!(chosen, ["m:hot_and_cheap", "m:cool_and_free"]);
         assert!((used - 0.5001).abs() < 1e-9);
         let mut c = vec![cand("m:a", 50.0, Some(4.0)), cand("m:b", 40.0, Some(1.0))];
@@ -566,7 +614,11 @@ mod tests {
         let raw: Vec<&str> = patterns.iter().map(|p| p.raw.as_str()).collect();
         assert_eq!(raw, ["burn:hot_leaf", "libx.so:ns::f\"q"]);
         assert!(text.contains("# evidence line 1"));
-        assert!(parse_plan("[[probe]]\nfoo = 1\n").unwrap_err().contains("probe 1"));
+        assert!(
+            parse_plan("[[probe]]\nfoo = 1\n")
+                .unwrap_err()
+                .contains("probe 1")
+        );
         assert!(parse_plan("[[probe]\n").is_err());
         assert!(parse_plan("budget_pct = 5\n").unwrap().is_empty());
     }

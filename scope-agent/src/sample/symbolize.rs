@@ -161,10 +161,10 @@ impl Symbolizer {
                 return (f.name.clone(), Some((m, i)));
             }
         }
-        let base = module
-            .path
-            .file_name()
-            .map_or_else(|| module.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let base = module.path.file_name().map_or_else(
+            || module.path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         (format!("{base}+{off:#x}"), None)
     }
 
@@ -199,7 +199,10 @@ impl Symbolizer {
                         path: r.path.clone(),
                         open_path: found.map_or_else(
                             || {
-                                PathBuf::from(format!("/proc/{}/map_files/{:x}-{:x}", self.pid, r.start, r.end))
+                                PathBuf::from(format!(
+                                    "/proc/{}/map_files/{:x}-{:x}",
+                                    self.pid, r.start, r.end
+                                ))
                             },
                             |mm| mm.open_path.clone(),
                         ),
@@ -228,7 +231,7 @@ mod tests {
 
     #[test]
     fn resolves_a_function_of_this_test_binary() {
-        let addr = marker_function as usize as u64;
+        let addr = marker_function as *const () as usize as u64;
         let mut s = Symbolizer::new(std::process::id());
         let stack = s.symbolize(vec![addr + 1, 0x10]);
         assert!(
@@ -244,7 +247,7 @@ mod tests {
     #[test]
     fn stacks_are_read_once_per_id() {
         let mut s = Symbolizer::new(std::process::id());
-        let here = marker_function as usize as u64;
+        let here = marker_function as *const () as usize as u64;
         let mut reads = 0;
         for _ in 0..3 {
             let st = s.stack(7, || {

@@ -194,7 +194,10 @@ pub(super) fn write_and_report(
             s.samples,
             crate::sample::SAMPLE_HZ,
             if without > 0 {
-                format!(", {without} without a stack ({} stack-map collisions)", e.collisions)
+                format!(
+                    ", {without} without a stack ({} stack-map collisions)",
+                    e.collisions
+                )
             } else {
                 String::new()
             },

@@ -22,7 +22,9 @@ pub fn export_samples(
     out: &mut dyn Write,
 ) -> Result<ExportStats> {
     if !store.has_table("samples") {
-        bail!("the session has no samples (recorded with --no-samples, or by a version without them)");
+        bail!(
+            "the session has no samples (recorded with --no-samples, or by a version without them)"
+        );
     }
     let filter = tid.map_or(String::new(), |t| format!(" WHERE tid = {t}"));
     let mut folded: BTreeMap<String, u64> = BTreeMap::new();
@@ -89,11 +91,16 @@ fn fold(frames: &[Option<String>]) -> String {
         if k > 0 {
             line.push(';');
         }
-        line.extend(f.as_deref().unwrap_or("[unknown]").chars().map(|c| match c {
-            ';' => ':',
-            '\n' | '\r' => ' ',
-            c => c,
-        }));
+        line.extend(
+            f.as_deref()
+                .unwrap_or("[unknown]")
+                .chars()
+                .map(|c| match c {
+                    ';' => ':',
+                    '\n' | '\r' => ' ',
+                    c => c,
+                }),
+        );
     }
     line
 }
