@@ -247,3 +247,39 @@ fn plan_refuses_bad_input_in_one_line() {
     assert!(run.stderr.contains("999999999"), "{}", run.stderr);
     assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
 }
+
+#[test]
+fn plan_says_when_the_target_has_no_frame_pointers() {
+    require_root();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/c/burn.c");
+    let source = std::fs::read_to_string(&path).unwrap();
+    // The later flag wins: no frame pointers.
+    let bin = build_generated_c("burn-nofp", &source, "1", &["-fomit-frame-pointer"])
+        .unwrap_or_else(|e| panic!("building {}: {e}", path.display()));
+    let mut target = ChildGuard::spawn(Command::new(&bin).stdout(Stdio::null()));
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = target.pid().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.toml");
+    let run = run_agent(&[
+        "plan",
+        "--pid",
+        &pid,
+        "--duration",
+        "2s",
+        "--out",
+        dir.path().join("data").to_str().unwrap(),
+        "--plan-out",
+        plan.to_str().unwrap(),
+    ]);
+    assert_success(&run);
+    assert!(
+        run.stderr.contains("stacks are shallow") && run.stderr.contains("without frame pointers"),
+        "{}",
+        run.stderr
+    );
+    // Self shares are still right: hot_leaf leads.
+    let (leaf_self, _) = row_of(&run.stdout, "hot_leaf");
+    assert!(leaf_self > 80.0, "{}", run.stdout);
+    target.kill();
+}
