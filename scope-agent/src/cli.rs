@@ -65,6 +65,11 @@ pub enum Command {
     /// Write a session as a trace or profile: perfetto, chrome, folded,
     /// flamegraph (SVG), pprof or speedscope
     Export(ExportArgs),
+    /// Choose what to probe from CPU samples: sample on-CPU stacks of a
+    /// running process (99 Hz), rank functions by sample share, count the
+    /// leading ones' calls to predict their probe cost, and write the
+    /// functions that fit the budget to a plan file for `attach --plan`
+    Plan(PlanArgs),
     /// The cold tier: merge finished sessions' segments into large files
     /// sorted for time travel (atomically), and remove old sessions
     Compact(CompactArgs),
@@ -192,6 +197,12 @@ pub struct ExportArgs {
     /// Only this thread.
     #[arg(long, value_name = "TID")]
     pub tid: Option<u32>,
+
+    /// What to draw: `calls` (the probed calls, by time), `samples` (the
+    /// on-CPU samples' stacks, by count; folded or flamegraph only), or
+    /// `auto`: calls, or samples when the session has no calls.
+    #[arg(long, value_name = "calls|samples|auto", default_value = "auto", value_parser = ["calls", "samples", "auto"])]
+    pub from: String,
 }
 
 /// Where the reading commands find the store, and which sessions they read.
@@ -359,6 +370,59 @@ pub struct UploadArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The process to sample (all its threads).
+    #[arg(short, long)]
+    pub pid: u32,
+
+    /// How long to sample.
+    #[arg(short, long, value_name = "D", default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// What the plan's probes may cost the target, in percent.
+    #[arg(long, value_name = "PCT", default_value = "5", value_parser = parse_budget)]
+    pub budget: f64,
+
+    /// The store the samples go to (the `samples` table).
+    #[arg(short, long, value_name = "DIR", default_value = "scope-data")]
+    pub out: PathBuf,
+
+    /// The plan file to write (`[[probe]] pattern = "MODULE:func"`).
+    #[arg(long, value_name = "FILE", default_value = "plan.toml")]
+    pub plan_out: PathBuf,
+
+    /// How long the candidates' calls are counted in the kernel.
+    #[arg(long, value_name = "D", default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+
+    /// At most this many candidates are counted and shown.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub candidates: usize,
+}
+
+impl PlanArgs {
+    pub fn into_config(self) -> crate::sample::plan::PlanConfig {
+        crate::sample::plan::PlanConfig {
+            pid: self.pid,
+            duration: self.duration,
+            budget_pct: self.budget,
+            out_dir: self.out,
+            plan_out: self.plan_out,
+            warmup: self.warmup,
+            candidates: self.candidates.max(1),
+        }
+    }
+}
+
+/// `--budget`: `5`, `2.5` or `5%`.
+fn parse_budget(s: &str) -> Result<f64, String> {
+    match parse_overhead(s)? {
+        Overhead(Some(v)) => Ok(v),
+        Overhead(None) => Err(format!("'{s}': plan needs a budget in percent")),
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct CalibrateArgs {
     /// Measurements to take (each 3 × 1000 calls per probe shape); the
     /// median is reported.
@@ -377,6 +441,18 @@ pub struct ProbeArgs {
     /// --max-functions) is probed.
     #[arg(short = 'f', long = "function", value_name = "PATTERN")]
     pub functions: Vec<String>,
+
+    /// Probe the functions of a plan file (`scope-agent plan` writes one:
+    /// `[[probe]] pattern = "MODULE:func"`), with those of -f if both.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+
+    /// Take no on-CPU samples. By default the target's on-CPU stacks are
+    /// sampled at 99 Hz into the `samples` table (what the analysis joins
+    /// to calls to tell waiting from working); a machine where the
+    /// cpu-clock perf event cannot be opened records without them.
+    #[arg(long)]
+    pub no_samples: bool,
 
     /// Record the arguments and return value of every probed function.
     ///
@@ -587,7 +663,21 @@ pub struct FunctionsArgs {
 
 impl ProbeArgs {
     pub fn into_config(self, target: Target) -> Result<SessionConfig, String> {
-        let patterns = parse_patterns(&self.functions)?;
+        let mut patterns = parse_patterns(&self.functions)?;
+        if let Some(plan) = &self.plan {
+            let from_plan = crate::sample::plan::read_plan(plan)?;
+            if from_plan.is_empty() {
+                return Err(format!(
+                    "--plan {}: the plan chose no function (nothing to probe)",
+                    plan.display()
+                ));
+            }
+            for p in from_plan {
+                if !patterns.contains(&p) {
+                    patterns.push(p);
+                }
+            }
+        }
         let args_for = parse_patterns(&self.args_for)?;
         let arg_strings = match self.arg_strings {
             None => None,
@@ -650,6 +740,7 @@ impl ProbeArgs {
             inlined: self.inlined,
             max_overhead,
             warmup: self.warmup,
+            samples: !self.no_samples,
         })
     }
 }

@@ -24,6 +24,8 @@ pub mod probe;
 #[cfg(feature = "agent")]
 pub mod read;
 #[cfg(feature = "agent")]
+pub mod sample;
+#[cfg(feature = "agent")]
 pub mod session;
 #[cfg(feature = "agent")]
 pub mod status;

@@ -40,6 +40,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             session::run(cfg)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plan(args) => {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))?;
+            }
+            scope_agent::sample::plan::run(&args.into_config(), &stop)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Upload(args) => {
             upload(&args.dir, &args.url)?;
             Ok(ExitCode::SUCCESS)

@@ -57,6 +57,14 @@ fn output(path: Option<&std::path::Path>) -> Result<Box<dyn Write + Send>> {
 pub fn export(args: ExportArgs) -> Result<()> {
     let format: scope_query::export::Format = args.format.parse()?;
     let store = open_with(&args.data, SessionSel::Latest, DEFAULT_EXPORT_MEMORY)?;
+    let from_samples = match args.from.as_str() {
+        "samples" => true,
+        "calls" => false,
+        _ => store.has_table("samples") && !has_calls(&store)?,
+    };
+    if from_samples {
+        return export_samples(&args, format, &store);
+    }
     let session = scope_query::travel::session_span(&store)?;
     let path = match &args.output {
         Some(p) if p.as_os_str() == "-" => None,
@@ -84,6 +92,57 @@ pub fn export(args: ExportArgs) -> Result<()> {
         stats.threads,
         if stats.threads == 1 { "" } else { "s" },
         session.id,
+        stats.bytes,
+        path.map_or(String::new(), |p| format!(" to {}", p.display())),
+    );
+    Ok(())
+}
+
+/// Whether the selected session recorded any call.
+fn has_calls(store: &Store) -> Result<bool> {
+    if !store.has_table("calls") {
+        return Ok(false);
+    }
+    let batches = store.sql("SELECT count(*) AS n FROM calls")?;
+    Ok(batches.iter().any(|b| {
+        b.column(0)
+            .as_any()
+            .downcast_ref::<arrow_array::Int64Array>()
+            .is_some_and(|a| a.iter().flatten().any(|n| n > 0))
+    }))
+}
+
+/// `export --from samples`: the on-CPU samples as folded stacks or a
+/// flame graph.
+fn export_samples(
+    args: &ExportArgs,
+    format: scope_query::export::Format,
+    store: &Store,
+) -> Result<()> {
+    let sel = store.selected_sessions();
+    let [id] = sel.as_slice() else {
+        anyhow::bail!(
+            "export reads one session: give --session ID (sessions: {})",
+            store.session_list()
+        );
+    };
+    let path = match &args.output {
+        Some(p) if p.as_os_str() == "-" => None,
+        Some(p) => Some(p.clone()),
+        None => Some(std::path::PathBuf::from(format!(
+            "scope-{id}-samples.{}",
+            format.extension()
+        ))),
+    };
+    let mut out = output(path.as_deref())?;
+    let title = format!("on-CPU samples ({id})");
+    let stats = scope_query::export::export_samples(store, format, args.tid, &title, &mut out)?;
+    out.flush()?;
+    eprintln!(
+        "scope-agent: exported {} samples on {} thread{} of session {id} as {format}: {} bytes{}",
+        stats.calls,
+        stats.threads,
+        if stats.threads == 1 { "" } else { "s" },
         stats.bytes,
         path.map_or(String::new(), |p| format!(" to {}", p.display())),
     );

@@ -135,6 +135,38 @@ pub struct RetEvent {
     pub ret: u64,
 }
 
+/// One on-CPU sample of the target (`scope_sample`, a `perf_event` program
+/// on a `cpu-clock` event at 99 Hz per CPU): written to its own ring
+/// ([`names::SAMPLES_MAP`]), never to the calls' ring, so samples take no
+/// room from calls and a lost sample never marks a call lost. 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds, as [`RawEvent`].
+    pub ktime_ns: u64,
+    /// tgid in the upper 32 bits, tid in the lower.
+    pub pid_tgid: u64,
+    /// `bpf_get_stackid(BPF_F_USER_STACK)`: the key of the user stack in
+    /// [`names::STACKS_MAP`], or a negative errno when it could not be taken
+    /// (`-EEXIST`: another stack holds its bucket; `-EFAULT`: no user
+    /// stack).
+    pub stack_id: i32,
+    /// `bpf_get_smp_processor_id()`.
+    pub cpu: u32,
+}
+
+/// Slots of [`names::SAMPLE_ERRORS_MAP`], each a per-CPU count.
+pub const SAMPLE_ERR_COLLISION: u32 = 0;
+/// `bpf_get_stackid` failed otherwise (no user stack, or the map is full).
+pub const SAMPLE_ERR_STACK: u32 = 1;
+/// The samples ring was full: the sample was not written.
+pub const SAMPLE_ERR_LOST: u32 = 2;
+pub const SAMPLE_ERR_SLOTS: u32 = 3;
+/// Stacks the sampler's stack map holds (each up to 127 frames).
+pub const SAMPLE_STACKS: u32 = 16384;
+/// Default size of the samples' ring (bytes).
+pub const SAMPLE_RING_BYTES: u32 = 256 << 10;
+
 /// Size of one ring-buffer record, as the ring accounts it (8-byte header
 /// plus the record rounded up to 8 bytes).
 pub const RING_RECORD_BYTES: usize = 8 + core::mem::size_of::<RawEvent>();
@@ -160,6 +192,15 @@ pub mod names {
     /// Global set at load time: `--arg-strings` cap, bytes kept per string
     /// (1..=[`super::MAX_STR`]; 0 when strings are off).
     pub const STR_CAP_GLOBAL: &str = "STR_CAP";
+    /// The on-CPU sampler (`perf_event`, cpu-clock).
+    pub const SAMPLE_PROGRAM: &str = "scope_sample";
+    /// The samples' own ring buffer.
+    pub const SAMPLES_MAP: &str = "SAMPLES";
+    /// User stacks by stack id (`BPF_MAP_TYPE_STACK_TRACE`).
+    pub const STACKS_MAP: &str = "STACKS";
+    /// Per-CPU counts of samples without a stack or not written, by slot
+    /// ([`super::SAMPLE_ERR_COLLISION`] ...).
+    pub const SAMPLE_ERRORS_MAP: &str = "SAMPLE_ERRORS";
 }
 
 /// Default ring-buffer size (bytes, a power of two multiple of the page size).
@@ -179,6 +220,10 @@ unsafe impl aya::Pod for ArgsEvent {}
 unsafe impl aya::Pod for RetEvent {}
 
 #[cfg(feature = "user")]
+// SAFETY: #[repr(C)], Copy, integers only: 8 + 8 + 4 + 4 bytes, no padding.
+unsafe impl aya::Pod for SampleEvent {}
+
+#[cfg(feature = "user")]
 // SAFETY: #[repr(C)], Copy, only u64 fields after a Pod header, no padding.
 unsafe impl aya::Pod for GoEvent {}
 
@@ -189,6 +234,7 @@ unsafe impl aya::Pod for ArgsStrEvent {}
 
 const _: () = assert!(core::mem::size_of::<RawEvent>() == 24);
 const _: () = assert!(core::mem::size_of::<GoEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<SampleEvent>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgsEvent>() == 24 + 8 * MAX_ARGS);
 const _: () = assert!(core::mem::size_of::<RetEvent>() == 32);
 const _: () =

@@ -21,6 +21,13 @@
 //! [`COOKIE_GO_FLAG`]: the entry record then holds r14 (the goroutine's `g`
 //! pointer in Go's register ABI), and `scope_ret_site`, a plain uprobe on
 //! every RET instruction of the function, writes the return with r14 too.
+//!
+//! `scope_sample` is the on-CPU sampler: a `perf_event` program on a
+//! cpu-clock event per CPU (99 Hz). For a sample of the target's tgid it
+//! takes the user stack's id (`bpf_get_stackid`, frame-pointer walk) and
+//! writes a [`SampleEvent`] to its own ring, `SAMPLES`: the uprobe programs
+//! above are untouched by it, samples never take room from calls, and a
+//! lost sample never marks a call lost. Failures are counted per CPU.
 #![no_std]
 #![no_main]
 
@@ -29,18 +36,24 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::bpf_probe_read_user_str,
+        generated::bpf_get_smp_processor_id, generated::bpf_probe_read_user_str,
     },
-    macros::{map, uprobe, uretprobe},
-    maps::{PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext},
+    macros::{map, perf_event, uprobe, uretprobe},
+    maps::{PerCpuArray, RingBuf, StackTrace},
+    programs::{PerfEventContext, ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
 use scope_common::{
     ArgsEvent, ArgsStrEvent, COOKIE_ARGS_FLAG, COOKIE_GO_FLAG, COOKIE_STR_MASK, COOKIE_STR0_SHIFT,
     COOKIE_STR1_SHIFT, DEFAULT_RING_BYTES, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_ENTRY_ARGS_STR,
     EVENT_ENTRY_GO, EVENT_RETURN, EVENT_RETURN_GO, EVENT_RETURN_RET, GoEvent, MAX_ARGS, MAX_STR,
-    RawEvent, RetEvent,
+    RawEvent, RetEvent, SAMPLE_ERR_COLLISION, SAMPLE_ERR_LOST, SAMPLE_ERR_SLOTS, SAMPLE_ERR_STACK,
+    SAMPLE_RING_BYTES, SAMPLE_STACKS, SampleEvent,
 };
+
+/// `BPF_F_USER_STACK`: the user stack of the interrupted task.
+const BPF_F_USER_STACK: u64 = 1 << 8;
+/// `EEXIST`: the stack's bucket holds another stack (a hash collision).
+const EEXIST: i32 = 17;
 
 /// Both string register fields of the cookie.
 const COOKIE_STR_FIELDS: u64 =
@@ -59,6 +72,21 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// load time (the number of function ids).
 #[map]
 static COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// On-CPU samples to user space (`scope_sample`); its own ring, so the
+/// calls' ring and its loss counter never see a sample.
+#[map]
+static SAMPLES: RingBuf = RingBuf::with_byte_size(SAMPLE_RING_BYTES, 0);
+
+/// User stacks of the samples by stack id. The agent shrinks it to one slot
+/// where it loads the object for uprobes only.
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(SAMPLE_STACKS, 0);
+
+/// Per-CPU counts of samples without a stack or not written, by
+/// `SAMPLE_ERR_*` slot: nothing is lost silently.
+#[map]
+static SAMPLE_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SAMPLE_ERR_SLOTS, 0);
 
 /// Keep only events of this tgid (0: keep all). Set by the agent at load time.
 #[unsafe(no_mangle)]
@@ -145,6 +173,54 @@ pub fn scope_ret_site(ctx: ProbeContext) -> u32 {
         goid_key: g,
     });
     0
+}
+
+/// One cpu-clock tick on some CPU: if the target was running there, its
+/// user stack id and a [`SampleEvent`] into `SAMPLES`. The agent always sets
+/// `TARGET_TGID` for this program (a sampler of every process is not a
+/// mode scope has).
+#[perf_event]
+pub fn scope_sample(ctx: PerfEventContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: a load-time constant, as in `admit`.
+    let target = unsafe { core::ptr::read_volatile(&TARGET_TGID) };
+    if (pid_tgid >> 32) as u32 != target {
+        return 0;
+    }
+    let stack_id = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK) {
+        Ok(id) => id as i32,
+        Err(e) => {
+            count_sample_error(if e == -EEXIST {
+                SAMPLE_ERR_COLLISION
+            } else {
+                SAMPLE_ERR_STACK
+            });
+            e
+        }
+    };
+    let Some(mut entry) = SAMPLES.reserve::<SampleEvent>(0) else {
+        count_sample_error(SAMPLE_ERR_LOST);
+        return 0;
+    };
+    entry.write(SampleEvent {
+        // SAFETY: plain helper calls without arguments.
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        pid_tgid,
+        stack_id,
+        // SAFETY: as above.
+        cpu: unsafe { bpf_get_smp_processor_id() },
+    });
+    // 99 samples a second per CPU: the reader polls, no wake-up needed.
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    0
+}
+
+#[inline(always)]
+fn count_sample_error(slot: u32) {
+    if let Some(counter) = SAMPLE_ERRORS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's slot of a per-CPU array, as in `count_loss`.
+        unsafe { *counter += 1 };
+    }
 }
 
 /// An entry with its registers and up to two user strings, written straight

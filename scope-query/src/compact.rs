@@ -65,7 +65,7 @@ use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReader
 use staging::{Staging, crash_point, exchange, remove_tree};
 
 /// Every table of the store, in the writer's layout.
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 9] = [
     "calls",
     "functions",
     "losses",
@@ -74,6 +74,9 @@ pub const TABLES: [&str; 8] = [
     "agent_metrics",
     "governor",
     "aggregates",
+    // On-CPU samples: kept as written (one or a few files per session),
+    // counted and removed with their session by retention.
+    "samples",
 ];
 /// The tables compaction rewrites: those the writer may split into several
 /// files (`sessions` and `totals` are always one file).

@@ -35,7 +35,8 @@ use aya::{Ebpf, EbpfLoader};
 use scope_common::names;
 
 /// The compiled eBPF object, built by `build.rs`.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/scope-ebpf"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/scope-ebpf"));
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -209,6 +210,9 @@ impl LoadedProbes {
             .override_global(names::STR_CAP_GLOBAL, &opts.str_cap, true)
             .map_max_entries(names::EVENTS_MAP, ring_bytes)
             .map_max_entries(names::COUNTS_MAP, opts.count_slots.max(1))
+            // The sampler's maps are the sampler's own load (`crate::sample`).
+            .map_max_entries(names::STACKS_MAP, 1)
+            .map_max_entries(names::SAMPLES_MAP, ring_size(0))
             .load(EBPF_OBJECT)
             .map_err(|e| AttachError::Load(error_chain(&e)))?;
 
@@ -732,7 +736,11 @@ fn load_program_as(
 /// The maps scope's object defines are of these kinds; others are not needed.
 fn map_data(map: &Map) -> Option<&MapData> {
     match map {
-        Map::Array(d) | Map::PerCpuArray(d) | Map::RingBuf(d) | Map::HashMap(d) => Some(d),
+        Map::Array(d)
+        | Map::PerCpuArray(d)
+        | Map::RingBuf(d)
+        | Map::HashMap(d)
+        | Map::StackTraceMap(d) => Some(d),
         _ => None,
     }
 }

@@ -25,6 +25,7 @@ use crate::governor::Governor;
 use crate::probe::attach::{AttachMode, LoadOptions, LoadedProbes, ProbeLink, ProbePoint};
 use crate::probe::plan::{ModulePlan, Plan, PlannedFunction, short_name, skipped_total};
 use crate::probe::watch::PendingModules;
+use crate::sample::SamplerThread;
 use crate::status::WriterGauges;
 use crate::storage::LateFunctions;
 use crate::summary::{CallStats, format_duration_ns};
@@ -62,6 +63,9 @@ pub(super) struct Live {
     pub(super) cost: CostWatch,
     /// The live-query socket; removed when the session ends.
     pub(super) live: Option<crate::live::LiveServer>,
+    /// On-CPU samples of the target (`None`: `--no-samples`, or the
+    /// perf event could not be opened).
+    pub(super) sampler: Option<SamplerThread>,
 }
 
 /// Starts the command held at its gate (or watches the process), loads and
@@ -81,6 +85,7 @@ pub(super) fn load_and_attach(
         session_id,
         store,
         late_functions,
+        samples,
         uploader,
     } = output;
     let mut child = match (&cfg.target, &planned.program) {
@@ -182,6 +187,13 @@ pub(super) fn load_and_attach(
     )
     .context("starting the writer thread")?;
 
+    // Before the command runs, so its first samples are taken; a sampler
+    // that cannot start only costs the samples (said once).
+    let sampler = if cfg.samples {
+        SamplerThread::spawn(pid, clock, samples)
+    } else {
+        None
+    };
     report_attached(cfg, planned, pid, attached_count, attach_time, attach_mode);
 
     if let Some(c) = child.as_mut()
@@ -214,6 +226,7 @@ pub(super) fn load_and_attach(
         late_files: Vec::new(),
         cost,
         live,
+        sampler,
     })
 }
 

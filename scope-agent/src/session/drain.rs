@@ -17,6 +17,8 @@ pub(super) struct Drained {
     pub(super) detach_time: Duration,
     /// The agent's mean CPU use over the session, percent.
     pub(super) mean_cpu_pct: f64,
+    /// What the sampler took (`None` without one).
+    pub(super) samples: Option<crate::sample::SamplerReport>,
 }
 
 pub(super) fn detach_and_drain(live: &mut Live, ended: &mut Ended) -> Drained {
@@ -45,6 +47,16 @@ pub(super) fn detach_and_drain(live: &mut Live, ended: &mut Ended) -> Drained {
         let _ = h.join();
     }
     let detach_time = detach_started.elapsed();
+    // Stopped before the session's end is read, so every sample lies
+    // within the session; its files before the `sessions` row (a session
+    // row means complete).
+    let samples = live.sampler.take().and_then(|s| match s.finish() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("scope: warning: samples: {e:#}");
+            None
+        }
+    });
     let end_ns = live.clock.now_epoch_ns();
     drain_ring(live);
     live.correlator.finish();
@@ -87,5 +99,6 @@ pub(super) fn detach_and_drain(live: &mut Live, ended: &mut Ended) -> Drained {
         end_ns,
         detach_time,
         mean_cpu_pct,
+        samples,
     }
 }

@@ -43,6 +43,7 @@ pub(super) fn write_and_report(
         end_ns,
         detach_time,
         mean_cpu_pct,
+        samples,
     } = drained;
     let Live {
         clock,
@@ -184,10 +185,42 @@ pub(super) fn write_and_report(
             counts.migrated
         );
     }
+    let sample_files = samples.as_ref().map_or(&[][..], |s| &s.files[..]);
+    if let Some(s) = &samples {
+        let e = s.errors;
+        let without = e.collisions + e.no_stack;
+        eprintln!(
+            "scope: samples: {} on-CPU samples of pid {pid} at {} Hz{}{}{}",
+            s.samples,
+            crate::sample::SAMPLE_HZ,
+            if without > 0 {
+                format!(
+                    ", {without} without a stack ({} stack-map collisions)",
+                    e.collisions
+                )
+            } else {
+                String::new()
+            },
+            if e.lost > 0 {
+                format!(", {} lost (ring full)", e.lost)
+            } else {
+                String::new()
+            },
+            if s.samples >= 20 && s.median_depth <= 2 {
+                "; stacks are shallow: the target seems built without frame pointers"
+            } else {
+                ""
+            }
+        );
+    }
     eprintln!(
         "scope: wrote {} files ({}) to {dest} (session {session_id}); detached in {}",
-        summary.files.len() + late_files.len(),
-        human_bytes(summary.bytes + late_files.iter().map(|f| f.1).sum::<u64>()),
+        summary.files.len() + late_files.len() + sample_files.len(),
+        human_bytes(
+            summary.bytes
+                + late_files.iter().map(|f| f.1).sum::<u64>()
+                + sample_files.iter().map(|f| f.1).sum::<u64>()
+        ),
         format_duration_ns(detach_time.as_nanos() as u64)
     );
     if let Some(line) = uploads {

@@ -78,6 +78,9 @@ pub struct SessionConfig {
     pub max_overhead: Option<f64>,
     /// `--warmup`: how long the governor counts before it decides.
     pub warmup: Duration,
+    /// Sample the target's on-CPU stacks (`samples` table); off with
+    /// `--no-samples`.
+    pub samples: bool,
 }
 
 /// `--out s3://bucket/prefix`: where the files go once written.
@@ -117,6 +120,11 @@ pub fn run(cfg: SessionConfig) -> Result<SessionOutcome> {
 /// empty until its parent reaps it).
 fn process_gone(pid: u32) -> bool {
     process_state(pid).is_none_or(|s| matches!(s.as_str(), "Z" | "X" | "x"))
+}
+
+/// [`process_gone`] for the rest of the crate.
+pub(crate) fn process_gone_pub(pid: u32) -> bool {
+    process_gone(pid)
 }
 
 /// The state letter of `pid` from /proc/PID/stat; `None` if it is gone.

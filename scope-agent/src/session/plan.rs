@@ -18,7 +18,7 @@ use crate::probe::attach::check_function_count;
 use crate::probe::plan::{Plan, PlannedFunction, build_plan_with};
 use crate::probe::watch::{PendingModules, split_pending};
 use crate::storage::upload::Uploader;
-use crate::storage::{FunctionRow, LateFunctions, ParquetStore, StoreConfig};
+use crate::storage::{FunctionRow, LateFunctions, ParquetStore, SamplesWriter, StoreConfig};
 use crate::target::{program_modules, resolve_program, running_modules};
 use crate::time::{SessionClock, session_id};
 
@@ -44,6 +44,8 @@ pub(super) struct Output {
     pub(super) store: ParquetStore,
     /// Where the `functions` rows of modules loaded later go.
     pub(super) late_functions: LateFunctions,
+    /// Where the sampler's `samples` files go.
+    pub(super) samples: SamplesWriter,
     /// `--out s3://…`: the thread that uploads each finished file.
     pub(super) uploader: Option<Uploader>,
 }
@@ -171,11 +173,13 @@ pub(super) fn open_output(cfg: &SessionConfig, planned: &Planned) -> Result<Outp
     };
     store.write_functions(&function_rows(&planned.plan))?;
     let late_functions = store.late_functions();
+    let samples = store.samples_writer()?;
     Ok(Output {
         clock,
         session_id,
         store,
         late_functions,
+        samples,
         uploader,
     })
 }

@@ -11,6 +11,7 @@
 //! <out_dir>/agent_metrics/session_id=<id>/part-<seq>.parquet   (only if rows were written)
 //! <out_dir>/governor/session_id=<id>/part-<seq>.parquet        (only if rows were written)
 //! <out_dir>/aggregates/session_id=<id>/part-<seq>.parquet      (only if rows were written)
+//! <out_dir>/samples/session_id=<id>/part-<seq>.parquet         (only when the sampler ran)
 //! ```
 //!
 //! Columns (see [`schema`](self::schema) for the exact Arrow types):
@@ -58,6 +59,12 @@
 //!   for `warmup`), log2_hist (List<UInt64> of 64 elements, element i
 //!   counting durations in [2^i, 2^(i+1)) ns, element 0 also 0 and 1 ns;
 //!   null for `warmup`)
+//! - `samples`: one row per on-CPU sample of the target (cpu-clock, 99 Hz
+//!   per CPU): pid, tid, time_ns (Unix epoch ns, the clock of
+//!   `calls.start_ns`), cpu, stack (List<UInt64>: user addresses, leaf
+//!   first), frames (List<Utf8>: the same frames symbolized, leaf first;
+//!   `module+0xoff` or `[unknown]` when no symbol covers one), stack_id
+//!   (Int32; null when the kernel could not take the stack)
 //!
 //! # `session_id` lives only in the directory name
 //!
@@ -503,6 +510,14 @@ impl ParquetStore {
         }
     }
 
+    /// A writer of this session's `samples` files, which hands each file
+    /// to the same [`on_file_finished`](Self::on_file_finished) hook.
+    pub fn samples_writer(&self) -> Result<SamplesWriter> {
+        let mut w = SamplesWriter::new(&self.cfg.out_dir, &self.cfg.session_id)?;
+        w.on_file = self.files.on_file.clone();
+        Ok(w)
+    }
+
     pub fn config(&self) -> &StoreConfig {
         &self.cfg
     }
@@ -637,6 +652,77 @@ fn buffer_capped<T: Clone>(
         let take = (max - seg.rows.len()).min(rows.len());
         seg.buffer(&rows[..take]);
         rows = &rows[take..];
+    }
+}
+
+/// One row of the `samples` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SampleRow {
+    pub pid: u32,
+    pub tid: u32,
+    /// Unix epoch ns.
+    pub time_ns: i64,
+    pub cpu: u32,
+    /// User addresses, leaf first.
+    pub stack: Vec<u64>,
+    /// Symbolized frames, leaf first (shared: samples of one stack id
+    /// share one list).
+    pub frames: std::sync::Arc<[String]>,
+    pub stack_id: Option<i32>,
+}
+
+/// Writes `samples/session_id=<id>/part-<seq>.parquet` files, durably
+/// (0700 directories, 0600 files). Standalone, so `plan` (which records no
+/// calls) and the sessions' sampler thread both use it.
+pub struct SamplesWriter {
+    dir: PathBuf,
+    props: WriterProperties,
+    next_part: u32,
+    on_file: Option<FileFinished>,
+}
+
+impl SamplesWriter {
+    /// A writer for `out_dir/samples/session_id=<session_id>/`; the
+    /// directories are made at the first write.
+    pub fn new(out_dir: &Path, session_id: &str) -> Result<Self> {
+        validate_session_id(session_id)?;
+        let level = ZstdLevel::try_new(ZSTD_LEVEL).context("zstd level")?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .set_column_dictionary_enabled(ColumnPath::from("time_ns"), false)
+            .set_column_encoding(ColumnPath::from("time_ns"), Encoding::DELTA_BINARY_PACKED)
+            .build();
+        Ok(Self {
+            dir: out_dir
+                .join("samples")
+                .join(format!("session_id={session_id}")),
+            props,
+            next_part: 0,
+            on_file: None,
+        })
+    }
+
+    /// Writes `rows` as the next part; returns the file and its size.
+    pub fn write(&mut self, rows: &[SampleRow]) -> Result<(PathBuf, u64)> {
+        for d in [self.dir.parent(), Some(self.dir.as_path())]
+            .into_iter()
+            .flatten()
+        {
+            durable::ensure_dir(d)
+                .map_err(|e| anyhow!("cannot create output directory {}: {e}", d.display()))?;
+        }
+        let batch = schema::samples_batch(rows).context("building the samples table")?;
+        let name = segment_name(self.next_part);
+        let mut files = Written {
+            files: Vec::new(),
+            on_file: self.on_file.clone(),
+        };
+        write_batch(&self.dir, &name, &batch, &self.props, &mut files)?;
+        self.next_part += 1;
+        files
+            .files
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("no file written for {name}"))
     }
 }
 

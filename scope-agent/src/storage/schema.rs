@@ -16,7 +16,7 @@ use arrow_array::{
 };
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
-use super::{FunctionRow, SessionRow};
+use super::{FunctionRow, SampleRow, SessionRow};
 use crate::capture::{
     AggregateRecord, CallRecord, GovernorRecord, LossRecord, MetricsRecord, TotalRecord,
 };
@@ -272,6 +272,57 @@ fn arg_strings_column(rows: &[CallRecord]) -> ArrayRef {
         }
     }
     Arc::new(b.finish())
+}
+
+/// Schema of `samples`: one row per on-CPU sample of the target (cpu-clock,
+/// 99 Hz per CPU). `stack` holds the user return addresses leaf first;
+/// `frames` the same frames symbolized (`module+0xoff` or `[unknown]` when
+/// no symbol covers the address); both empty and `stack_id` null when the
+/// kernel could not take the stack.
+pub static SAMPLES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("pid", DataType::UInt32, false),
+        Field::new("tid", DataType::UInt32, false),
+        Field::new("time_ns", DataType::Int64, false),
+        Field::new("cpu", DataType::UInt32, false),
+        Field::new(
+            "stack",
+            DataType::List(Arc::new(Field::new("item", DataType::UInt64, true))),
+            false,
+        ),
+        Field::new(
+            "frames",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            false,
+        ),
+        Field::new("stack_id", DataType::Int32, true),
+    ]))
+});
+
+/// Builds a `samples` batch.
+pub(crate) fn samples_batch(rows: &[SampleRow]) -> Result<RecordBatch, ArrowError> {
+    let mut stack = ListBuilder::new(UInt64Builder::new());
+    let mut frames = ListBuilder::new(StringBuilder::new());
+    for r in rows {
+        for &a in &r.stack {
+            stack.values().append_value(a);
+        }
+        stack.append(true);
+        for f in r.frames.iter() {
+            frames.values().append_value(f);
+        }
+        frames.append(true);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.pid))),
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.tid))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.time_ns))),
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.cpu))),
+        Arc::new(stack.finish()),
+        Arc::new(frames.finish()),
+        Arc::new(Int32Array::from_iter(rows.iter().map(|r| r.stack_id))),
+    ];
+    RecordBatch::try_new(SAMPLES.clone(), columns)
 }
 
 /// Builds a `losses` batch.

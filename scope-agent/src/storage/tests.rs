@@ -948,3 +948,57 @@ fn governor_and_aggregates_are_flushed_on_age() {
         ["part-00000.parquet"]
     );
 }
+
+#[test]
+fn samples_are_written_0600_with_their_schema_and_lists() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut w = super::SamplesWriter::new(dir.path(), SID).expect("writer");
+    let frames: std::sync::Arc<[String]> = vec!["leaf".to_string(), "main".to_string()].into();
+    let rows = vec![
+        super::SampleRow {
+            pid: 7,
+            tid: 8,
+            time_ns: 1_000,
+            cpu: 1,
+            stack: vec![0x10, 0x20],
+            frames,
+            stack_id: Some(3),
+        },
+        super::SampleRow {
+            pid: 7,
+            tid: 9,
+            time_ns: 2_000,
+            ..Default::default()
+        },
+    ];
+    let (path, size) = w.write(&rows).expect("write");
+    assert!(size > 0);
+    assert_eq!(
+        path,
+        partition(dir.path(), "samples").join("part-00000.parquet")
+    );
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&partition(dir.path(), "samples")), 0o700);
+    let batches = read(&path);
+    assert_eq!(batches[0].schema(), super::schema::SAMPLES.clone());
+    let stack_id = batches[0]
+        .column_by_name("stack_id")
+        .expect("stack_id")
+        .as_any()
+        .downcast_ref::<arrow_array::Int32Array>()
+        .expect("Int32")
+        .clone();
+    assert_eq!(stack_id.iter().collect::<Vec<_>>(), [Some(3), None]);
+    let frames = batches[0]
+        .column_by_name("frames")
+        .expect("frames")
+        .as_any()
+        .downcast_ref::<arrow_array::ListArray>()
+        .expect("List")
+        .clone();
+    assert_eq!(frames.value_length(0), 2);
+    assert_eq!(frames.value_length(1), 0);
+    // The next write is the next part.
+    let (next, _) = w.write(&rows[..1]).expect("write");
+    assert!(next.ends_with("part-00001.parquet"));
+}

@@ -39,10 +39,52 @@ pub struct MappedModule {
 struct MapsLine {
     start: u64,
     end: u64,
+    /// File offset of `start`.
+    offset: u64,
     executable: bool,
     dev: u64,
     inode: u64,
     path: PathBuf,
+}
+
+/// One executable file-backed mapping: addresses `start..end` hold the
+/// file's bytes from `file_offset` on. What turns a sampled address into a
+/// file offset, and so a function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRange {
+    pub start: u64,
+    pub end: u64,
+    pub file_offset: u64,
+    /// As shown in `/proc/PID/maps`.
+    pub path: PathBuf,
+}
+
+/// The executable file-backed mappings of `pid`, in address order.
+pub fn exec_ranges(pid: u32) -> Result<Vec<ExecRange>, SymbolError> {
+    let maps_path = PathBuf::from(format!("/proc/{pid}/maps"));
+    let text = match fs::read(&maps_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
+            return Err(SymbolError::NoSuchProcess { pid });
+        }
+        Err(source) => {
+            return Err(SymbolError::Io {
+                path: maps_path,
+                source,
+            });
+        }
+    };
+    Ok(text
+        .split(|&b| b == b'\n')
+        .filter_map(parse_maps_line)
+        .filter(|l| l.executable)
+        .map(|l| ExecRange {
+            start: l.start,
+            end: l.end,
+            file_offset: l.offset,
+            path: l.path,
+        })
+        .collect())
 }
 
 /// File-backed mappings of a process, one entry per file (dev, inode), only
@@ -169,7 +211,7 @@ fn parse_maps_line(line: &[u8]) -> Option<MapsLine> {
     };
     let range = field()?;
     let perms = field()?;
-    let _offset = field()?;
+    let offset = field()?;
     let dev = field()?;
     let inode = field()?;
     let path = trim_start(rest);
@@ -184,9 +226,11 @@ fn parse_maps_line(line: &[u8]) -> Option<MapsLine> {
     if inode == 0 || !path.starts_with(b"/") {
         return None;
     }
+    let offset = u64::from_str_radix(offset, 16).ok()?;
     Some(MapsLine {
         start,
         end,
+        offset,
         executable: perms.as_bytes().get(2) == Some(&b'x'),
         dev: makedev(major, minor),
         inode,

@@ -37,8 +37,11 @@ mod folded;
 mod paths;
 mod perfetto;
 mod pprof;
+mod samples;
 mod speedscope;
 mod stack;
+
+pub use samples::export_samples;
 
 use std::fmt;
 use std::io::{self, Write};
