@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: build the agent (release) and examples/demo/demo.c,
 //! record the demo with every function of its executable probed, then show
-//! `scope-agent report`, `scope-agent tree` and `scope-agent analyze` of it and the commands that
+//! `scope-agent report`, `tree`, `analyze` and a mock `explain` of it and the commands that
 //! go further (DuckDB's among them).
 
 use std::path::{Path, PathBuf};
@@ -89,6 +89,13 @@ fn show_answers(agent: &Path, out: &Path) {
             vec!["tree", "--data", data.as_str(), "--depth", "4"],
         ),
         ("analyze", vec!["analyze", "--data", data.as_str()]),
+        // The mock provider: deterministic and offline; `--provider gemini`
+        // (GEMINI_API_KEY) or `--provider openai --endpoint URL` for a real
+        // model.
+        (
+            "explain (mock provider)",
+            vec!["explain", "--data", data.as_str(), "--provider", "mock"],
+        ),
     ] {
         println!("==> {title}");
         if let Err(e) = run(command(agent).args(&args)) {
