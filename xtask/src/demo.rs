@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: build the agent (release) and examples/demo/demo.c,
 //! record the demo with every function of its executable probed, then show
-//! `scope-agent report`, `tree`, `analyze` and a mock `explain` of it and the commands that
-//! go further (DuckDB's among them).
+//! `scope-agent report`, `tree`, `analyze` and a mock `explain` of it, and
+//! the commands that go further (DuckDB's among them).
 
 use std::path::{Path, PathBuf};
 
