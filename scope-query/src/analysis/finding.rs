@@ -114,6 +114,9 @@ pub struct Finding {
 impl Finding {
     /// The value of the evidence named `name`.
     pub fn evidence(&self, name: &str) -> Option<f64> {
-        self.evidence.iter().find(|e| e.name == name).map(|e| e.value)
+        self.evidence
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.value)
     }
 }
