@@ -142,7 +142,7 @@ pub struct AstOptions {
     /// Worker threads; 0: one per core.
     pub threads: usize,
     /// Read functions without usable source from the binary (else they are
-    /// left out, with the same warnings).
+    /// left out, and the warnings say so).
     pub binary_fallback: bool,
 }
 
@@ -348,6 +348,13 @@ pub fn build(sites: &[FunctionSite], opts: &AstOptions) -> AstMap {
             map.warnings.extend(warnings);
         }
     }
+    if !opts.binary_fallback {
+        for w in &mut map.warnings {
+            if let Some(head) = w.strip_suffix(", using the binary") {
+                *w = format!("{head}, left out");
+            }
+        }
+    }
     map.functions.sort_by_key(|f| f.function_id);
     map.warnings.sort();
     map.warnings.dedup();
@@ -417,7 +424,16 @@ fn source_file<'s>(
             .push(format!("{file}: {why}, using the binary"));
         out.fallback.extend_from_slice(sites);
     };
-    let Some(lang) = Lang::of(file) else {
+    // A `.h` file of C++ functions (their names have scopes or
+    // parameters) is C++.
+    let cpp_names = sites
+        .iter()
+        .any(|s| s.name.contains("::") || s.name.contains('('));
+    let lang = match Lang::of(file) {
+        Some(Lang::C) if cpp_names && file.ends_with(".h") => Some(Lang::Cpp),
+        other => other,
+    };
+    let Some(lang) = lang else {
         give_up(&mut out, "no grammar for its language here".into());
         return out;
     };

@@ -8,9 +8,11 @@
 //! do not end a block). A jump back to an address at or before it whose
 //! target block reaches the jump again is a loop (a backward jump to a
 //! shared epilogue is not); loops nest by the containment of their address
-//! ranges. Direct calls are named from the ELF symbol table (demangled like
-//! the `functions` table), calls through the PLT as `name@plt`, calls
-//! through the GOT (`-fno-plt`) by the symbol of the slot's relocation.
+//! ranges. Direct calls (and tail calls: jumps out of the function) are
+//! named from the ELF symbol table (demangled like the `functions` table),
+//! calls through the PLT as `name@plt`, calls through the GOT (`-fno-plt`)
+//! by the symbol of the slot's relocation; other indirect calls are left
+//! out.
 //! Lines come from the DWARF line table of the module itself when it has
 //! one (not from separate debug files); rows of other files (code inlined
 //! from headers) give no line.
@@ -31,6 +33,9 @@ use gimli::{EndianSlice, RunTimeEndian};
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
 use memmap2::Mmap;
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, ObjectSymbolTable as _};
+
+/// Functions larger than this are not decoded (no real function is).
+const MAX_FUNCTION_BYTES: u64 = 16 << 20;
 
 /// One function to analyse: its link-time address and size (the
 /// `functions` table's), and its DWARF file, whose line-table rows give
@@ -60,7 +65,8 @@ pub struct CfgLoop {
     pub end_line: Option<u32>,
 }
 
-/// A direct call (or a call through the GOT).
+/// A direct call, a call through the GOT, or a tail call (a jump out of the
+/// function).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CfgCall {
     /// Address of the call instruction.
@@ -263,6 +269,14 @@ impl<'d> ModuleView<'d> {
         if req.size == 0 {
             return Err(format!("0x{:x}: size 0", req.address));
         }
+        // Sizes come from the file: a corrupt one must not make us decode
+        // (and allocate for) gigabytes.
+        if req.size > MAX_FUNCTION_BYTES {
+            return Err(format!(
+                "0x{:x}: size {} is above {MAX_FUNCTION_BYTES} bytes",
+                req.address, req.size
+            ));
+        }
         let bytes = self.bytes(req.address, req.size)?;
         let insns = decode(bytes, req.address, self.bitness, |insn| {
             if insn.mnemonic() == Mnemonic::Call
@@ -309,6 +323,12 @@ impl<'d> ModuleView<'d> {
             let (target, callee) = match &insn.kind {
                 Kind::Call(t) => (*t, self.callee(*t)),
                 Kind::GotCall(name) => (0, name.clone()),
+                // A tail call: a jump out of the function.
+                Kind::Jump(t) | Kind::Cond(t)
+                    if !(req.address..req.address + req.size).contains(t) =>
+                {
+                    (*t, self.callee(*t))
+                }
                 _ => continue,
             };
             let inner = loops
@@ -670,8 +690,9 @@ impl LineTable {
             }
         }
         // Stable: at one address the row written last (the statement the
-        // address starts) wins in `line_at`.
-        table.rows.sort_by_key(|r| r.0);
+        // address starts) wins in `line_at`; a sequence's end sorts before
+        // a next sequence starting at the same address.
+        table.rows.sort_by_key(|r| (r.0, r.1 != u32::MAX));
         Ok(table)
     }
 

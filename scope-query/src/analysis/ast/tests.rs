@@ -334,8 +334,8 @@ fn unknown_language_and_missing_file_warn() {
     assert_eq!(
         map.warnings,
         vec![
-            format!("{gone}: not found, using the binary"),
-            format!("{f90}: no grammar for its language here, using the binary"),
+            format!("{gone}: not found, left out"),
+            format!("{f90}: no grammar for its language here, left out"),
         ]
     );
 }
@@ -533,18 +533,27 @@ fn go_stack_check_is_no_loop() {
     }
     let bin = root.join("prog").to_string_lossy().into_owned();
     let src = root.join("main.go").to_string_lossy().into_owned();
-    let mut s = elf_site(1, &bin, "main.work", &src, 6);
-    s.file = None;
-    let map = build(&[s], &AstOptions::default());
-    assert!(map.warnings.is_empty(), "{:?}", map.warnings);
+    std::fs::remove_file(&src).expect("remove source");
+    let map = build(
+        &[elf_site(1, &bin, "main.work", &src, 6)],
+        &AstOptions::default(),
+    );
     let f = map.get(1).expect("main.work");
+    assert_eq!(
+        map.warnings,
+        vec![format!("{src}: not found, using the binary")]
+    );
     assert_eq!(f.loops.len(), 1, "{f:?}");
+    assert_eq!((f.loops[0].line, f.loops[0].depth), (8, 1), "{f:?}");
     let step = f
         .calls
         .iter()
         .find(|c| c.callee == "main.step")
         .unwrap_or_else(|| panic!("no call to main.step in {f:?}"));
-    assert_eq!(step.loop_depth, 1);
+    assert_eq!(
+        (step.line, step.loop_line, step.loop_depth),
+        (9, Some(8), 1)
+    );
     let morestack = f
         .calls
         .iter()
