@@ -10,6 +10,24 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("CARGO_FEATURE_AGENT").is_none() {
         return Ok(());
     }
+    // Worktrees sharing one target directory share this script's output
+    // directory too: a path that never exists makes cargo run it on every
+    // build (a no-op eBPF build takes seconds), so each embeds its own object.
+    println!("cargo:rerun-if-changed=.always-rerun");
+    // LEAD-HACK (temporary): the nested build's fingerprints name the other
+    // worktree's sources; forget ours so scope-ebpf is rebuilt from these.
+    if let Some(out) = std::env::var_os("OUT_DIR") {
+        let fp = std::path::Path::new(&out)
+            .join("aya-build/target/scope-ebpf/bpfel-unknown-none/release/.fingerprint");
+        if let Ok(rd) = std::fs::read_dir(&fp) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with("scope-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

@@ -13,8 +13,8 @@ use scope_query::tree::TreeOptions;
 use scope_query::{OpenOptions, SessionSel, Store};
 
 use crate::cli::{
-    AnalyzeArgs, CompactArgs, ExplainArgs, DEFAULT_EXPORT_MEMORY, DEFAULT_QUERY_MEMORY, DataArgs, ExportArgs, QueryArgs,
-    ReportArgs, StackArgs, TimelineArgs, TreeArgs,
+    AnalyzeArgs, CompactArgs, DEFAULT_EXPORT_MEMORY, DEFAULT_QUERY_MEMORY, DataArgs, ExplainArgs,
+    ExportArgs, QueryArgs, ReportArgs, StackArgs, TimelineArgs, TreeArgs,
 };
 
 /// Opens the store `args` names; `default` is the session selection when
@@ -206,7 +206,14 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
         match &store.location().local {
             Some(root) => {
                 if let Err(e) = analysis::table::write(root, &a.session, &a.findings) {
-                    a.notes.push(format!("the findings table was not written: {e:#}"));
+                    a.notes
+                        .push(format!("the findings table was not written: {e:#}"));
+                }
+                if let Some(map) = &a.ast
+                    && let Err(e) = analysis::ast::write_table(map, root, &a.session)
+                {
+                    a.notes
+                        .push(format!("the ast table was not written: {e:#}"));
                 }
             }
             None => a.notes.push(format!(

@@ -551,7 +551,10 @@ fn explain_against_an_openai_compatible_server_flags_invented_names() {
         &endpoint,
     ]);
     let request = server.join().expect("server thread");
-    assert!(ok, "explain against the loopback server failed:\n{stderr}\n{stdout}");
+    assert!(
+        ok,
+        "explain against the loopback server failed:\n{stderr}\n{stdout}"
+    );
     assert!(
         request.starts_with("POST /v1/chat/completions "),
         "{request}"

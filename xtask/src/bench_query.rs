@@ -307,9 +307,14 @@ pub fn run(root: &Path) -> Result<String> {
             let mut walls = Vec::new();
             let mut rss = 0;
             for _ in 0..3 {
-                let m = peak_rss(
-                    command(&agent).args(["analyze", "--data", &data, "--no-write", "--format", "json"]),
-                )?;
+                let m = peak_rss(command(&agent).args([
+                    "analyze",
+                    "--data",
+                    &data,
+                    "--no-write",
+                    "--format",
+                    "json",
+                ]))?;
                 rss = rss.max(m.max_rss_bytes);
                 walls.push(m.wall.as_secs_f64());
             }

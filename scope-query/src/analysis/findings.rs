@@ -166,8 +166,8 @@ impl LogHist {
         let mean = pts.iter().map(|(x, w)| x * w).sum::<f64>() / n;
         // A bucket's own width is the least spread a mode can have.
         let floor = 1.0 / HIST_PER_DOUBLING;
-        let var = (pts.iter().map(|(x, w)| w * (x - mean).powi(2)).sum::<f64>() / n)
-            .max(floor * floor);
+        let var =
+            (pts.iter().map(|(x, w)| w * (x - mean).powi(2)).sum::<f64>() / n).max(floor * floor);
         let ll1: f64 = pts.iter().map(|(x, w)| w * ln_normal(*x, mean, var)).sum();
         // Start the two means at the 25th and 75th percentiles.
         let q = |p: f64| self.quantile(p).log2();
@@ -294,7 +294,14 @@ pub fn compute(store: &Store) -> Result<Computed> {
     let total_self: f64 = fns.values().map(|f| f.self_ns.max(0.0)).sum();
 
     bottlenecks(&fns, total_self, out.root_ns, &mut out.findings);
-    repeated_work(store, map.as_ref(), &fns, &edges, out.root_ns, &mut out.findings)?;
+    repeated_work(
+        store,
+        map.as_ref(),
+        &fns,
+        &edges,
+        out.root_ns,
+        &mut out.findings,
+    )?;
     drop(map);
     recursion(store, &fns, out.root_ns, &mut out.findings)?;
     outliers(store, &fns, total_self, &mut out.findings)?;
@@ -398,7 +405,9 @@ impl CallFunctions {
     /// `None` when the ids are too sparse for a dense table.
     pub fn load(store: &Store) -> Result<Option<CallFunctions>> {
         let mut range = None;
-        for b in store.sql("SELECT min(call_id) AS lo, max(call_id) AS hi, count(*) AS n FROM calls")? {
+        for b in
+            store.sql("SELECT min(call_id) AS lo, max(call_id) AS hi, count(*) AS n FROM calls")?
+        {
             let lo = cols::i64s(&b, "lo")?;
             let hi = cols::i64s(&b, "hi")?;
             let n = cols::i64s(&b, "n")?;
@@ -407,7 +416,10 @@ impl CallFunctions {
             }
         }
         let Some((lo, hi, n)) = range else {
-            return Ok(Some(CallFunctions { base: 0, f: Vec::new() }));
+            return Ok(Some(CallFunctions {
+                base: 0,
+                f: Vec::new(),
+            }));
         };
         let slots = hi - lo + 1;
         if slots > n.max(1) * Self::MAX_SLOTS_PER_CALL || slots > u32::MAX as u64 {
@@ -725,7 +737,8 @@ fn recursion(
             .map(|r| (((r.1 + 1) as f64).ln(), (r.0 as f64).ln()))
             .collect();
         let slope = ls_slope(&pts);
-        let explosive = slope.is_some_and(|s| s > 1.5) && max_calls as f64 > 4.0 * (max_depth as f64 + 1.0);
+        let explosive =
+            slope.is_some_and(|s| s > 1.5) && max_calls as f64 > 4.0 * (max_depth as f64 + 1.0);
         let deep = max_depth >= 1000;
         if !explosive && !deep {
             continue;
@@ -1026,12 +1039,7 @@ fn waiting(
         if share < 0.01 {
             continue;
         }
-        let mut x = finding(
-            Kind::Waiting,
-            f,
-            share,
-            (expected / 20.0).clamp(0.2, 0.95),
-        );
+        let mut x = finding(Kind::Waiting, f, share, (expected / 20.0).clamp(0.2, 0.95));
         x.evidence = vec![
             Evidence::new("wall_ns", wall, "ns"),
             Evidence::new("cpu_ns_from_samples", cpu_ns, "ns"),
@@ -1092,7 +1100,8 @@ fn polling(
         let mut durs: Vec<f64> = calls.iter().map(|c| c.1 as f64).collect();
         gaps.sort_by(f64::total_cmp);
         durs.sort_by(f64::total_cmp);
-        let q = |v: &[f64], p: f64| v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
+        let q =
+            |v: &[f64], p: f64| v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
         let gap = q(&gaps, 0.5);
         let spread = (q(&gaps, 0.75) - q(&gaps, 0.25)) / gap.max(1.0);
         let dur = q(&durs, 0.5);
@@ -1110,7 +1119,12 @@ fn polling(
         } else {
             0.0
         };
-        let mut x = finding(Kind::Polling, f, share * 0.5, (1.0 - spread).clamp(0.3, 0.95));
+        let mut x = finding(
+            Kind::Polling,
+            f,
+            share * 0.5,
+            (1.0 - spread).clamp(0.3, 0.95),
+        );
         x.evidence = vec![
             Evidence::new("calls_on_thread", calls.len() as f64, "calls"),
             Evidence::new("tid", tid as f64, "tid"),
@@ -1175,7 +1189,9 @@ mod tests {
         for _ in 0..5000 {
             let mut z = 0.0;
             for _ in 0..12 {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 z += (x >> 11) as f64 / (1u64 << 53) as f64;
             }
             h.add((13.0 + 0.5 * (z - 6.0)).exp2() as i64);

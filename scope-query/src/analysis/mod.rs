@@ -13,10 +13,14 @@
 //!   BIC in log space over grouped calls; n must span 100×).
 //! - [`predict`]: the time of a call at a given n with a 95% interval; the
 //!   probe-overhead arithmetic the governor shares.
+//! - [`ast`]: the AST map: loops, call sites and branches per function, from
+//!   the sources (tree-sitter) or, without them, from the binary ([`cfg`]).
 //!
 //! [`analyze`] runs them all on the selected session and ranks the result:
 //! `F1` is the most severe finding.
 
+pub mod ast;
+pub mod cfg;
 pub mod complexity;
 pub mod finding;
 pub mod findings;
@@ -50,6 +54,9 @@ pub struct Analysis {
     pub fits: Vec<complexity::ComplexityFit>,
     /// `--predict` answers, one line each.
     pub predictions: Vec<String>,
+    /// The AST map of the session's functions (sources, or the binary),
+    /// for the `ast` table.
+    pub ast: Option<ast::AstMap>,
 }
 
 impl Analysis {
@@ -109,12 +116,68 @@ pub fn analyze(store: &Store) -> Result<Analysis> {
         root_ns: computed.root_ns,
         fits: cx.fits,
         predictions: Vec::new(),
+        ast: None,
     };
     a.findings.extend(cx.findings);
     a.notes.extend(cx.note);
+    // The AST map: where a repeated call is made, and inside which loop.
+    let sites = ast::function_sites(store)?;
+    let map = ast::build(&sites, &ast::AstOptions::default());
+    locate_call_sites(&mut a.findings, &map);
+    const SHOWN: usize = 5;
+    for w in map.warnings.iter().take(SHOWN) {
+        a.notes.push(format!("ast: {w}"));
+    }
+    if map.warnings.len() > SHOWN {
+        a.notes.push(format!(
+            "ast: {} more warnings (the `ast` table has what could be read)",
+            map.warnings.len() - SHOWN
+        ));
+    }
+    a.ast = Some(map);
     a.notes.extend(crate::report::loss_notes(store)?);
     rank(&mut a.findings);
     Ok(a)
+}
+
+/// Repeated work: the call site of the child in the parent, from the AST
+/// map ("fetch_one is called inside the loop at loader.c:42").
+fn locate_call_sites(findings: &mut [Finding], map: &ast::AstMap) {
+    for f in findings.iter_mut().filter(|f| f.kind == Kind::RepeatedWork) {
+        let Some(parent) = f.related.clone() else {
+            continue;
+        };
+        let Some(site) = map.call_site(&parent, &f.function) else {
+            continue;
+        };
+        let file = map
+            .functions
+            .iter()
+            .find(|a| a.name == parent || ast::short_name(&a.name) == ast::short_name(&parent))
+            .and_then(|a| a.file.clone())
+            .map(|p| p.rsplit('/').next().unwrap_or(&p).to_string());
+        let Some(file) = file else {
+            continue;
+        };
+        if site.line > 0 {
+            f.location = Some(format!("{file}:{}", site.line));
+        }
+        let where_ = match (site.loop_line, site.loop_depth) {
+            (Some(l), d) if l > 0 => format!(
+                "; it is called inside the {}loop at {file}:{l}",
+                if d > 1 { "nested " } else { "" }
+            ),
+            (Some(_), _) => "; it is called inside a loop".to_string(),
+            (None, _) if site.line > 0 => format!("; called at {file}:{}", site.line),
+            _ => String::new(),
+        };
+        f.message.push_str(&where_);
+        f.evidence.push(Evidence::new(
+            "call_site_loop_depth",
+            site.loop_depth as f64,
+            "loops",
+        ));
+    }
 }
 
 /// `--predict 'sort_items n=1e6'`: the time of one call from the

@@ -59,7 +59,10 @@ fn text(a: &Analysis) -> String {
     }
     let _ = writeln!(s, "{}\n", a.summary());
     if a.findings.is_empty() {
-        let _ = writeln!(s, "no findings: no function stands out by any measure analyze has");
+        let _ = writeln!(
+            s,
+            "no findings: no function stands out by any measure analyze has"
+        );
     }
     for f in &a.findings {
         let _ = writeln!(

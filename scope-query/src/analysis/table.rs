@@ -49,11 +49,9 @@ fn batch(findings: &[Finding]) -> Result<RecordBatch> {
     let s = |f: &dyn Fn(&Finding) -> Option<String>| -> ArrayRef {
         Arc::new(findings.iter().map(f).collect::<StringArray>())
     };
-    let mut ev = ListBuilder::new(StructBuilder::from_fields(evidence_fields(), 0))
-        .with_field(Field::new_list_field(
-            DataType::Struct(evidence_fields()),
-            true,
-        ));
+    let mut ev = ListBuilder::new(StructBuilder::from_fields(evidence_fields(), 0)).with_field(
+        Field::new_list_field(DataType::Struct(evidence_fields()), true),
+    );
     for f in findings {
         let st = ev.values();
         for e in &f.evidence {
@@ -78,8 +76,18 @@ fn batch(findings: &[Finding]) -> Result<RecordBatch> {
         s(&|f| Some(f.kind.as_str().to_string())),
         s(&|f| Some(f.function.clone())),
         s(&|f| f.related.clone()),
-        Arc::new(findings.iter().map(|f| f.severity).collect::<Float64Array>()),
-        Arc::new(findings.iter().map(|f| f.confidence).collect::<Float64Array>()),
+        Arc::new(
+            findings
+                .iter()
+                .map(|f| f.severity)
+                .collect::<Float64Array>(),
+        ),
+        Arc::new(
+            findings
+                .iter()
+                .map(|f| f.confidence)
+                .collect::<Float64Array>(),
+        ),
         Arc::new(ev.finish()),
         s(&|f| f.location.clone()),
         s(&|f| Some(f.message.clone())),
