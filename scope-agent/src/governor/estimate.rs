@@ -457,7 +457,7 @@ impl Ratio {
         Some(Ratio {
             r,
             var: cluster.max(poisson),
-            t: student_t95(n - 1),
+            t: scope_query::analysis::predict::student_t95(n - 1),
         })
     }
 
@@ -467,21 +467,6 @@ impl Ratio {
         } else {
             0.0
         }
-    }
-}
-
-/// The two-sided 95% quantile of Student's t with `df` degrees of freedom.
-fn student_t95(df: usize) -> f64 {
-    const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-        2.052, 2.048, 2.045, 2.042,
-    ];
-    match df {
-        0 => T[0],
-        1..=30 => T[df - 1],
-        31..=60 => 2.0,
-        _ => 1.96,
     }
 }
 
@@ -610,12 +595,12 @@ mod tests {
         let r = Ratio::of(&[(10.0, 1.0); 8]).expect("ratio");
         assert_eq!(r.r, 10.0);
         assert!((r.var - 80.0 / 64.0).abs() < 1e-9, "{r:?}");
-        assert_eq!(r.t, student_t95(7));
+        assert_eq!(r.t, scope_query::analysis::predict::student_t95(7));
         // Too few clusters: Poisson, doubled.
         let r = Ratio::of(&[(10.0, 1.0), (0.0, 0.0)]).expect("ratio");
         assert!((r.var - 4.0 * 10.0).abs() < 1e-9, "{r:?}");
         assert_eq!(Ratio::of(&[(3.0, 0.0)]), None);
-        assert_eq!(student_t95(1), 12.706);
-        assert_eq!(student_t95(500), 1.96);
+        assert_eq!(scope_query::analysis::predict::student_t95(1), 12.706);
+        assert_eq!(scope_query::analysis::predict::student_t95(500), 1.96);
     }
 }

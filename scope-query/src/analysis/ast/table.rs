@@ -4,9 +4,9 @@
 //! DuckDB's `read_parquet('<root>/ast/**/*.parquet', hive_partitioning =
 //! true)` and the store's own SQL read it as it is.
 
-use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+use std::fs::{self, DirBuilder, File, Permissions};
 use std::io::{BufWriter, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
@@ -26,7 +26,6 @@ use super::AstMap;
 pub const TABLE: &str = "ast";
 
 const DIR_MODE: u32 = 0o700;
-const FILE_MODE: u32 = 0o600;
 
 fn loop_fields() -> Fields {
     Fields::from(vec![
@@ -199,15 +198,7 @@ pub fn write_table(map: &AstMap, root: &Path, session_id: &str) -> Result<PathBu
 
 fn write_parquet(tmp: &Path, batch: &RecordBatch) -> Result<()> {
     let _ = fs::remove_file(tmp);
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .open(tmp)
-        .map_err(|e| anyhow!("cannot create {}: {e}", tmp.display()))?;
-    // The umask may have cleared bits of FILE_MODE; make the mode exact.
-    file.set_permissions(Permissions::from_mode(FILE_MODE))
-        .map_err(|e| anyhow!("cannot set the mode of {}: {e}", tmp.display()))?;
+    let file = crate::compact::staging::create_file(tmp)?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
