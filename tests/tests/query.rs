@@ -612,7 +612,8 @@ fn live_queries_read_the_running_recording_and_say_when_none_runs() {
         "10",
         "100",
     ]);
-    agent_run.wait_for_stderr("scope: live:", std::time::Duration::from_secs(30));
+    // The end of the live line: the pid before it has arrived too.
+    agent_run.wait_for_stderr("s of calls (", std::time::Duration::from_secs(30));
     let said = agent_run.stderr_so_far();
     let pid = said
         .split("--live --pid ")

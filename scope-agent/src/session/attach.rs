@@ -256,11 +256,14 @@ fn start_live(
     };
     match crate::live::LiveServer::start(pid, Arc::clone(&tier)) {
         Ok(server) => {
-            eprintln!(
-                "scope: live: `scope-agent query --live --pid {pid} 'SQL'` reads the last {} s of calls ({})",
+            // One write: stderr is unbuffered, and a reader waiting for
+            // this line must not see half of it.
+            let line = format!(
+                "scope: live: `scope-agent query --live --pid {pid} 'SQL'` reads the last {} s of calls ({})\n",
                 LIVE_WINDOW.as_secs(),
                 server.path().display()
             );
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             (Some(tier), Some(server))
         }
         Err(e) => {
