@@ -82,6 +82,71 @@ pub enum Command {
     /// openai-compatible, or mock; keys from the environment or a 0600
     /// config file)
     Explain(ExplainArgs),
+    /// Compare two recordings per function: calls, total and self time,
+    /// p50/p99 with 95% bootstrap intervals; what got slower or faster, new
+    /// and vanished functions, and the call paths behind each change;
+    /// `--fail-if` gates for CI (exit status 3)
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The base recording: a session of the --data store (an id, a unique
+    /// prefix or the pid part), or a store (a directory or URL: its latest
+    /// session).
+    #[arg(value_name = "BASE")]
+    pub base: String,
+
+    /// The new recording, named the same way.
+    #[arg(value_name = "NEW")]
+    pub new: String,
+
+    /// The store that session ids are looked up in.
+    #[arg(
+        long,
+        value_name = "DIR|URL",
+        default_value = "scope-data",
+        env = "SCOPE_DATA"
+    )]
+    pub data: String,
+
+    /// Exit with status 3 when a function's change is surely past a
+    /// threshold (the near end of its 95% interval is): `METRIC > +N%` or
+    /// `METRIC < -N%`, METRIC one of calls, total, self, mean, mean_self,
+    /// p50, p99. Repeatable: `--fail-if 'p99 > +10%' --fail-if 'calls > +50%'`.
+    #[arg(long = "fail-if", value_name = "GATE")]
+    pub fail_if: Vec<String>,
+
+    /// The smallest change of self time per call called slower or faster:
+    /// its whole 95% interval must lie past it.
+    #[arg(long, value_name = "PERCENT", default_value = "10%", value_parser = parse_percent)]
+    pub min_change: f64,
+
+    /// text, markdown (for a pull-request comment) or json.
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    pub format: String,
+
+    /// Rows in the table of every function (0: all; json has all).
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 30)]
+    pub limit: usize,
+
+    /// Memory the query engine may use per side (see `report --memory`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size64)]
+    pub memory: Option<u64>,
+}
+
+/// `10%` or `10` → 0.10.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage (like 10%)"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("{s:?}: a percentage of 0 or more"));
+    }
+    Ok(v / 100.0)
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +268,13 @@ pub struct ExportArgs {
     /// `auto`: calls, or samples when the session has no calls.
     #[arg(long, value_name = "calls|samples|auto", default_value = "auto", value_parser = ["calls", "samples", "auto"])]
     pub from: String,
+
+    /// Draw the difference from BASE (a session of the --data store, or a
+    /// store: its latest session): folded lines with both times
+    /// (`stack base_ns new_ns`), or a differential flame graph (widths:
+    /// this session's time; red: more than BASE, blue: less).
+    #[arg(long, value_name = "BASE")]
+    pub diff: Option<String>,
 }
 
 /// Where the reading commands find the store, and which sessions they read.

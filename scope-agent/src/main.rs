@@ -65,6 +65,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Timeline(args) => scope_agent::read::timeline(args).map(|()| ExitCode::SUCCESS),
         Command::Compact(args) => scope_agent::read::compact(args).map(|()| ExitCode::SUCCESS),
         Command::Export(args) => scope_agent::read::export(args).map(|()| ExitCode::SUCCESS),
+        Command::Diff(args) => scope_agent::read::diff(args).map(|held| {
+            if held {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            }
+        }),
         Command::Functions(args) => {
             let (source, pattern) = match (args.pid, args.args.as_slice()) {
                 (Some(pid), []) => (Source::Pid(pid), None),

@@ -13,8 +13,8 @@ use scope_query::tree::TreeOptions;
 use scope_query::{OpenOptions, SessionSel, Store};
 
 use crate::cli::{
-    AnalyzeArgs, CompactArgs, DEFAULT_EXPORT_MEMORY, DEFAULT_QUERY_MEMORY, DataArgs, ExplainArgs,
-    ExportArgs, QueryArgs, ReportArgs, StackArgs, TimelineArgs, TreeArgs,
+    AnalyzeArgs, CompactArgs, DEFAULT_EXPORT_MEMORY, DEFAULT_QUERY_MEMORY, DataArgs, DiffArgs,
+    ExplainArgs, ExportArgs, QueryArgs, ReportArgs, StackArgs, TimelineArgs, TreeArgs,
 };
 
 /// Opens the store `args` names; `default` is the session selection when
@@ -62,6 +62,33 @@ pub fn export(args: ExportArgs) -> Result<()> {
         "calls" => false,
         _ => store.has_table("samples") && !has_calls(&store)?,
     };
+    if let Some(base) = &args.diff {
+        if from_samples || args.from == "samples" {
+            anyhow::bail!("--diff compares the calls of two sessions, not their samples");
+        }
+        let base = open_side(base, &args.data.data, "--diff", DEFAULT_EXPORT_MEMORY)?;
+        let session = scope_query::travel::session_span(&store)?;
+        let path = match &args.output {
+            Some(p) if p.as_os_str() == "-" => None,
+            Some(p) => Some(p.clone()),
+            None => Some(std::path::PathBuf::from(format!(
+                "scope-{}-diff.{}",
+                session.id,
+                format.extension()
+            ))),
+        };
+        let mut out = output(path.as_deref())?;
+        let stats = scope_query::export::export_diff(&base, &store, format, args.tid, &mut out)?;
+        out.flush()?;
+        eprintln!(
+            "scope-agent: exported the difference of session {} from {} as {format}: {} bytes{}",
+            session.id,
+            base.selected_sessions().join(", "),
+            stats.bytes,
+            path.map_or(String::new(), |p| format!(" to {}", p.display())),
+        );
+        return Ok(());
+    }
     if from_samples {
         return export_samples(&args, format, &store);
     }
@@ -485,4 +512,71 @@ fn move_to(root: &std::path::Path, url: &str, only: Option<&str>) -> Result<()> 
         );
     }
     Ok(())
+}
+
+/// One side of `diff` or `export --diff`: a store (a directory or URL; its
+/// latest session), or a session of the `data` store.
+fn open_side(arg: &str, data: &str, what: &str, memory: u64) -> Result<Store> {
+    let opts = |sessions| OpenOptions {
+        sessions,
+        memory_limit: Some(memory as usize),
+    };
+    if arg.contains("://") || std::path::Path::new(arg).is_dir() {
+        return Store::open(arg, &opts(SessionSel::Latest))
+            .map_err(|e| anyhow::anyhow!("{what} {arg}: {e:#}"));
+    }
+    Store::open(data, &opts(SessionSel::Id(arg.to_string()))).map_err(|e| {
+        anyhow::anyhow!(
+            "{what} {arg:?} is neither a store (a directory or URL) nor a session of {data}: {e:#}"
+        )
+    })
+}
+
+/// `scope-agent diff`: whether every `--fail-if` gate held.
+pub fn diff(args: DiffArgs) -> Result<bool> {
+    use scope_query::diff::{self, DiffOptions, Gate};
+    let gates: Vec<Gate> = args
+        .fail_if
+        .iter()
+        .map(|g| g.parse::<Gate>().map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()?;
+    if !matches!(args.format.as_str(), "text" | "markdown" | "md" | "json") {
+        anyhow::bail!("unknown format {:?}: text, markdown or json", args.format);
+    }
+    let memory = args.memory.unwrap_or(DEFAULT_QUERY_MEMORY);
+    let base = open_side(&args.base, &args.data, "BASE", memory)?;
+    let new = open_side(&args.new, &args.data, "NEW", memory)?;
+    if base.location().display == new.location().display
+        && base.selected_sessions() == new.selected_sessions()
+    {
+        anyhow::bail!(
+            "BASE and NEW are the same session ({}): name two",
+            base.selected_sessions().join(", ")
+        );
+    }
+    let opts = DiffOptions {
+        min_change: args.min_change,
+        ..DiffOptions::default()
+    };
+    let d = diff::diff(&base, &new, &opts, &gates)?;
+    let mut out = output(None)?;
+    match args.format.as_str() {
+        "json" => write!(out, "{}", diff::render_json(&d))?,
+        "markdown" | "md" => write!(out, "{}", diff::render_markdown(&d, args.limit))?,
+        _ => write!(out, "{}", diff::render_text(&d, args.limit))?,
+    }
+    out.flush()?;
+    if !d.breaches.is_empty() {
+        eprintln!(
+            "scope-agent: diff: {} gate{} failed ({})",
+            d.breaches.len(),
+            if d.breaches.len() == 1 { "" } else { "s" },
+            d.breaches
+                .iter()
+                .map(|b| format!("{}: {}", b.gate, b.function))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok(d.breaches.is_empty())
 }

@@ -15,6 +15,8 @@
 //! - [`objstore`]: `s3://` locations configured like AWS tools, access
 //!   checks with one-line errors, whole-file uploads.
 //! - [`time`]: the `+1.5s` / absolute time arguments.
+//! - [`diff`]: two recordings compared per function, with bootstrap
+//!   intervals, and gates for CI.
 //! - [`analysis`]: findings, the AST map, complexity fits and predictions.
 //! - [`llm`]: `explain`: findings sent to Gemini, Vertex AI, an
 //!   OpenAI-compatible server or Mock, and the answer checked against them.
@@ -22,6 +24,7 @@
 pub mod analysis;
 mod cols;
 pub mod compact;
+pub mod diff;
 pub mod export;
 pub mod llm;
 pub mod objstore;

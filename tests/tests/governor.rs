@@ -369,7 +369,7 @@ fn functions_past_what_the_governor_can_sample_are_recorded_and_reported() {
         dir.path(),
         &["f*"],
         &["-q", "--max-overhead", "5"],
-        &[&bin_s, "run", "30"],
+        &[&bin_s, "run", "100"],
     );
     assert_success(&run);
     assert!(
@@ -389,7 +389,7 @@ fn functions_past_what_the_governor_can_sample_are_recorded_and_reported() {
         "SELECT count(*) AS n FROM read_parquet('{}')",
         calls_glob(dir.path())
     ));
-    assert_eq!(int(&n[0], "n"), 30 * 1100 + 3, "{}", run.stderr);
+    assert_eq!(int(&n[0], "n"), 100 * 1100 + 3, "{}", run.stderr);
 }
 
 #[test]

@@ -498,7 +498,7 @@ mod tests {
     }
 
     fn cpu(ns: u64) -> Option<Option<ThreadCpu>> {
-        Some(Some([(1u32, ns)].into_iter().collect()))
+        Some(Some([(1u32, ns.into())].into_iter().collect()))
     }
 
     /// 100 slots of 1000 ns: `hot` (2) is called 10 times per call of
@@ -506,7 +506,7 @@ mod tests {
     /// window every 10th slot. Each slot the target runs `work` ns of its
     /// own plus the probes of what was recorded.
     fn sampled_session(work: u64) -> (Ledger, u64) {
-        let mut l = Ledger::new(0, Some([(1u32, 0u64)].into_iter().collect()));
+        let mut l = Ledger::new(0, cpu(0).flatten());
         let sampled: Arc<[u32]> = Arc::from([2u32]);
         let none: Arc<[u32]> = Arc::from([]);
         let mut cpu_total = 0;

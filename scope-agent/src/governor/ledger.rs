@@ -53,6 +53,11 @@ pub struct Slot {
     /// The target's CPU time (all threads) since the previous reading, when
     /// a reading ended this slot; `None` when none did, or it failed.
     pub cpu_ns: Option<u64>,
+    /// The time the target's threads (summed) were ready to run but waited
+    /// for a CPU, over the same span as `cpu_ns`: on a loaded machine a
+    /// busy target is slowed by others, and that time is neither its own
+    /// work nor its waiting on something (see `Governor::tick_figures`).
+    pub wait_ns: Option<u64>,
     /// A reading ended this slot (`cpu_ns` may still be `None`: the reading
     /// failed, the process had exited).
     pub read: bool,
@@ -84,8 +89,24 @@ impl Slot {
     }
 }
 
-/// CPU time of each thread of the target, in ns (`/proc/PID/task/*/schedstat`).
-pub type ThreadCpu = FxHashMap<u32, u64>;
+/// What the scheduler says of one thread, in ns (`/proc/PID/task/TID/
+/// schedstat`): the CPU time it ran, and the time it was ready to run but
+/// waited for a CPU (the run queue).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThreadTime {
+    pub cpu_ns: u64,
+    pub wait_ns: u64,
+}
+
+impl From<u64> for ThreadTime {
+    /// CPU time only (no wait).
+    fn from(cpu_ns: u64) -> Self {
+        ThreadTime { cpu_ns, wait_ns: 0 }
+    }
+}
+
+/// [`ThreadTime`] of each thread of the target.
+pub type ThreadCpu = FxHashMap<u32, ThreadTime>;
 
 /// See the module docs.
 #[derive(Debug)]
@@ -120,6 +141,7 @@ impl Ledger {
                 entries: 0,
                 returns: 0,
                 cpu_ns: None,
+                wait_ns: None,
                 read: false,
             }],
             last_cpu: cpu.unwrap_or_default(),
@@ -162,14 +184,18 @@ impl Ledger {
             // A reading fails once the process has exited: nothing ran
             // since that could be seen (what ran before its threads ended
             // is given to the last slot by `finish`, from the total).
-            last.cpu_ns = Some(reading.map_or(0, |now| {
-                let mut ran = 0u64;
-                for (tid, ns) in &now {
-                    ran += ns.saturating_sub(self.last_cpu.get(tid).copied().unwrap_or(0));
+            let (ran, waited) = reading.map_or((0, 0), |now| {
+                let (mut ran, mut waited) = (0u64, 0u64);
+                for (tid, t) in &now {
+                    let before = self.last_cpu.get(tid).copied().unwrap_or_default();
+                    ran += t.cpu_ns.saturating_sub(before.cpu_ns);
+                    waited += t.wait_ns.saturating_sub(before.wait_ns);
                 }
                 self.last_cpu = now;
-                ran
-            }));
+                (ran, waited)
+            });
+            last.cpu_ns = Some(ran);
+            last.wait_ns = Some(waited);
             if let Some(ran) = last.cpu_ns {
                 self.cpu_total_ns += ran;
             }
@@ -183,6 +209,7 @@ impl Ledger {
             entries: 0,
             returns: 0,
             cpu_ns: None,
+            wait_ns: None,
             read: false,
         });
         if self.slots.len() > MAX_SLOTS {
@@ -314,6 +341,10 @@ impl Ledger {
                     (true, true) => a.cpu_ns.zip(b.cpu_ns).map(|(x, y)| x + y),
                     _ => b.cpu_ns,
                 };
+                a.wait_ns = match (a.read, b.read) {
+                    (true, true) => a.wait_ns.zip(b.wait_ns).map(|(x, y)| x + y),
+                    _ => b.wait_ns,
+                };
                 a.read = a.read || b.read;
                 out.push(a);
                 i += 2;
@@ -362,15 +393,9 @@ fn top(m: Option<&FxHashMap<u32, u64>>, n: usize) -> Vec<(u32, u64)> {
     v
 }
 
-/// The CPU time of every live thread of `pid`, in ns, from
+/// The [`ThreadTime`] of every live thread of `pid`, from
 /// `/proc/PID/task/*/schedstat` (`None` once the process is gone).
 pub fn read_thread_cpu(pid: u32) -> Option<ThreadCpu> {
-    read_thread_sched(pid).map(|m| m.into_iter().map(|(t, (cpu, _))| (t, cpu)).collect())
-}
-
-/// Per live thread of `pid`: (CPU time, time spent waiting for a CPU), in
-/// ns, from `/proc/PID/task/*/schedstat` (`None` once the process is gone).
-pub fn read_thread_sched(pid: u32) -> Option<FxHashMap<u32, (u64, u64)>> {
     let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut out = FxHashMap::default();
     for t in dir.flatten() {
@@ -381,8 +406,8 @@ pub fn read_thread_sched(pid: u32) -> Option<FxHashMap<u32, (u64, u64)>> {
         p.push("schedstat");
         if let Ok(s) = std::fs::read_to_string(&p) {
             let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
-            if let (Some(Some(cpu)), Some(Some(wait))) = (f.next(), f.next()) {
-                out.insert(tid, (cpu, wait));
+            if let (Some(Some(cpu_ns)), Some(Some(wait_ns))) = (f.next(), f.next()) {
+                out.insert(tid, ThreadTime { cpu_ns, wait_ns });
             }
         }
     }
@@ -404,12 +429,12 @@ mod tests {
     }
 
     fn cpu(pairs: &[(u32, u64)]) -> Option<Option<ThreadCpu>> {
-        Some(Some(pairs.iter().copied().collect()))
+        Some(Some(pairs.iter().map(|&(t, ns)| (t, ns.into())).collect()))
     }
 
     #[test]
     fn calls_land_in_the_slot_of_their_entry_and_returns_in_the_slot_of_their_return() {
-        let mut l = Ledger::new(0, Some([(1, 100)].into_iter().collect()));
+        let mut l = Ledger::new(0, cpu(&[(1, 100)]).flatten());
         l.cut(50, Arc::from([7u32]), Arc::from([7u32]), cpu(&[(1, 130)]));
         l.cut(
             100,
@@ -436,8 +461,28 @@ mod tests {
     }
 
     #[test]
+    fn a_reading_gives_the_run_queue_wait_since_the_last() {
+        let t = |cpu_ns, wait_ns| ThreadTime { cpu_ns, wait_ns };
+        let mut l = Ledger::new(0, Some([(1, t(100, 1000))].into_iter().collect()));
+        let none: Arc<[u32]> = Arc::from([]);
+        l.cut(
+            50,
+            Arc::clone(&none),
+            Arc::clone(&none),
+            Some(Some(
+                [(1, t(110, 1030)), (2, t(5, 7))].into_iter().collect(),
+            )),
+        );
+        l.cut(90, Arc::clone(&none), Arc::clone(&none), None);
+        let s = l.slots();
+        // Thread 1 waited 30 more, thread 2 appeared having waited 7.
+        assert_eq!((s[0].cpu_ns, s[0].wait_ns), (Some(15), Some(37)));
+        assert_eq!((s[1].cpu_ns, s[1].wait_ns), (None, None));
+    }
+
+    #[test]
     fn finish_gives_the_last_slot_what_the_readings_missed() {
-        let mut l = Ledger::new(0, Some([(1, 0)].into_iter().collect()));
+        let mut l = Ledger::new(0, cpu(&[(1, 0)]).flatten());
         l.cut(50, Arc::from([]), Arc::from([]), cpu(&[(1, 40)]));
         // Recording ends at 90; thread 1 had exited: the reading fails, and
         // the command's exit status says 100 in all.

@@ -666,6 +666,7 @@ impl Governor {
         let from = end - RECENT.as_nanos() as i64;
         let mut recent_calls = 0u64;
         let mut cpu_ns = 0u64;
+        let mut wait_ns = 0u64;
         let mut first = end;
         for s in self.ledger.slots().iter().rev().skip(1) {
             if s.end_ns <= from {
@@ -673,6 +674,7 @@ impl Governor {
             }
             first = s.start_ns;
             cpu_ns += s.cpu_ns.unwrap_or(0);
+            wait_ns += s.wait_ns.unwrap_or(0);
             recent_calls += s
                 .counts
                 .iter()
@@ -688,11 +690,12 @@ impl Governor {
             return false;
         }
         let probe_ns = recent_calls as f64 * self.cost.full_ns;
+        // The wall time the target could run (see `tick_figures`).
         let pct = overhead_pct(
             recent_calls as f64,
             self.cost.full_ns,
             cpu_ns as f64,
-            wall_ns,
+            wall_ns - wait_ns as f64,
             probe_ns,
         );
         pct > factor * self.budget_pct
@@ -1003,6 +1006,7 @@ impl Governor {
             .filter(|s| s.start_ns >= from_ns && s.end_ns <= to_ns)
             .collect();
         let cpu_ns: f64 = slots.iter().filter_map(|s| s.cpu_ns).sum::<u64>() as f64;
+        let wait_ns: f64 = slots.iter().filter_map(|s| s.wait_ns).sum::<u64>() as f64;
         let modelled: f64 = slots
             .iter()
             .map(|s| s.entries as f64 * self.band.entry_ns + s.returns as f64 * self.band.return_ns)
@@ -1015,9 +1019,11 @@ impl Governor {
         };
         // The target's own time: its CPU time when it is busy (several
         // threads may use more than the wall time), the wall time when it
-        // mostly waits; never below a hundredth of it, so the calibration's
-        // error cannot make the loads explode.
-        let seen = cpu_ns.max(wall_ns);
+        // mostly waits, less the time it was ready to run but waited for a
+        // CPU (on a loaded machine a busy target would otherwise look idle,
+        // and its calls cheap); never below a hundredth of it, so the
+        // calibration's error cannot make the loads explode.
+        let seen = cpu_ns.max(wall_ns - wait_ns);
         let own_ns = (seen - probe_ns).max(0.01 * seen).max(1.0);
         let mut calls: FxHashMap<u32, f64> = FxHashMap::default();
         let mut sampled_ids: BTreeSet<u32> = BTreeSet::new();

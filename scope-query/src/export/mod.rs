@@ -358,3 +358,64 @@ pub fn export_session(
     };
     export(format, &mut batches, &meta, out)
 }
+
+/// `export --diff BASE`: the folded stacks of `base` and `new` (one session
+/// each) set side by side, as inferno's differential folded lines
+/// (`stack base_ns new_ns`) or a differential flame graph: widths are the
+/// new session's time, red where it spent more than the base, blue where
+/// less. Times are not normalised: they are both in ns of wall time.
+pub fn export_diff(
+    base: &crate::Store,
+    new: &crate::Store,
+    format: Format,
+    tid: Option<u32>,
+    out: &mut dyn Write,
+) -> Result<ExportStats> {
+    if !matches!(format, Format::Folded | Format::Flamegraph) {
+        bail!("--diff draws folded stacks or a flame graph, not {format}");
+    }
+    let mut before = Vec::new();
+    export_session(base, Format::Folded, tid, &mut before)?;
+    let mut after = Vec::new();
+    let stats = export_session(new, Format::Folded, tid, &mut after)?;
+    let mut lines = Vec::new();
+    inferno::differential::from_readers(
+        inferno::differential::Options::default(),
+        &before[..],
+        &after[..],
+        &mut lines,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot set the two sessions' stacks side by side: {e}"))?;
+    let mut counted = CountingWriter {
+        inner: out,
+        bytes: 0,
+    };
+    match format {
+        Format::Folded => counted.write_all(&lines).map_err(write_error)?,
+        _ => {
+            let text = String::from_utf8_lossy(&lines);
+            let title = |s: &crate::Store| {
+                crate::travel::session_span(s).map_or_else(|_| "?".to_string(), |x| x.id)
+            };
+            let mut options = inferno::flamegraph::Options::default();
+            options.title = format!("{} → {}", title(base), title(new));
+            options.subtitle = Some(
+                "widths: the new session's wall time in ns; red: more than the base, blue: less"
+                    .to_string(),
+            );
+            options.count_name = "ns".to_owned();
+            options.name_type = "Function:".to_owned();
+            options.min_width = 0.0;
+            if text.trim().is_empty() {
+                bail!("neither session has a call to draw");
+            }
+            inferno::flamegraph::from_lines(&mut options, text.lines(), &mut counted)
+                .map_err(|e| anyhow::anyhow!("cannot write the flame graph: {e}"))?;
+        }
+    }
+    counted.flush().map_err(write_error)?;
+    Ok(ExportStats {
+        bytes: counted.bytes,
+        ..stats
+    })
+}
