@@ -87,6 +87,32 @@ pub enum Command {
     /// and vanished functions, and the call paths behind each change;
     /// `--fail-if` gates for CI (exit status 3)
     Diff(DiffArgs),
+    /// The viewer: a local web page over a store (timeline per thread,
+    /// flame graph, function table, source, SQL, findings), on 127.0.0.1
+    /// with a token in the URL it prints; a JSON API under /api/
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The store: a directory (as record and attach write it), file://DIR,
+    /// or s3://BUCKET/PREFIX.
+    #[arg(
+        long,
+        value_name = "DIR|URL",
+        default_value = "scope-data",
+        env = "SCOPE_DATA"
+    )]
+    pub data: String,
+
+    /// The port on 127.0.0.1 (0: any free one).
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    pub port: u16,
+
+    /// Memory the query engine may use per session before sorts and joins
+    /// spill to disk (see `report --memory`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size64)]
+    pub memory: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,8 @@ pub mod read;
 #[cfg(feature = "agent")]
 pub mod sample;
 #[cfg(feature = "agent")]
+pub mod serve;
+#[cfg(feature = "agent")]
 pub mod session;
 #[cfg(feature = "agent")]
 pub mod status;

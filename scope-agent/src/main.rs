@@ -65,6 +65,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Timeline(args) => scope_agent::read::timeline(args).map(|()| ExitCode::SUCCESS),
         Command::Compact(args) => scope_agent::read::compact(args).map(|()| ExitCode::SUCCESS),
         Command::Export(args) => scope_agent::read::export(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => scope_agent::serve::run(scope_agent::serve::ServeConfig {
+            data: args.data,
+            port: args.port,
+            memory: args
+                .memory
+                .unwrap_or(scope_agent::cli::DEFAULT_QUERY_MEMORY),
+        })
+        .map(|()| ExitCode::SUCCESS),
         Command::Diff(args) => scope_agent::read::diff(args).map(|held| {
             if held {
                 ExitCode::SUCCESS

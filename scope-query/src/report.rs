@@ -105,6 +105,8 @@ pub struct ReportRow {
     pub key: String,
     /// Thread id, for `--by thread`.
     pub tid: Option<i64>,
+    /// The function's id, for `--by function` over one session.
+    pub function_id: Option<i64>,
     /// Module of the function (or the module itself for `--by module`).
     pub module: String,
     /// Calls: exact, or the estimate when `!exact`; `None` when unknown.
@@ -798,6 +800,7 @@ fn recorded_rows(
                 row: ReportRow {
                     key: display,
                     tid,
+                    function_id: (single && by == By::Function).then_some(*f),
                     module: module.clone(),
                     exact: true,
                     ..ReportRow::default()

@@ -67,8 +67,9 @@ pub fn session_span(store: &Store) -> Result<SessionSpan> {
     Ok(span)
 }
 
-/// A thread's first and last moments in the session, for messages.
-fn threads(store: &Store) -> Result<Vec<(i64, i64, i64, i64)>> {
+/// Every thread of the session that recorded calls: (tid, calls, first
+/// entry, last return), by tid (one scan of the session's calls).
+pub fn threads(store: &Store) -> Result<Vec<(i64, i64, i64, i64)>> {
     let mut v = Vec::new();
     for b in store.sql(
         "SELECT tid, count(*) AS n, min(start_ns) AS s, max(start_ns + coalesce(duration_ns, 0)) AS e \
@@ -547,4 +548,88 @@ pub fn render_timeline(tl: &Timeline, tid: u32) -> String {
         );
     }
     s
+}
+
+/// Calls of one thread over an interval at a level of detail: those at
+/// least `min_ns` long drawn one by one, the shorter ones merged per depth
+/// into runs (a viewer's pixel: nothing narrower is visible).
+#[derive(Clone, Debug, Default)]
+pub struct Detail {
+    /// Calls at least `min_ns` long (or never returned), by entry.
+    pub calls: Vec<Frame>,
+    /// Whether `limit` cut `calls`.
+    pub more: bool,
+    /// Runs of shorter calls: (depth, first entry, last return, calls).
+    pub hidden: Vec<(i64, i64, i64, i64)>,
+}
+
+/// [`Detail`] of thread `tid` over `from_ns..to_ns` (epoch ns): two
+/// queries over the files near the interval (see `calls_near`), the short
+/// calls grouped by depth and `min_ns` bucket in the engine, adjacent
+/// buckets merged here.
+pub fn detail(
+    store: &Store,
+    tid: u32,
+    from_ns: i64,
+    to_ns: i64,
+    min_ns: i64,
+    limit: usize,
+) -> Result<Detail> {
+    let span = session_span(store)?;
+    let (from_ns, to_ns) = (from_ns.min(to_ns), from_ns.max(to_ns));
+    let min_ns = min_ns.max(1);
+    let near = calls_near(store, &span, tid, from_ns.saturating_sub(1), to_ns)?;
+    let overlap = format!(
+        "c.tid = {tid} AND c.start_ns <= {to_ns} AND (c.duration_ns IS NULL OR c.start_ns + c.duration_ns >= {from_ns}) \
+         AND c.session_id = {}{}",
+        sql_str(&span.id),
+        start_bound(store, &span, from_ns)?
+    );
+    let (calls, more) = frames_of(
+        store,
+        &near,
+        &format!("{overlap} AND (c.duration_ns IS NULL OR c.duration_ns >= {min_ns})"),
+        "c.start_ns, c.depth",
+        Some(limit.max(1)),
+    )?;
+    let mut buckets: Vec<(i64, i64, i64, i64, i64)> = Vec::new();
+    for b in store.stream(&format!(
+        "SELECT c.depth AS depth, CAST((c.start_ns - {from_ns}) / {min_ns} AS BIGINT) AS k, \
+           count(*) AS n, min(c.start_ns) AS s, max(c.start_ns + c.duration_ns) AS e \
+         FROM {near} c WHERE {overlap} AND c.duration_ns < {min_ns} GROUP BY 1, 2"
+    ))? {
+        let b = b?;
+        let d = cols::i64s(&b, "depth")?;
+        let k = cols::i64s(&b, "k")?;
+        let n = cols::i64s(&b, "n")?;
+        let st = cols::i64s(&b, "s")?;
+        let e = cols::i64s(&b, "e")?;
+        for i in 0..b.num_rows() {
+            buckets.push((
+                d[i].unwrap_or(0),
+                k[i].unwrap_or(0),
+                n[i].unwrap_or(0),
+                st[i].unwrap_or(0),
+                e[i].unwrap_or(0),
+            ));
+        }
+    }
+    buckets.sort_unstable();
+    let mut hidden: Vec<(i64, i64, i64, i64)> = Vec::new();
+    let mut last_k = i64::MIN;
+    for (depth, k, n, s, e) in buckets {
+        match hidden.last_mut() {
+            Some(h) if h.0 == depth && k <= last_k + 1 => {
+                h.2 = h.2.max(e);
+                h.3 += n;
+            }
+            _ => hidden.push((depth, s, e, n)),
+        }
+        last_k = k;
+    }
+    Ok(Detail {
+        calls,
+        more,
+        hidden,
+    })
 }
