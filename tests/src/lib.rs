@@ -9,6 +9,8 @@
 //! The harness adds no flag to the agent's command line: a test runs the
 //! default path unless its own text asks for something else.
 
+pub mod cdp;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -475,6 +477,11 @@ impl RunningAgent {
     /// The agent's pid.
     pub fn pid(&self) -> u32 {
         self.guard.pid()
+    }
+
+    /// What the agent wrote to stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        self.stdout.snapshot()
     }
 
     /// What the agent wrote to stderr so far.

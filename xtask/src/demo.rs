@@ -104,6 +104,14 @@ fn show_answers(agent: &Path, out: &Path) {
     }
     println!("\nGo further (none of these needs root):");
     println!(
+        "  {} serve --data {data}    # the viewer: prints a http://127.0.0.1 URL with its token; open it in a browser",
+        agent.display()
+    );
+    println!(
+        "  {} diff OLD-STORE NEW-STORE --fail-if 'p99 > +10%'    # what got slower between two recordings",
+        agent.display()
+    );
+    println!(
         "  {} query \"SELECT * FROM totals\" --data {data}",
         agent.display()
     );

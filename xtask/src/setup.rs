@@ -155,7 +155,7 @@ pub fn ensure_root_and_bpf(task: &str) -> Result<()> {
 }
 
 /// Installs the tests' reference tools when missing: bpftrace, bpftool,
-/// golang-go and protobuf-compiler (Debian packages), Python's duckdb,
+/// chromium, curl, golang-go and protobuf-compiler (Debian packages), Python's duckdb,
 /// perfetto and jsonschema (PyPI) and speedscope (npm); mounts tracefs
 /// for bpftrace when it is not mounted.
 pub fn ensure_test_tools() -> Result<()> {
@@ -164,6 +164,12 @@ pub fn ensure_test_tools() -> Result<()> {
         apt_install(&["bpftrace", "bpftool"])?;
     }
     ensure_tracefs()?;
+    // The viewer's browser tests (tests/tests/viewer.rs) drive Debian's
+    // Chromium headless; curl asks the server directly.
+    if !on_path("chromium") || !on_path("curl") {
+        announce("chromium and curl (the viewer's browser tests)");
+        apt_install(&["chromium", "curl"])?;
+    }
     // The Go fixture is built at test time (tests/fixtures/go).
     if !on_path("go") {
         announce("the Go toolchain (golang-go)");

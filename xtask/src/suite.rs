@@ -60,7 +60,13 @@ pub fn run_suite(lint: bool, fuzz: bool, cargo_test_args: &[String]) -> Result<(
         if !selects_packages(cargo_test_args) {
             cmd.args(WORKSPACE);
         }
-        run(cmd.args(cargo_test_args))
+        let result = run(cmd.args(cargo_test_args));
+        // The viewer's browser tests leave a screenshot of each view.
+        let shots = target_dir()?.join("artifacts/viewer");
+        if shots.is_dir() {
+            println!("screenshots of the viewer: {}", shots.display());
+        }
+        result
     })?;
     if fuzz {
         for (target, seconds) in FUZZ_SECONDS {

@@ -602,7 +602,7 @@ fn source(store: &Store, query: &str) -> Result<Value> {
             let loc = f["location"].as_str()?;
             let (lf, ll) = loc.rsplit_once(':')?;
             (lf == file || lf == base || file.ends_with(&format!("/{lf}")))
-                .then(|| json!({ "id": f["id"], "kind": f["kind"], "severity": f["severity"], "title": f["message"], "line": ll.parse::<i64>().ok() }))
+                .then(|| json!({ "id": f["id"], "kind": f["kind"], "severity": severity_label(&f["severity"]), "score": f["severity"], "title": f["message"], "line": ll.parse::<i64>().ok() }))
         })
         .collect();
     Ok(json!({
@@ -614,6 +614,16 @@ fn source(store: &Store, query: &str) -> Result<Value> {
         "call_sites": sites,
         "findings": pinned,
     }))
+}
+
+/// A finding's severity (0–1, as analyze ranks) as the page's word for it;
+/// the number stays in `score`.
+fn severity_label(v: &Value) -> &'static str {
+    match v.as_f64().unwrap_or(0.0) {
+        x if x >= 0.5 => "high",
+        x if x >= 0.2 => "medium",
+        _ => "low",
+    }
 }
 
 fn findings_rows(store: &Store) -> Result<Vec<Value>> {
@@ -635,6 +645,8 @@ fn findings(store: &Store) -> Result<Value> {
         let name = r["function"].as_str().unwrap_or("").to_string();
         r["function_id"] = json!(ids.get(&name));
         r["title"] = r["message"].clone();
+        r["score"] = r["severity"].clone();
+        r["severity"] = json!(severity_label(&r["score"]));
         if let Some((file, line)) = r["location"].as_str().and_then(|l| l.rsplit_once(':')) {
             let (file, line) = (file.to_string(), line.parse::<i64>().ok());
             r["file"] = json!(file);

@@ -521,6 +521,13 @@ VIEWS.timeline = {
         losses: (d.losses || []).map((x) => ({ ...x, s: rel(x.start_ns), e: rel(x.end_ns) })),
         windows: (d.windows || []).map((x) => ({ s: rel(x.start_ns), e: rel(x.end_ns) })),
       };
+      // What the server drew, for scripts and tests: the range and the
+      // shortest call drawn one by one (narrower ones are in grey bands).
+      const svgEl = $('#timeline-svg');
+      svgEl.dataset.fromNs = String(d.from_ns);
+      svgEl.dataset.toNs = String(d.to_ns);
+      svgEl.dataset.minNs = String(d.min_ns);
+      svgEl.dataset.tid = String(d.tid);
       this.draw();
       const n = this.data;
       this.status(`${plural(n.bars.length, 'call')} drawn` + (n.hidden.length
@@ -640,6 +647,7 @@ VIEWS.timeline = {
       return;
     }
     empty.hidden = true;
+    ol.dataset.atNs = abs(sel.at);
     ol.replaceChildren(...sel.frames.map((fr) => {
       const start = rel(fr.start_ns);
       const file = fr.file ? `${String(fr.file).split('/').pop()}${fr.line ? ':' + fr.line : ''}` : '';
