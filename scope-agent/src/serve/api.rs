@@ -179,8 +179,11 @@ fn cols_str(b: &arrow_array::RecordBatch, name: &str) -> Result<Vec<Option<Strin
     Ok(a.iter().map(|s| s.map(str::to_string)).collect())
 }
 
-/// function id → (file, line).
-fn locations(store: &Store) -> Result<FxHashMap<i64, (Option<String>, Option<i64>)>> {
+/// A function's source file and line, when DWARF had them.
+type Location = (Option<String>, Option<i64>);
+
+/// function id → its [`Location`].
+fn locations(store: &Store) -> Result<FxHashMap<i64, Location>> {
     let mut out = FxHashMap::default();
     for b in store.sql("SELECT function_id, file, line FROM functions")? {
         let id = cols_i64(&b, "function_id")?;
@@ -323,6 +326,25 @@ fn timeline(store: &Store, query: &str) -> Result<Value> {
             }
         }
     }
+    // Where the governor sampled (a function's calls there are 1 in N, not
+    // all): its `aggregates` intervals of mode `sampled`.
+    let mut windows = Vec::new();
+    if store.has_table("aggregates") {
+        for b in store.sql(&format!(
+            "SELECT function_id, start_ns, end_ns, sample_n FROM aggregates \
+             WHERE mode = 'sampled' AND end_ns >= {from} AND start_ns <= {to} ORDER BY start_ns LIMIT 10000"
+        ))? {
+            let f = cols_i64(&b, "function_id")?;
+            let s = cols_i64(&b, "start_ns")?;
+            let e = cols_i64(&b, "end_ns")?;
+            let n = cols_i64(&b, "sample_n")?;
+            for i in 0..b.num_rows() {
+                windows.push(json!({
+                    "function_id": f[i], "start_ns": s[i].map(at), "end_ns": e[i].map(at), "sample_n": n[i],
+                }));
+            }
+        }
+    }
     Ok(json!({
         "tid": tid,
         "from_ns": at(from),
@@ -334,7 +356,7 @@ fn timeline(store: &Store, query: &str) -> Result<Value> {
         "more": d.more,
         "hidden": hidden,
         "losses": losses,
-        "windows": [],
+        "windows": windows,
     }))
 }
 
