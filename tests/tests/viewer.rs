@@ -271,6 +271,17 @@ fn every_view_shows_what_the_command_line_shows() {
     let names: Vec<String> = serde_json::from_str(names.as_str().unwrap()).unwrap();
     assert!(names.iter().any(|n| n == "main"), "{names:?}");
     assert!(names.len() >= 5, "{names:?}");
+    // The call tree beside it: main's total is report's (self times
+    // summed down the tree give the inclusive time back, to the ns).
+    let main_total = js(
+        &mut b,
+        "Number(document.querySelector('#call-tree tr.tree-row[data-path=\"main\"] td[data-col=total]').dataset.value)",
+    );
+    let report_main = expected
+        .iter()
+        .find(|r| r["key"] == "main")
+        .and_then(|r| r["total_ns"].as_f64());
+    assert_eq!(main_total.as_f64(), report_main);
     shot(&mut b, "flame");
 
     // Source: the demo's file, line for line, the function's line marked,

@@ -7,7 +7,11 @@ Serves the viewer assets from scope-agent/src/serve/assets at /, /app.js and
 /style.css, and canned but internally consistent JSON for two sessions: the
 newest has 2 threads, ~30 functions, nested calls down to depth 6, one call
 that never returned, dropped-event marks, governor sampling windows, one
-finding and a small fake source file. Every /api/ call needs the header
+finding and a small fake source file. Like the real server, /api/sessions
+sends `"threads": null` (counting them needs a scan of every call). With
+`--flame-nodes N`, the unfiltered flame graph (all threads, no range) gets an
+extra top-level frame `synthetic_workload` holding a random tree of N nodes,
+to try the viewer on big trees. Every /api/ call needs the header
 `X-Scope-Token: TOKEN` (401 otherwise). Epoch nanoseconds exceed 2^53, so, as
 the real server does, any *_ns or id >= 2^53 is sent as a decimal string.
 """
@@ -146,6 +150,7 @@ int run_pipeline(const config_t *cfg)
 class Session:
     def __init__(self, sid, command, pid, start_ns, tids, scale, seed):
         self.session_id, self.command, self.pid, self.start_ns = sid, command, pid, start_ns
+        self.synthetic_nodes = 0  # --flame-nodes
         self.rng = random.Random(seed)
         self.calls = []  # dicts: call_id, parent, fid, name, depth, tid, start, dur, self, path
         self.seq = 0
@@ -214,7 +219,7 @@ class Session:
     def summary(self):
         return {"session_id": self.session_id, "command": self.command, "pid": self.pid,
                 "start_ns": j(self.start_ns), "end_ns": j(self.end_ns), "calls": len(self.calls),
-                "threads": len(self.by_tid)}
+                "threads": None}  # the real server does not count them either
 
     def functions(self):
         rows = []
@@ -322,6 +327,8 @@ class Session:
             if parent is not root:
                 parent["self"] -= node["value"]
             nodes[path] = node
+        if tid is None and frm is None and self.synthetic_nodes:
+            root["children"].append(synthetic_tree(self.synthetic_nodes, self.pid))
         root["value"] = sum(c["value"] for c in root["children"])
 
         def sort(n):
@@ -399,6 +406,32 @@ class Session:
             trunc = True
         return 200, {"columns": cols, "rows": rows, "truncated": trunc,
                      "elapsed_ms": round((time.perf_counter() - t0) * 1000 + 3.2, 1)}
+
+
+def synthetic_tree(n, seed):
+    """A random call tree of n nodes (about 0.6 s in all), sibling names distinct."""
+    r = random.Random(seed)
+    pool = [f"synth_{a}_{b}" for a in ("parse", "load", "hash", "encode", "visit", "merge", "scan", "emit")
+            for b in range(100)]
+    top = {"name": "synthetic_workload", "value": 0, "self": 0, "children": [], "depth": 0}
+    nodes = [top]
+    for _ in range(n - 1):
+        # Favour recent nodes a little, so that the tree gets some depth.
+        parent = nodes[min(len(nodes) - 1, int(len(nodes) * r.random() ** 0.35))]
+        if parent["depth"] >= 24:
+            parent = top
+        taken = {c["name"] for c in parent["children"]}
+        name = r.choice(pool)
+        while name in taken:
+            name = r.choice(pool) + f"_{len(taken)}"
+        node = {"name": name, "value": 0, "self": r.randint(1, 2 * max(1, 600_000_000 // n)),
+                "children": [], "depth": parent["depth"] + 1}
+        parent["children"].append(node)
+        nodes.append(node)
+    for node in reversed(nodes):  # children come after their parents
+        node["value"] = node["self"] + sum(c["value"] for c in node["children"])
+        del node["depth"]
+    return top
 
 
 def build_sessions():
@@ -520,7 +553,11 @@ def main():
     ap.add_argument("--token", default="t")
     ap.add_argument("--delay-ms", type=int, default=0, help="added latency per API call")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--flame-nodes", type=int, default=0,
+                    help="add a random subtree of this many nodes to the unfiltered flame graph")
     a = ap.parse_args()
+    for s in SESSIONS:
+        s.synthetic_nodes = max(0, a.flame_nodes)
     Handler.token, Handler.delay, Handler.quiet = a.token, a.delay_ms / 1000, a.quiet
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     print(f"http://127.0.0.1:{a.port}/?token={a.token}", flush=True)

@@ -326,10 +326,11 @@ function selectSession(sess) {
   $('#session-picker').value = sess.session_id;
   const dur = Number(big(sess.end_ns) - state.origin);
   const meta = $('#session-meta');
-  meta.replaceChildren(
-    h('span', { class: 'mono', title: sess.command }, `pid ${sess.pid}`), ' · ',
-    plural(sess.calls, 'call'), ' · ', plural(sess.threads, 'thread'), ' · ',
-    h('span', { class: 'mono' }, fmtDur(dur)));
+  // Counts the server did not send (the real one leaves threads null) are left out.
+  const parts = [h('span', { class: 'mono', title: sess.command }, `pid ${sess.pid}`),
+    sess.calls != null && plural(sess.calls, 'call'), sess.threads != null && plural(sess.threads, 'thread'),
+    h('span', { class: 'mono' }, fmtDur(dur))].filter(Boolean);
+  meta.replaceChildren(...parts.flatMap((p, i) => (i ? [' · ', p] : [p])));
   meta.title = sess.command;
   for (const v of Object.values(VIEWS)) if (v.reset) v.reset();
   // The findings count on the tab; a failure shows up when the tab is opened.
@@ -664,11 +665,18 @@ VIEWS.timeline = {
 /* =============================================================== FLAME */
 
 const FLAME_ROW = 18;
+// Call tree: children shown per expanded node before a "more" row, and the
+// number of rows the default expansion (depth 3) may add beyond the hot path.
+const TREE_PAGE = 100, TREE_DEPTH = 3, TREE_BUDGET = 800;
+
+const selfOf = (n) => (n.self != null ? Number(n.self)
+  : Math.max(0, Number(n.value) - (n.children || []).reduce((a, c) => a + Number(c.value), 0)));
 
 VIEWS.flame = {
-  root: null, key: null, focus: [], seq: latest(), tid: '', from: '', to: '',
+  root: null, key: null, focus: [], seq: latest(), tid: '', from: '', to: '', lastW: 0,
+  tree: null, // {root, open: Set<node>, limit: Map<node, n>, hot: Set<node>, nodes}
 
-  reset() { this.root = null; this.key = null; this.focus = []; this.tid = ''; this.from = this.to = ''; },
+  reset() { this.root = null; this.key = null; this.focus = []; this.tid = ''; this.from = this.to = ''; this.tree = null; },
   params() { return { tid: this.tid, from: this.from, to: this.to }; },
 
   init() {
@@ -682,16 +690,73 @@ VIEWS.flame = {
     hoverTips(svg);
     svg.addEventListener('click', (e) => {
       const r = e.target.closest('rect.frame');
-      if (r && r.__path) { this.focus = r.__path; this.render(); }
+      if (r && r.__path) this.setFocus(r.__path, 'icicle');
     });
     $('#flame-breadcrumb').addEventListener('click', (e) => {
       const a = e.target.closest('a[data-depth]');
       if (!a) return;
       e.preventDefault();
-      this.focus = this.focus.slice(0, Number(a.dataset.depth));
-      this.render();
+      this.setFocus(this.focus.slice(0, Number(a.dataset.depth)), 'icicle');
     });
-    new ResizeObserver(() => { if (state.view === 'flame' && this.root) this.render(); }).observe($('#flame-wrap'));
+    const wrap = $('#flame-wrap');
+    new ResizeObserver(() => {
+      // Only a new width changes the layout (the height follows the icicle or the splitter).
+      if (state.view !== 'flame' || !this.root || wrap.clientWidth === this.lastW) return;
+      this.render();
+    }).observe(wrap);
+
+    // Call tree: the triangle toggles, the name focuses the icicle, "more" rows page.
+    $('#call-tree tbody').addEventListener('click', (e) => {
+      const tr = e.target.closest('tr');
+      if (!tr || !this.tree) return;
+      if (tr.classList.contains('tree-more')) return this.moreRows(tr);
+      if (!tr.classList.contains('tree-row')) return;
+      if (e.target.closest('.twisty')) return this.toggleRow(tr);
+      if (e.target.closest('.tree-name')) this.setFocus(tr.__names, 'tree');
+    });
+    $('#call-tree tbody').addEventListener('keydown', (e) => {
+      const tr = e.target.closest('tr');
+      if (!tr || !this.tree || (e.key !== 'Enter' && e.key !== ' ')) return;
+      e.preventDefault();
+      if (tr.classList.contains('tree-more')) this.moreRows(tr);
+      else if (!tr.classList.contains('tree-row')) return;
+      else if (e.target.closest('.twisty')) this.toggleRow(tr);
+      else if (e.target.closest('.tree-name')) this.setFocus(tr.__names, 'tree');
+    });
+    $('#call-tree-collapse').addEventListener('click', () => {
+      if (!this.tree) return;
+      this.tree.open.clear();
+      this.tree.limit.clear();
+      this.renderTreeBody();
+    });
+    $('#call-tree-reset').addEventListener('click', () => {
+      if (!this.root) return;
+      this.buildTree();
+      this.markTreeFocus(true);
+    });
+
+    // Splitter between the icicle and the tree: drag to resize, double-click to reset.
+    const split = $('#flame-split');
+    split.addEventListener('mousedown', (e) => {
+      if (e.button !== 0) return;
+      e.preventDefault();
+      const y0 = e.clientY, h0 = wrap.getBoundingClientRect().height;
+      const max = $('#view-flame').clientHeight - 160;
+      split.classList.add('dragging');
+      const move = (ev) => {
+        const hpx = Math.max(60, Math.min(max, h0 + ev.clientY - y0));
+        wrap.style.flex = `0 0 ${hpx}px`;
+        wrap.style.maxHeight = 'none';
+      };
+      const up = () => {
+        split.classList.remove('dragging');
+        window.removeEventListener('mousemove', move);
+        window.removeEventListener('mouseup', up);
+      };
+      window.addEventListener('mousemove', move);
+      window.addEventListener('mouseup', up);
+    });
+    split.addEventListener('dblclick', () => { wrap.style.flex = ''; wrap.style.maxHeight = ''; });
   },
 
   async show(params, isCurrent) {
@@ -723,11 +788,19 @@ VIEWS.flame = {
     this.render();
   },
 
-  render() {
+  /** Zooms the icicle to the frame at `names` (from the root's children down); `from` is 'icicle' or 'tree'. */
+  setFocus(names, from) {
+    this.focus = names.slice();
+    this.render({ reveal: from === 'icicle', scrollIcicle: from === 'tree' });
+  },
+
+  render(opts = {}) {
     const svg = $('#flame-svg');
     const root = this.root;
     if (!root) return;
-    const W = Math.max(100, $('#flame-wrap').clientWidth - 2);
+    const wrap = $('#flame-wrap');
+    this.lastW = wrap.clientWidth;
+    const W = Math.max(100, wrap.clientWidth - 2);
     const total = Number(root.value) || 0;
     $('#flame-total').textContent = `${fmtDur(total)} in total`;
     $('#flame-empty').hidden = total > 0;
@@ -773,6 +846,10 @@ VIEWS.flame = {
     const H = rows * FLAME_ROW + 4;
     setAttrs(svg, { width: W, height: H, viewBox: `0 0 ${W} ${H}` });
     svg.replaceChildren(g);
+    if (opts.scrollIcicle) { // keep the focused frame in view when the tree zoomed to it
+      const y = (chain.length - 1) * FLAME_ROW;
+      if (y < wrap.scrollTop || y + FLAME_ROW > wrap.scrollTop + wrap.clientHeight) wrap.scrollTop = Math.max(0, y - 2 * FLAME_ROW);
+    }
     // Breadcrumb: all › a › b (the last one is where we are).
     const crumbs = $('#flame-breadcrumb');
     crumbs.replaceChildren();
@@ -781,6 +858,175 @@ VIEWS.flame = {
       i < chain.length - 1 ? h('a', { href: '#', 'data-depth': i, title: 'zoom out to here' }, n.name) : h('span', { class: 'current' }, n.name),
     ]), chain.length > 1 ? h('span', { class: 'muted crumb-info' }, `${fmtDur(fv)} · ${(100 * fv / (total || 1)).toFixed(1)}% of all`)
       : h('span', { class: 'muted crumb-info' }, 'click a frame to zoom into it')]);
+    // The call tree shows the same data: rebuilt when the data changed, else only the focus mark moves.
+    if (!this.tree || this.tree.root !== root) this.buildTree();
+    this.markTreeFocus(!!opts.reveal);
+  },
+
+  /* ---- call tree ---- */
+
+  /** New tree state for this.root: open to depth TREE_DEPTH (within a row budget) and along the hottest path. */
+  buildTree() {
+    const root = this.root;
+    const t = { root, open: new Set(), limit: new Map(), hot: new Set(), nodes: 0 };
+    this.tree = t;
+    const stack = [...(root.children || [])];
+    while (stack.length) { const n = stack.pop(); t.nodes++; if (n.children) for (const c of n.children) stack.push(c); }
+    const kids = (n) => n.children || [];
+    const shown = (n) => Math.min(kids(n).length, TREE_PAGE);
+    let rows = shown(root);
+    for (let n = root; kids(n).length;) { // hottest path: the biggest child at every level
+      const best = kids(n).reduce((a, c) => (Number(c.value) > Number(a.value) ? c : a));
+      const i = kids(n).indexOf(best);
+      if (i >= TREE_PAGE) t.limit.set(n, i + 1);
+      t.hot.add(best);
+      if (kids(best).length) { t.open.add(best); rows += shown(best); }
+      n = best;
+    }
+    let level = kids(root).slice(0, TREE_PAGE);
+    for (let d = 0; d < TREE_DEPTH && level.length; d++) {
+      const next = [];
+      for (const n of level) {
+        if (!kids(n).length) continue;
+        if (!t.open.has(n)) {
+          if (rows + shown(n) > TREE_BUDGET) continue;
+          t.open.add(n);
+          rows += shown(n);
+        }
+        next.push(...kids(n).slice(0, TREE_PAGE));
+      }
+      level = next;
+    }
+    $('#call-tree-info').textContent = t.nodes ? plural(t.nodes, 'call path') : '';
+    this.renderTreeBody();
+    $('#call-tree-wrap').scrollTop = 0;
+  },
+
+  /** Replaces the tbody with the rows of every expanded node. */
+  renderTreeBody() {
+    const tb = $('#call-tree tbody');
+    const t = this.tree;
+    if (!t || !(Number(t.root.value) > 0) || !t.nodes) {
+      tb.replaceChildren(h('tr', { class: 'tree-empty' }, h('td', { colspan: 4, class: 'empty' }, 'No calls in this selection.')));
+      return;
+    }
+    const f = document.createDocumentFragment();
+    this.treeRows(t.root, [], 0, f, 0);
+    tb.replaceChildren(f);
+    this.markTreeFocus(false);
+  },
+
+  /** Appends to `out` the rows of node's children from index `start` (and of their expanded descendants). */
+  treeRows(node, names, depth, out, start) {
+    const t = this.tree;
+    const kids = node.children || [];
+    const lim = Math.min(kids.length, t.limit.get(node) || TREE_PAGE);
+    const total = Number(t.root.value) || 1;
+    for (let i = start; i < lim; i++) {
+      const c = kids[i];
+      const path = [...names, c.name];
+      const open = t.open.has(c);
+      const leaf = !(c.children && c.children.length);
+      const v = Number(c.value), self = selfOf(c), pct = (100 * v) / total;
+      const tr = h('tr', {
+        class: ['tree-row', leaf ? 'leaf' : open ? 'open' : 'closed', t.hot.has(c) && 'hot'].filter(Boolean).join(' '),
+        'data-path': path.join(';'), 'data-depth': depth, 'aria-level': depth + 1, 'aria-expanded': leaf ? null : String(open),
+      },
+      h('td', { class: 'tree-fn', 'data-col': 'function', style: `--depth:${depth}` }, h('div', { class: 'tree-cell' },
+        h('span', { class: 'twisty', role: leaf ? null : 'button', tabindex: leaf ? null : 0,
+          title: leaf ? null : this.twistyTitle(c, open) }),
+        h('span', { class: 'swatch', style: `background:${colorFor(c.name)}` }),
+        h('span', { class: 'tree-name', role: 'button', tabindex: 0, title: `${c.name}\nclick to zoom the flame graph to this frame` }, c.name))),
+      h('td', { class: 'num', 'data-col': 'total', 'data-value': v }, fmtDur(v)),
+      h('td', { class: 'num', 'data-col': 'self', 'data-value': self }, fmtDur(self)),
+      h('td', { class: 'num share', 'data-col': 'pct', 'data-value': pct.toFixed(4), style: `--share:${Math.min(100, pct).toFixed(2)}%` },
+        `${pct >= 10 || pct === 0 ? pct.toFixed(1) : pct.toPrecision(2)}%`));
+      tr.__node = c;
+      tr.__names = path;
+      out.append(tr);
+      if (open) this.treeRows(c, path, depth + 1, out, 0);
+    }
+    if (lim < kids.length) {
+      const rest = kids.slice(lim).reduce((a, c) => a + Number(c.value), 0);
+      const more = h('tr', { class: 'tree-more', 'data-depth': depth, 'data-path': names.join(';') },
+        h('td', { colspan: 4, style: `--depth:${depth}` }, h('span', { class: 'more-link', role: 'button', tabindex: 0 },
+          `show ${Math.min(TREE_PAGE, kids.length - lim)} more of ${fmtCount(kids.length - lim)} (${fmtDur(rest)})`)));
+      more.__node = node;
+      more.__names = names;
+      out.append(more);
+    }
+  },
+
+  // (not plural(): its toLocaleString is slow over thousands of rows)
+  twistyTitle(node, open) { const n = node.children.length; return `${open ? 'collapse' : 'expand'} (${n} ${n === 1 ? 'callee' : 'callees'})`; },
+
+  toggleRow(tr) {
+    const node = tr.__node;
+    if (!node.children || !node.children.length) return;
+    const d = Number(tr.dataset.depth);
+    const open = !this.tree.open.has(node);
+    if (open) {
+      this.tree.open.add(node);
+      const f = document.createDocumentFragment();
+      this.treeRows(node, tr.__names, d + 1, f, 0);
+      tr.after(f);
+    } else {
+      this.tree.open.delete(node);
+      let last = null;
+      for (let n = tr.nextElementSibling; n && Number(n.dataset.depth) > d; n = n.nextElementSibling) last = n;
+      if (last) { // one removal for the whole subtree
+        const r = document.createRange();
+        r.setStartAfter(tr);
+        r.setEndAfter(last);
+        r.deleteContents();
+      }
+    }
+    tr.classList.toggle('open', open);
+    tr.classList.toggle('closed', !open);
+    tr.setAttribute('aria-expanded', String(open));
+    tr.querySelector('.twisty').title = this.twistyTitle(node, open);
+    if (open) this.markTreeFocus(false);
+  },
+
+  moreRows(tr) {
+    const node = tr.__node;
+    const t = this.tree;
+    const from = Math.min(node.children.length, t.limit.get(node) || TREE_PAGE);
+    t.limit.set(node, from + TREE_PAGE);
+    const f = document.createDocumentFragment();
+    this.treeRows(node, tr.__names, Number(tr.dataset.depth), f, from);
+    tr.replaceWith(f);
+    this.markTreeFocus(false);
+  },
+
+  /** Marks the row of the icicle's focus; with `reveal`, opens its ancestors and scrolls it into view. */
+  markTreeFocus(reveal) {
+    const t = this.tree;
+    const tb = $('#call-tree tbody');
+    for (const r of tb.querySelectorAll('tr.tree-row.focus')) r.classList.remove('focus');
+    if (!t || !this.focus.length) return;
+    if (reveal) {
+      let changed = false;
+      let n = t.root;
+      this.focus.forEach((name, i) => {
+        const kids = (n && n.children) || [];
+        const k = kids.findIndex((c) => c.name === name);
+        if (k < 0) { n = null; return; }
+        if (k >= (t.limit.get(n) || TREE_PAGE)) { t.limit.set(n, k + 1); changed = true; }
+        n = kids[k];
+        if (i < this.focus.length - 1 && !t.open.has(n)) { t.open.add(n); changed = true; }
+      });
+      if (changed) { this.renderTreeBody(); return this.markTreeFocus(true); }
+    }
+    const row = tb.querySelector(`tr.tree-row[data-path="${CSS.escape(this.focus.join(';'))}"]`);
+    if (!row) return;
+    row.classList.add('focus');
+    if (!reveal) return;
+    const wrap = $('#call-tree-wrap');
+    const wr = wrap.getBoundingClientRect(), rr = row.getBoundingClientRect();
+    const top = wr.top + $('#call-tree thead').getBoundingClientRect().height;
+    if (rr.top < top) wrap.scrollTop -= top - rr.top + rr.height;
+    else if (rr.bottom > wr.bottom) wrap.scrollTop += rr.bottom - wr.bottom + rr.height;
   },
 };
 
