@@ -326,12 +326,30 @@ pub fn run(root: &Path) -> Result<String> {
         None
     };
 
+    // `scope-agent serve`'s first view of the store: what the page asks
+    // before it draws the timeline, cold (the server just started).
+    let first_view = if crate::process::succeeds(command(&agent).args(["serve", "--help"])) {
+        Some(step("serve: the first view (cold, then warm)", || {
+            let t = serve_first_view(&agent, &data)?;
+            println!(
+                "    first view: {:.2} s cold, {:.2} s warm ({})",
+                t.0,
+                t.1,
+                t.2.join(", ")
+            );
+            Ok(t)
+        })?)
+    } else {
+        None
+    };
+
     let section = render(
         &questions,
         &times,
         &generated,
         &store,
         &exports,
+        first_view.as_ref(),
         analyze,
         compacted.as_ref(),
         &duck_version,
@@ -893,6 +911,7 @@ fn render(
     g: &Generated,
     store: &Path,
     exports: &[(String, Rss)],
+    first_view: Option<&(f64, f64, Vec<String>)>,
     analyze: Option<(f64, u64)>,
     compacted: Option<&Compacted>,
     duck_version: &str,
@@ -975,6 +994,14 @@ fn render(
             yes(m.max_rss_bytes < 500_000_000)
         );
     }
+    if let Some((cold, warm, parts)) = first_view {
+        let _ = writeln!(
+            s,
+            "\n| `scope-agent serve`: the first view (the requests the page makes before it draws the timeline of the busiest thread) | cold {cold:.2} s | warm {warm:.2} s | < 2 s: {} |\n| --- | ---: | ---: | --- |\n\nCold, per request: {}.",
+            yes(*cold < 2.0),
+            parts.join(", ")
+        );
+    }
     if let Some((t, rss)) = analyze {
         let _ = writeln!(
             s,
@@ -1037,4 +1064,84 @@ fn group_digits(v: u64) -> String {
         out.push(ch);
     }
     out
+}
+
+/// `scope-agent serve --data DATA` started, then the page's first view
+/// asked of it twice with curl: sessions, threads, findings (the tab's
+/// count), and the busiest thread's timeline over the session at 1,400 pixels.
+/// Returns (cold seconds, warm seconds, the cold requests' times).
+fn serve_first_view(agent: &Path, data: &str) -> Result<(f64, f64, Vec<String>)> {
+    let mut child = command(agent)
+        .args(["serve", "--data", data])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {} serve", agent.display()))?;
+    let result = (|| {
+        let mut out = child.stdout.take().context("no stdout")?;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while out.read(&mut byte)? == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        let line = String::from_utf8_lossy(&line).into_owned();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://127.0.0.1:"))
+            .with_context(|| format!("serve printed no URL: {line}"))?
+            .to_string();
+        let (base, token) = url.split_once("/?token=").context("no token in the URL")?;
+        let get = |path: &str| -> Result<(f64, serde_json::Value)> {
+            let t = Instant::now();
+            let o = output(command("curl").args([
+                "-s",
+                "-f",
+                "-H",
+                &format!("X-Scope-Token: {token}"),
+                &format!("{base}{path}"),
+            ]))?;
+            let v = serde_json::from_slice(&o.stdout)
+                .with_context(|| format!("{path}: not JSON"))?;
+            Ok((t.elapsed().as_secs_f64(), v))
+        };
+        let view = || -> Result<(f64, Vec<String>)> {
+            let mut parts = Vec::new();
+            let mut total = 0.0;
+            let (t, sessions) = get("/api/sessions")?;
+            total += t;
+            parts.push(format!("sessions {t:.2} s"));
+            let session = sessions["sessions"][0]["session_id"]
+                .as_str()
+                .context("no session")?
+                .to_string();
+            let (t, threads) = get(&format!("/api/threads?session={session}"))?;
+            total += t;
+            parts.push(format!("threads {t:.2} s"));
+            let busiest = threads["threads"]
+                .as_array()
+                .and_then(|a| a.iter().max_by_key(|x| x["calls"].as_i64().unwrap_or(0)))
+                .context("no thread")?;
+            let tid = busiest["tid"].as_i64().unwrap_or(0);
+            for what in ["findings"] {
+                let (t, _) = get(&format!("/api/{what}?session={session}"))?;
+                total += t;
+                parts.push(format!("{what} {t:.2} s"));
+            }
+            let (t, tl) = get(&format!(
+                "/api/timeline?session={session}&tid={tid}&width=1400"
+            ))?;
+            total += t;
+            parts.push(format!(
+                "timeline {t:.2} s ({} bars)",
+                tl["bars"].as_array().map_or(0, Vec::len)
+            ));
+            Ok((total, parts))
+        };
+        let (cold, parts) = view()?;
+        let (warm, _) = view()?;
+        Ok((cold, warm, parts))
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
