@@ -95,15 +95,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The store: a directory (as record and attach write it), file://DIR,
-    /// or s3://BUCKET/PREFIX.
-    #[arg(
-        long,
-        value_name = "DIR|URL",
-        default_value = "scope-data",
-        env = "SCOPE_DATA"
-    )]
-    pub data: String,
+    #[command(flatten)]
+    pub store: StoreArg,
 
     /// The port on 127.0.0.1 (0: any free one).
     #[arg(long, value_name = "PORT", default_value_t = 0)]
@@ -128,13 +121,8 @@ pub struct DiffArgs {
     pub new: String,
 
     /// The store that session ids are looked up in.
-    #[arg(
-        long,
-        value_name = "DIR|URL",
-        default_value = "scope-data",
-        env = "SCOPE_DATA"
-    )]
-    pub data: String,
+    #[command(flatten)]
+    pub store: StoreArg,
 
     /// Exit with status 3 when a function's change is surely past a
     /// threshold (the near end of its 95% interval is): `METRIC > +N%` or
@@ -303,9 +291,9 @@ pub struct ExportArgs {
     pub diff: Option<String>,
 }
 
-/// Where the reading commands find the store, and which sessions they read.
+/// The store a reading command reads (`--data`).
 #[derive(Debug, Args)]
-pub struct DataArgs {
+pub struct StoreArg {
     /// The store: a directory (as record and attach write it), file://DIR,
     /// or s3://BUCKET/PREFIX.
     #[arg(
@@ -315,6 +303,13 @@ pub struct DataArgs {
         env = "SCOPE_DATA"
     )]
     pub data: String,
+}
+
+/// Where the reading commands find the store, and which sessions they read.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
 
     /// Which session: an id (or a unique prefix, or the pid part), `latest`,
     /// or `all`.

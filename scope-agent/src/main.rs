@@ -66,7 +66,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Compact(args) => scope_agent::read::compact(args).map(|()| ExitCode::SUCCESS),
         Command::Export(args) => scope_agent::read::export(args).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => scope_agent::serve::run(scope_agent::serve::ServeConfig {
-            data: args.data,
+            data: args.store.data,
             port: args.port,
             memory: args
                 .memory

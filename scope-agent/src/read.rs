@@ -27,7 +27,7 @@ fn open(args: &DataArgs, default: SessionSel) -> Result<Store> {
 fn open_with(args: &DataArgs, default: SessionSel, memory: u64) -> Result<Store> {
     let sessions = args.session.as_deref().map_or(default, SessionSel::parse);
     Store::open(
-        &args.data,
+        &args.store.data,
         &OpenOptions {
             sessions,
             memory_limit: Some(args.memory.unwrap_or(memory) as usize),
@@ -66,7 +66,7 @@ pub fn export(args: ExportArgs) -> Result<()> {
         if from_samples || args.from == "samples" {
             anyhow::bail!("--diff compares the calls of two sessions, not their samples");
         }
-        let base = open_side(base, &args.data.data, "--diff", DEFAULT_EXPORT_MEMORY)?;
+        let base = open_side(base, &args.data.store.data, "--diff", DEFAULT_EXPORT_MEMORY)?;
         let session = scope_query::travel::session_span(&store)?;
         let path = match &args.output {
             Some(p) if p.as_os_str() == "-" => None,
@@ -544,8 +544,8 @@ pub fn diff(args: DiffArgs) -> Result<bool> {
         anyhow::bail!("unknown format {:?}: text, markdown or json", args.format);
     }
     let memory = args.memory.unwrap_or(DEFAULT_QUERY_MEMORY);
-    let base = open_side(&args.base, &args.data, "BASE", memory)?;
-    let new = open_side(&args.new, &args.data, "NEW", memory)?;
+    let base = open_side(&args.base, &args.store.data, "BASE", memory)?;
+    let new = open_side(&args.new, &args.store.data, "NEW", memory)?;
     if base.location().display == new.location().display
         && base.selected_sessions() == new.selected_sessions()
     {

@@ -28,7 +28,7 @@ use anyhow::{Result, bail};
 use rustc_hash::FxHashMap;
 
 use crate::cols;
-use crate::report::{By, ReportOptions, ReportRow, SortKey, report};
+use crate::report::{ReportOptions, ReportRow, report};
 use crate::store::Store;
 use crate::time::fmt_ns;
 
@@ -164,6 +164,19 @@ impl Figures {
             p50_ns: r.p50_ns,
             p99_ns: r.p99_ns,
             recorded: r.recorded,
+        }
+    }
+
+    /// The count's 95% interval (the count itself when exact; unbounded
+    /// above when unknown).
+    fn calls_interval(&self) -> (f64, f64) {
+        if self.exact {
+            (self.calls, self.calls)
+        } else {
+            (
+                self.calls_low.unwrap_or(self.calls),
+                self.calls_high.unwrap_or(f64::INFINITY),
+            )
         }
     }
 
@@ -513,14 +526,7 @@ fn read_side(store: &Store, opts: &DiffOptions, salt: u64) -> Result<Side> {
             selected.len()
         );
     }
-    let rep = report(
-        store,
-        &ReportOptions {
-            by: By::Function,
-            sort: SortKey::Total,
-            limit: 0,
-        },
-    )?;
+    let rep = report(store, &ReportOptions::every_function())?;
     // Keys: the name, or name and module file when the name repeats.
     let mut seen: FxHashMap<&str, usize> = FxHashMap::default();
     for r in &rep.rows {
@@ -778,26 +784,8 @@ fn changes(b: &Figures, n: &Figures, boot: Option<&Boot>) -> Vec<(Metric, Change
     };
     // The ratio of the counts and its interval.
     let calls_ratio = {
-        let lo_n = if n.exact {
-            n.calls
-        } else {
-            n.calls_low.unwrap_or(n.calls)
-        };
-        let hi_n = if n.exact {
-            n.calls
-        } else {
-            n.calls_high.unwrap_or(f64::INFINITY)
-        };
-        let lo_b = if b.exact {
-            b.calls
-        } else {
-            b.calls_low.unwrap_or(b.calls)
-        };
-        let hi_b = if b.exact {
-            b.calls
-        } else {
-            b.calls_high.unwrap_or(f64::INFINITY)
-        };
+        let (lo_n, hi_n) = n.calls_interval();
+        let (lo_b, hi_b) = b.calls_interval();
         (b.calls > 0.0).then(|| {
             (
                 n.calls / b.calls,

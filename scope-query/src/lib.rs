@@ -22,7 +22,7 @@
 //!   OpenAI-compatible server or Mock, and the answer checked against them.
 
 pub mod analysis;
-mod cols;
+pub mod cols;
 pub mod compact;
 pub mod diff;
 pub mod export;

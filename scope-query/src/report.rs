@@ -160,6 +160,18 @@ pub struct ReportOptions {
     pub limit: usize,
 }
 
+impl ReportOptions {
+    /// Every function, by total time: the rows other views start from
+    /// (`diff`, the viewer).
+    pub fn every_function() -> Self {
+        ReportOptions {
+            by: By::Function,
+            sort: SortKey::Total,
+            limit: 0,
+        }
+    }
+}
+
 /// Whether the registered tables show one session (function ids are then
 /// unique) or several (functions are matched by name and module).
 fn one_session(store: &Store) -> bool {

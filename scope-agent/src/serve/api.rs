@@ -11,9 +11,9 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use futures::StreamExt as _;
 use rustc_hash::FxHashMap;
-use scope_query::Store;
-use scope_query::report::{By, ReportOptions, SortKey};
+use scope_query::report::ReportOptions;
 use scope_query::time::TimeArg;
+use scope_query::{Store, cols};
 use serde_json::{Value, json};
 
 use super::{Reply, State, param};
@@ -112,11 +112,11 @@ fn sessions(state: &State) -> Result<Value> {
     let mut rows: FxHashMap<String, Value> = FxHashMap::default();
     if store.has_table("sessions") {
         for b in store.sql("SELECT session_id, command, pid, start_ns, end_ns FROM sessions")? {
-            let id = cols_str(&b, "session_id")?;
-            let cmd = cols_str(&b, "command")?;
-            let pid = cols_i64(&b, "pid")?;
-            let s = cols_i64(&b, "start_ns")?;
-            let e = cols_i64(&b, "end_ns")?;
+            let id = cols::strs(&b, "session_id")?;
+            let cmd = cols::strs(&b, "command")?;
+            let pid = cols::i64s(&b, "pid")?;
+            let s = cols::i64s(&b, "start_ns")?;
+            let e = cols::i64s(&b, "end_ns")?;
             for i in 0..b.num_rows() {
                 let Some(id) = id[i].clone() else { continue };
                 rows.insert(
@@ -155,30 +155,6 @@ fn sessions(state: &State) -> Result<Value> {
     Ok(json!({ "sessions": list }))
 }
 
-fn cols_i64(b: &arrow_array::RecordBatch, name: &str) -> Result<Vec<Option<i64>>> {
-    let col = b
-        .column_by_name(name)
-        .ok_or_else(|| anyhow!("no column {name}"))?;
-    let c = datafusion::arrow::compute::cast(col, &arrow_schema::DataType::Int64)?;
-    let a = c
-        .as_any()
-        .downcast_ref::<arrow_array::Int64Array>()
-        .ok_or_else(|| anyhow!("column {name} is not an integer"))?;
-    Ok(a.iter().collect())
-}
-
-fn cols_str(b: &arrow_array::RecordBatch, name: &str) -> Result<Vec<Option<String>>> {
-    let col = b
-        .column_by_name(name)
-        .ok_or_else(|| anyhow!("no column {name}"))?;
-    let c = datafusion::arrow::compute::cast(col, &arrow_schema::DataType::Utf8)?;
-    let a = c
-        .as_any()
-        .downcast_ref::<arrow_array::StringArray>()
-        .ok_or_else(|| anyhow!("column {name} is not text"))?;
-    Ok(a.iter().map(|s| s.map(str::to_string)).collect())
-}
-
 /// A function's source file and line, when DWARF had them.
 type Location = (Option<String>, Option<i64>);
 
@@ -186,9 +162,9 @@ type Location = (Option<String>, Option<i64>);
 fn locations(store: &Store) -> Result<FxHashMap<i64, Location>> {
     let mut out = FxHashMap::default();
     for b in store.sql("SELECT function_id, file, line FROM functions")? {
-        let id = cols_i64(&b, "function_id")?;
-        let file = cols_str(&b, "file")?;
-        let line = cols_i64(&b, "line")?;
+        let id = cols::i64s(&b, "function_id")?;
+        let file = cols::strs(&b, "file")?;
+        let line = cols::i64s(&b, "line")?;
         for i in 0..b.num_rows() {
             if let Some(id) = id[i] {
                 out.insert(id, (file[i].clone(), line[i]));
@@ -199,14 +175,7 @@ fn locations(store: &Store) -> Result<FxHashMap<i64, Location>> {
 }
 
 fn functions(store: &Store) -> Result<Value> {
-    let r = scope_query::report::report(
-        store,
-        &ReportOptions {
-            by: By::Function,
-            sort: SortKey::Total,
-            limit: 0,
-        },
-    )?;
+    let r = scope_query::report::report(store, &ReportOptions::every_function())?;
     let loc = locations(store)?;
     let rows: Vec<Value> = r
         .rows
@@ -245,8 +214,8 @@ fn histogram(store: &Store, query: &str) -> Result<Value> {
         "SELECT CAST(floor(log2(CAST(duration_ns AS DOUBLE))) AS BIGINT) AS k, count(*) AS n \
          FROM calls WHERE function_id = {f} AND duration_ns > 0 GROUP BY 1 ORDER BY 1"
     ))? {
-        let k = cols_i64(&b, "k")?;
-        let n = cols_i64(&b, "n")?;
+        let k = cols::i64s(&b, "k")?;
+        let n = cols::i64s(&b, "n")?;
         for i in 0..b.num_rows() {
             if let (Some(k), Some(n)) = (k[i], n[i]) {
                 let k = k.clamp(0, 62) as u32;
@@ -318,9 +287,9 @@ fn timeline(store: &Store, query: &str) -> Result<Value> {
         for b in store.sql(&format!(
             "SELECT start_ns, end_ns, lost FROM losses WHERE end_ns >= {from} AND start_ns <= {to} ORDER BY start_ns LIMIT 10000"
         ))? {
-            let s = cols_i64(&b, "start_ns")?;
-            let e = cols_i64(&b, "end_ns")?;
-            let n = cols_i64(&b, "lost")?;
+            let s = cols::i64s(&b, "start_ns")?;
+            let e = cols::i64s(&b, "end_ns")?;
+            let n = cols::i64s(&b, "lost")?;
             for i in 0..b.num_rows() {
                 losses.push(json!({ "start_ns": s[i].map(at), "end_ns": e[i].map(at), "lost": n[i] }));
             }
@@ -334,10 +303,10 @@ fn timeline(store: &Store, query: &str) -> Result<Value> {
             "SELECT function_id, start_ns, end_ns, sample_n FROM aggregates \
              WHERE mode = 'sampled' AND end_ns >= {from} AND start_ns <= {to} ORDER BY start_ns LIMIT 10000"
         ))? {
-            let f = cols_i64(&b, "function_id")?;
-            let s = cols_i64(&b, "start_ns")?;
-            let e = cols_i64(&b, "end_ns")?;
-            let n = cols_i64(&b, "sample_n")?;
+            let f = cols::i64s(&b, "function_id")?;
+            let s = cols::i64s(&b, "start_ns")?;
+            let e = cols::i64s(&b, "end_ns")?;
+            let n = cols::i64s(&b, "sample_n")?;
             for i in 0..b.num_rows() {
                 windows.push(json!({
                     "function_id": f[i], "start_ns": s[i].map(at), "end_ns": e[i].map(at), "sample_n": n[i],
@@ -364,8 +333,8 @@ fn timeline(store: &Store, query: &str) -> Result<Value> {
 fn function_ids(store: &Store) -> Result<FxHashMap<String, i64>> {
     let mut out = FxHashMap::default();
     for b in store.sql("SELECT function_id, name FROM functions ORDER BY function_id")? {
-        let id = cols_i64(&b, "function_id")?;
-        let name = cols_str(&b, "name")?;
+        let id = cols::i64s(&b, "function_id")?;
+        let name = cols::strs(&b, "name")?;
         for i in 0..b.num_rows() {
             if let (Some(id), Some(n)) = (id[i], name[i].clone()) {
                 out.entry(n).or_insert(id);
@@ -481,12 +450,12 @@ fn flame(state: &State, session: &str, store: &Arc<Store>, query: &str) -> Resul
          WHERE start_ns <= {to} AND (duration_ns IS NULL OR start_ns + duration_ns >= {from}){tid_filter}"
     ))? {
         let b = b?;
-        let id = cols_i64(&b, "call_id")?;
-        let parent = cols_i64(&b, "parent_call_id")?;
-        let f = cols_i64(&b, "function_id")?;
-        let s = cols_i64(&b, "start_ns")?;
-        let d = cols_i64(&b, "duration_ns")?;
-        let depth = cols_i64(&b, "depth")?;
+        let id = cols::i64s(&b, "call_id")?;
+        let parent = cols::i64s(&b, "parent_call_id")?;
+        let f = cols::i64s(&b, "function_id")?;
+        let s = cols::i64s(&b, "start_ns")?;
+        let d = cols::i64s(&b, "duration_ns")?;
+        let depth = cols::i64s(&b, "depth")?;
         for i in 0..b.num_rows() {
             calls.push((
                 s[i].unwrap_or(0),
@@ -557,14 +526,7 @@ fn source(store: &Store, query: &str) -> Result<Value> {
         String::from_utf8_lossy(&bytes).into_owned()
     };
     // Per line: the functions defined there, with their figures.
-    let r = scope_query::report::report(
-        store,
-        &ReportOptions {
-            by: By::Function,
-            sort: SortKey::Total,
-            limit: 0,
-        },
-    )?;
+    let r = scope_query::report::report(store, &ReportOptions::every_function())?;
     let mut per_line: FxHashMap<i64, (f64, f64, f64, Vec<String>)> = FxHashMap::default();
     for row in &r.rows {
         if let Some(id) = row.function_id
