@@ -563,10 +563,12 @@ pub struct Detail {
     pub hidden: Vec<(i64, i64, i64, i64)>,
 }
 
-/// [`Detail`] of thread `tid` over `from_ns..to_ns` (epoch ns): two
-/// queries over the files near the interval (see `calls_near`), the short
-/// calls grouped by depth and `min_ns` bucket in the engine, adjacent
-/// buckets merged here.
+/// [`Detail`] of thread `tid` over `from_ns..to_ns` (epoch ns): one scan
+/// of the files near the interval (see `calls_near`); calls at least
+/// `min_ns` long become frames, the shorter ones are counted per depth and
+/// `min_ns` bucket, adjacent buckets merged into runs. At one depth of one
+/// thread calls do not overlap, so at most about `(to − from) / min_ns`
+/// frames per depth come back whatever the number of calls.
 pub fn detail(
     store: &Store,
     tid: u32,
@@ -585,39 +587,79 @@ pub fn detail(
         sql_str(&span.id),
         start_bound(store, &span, from_ns)?
     );
-    let (calls, more) = frames_of(
-        store,
-        &near,
-        &format!("{overlap} AND (c.duration_ns IS NULL OR c.duration_ns >= {min_ns})"),
-        "c.start_ns, c.depth",
-        Some(limit.max(1)),
-    )?;
-    let mut buckets: Vec<(i64, i64, i64, i64, i64)> = Vec::new();
-    for b in store.stream(&format!(
-        "SELECT c.depth AS depth, CAST((c.start_ns - {from_ns}) / {min_ns} AS BIGINT) AS k, \
-           count(*) AS n, min(c.start_ns) AS s, max(c.start_ns + c.duration_ns) AS e \
-         FROM {near} c WHERE {overlap} AND c.duration_ns < {min_ns} GROUP BY 1, 2"
+    // Names and source lines, once (a session has few functions).
+    let mut names: FxHashMap<i64, (String, Option<String>)> = Default::default();
+    for b in store.sql(&format!(
+        "SELECT function_id, name, file, line FROM functions WHERE session_id = {}",
+        sql_str(&span.id)
     ))? {
-        let b = b?;
-        let d = cols::i64s(&b, "depth")?;
-        let k = cols::i64s(&b, "k")?;
-        let n = cols::i64s(&b, "n")?;
-        let st = cols::i64s(&b, "s")?;
-        let e = cols::i64s(&b, "e")?;
+        let id = cols::i64s(&b, "function_id")?;
+        let name = cols::strs(&b, "name")?;
+        let file = cols::strs(&b, "file")?;
+        let line = cols::i64s(&b, "line")?;
         for i in 0..b.num_rows() {
-            buckets.push((
-                d[i].unwrap_or(0),
-                k[i].unwrap_or(0),
-                n[i].unwrap_or(0),
-                st[i].unwrap_or(0),
-                e[i].unwrap_or(0),
-            ));
+            let location = match (&file[i], line[i]) {
+                (Some(f), Some(l)) => Some(format!("{f}:{l}")),
+                (Some(f), None) => Some(f.clone()),
+                _ => None,
+            };
+            names.insert(
+                id[i].unwrap_or(0),
+                (name[i].clone().unwrap_or_default(), location),
+            );
         }
     }
+    let mut calls = Vec::new();
+    let mut buckets: FxHashMap<(i64, i64), (i64, i64, i64)> = Default::default();
+    for b in store.stream(&format!(
+        "SELECT c.call_id, c.depth, c.start_ns, c.duration_ns, c.self_ns, c.function_id \
+         FROM {near} c WHERE {overlap}"
+    ))? {
+        let b = b?;
+        let id = cols::i64s(&b, "call_id")?;
+        let depth = cols::i64s(&b, "depth")?;
+        let start = cols::i64s(&b, "start_ns")?;
+        let dur = cols::i64s(&b, "duration_ns")?;
+        let selfs = cols::i64s(&b, "self_ns")?;
+        let f = cols::i64s(&b, "function_id")?;
+        for i in 0..b.num_rows() {
+            let (d, s) = (depth[i].unwrap_or(0), start[i].unwrap_or(0));
+            match dur[i] {
+                Some(len) if len < min_ns => {
+                    let k = (s - from_ns).div_euclid(min_ns);
+                    let e = buckets.entry((d, k)).or_insert((0, s, s + len));
+                    e.0 += 1;
+                    e.1 = e.1.min(s);
+                    e.2 = e.2.max(s + len);
+                }
+                _ => {
+                    let (name, location) = names
+                        .get(&f[i].unwrap_or(0))
+                        .cloned()
+                        .unwrap_or_else(|| (format!("function#{}", f[i].unwrap_or(0)), None));
+                    calls.push(Frame {
+                        call_id: id[i].unwrap_or(0),
+                        depth: d,
+                        name,
+                        location,
+                        start_ns: s,
+                        duration_ns: dur[i],
+                        self_ns: selfs[i],
+                        args: Vec::new(),
+                        ret: None,
+                    });
+                }
+            }
+        }
+    }
+    calls.sort_by_key(|c| (c.start_ns, c.depth));
+    let more = calls.len() > limit.max(1);
+    calls.truncate(limit.max(1));
+    let mut buckets: Vec<((i64, i64), (i64, i64, i64))> = buckets.into_iter().collect();
     buckets.sort_unstable();
     let mut hidden: Vec<(i64, i64, i64, i64)> = Vec::new();
     let mut last_k = i64::MIN;
-    for (depth, k, n, s, e) in buckets {
+    for ((depth, k), (n, s, e)) in buckets {
         match hidden.last_mut() {
             Some(h) if h.0 == depth && k <= last_k + 1 => {
                 h.2 = h.2.max(e);
