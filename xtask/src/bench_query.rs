@@ -1100,8 +1100,8 @@ fn serve_first_view(agent: &Path, data: &str) -> Result<(f64, f64, Vec<String>)>
                 &format!("X-Scope-Token: {token}"),
                 &format!("{base}{path}"),
             ]))?;
-            let v = serde_json::from_slice(&o.stdout)
-                .with_context(|| format!("{path}: not JSON"))?;
+            let v =
+                serde_json::from_slice(&o.stdout).with_context(|| format!("{path}: not JSON"))?;
             Ok((t.elapsed().as_secs_f64(), v))
         };
         let view = || -> Result<(f64, Vec<String>)> {
