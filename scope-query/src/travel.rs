@@ -655,7 +655,7 @@ pub fn detail(
     calls.sort_by_key(|c| (c.start_ns, c.depth));
     let more = calls.len() > limit.max(1);
     calls.truncate(limit.max(1));
-    let mut buckets: Vec<((i64, i64), (i64, i64, i64))> = buckets.into_iter().collect();
+    let mut buckets: Vec<_> = buckets.into_iter().collect();
     buckets.sort_unstable();
     let mut hidden: Vec<(i64, i64, i64, i64)> = Vec::new();
     let mut last_k = i64::MIN;

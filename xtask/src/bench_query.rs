@@ -1122,11 +1122,9 @@ fn serve_first_view(agent: &Path, data: &str) -> Result<(f64, f64, Vec<String>)>
                 .and_then(|a| a.iter().max_by_key(|x| x["calls"].as_i64().unwrap_or(0)))
                 .context("no thread")?;
             let tid = busiest["tid"].as_i64().unwrap_or(0);
-            for what in ["findings"] {
-                let (t, _) = get(&format!("/api/{what}?session={session}"))?;
-                total += t;
-                parts.push(format!("{what} {t:.2} s"));
-            }
+            let (t, _) = get(&format!("/api/findings?session={session}"))?;
+            total += t;
+            parts.push(format!("findings {t:.2} s"));
             let (t, tl) = get(&format!(
                 "/api/timeline?session={session}&tid={tid}&width=1400"
             ))?;
