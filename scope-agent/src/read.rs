@@ -68,15 +68,7 @@ pub fn export(args: ExportArgs) -> Result<()> {
         }
         let base = open_side(base, &args.data.store.data, "--diff", DEFAULT_EXPORT_MEMORY)?;
         let session = scope_query::travel::session_span(&store)?;
-        let path = match &args.output {
-            Some(p) if p.as_os_str() == "-" => None,
-            Some(p) => Some(p.clone()),
-            None => Some(std::path::PathBuf::from(format!(
-                "scope-{}-diff.{}",
-                session.id,
-                format.extension()
-            ))),
-        };
+        let path = export_path(&args, &format!("{}-diff", session.id), format);
         let mut out = output(path.as_deref())?;
         let stats = scope_query::export::export_diff(&base, &store, format, args.tid, &mut out)?;
         out.flush()?;
@@ -93,15 +85,7 @@ pub fn export(args: ExportArgs) -> Result<()> {
         return export_samples(&args, format, &store);
     }
     let session = scope_query::travel::session_span(&store)?;
-    let path = match &args.output {
-        Some(p) if p.as_os_str() == "-" => None,
-        Some(p) => Some(p.clone()),
-        None => Some(std::path::PathBuf::from(format!(
-            "scope-{}.{}",
-            session.id,
-            format.extension()
-        ))),
-    };
+    let path = export_path(&args, &session.id, format);
     let mut out = output(path.as_deref())?;
     let stats = scope_query::export::export_session(&store, format, args.tid, &mut out)?;
     out.flush()?;
@@ -123,6 +107,23 @@ pub fn export(args: ExportArgs) -> Result<()> {
         path.map_or(String::new(), |p| format!(" to {}", p.display())),
     );
     Ok(())
+}
+
+/// Where `export` writes: `-o FILE`, standard output for `-o -` (`None`),
+/// or scope-`<name>`.`<extension>` in the current directory.
+fn export_path(
+    args: &ExportArgs,
+    name: &str,
+    format: scope_query::export::Format,
+) -> Option<std::path::PathBuf> {
+    match &args.output {
+        Some(p) if p.as_os_str() == "-" => None,
+        Some(p) => Some(p.clone()),
+        None => Some(std::path::PathBuf::from(format!(
+            "scope-{name}.{}",
+            format.extension()
+        ))),
+    }
 }
 
 /// Whether the selected session recorded any call.
@@ -153,14 +154,7 @@ fn export_samples(
             store.session_list()
         );
     };
-    let path = match &args.output {
-        Some(p) if p.as_os_str() == "-" => None,
-        Some(p) => Some(p.clone()),
-        None => Some(std::path::PathBuf::from(format!(
-            "scope-{id}-samples.{}",
-            format.extension()
-        ))),
-    };
+    let path = export_path(args, &format!("{id}-samples"), format);
     let mut out = output(path.as_deref())?;
     let title = format!("on-CPU samples ({id})");
     let stats = scope_query::export::export_samples(store, format, args.tid, &title, &mut out)?;
