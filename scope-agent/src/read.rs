@@ -222,8 +222,10 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
     use scope_query::analysis::{self, render};
     let format: render::Format = args.format.parse().map_err(anyhow::Error::msg)?;
     let store = open(&args.data, SessionSel::Latest)?;
-    let mut a = analysis::analyze(&store)?;
+    let steps = crate::status::Steps::new("analyze");
+    let mut a = analysis::analyze_with_status(&store, &|s| steps.step(s))?;
     if !args.no_write {
+        steps.step("writing the findings and ast tables");
         match &store.location().local {
             Some(root) => {
                 if let Err(e) = analysis::table::write(root, &a.session, &a.findings) {
@@ -243,6 +245,7 @@ pub fn analyze(args: AnalyzeArgs) -> Result<()> {
             )),
         }
     }
+    steps.done();
     for q in &args.predict {
         let line = analysis::predict_line(&a, q)?;
         a.predictions.push(line);
@@ -261,7 +264,9 @@ pub fn explain(args: ExplainArgs) -> Result<()> {
     use scope_query::analysis::{self, render};
     use scope_query::llm::{LlmConfig, PromptOptions, render_checked};
     let store = open(&args.data, SessionSel::Latest)?;
-    let a = analysis::analyze(&store)?;
+    let steps = crate::status::Steps::new("explain");
+    let a = analysis::analyze_with_status(&store, &|s| steps.step(s))?;
+    steps.done();
     let known = analysis::function_names(&store)?;
     let mut out = output(None)?;
     let cfg = match LlmConfig::resolve(

@@ -373,3 +373,66 @@ mod tests {
         assert_eq!(si(4_560_000.0), "4.56M");
     }
 }
+
+/// The status line of a long read command (`analyze` on a large store):
+/// the step being run, rewritten in place while stderr is a terminal and
+/// cleared at the end. With `SCOPE_STEP_TIMES` set, each finished step's
+/// seconds are printed on a line of their own instead (what BENCHMARKS.md
+/// breaks `analyze` down by).
+pub struct Steps {
+    command: &'static str,
+    live: bool,
+    times: bool,
+    current: std::cell::RefCell<Option<(String, Instant)>>,
+}
+
+impl Steps {
+    pub fn new(command: &'static str) -> Self {
+        let times = std::env::var_os("SCOPE_STEP_TIMES").is_some_and(|v| !v.is_empty());
+        Steps {
+            command,
+            live: !times && std::io::stderr().is_terminal(),
+            times,
+            current: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// Step `name` starts (the previous one has ended).
+    pub fn step(&self, name: &str) {
+        self.finish_current();
+        if self.live {
+            let mut e = std::io::stderr().lock();
+            let _ = write!(e, "\r\x1b[K{}: {name}…", self.command);
+            let _ = e.flush();
+        }
+        *self.current.borrow_mut() = Some((name.to_string(), Instant::now()));
+    }
+
+    fn finish_current(&self) {
+        if let Some((name, at)) = self.current.borrow_mut().take()
+            && self.times
+        {
+            eprintln!(
+                "{}: {name}: {:.2} s",
+                self.command,
+                at.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// The last step has ended: the line is cleared.
+    pub fn done(&self) {
+        self.finish_current();
+        if self.live {
+            let mut e = std::io::stderr().lock();
+            let _ = write!(e, "\r\x1b[K");
+            let _ = e.flush();
+        }
+    }
+}
+
+impl Drop for Steps {
+    fn drop(&mut self) {
+        self.done();
+    }
+}

@@ -24,6 +24,27 @@ pub fn i64s(batch: &RecordBatch, name: &str) -> Result<Vec<Option<i64>>> {
         .collect())
 }
 
+/// A column as one `Int64Array` (cast from the engine's integer type):
+/// for loops over millions of rows, where [`i64s`]' `Option`s would cost a
+/// copy of every value.
+pub fn i64_array(batch: &RecordBatch, name: &str) -> Result<arrow_array::Int64Array> {
+    let a = cast(&column(batch, name)?, &DataType::Int64)?;
+    Ok(a.as_primitive::<arrow_array::types::Int64Type>().clone())
+}
+
+/// A column as one `UInt64Array` (ids: no copy when the column is one).
+pub fn u64_array(batch: &RecordBatch, name: &str) -> Result<arrow_array::UInt64Array> {
+    let a = cast(&column(batch, name)?, &DataType::UInt64)?;
+    Ok(a.as_primitive::<arrow_array::types::UInt64Type>().clone())
+}
+
+/// A column as one `UInt32Array` (function and thread ids: no copy when
+/// the column is one).
+pub fn u32_array(batch: &RecordBatch, name: &str) -> Result<arrow_array::UInt32Array> {
+    let a = cast(&column(batch, name)?, &DataType::UInt32)?;
+    Ok(a.as_primitive::<arrow_array::types::UInt32Type>().clone())
+}
+
 /// A column as `f64` values.
 pub fn f64s(batch: &RecordBatch, name: &str) -> Result<Vec<Option<f64>>> {
     let a = cast(&column(batch, name)?, &DataType::Float64)?;

@@ -708,33 +708,9 @@ fn scan_calls(store: &Store, by: By, single: bool) -> Result<(Partial, Vec<Strin
     );
     let mut sessions = store.selected_sessions();
     sessions.sort();
-    let streams = store.partitions(&sql)?;
     let shared = std::sync::Arc::new(sessions.clone());
-    let partials = store.block_on(async {
-        let tasks: Vec<_> = streams
-            .into_iter()
-            .map(|mut stream| {
-                let sessions = shared.clone();
-                tokio::spawn(async move {
-                    use futures::StreamExt as _;
-                    let mut p = Partial::default();
-                    while let Some(b) = stream.next().await {
-                        let b = b.map_err(|e| anyhow::anyhow!("{e}"))?;
-                        p.add_batch(&b, &sessions)?;
-                    }
-                    Ok::<_, anyhow::Error>(p)
-                })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(
-                t.await
-                    .map_err(|e| anyhow::anyhow!("report scan failed: {e}"))??,
-            );
-        }
-        Ok::<_, anyhow::Error>(out)
-    })?;
+    let partials =
+        store.fold_partitions(&sql, Partial::default, move |p, b| p.add_batch(b, &shared))?;
     let mut all = Partial::default();
     for p in partials {
         all.merge(p);

@@ -786,6 +786,40 @@ impl Store {
         })
     }
 
+    /// Runs `sql` with one task per partition of its plan, each folding
+    /// its batches into its own accumulator (made by `init`) with `fold`,
+    /// so the decoding and the folding run on every core at once. The
+    /// accumulators come back for the caller to merge.
+    pub fn fold_partitions<A, I, F>(&self, sql: &str, init: I, fold: F) -> Result<Vec<A>>
+    where
+        A: Send + 'static,
+        I: Fn() -> A + Send + Sync + 'static,
+        F: Fn(&mut A, &RecordBatch) -> Result<()> + Send + Sync + 'static,
+    {
+        let streams = self.partitions(sql)?;
+        let (init, fold) = (Arc::new(init), Arc::new(fold));
+        self.rt.block_on(async {
+            let tasks: Vec<_> = streams
+                .into_iter()
+                .map(|mut stream| {
+                    let (init, fold) = (init.clone(), fold.clone());
+                    tokio::spawn(async move {
+                        let mut acc = init();
+                        while let Some(b) = stream.next().await {
+                            fold(&mut acc, &b.map_err(|e| anyhow!("{e}"))?)?;
+                        }
+                        Ok::<_, anyhow::Error>(acc)
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                out.push(t.await.map_err(|e| anyhow!("a scan task failed: {e}"))??);
+            }
+            Ok(out)
+        })
+    }
+
     /// An SQL error as one message: DataFusion's own words, the query with
     /// a caret under the position it names, and the tables and columns
     /// there are.

@@ -2,15 +2,20 @@
 //! where it has them): bottlenecks, repeated work, recursion, latency
 //! outliers and bimodal durations, waiting, polling loops.
 //!
-//! Every figure comes from the store by SQL or one streamed pass over
-//! `calls`; a finding carries the numbers it was decided on. Thresholds are
+//! Every figure comes from a fixed number of scans of `calls`, whatever the
+//! number of functions (see [`compute`]), each run on every core at once;
+//! a finding carries the numbers it was decided on. Thresholds are
 //! constants here, each with the reason for its value.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use anyhow::Result;
-use rustc_hash::FxHashMap;
+use arrow_array::{Array as _, RecordBatch};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::finding::{Evidence, Finding, Kind};
-use crate::report::{self, By, ReportOptions, SortKey};
+use crate::report::{self, ReportOptions};
 use crate::time::fmt_ns;
 use crate::{Store, cols};
 
@@ -127,6 +132,13 @@ impl LogHist {
 
     pub fn len(&self) -> u64 {
         self.n
+    }
+
+    pub fn merge(&mut self, o: &LogHist) {
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a += b;
+        }
+        self.n += o.n;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -269,15 +281,35 @@ struct Edge {
     child_ns: f64,
 }
 
-/// Computes every finding of the store's selected session (one session;
-/// the caller narrows the store).
-pub fn compute(store: &Store) -> Result<Computed> {
+/// Every finding of the store's selected session (one session; the caller
+/// narrows the store), in a fixed number of scans of `calls` whatever the
+/// number of functions: the report's; durations and call ids; the
+/// caller → callee edges; and one scan of every candidate's calls, where
+/// each kind takes the rows of its own candidates. `status` hears the name
+/// of each step as it starts.
+pub fn compute(store: &Store, status: &dyn Fn(&str)) -> Result<Computed> {
     let mut out = Computed::default();
+    status("the report's figures");
     let mut fns = function_stats(store)?;
+    status("durations and call ids");
+    let map = CallFunctions::sized(store)?.map(Arc::new);
+    let threads = durations(store, map.clone(), &mut fns)?;
     out.functions = fns.len();
     out.calls = fns.values().map(|f| f.recorded).sum();
-    let map = CallFunctions::load(store)?;
-    let edges = edges(store, map.as_ref())?;
+    let samples = Samples::load(store)?.map(Arc::new);
+    if samples.is_none() {
+        out.notes.push(
+            "waiting: this session has no on-CPU samples (`samples`), so wall time cannot be compared with CPU time; record without --no-samples".to_string(),
+        );
+    }
+    let recorded: FxHashMap<u32, i64> = fns.values().map(|f| (f.id, f.recorded)).collect();
+    let mut cands = Candidates::early(&fns, &threads, samples.is_some());
+    status(&format!(
+        "caller → callee edges, and the calls of {} tails and {} polled functions",
+        cands.slow_cut.len(),
+        cands.poll_thread.len()
+    ));
+    let (edges, mut got) = edges_and_early(store, map.clone(), samples.clone(), &cands, &recorded)?;
     for ((p, c), e) in &edges {
         if p == c {
             if let Some(f) = fns.get_mut(c) {
@@ -294,25 +326,44 @@ pub fn compute(store: &Store) -> Result<Computed> {
     let total_self: f64 = fns.values().map(|f| f.self_ns.max(0.0)).sum();
 
     bottlenecks(&fns, total_self, out.root_ns, &mut out.findings);
+    bimodal(&fns, total_self, &mut out.findings);
+
+    let late = cands.late(&fns, &edges, map.is_some());
+    if !late.is_empty() {
+        status(&format!(
+            "the calls of {} repeated-work edges and {} recursive functions",
+            cands.repeated.len(),
+            late.values().filter(|w| *w & WANT_RECURSION != 0).count()
+        ));
+        let ctx = ScanContext {
+            want: cands.table(&late),
+            repeated: cands.repeated.clone(),
+            map: map.clone(),
+            samples: None,
+        };
+        got.merge(gather_scan(store, ctx, &late, &recorded)?);
+    }
+    drop(map);
+    status("repeated work");
     repeated_work(
         store,
-        map.as_ref(),
         &fns,
         &edges,
+        &cands,
+        &got,
         out.root_ns,
         &mut out.findings,
     )?;
-    drop(map);
-    recursion(store, &fns, out.root_ns, &mut out.findings)?;
-    outliers(store, &fns, total_self, &mut out.findings)?;
-    bimodal(&fns, total_self, &mut out.findings);
-    waiting(store, &fns, out.root_ns, &mut out.findings, &mut out.notes)?;
-    polling(store, &fns, out.root_ns, &mut out.findings)?;
+    status("recursion");
+    recursion(&fns, got.recursion, out.root_ns, &mut out.findings);
+    outliers(&fns, &cands, &got.slow, total_self, &mut out.findings);
+    waiting(&fns, &cands, &got.waits, out.root_ns, &mut out.findings);
+    status("polling");
+    polling(&fns, &cands, got.polls, out.root_ns, &mut out.findings);
     Ok(out)
 }
 
-/// Per function: the report's figures (estimates for sampled functions)
-/// and a histogram of recorded durations.
+/// Per function: the report's figures (estimates for sampled functions).
 fn function_stats(store: &Store) -> Result<FxHashMap<u32, FnStats>> {
     let mut fns: FxHashMap<u32, FnStats> = FxHashMap::default();
     let mut by_name: FxHashMap<(String, String), u32> = FxHashMap::default();
@@ -342,14 +393,7 @@ fn function_stats(store: &Store) -> Result<FxHashMap<u32, FnStats>> {
             fns.insert(id, f);
         }
     }
-    let rep = report::report(
-        store,
-        &ReportOptions {
-            by: By::Function,
-            sort: SortKey::SelfTime,
-            limit: 0,
-        },
-    )?;
+    let rep = report::report(store, &ReportOptions::every_function())?;
     for r in &rep.rows {
         let Some(id) = by_name.get(&(r.key.clone(), r.module.clone())) else {
             continue;
@@ -364,46 +408,143 @@ fn function_stats(store: &Store) -> Result<FxHashMap<u32, FnStats>> {
         f.p99_ns = r.p99_ns.unwrap_or(0.0);
         f.max_ns = r.max_ns.unwrap_or(0.0);
     }
-    for b in store.stream(
-        "SELECT function_id, duration_ns, parent_call_id IS NULL AS root FROM calls \
-         WHERE duration_ns IS NOT NULL",
-    )? {
-        let b = b?;
-        let id = cols::i64s(&b, "function_id")?;
-        let d = cols::i64s(&b, "duration_ns")?;
-        let root = cols::bools(&b, "root")?;
-        for i in 0..b.num_rows() {
-            let (Some(id), Some(d)) = (id[i], d[i]) else {
-                continue;
-            };
-            if let Some(f) = fns.get_mut(&(id as u32)) {
-                f.hist.add(d);
-                if root[i] == Some(true) {
-                    f.root_ns += d as f64;
-                }
+    Ok(fns)
+}
+
+/// Per-function state in a scan, by function id: a table for the small
+/// dense ids the agent assigns, a hash map past them.
+struct ByFunction<T> {
+    slot: Vec<u32>,
+    sparse: FxHashMap<u32, u32>,
+    items: Vec<(u32, T)>,
+}
+
+impl<T: Default> ByFunction<T> {
+    const DENSE: u32 = 1 << 20;
+
+    fn get(&mut self, id: u32) -> &mut T {
+        let next = self.items.len() as u32;
+        let i = if id < Self::DENSE {
+            let k = id as usize;
+            if k >= self.slot.len() {
+                self.slot.resize(k + 1, u32::MAX);
             }
+            if self.slot[k] == u32::MAX {
+                self.slot[k] = next;
+            }
+            self.slot[k]
+        } else {
+            *self.sparse.entry(id).or_insert(next)
+        };
+        if i == next {
+            self.items.push((id, T::default()));
+        }
+        &mut self.items[i as usize].1
+    }
+}
+
+impl<T> Default for ByFunction<T> {
+    fn default() -> Self {
+        ByFunction {
+            slot: Vec::new(),
+            sparse: FxHashMap::default(),
+            items: Vec::new(),
+        }
+    }
+}
+
+/// What the durations scan sums per function.
+#[derive(Default)]
+struct FnScan {
+    hist: LogHist,
+    root_ns: f64,
+}
+
+/// (function id, thread id) in one key.
+fn fn_tid(f: u32, tid: u32) -> u64 {
+    (f as u64) << 32 | tid as u64
+}
+
+/// The scan of every call's duration: each function's histogram of
+/// durations and its root calls' time (into `fns`), the call id → function
+/// table (when `map` is given), and the calls with a duration per
+/// (function, thread), which is returned.
+fn durations(
+    store: &Store,
+    map: Option<Arc<CallFunctions>>,
+    fns: &mut FxHashMap<u32, FnStats>,
+) -> Result<FxHashMap<u64, u64>> {
+    #[derive(Default)]
+    struct Part {
+        fns: ByFunction<FnScan>,
+        threads: FxHashMap<u64, u64>,
+    }
+    let parts = store.fold_partitions(
+        "SELECT call_id, function_id, tid, duration_ns, parent_call_id FROM calls",
+        Part::default,
+        move |p: &mut Part, b| {
+            let id = cols::u64_array(b, "call_id")?;
+            let func = cols::u32_array(b, "function_id")?;
+            let tid = cols::u32_array(b, "tid")?;
+            let d = cols::i64_array(b, "duration_ns")?;
+            let parent = cols::u64_array(b, "parent_call_id")?;
+            for i in 0..b.num_rows() {
+                if func.is_null(i) {
+                    continue;
+                }
+                let f = func.value(i);
+                if let Some(map) = &map
+                    && id.is_valid(i)
+                {
+                    map.set(id.value(i), f);
+                }
+                if d.is_null(i) {
+                    continue;
+                }
+                let s = p.fns.get(f);
+                s.hist.add(d.value(i));
+                if parent.is_null(i) {
+                    s.root_ns += d.value(i) as f64;
+                }
+                *p.threads.entry(fn_tid(f, tid.value(i))).or_default() += 1;
+            }
+            Ok(())
+        },
+    )?;
+    let mut threads: FxHashMap<u64, u64> = FxHashMap::default();
+    for p in parts {
+        for (id, s) in p.fns.items {
+            if let Some(f) = fns.get_mut(&id) {
+                f.hist.merge(&s.hist);
+                f.root_ns += s.root_ns;
+            }
+        }
+        for (k, n) in p.threads {
+            *threads.entry(k).or_default() += n;
         }
     }
     fns.retain(|_, f| f.recorded > 0 || f.calls > 0.0);
-    Ok(fns)
+    Ok(threads)
 }
 
 /// Each call's function, indexed by call id (ids are assigned at entry,
 /// counting up from the session's first call): what turns a child's
 /// `parent_call_id` into its caller's function without joining `calls`
-/// with itself (a hash join of every call, which does not spill).
+/// with itself (a hash join of every call, which does not spill). Filled
+/// by the durations scan, from every partition at once.
 pub struct CallFunctions {
     base: u64,
     /// function id + 1; 0: no such call recorded.
-    f: Vec<u32>,
+    f: Vec<AtomicU32>,
 }
 
 impl CallFunctions {
     /// Ids spread over more than this many slots per call fall back to SQL.
     const MAX_SLOTS_PER_CALL: u64 = 4;
 
-    /// `None` when the ids are too sparse for a dense table.
-    pub fn load(store: &Store) -> Result<Option<CallFunctions>> {
+    /// An empty table over the session's range of call ids; `None` when
+    /// the ids are too sparse for a dense table.
+    pub fn sized(store: &Store) -> Result<Option<CallFunctions>> {
         let mut range = None;
         for b in
             store.sql("SELECT min(call_id) AS lo, max(call_id) AS hi, count(*) AS n FROM calls")?
@@ -425,68 +566,81 @@ impl CallFunctions {
         if slots > n.max(1) * Self::MAX_SLOTS_PER_CALL || slots > u32::MAX as u64 {
             return Ok(None);
         }
-        let mut f = vec![0u32; slots as usize];
-        for b in store.stream("SELECT call_id, function_id FROM calls")? {
-            let b = b?;
-            let id = cols::i64s(&b, "call_id")?;
-            let func = cols::i64s(&b, "function_id")?;
-            for (id, func) in id.into_iter().zip(func) {
-                if let (Some(id), Some(func)) = (id, func) {
-                    f[(id as u64 - lo) as usize] = func as u32 + 1;
-                }
-            }
+        Ok(Some(CallFunctions {
+            base: lo,
+            f: (0..slots).map(|_| AtomicU32::new(0)).collect(),
+        }))
+    }
+
+    fn set(&self, id: u64, func: u32) {
+        if let Some(slot) = id
+            .checked_sub(self.base)
+            .and_then(|i| self.f.get(i as usize))
+        {
+            slot.store(func.saturating_add(1), Ordering::Relaxed);
         }
-        Ok(Some(CallFunctions { base: lo, f }))
     }
 
     /// The function of call `id`, if it was recorded.
     pub fn get(&self, id: u64) -> Option<u32> {
         let i = id.checked_sub(self.base)? as usize;
-        match self.f.get(i) {
-            Some(&v) if v > 0 => Some(v - 1),
+        match self.f.get(i).map(|v| v.load(Ordering::Relaxed)) {
+            Some(v) if v > 0 => Some(v - 1),
             _ => None,
         }
     }
 }
 
-/// Parent function → child function: calls, distinct parent calls, the
-/// children's time.
-fn edges(store: &Store, map: Option<&CallFunctions>) -> Result<FxHashMap<(u32, u32), Edge>> {
-    let mut out: FxHashMap<(u32, u32), Edge> = FxHashMap::default();
-    let Some(map) = map else {
-        return edges_sql(store);
-    };
-    // Distinct parents per edge: children of one parent call are counted
-    // once by remembering the last parent seen per edge (rows of one
-    // parent are not always adjacent, so this is an upper bound fixed by
-    // the exact per-parent query of the candidates).
-    let mut last: FxHashMap<(u32, u32), u64> = FxHashMap::default();
-    for b in store.stream(
-        "SELECT parent_call_id, function_id, duration_ns FROM calls WHERE parent_call_id IS NOT NULL",
-    )? {
-        let b = b?;
-        let parent = cols::i64s(&b, "parent_call_id")?;
-        let func = cols::i64s(&b, "function_id")?;
-        let d = cols::i64s(&b, "duration_ns")?;
-        for i in 0..b.num_rows() {
-            let (Some(p), Some(cf)) = (parent[i], func[i]) else {
-                continue;
-            };
-            let Some(pf) = map.get(p as u64) else {
-                continue;
-            };
-            let key = (pf, cf as u32);
-            let e = out.entry(key).or_default();
-            e.calls += 1;
-            e.child_ns += d[i].unwrap_or(0).max(0) as f64;
-            let l = last.entry(key).or_insert(u64::MAX);
-            if *l != p as u64 {
-                *l = p as u64;
-                e.parents += 1;
-            }
+/// Parent function → child function, as `fn_tid(parent, child)`: the
+/// edge, and the last parent call seen (one partition's).
+type EdgeParts = FxHashMap<u64, (Edge, u64)>;
+
+/// Adds a batch of `parent_call_id, function_id, duration_ns` to the
+/// edges: calls, distinct parent calls, the children's time. Children of
+/// one parent call are counted once by remembering the last parent seen
+/// per edge (rows of one parent are not always adjacent, so this is an
+/// upper bound fixed by the exact per-parent counts of the candidates).
+fn add_edges(map: &CallFunctions, parts: &mut EdgeParts, b: &RecordBatch) -> Result<()> {
+    let parent = cols::u64_array(b, "parent_call_id")?;
+    let func = cols::u32_array(b, "function_id")?;
+    let d = cols::i64_array(b, "duration_ns")?;
+    for i in 0..b.num_rows() {
+        if parent.is_null(i) || func.is_null(i) {
+            continue;
+        }
+        let pc = parent.value(i);
+        let Some(pf) = map.get(pc) else {
+            continue;
+        };
+        let (e, last) = parts
+            .entry(fn_tid(pf, func.value(i)))
+            .or_insert((Edge::default(), u64::MAX));
+        e.calls += 1;
+        if d.is_valid(i) {
+            e.child_ns += d.value(i).max(0) as f64;
+        }
+        if *last != pc {
+            *last = pc;
+            e.parents += 1;
         }
     }
-    Ok(out)
+    Ok(())
+}
+
+fn merge_edges(into: &mut EdgeParts, from: EdgeParts) {
+    for (k, (e, _)) in from {
+        let (o, _) = into.entry(k).or_insert((Edge::default(), u64::MAX));
+        o.calls += e.calls;
+        o.parents += e.parents;
+        o.child_ns += e.child_ns;
+    }
+}
+
+fn edge_map(parts: EdgeParts) -> FxHashMap<(u32, u32), Edge> {
+    parts
+        .into_iter()
+        .map(|(k, (e, _))| (((k >> 32) as u32, k as u32), e))
+        .collect()
 }
 
 /// [`edges`] by joining `calls` with itself (sparse call ids).
@@ -518,42 +672,510 @@ fn edges_sql(store: &Store) -> Result<FxHashMap<(u32, u32), Edge>> {
     Ok(out)
 }
 
-/// Calls of `child` per call of `parent` (only parent calls that make at
-/// least one).
-fn per_parent(
-    store: &Store,
-    map: Option<&CallFunctions>,
-    parent: u32,
-    child: u32,
-) -> Result<Vec<i64>> {
-    let mut per: Vec<i64> = Vec::new();
-    match map {
-        Some(map) => {
-            let mut counts: FxHashMap<u64, i64> = FxHashMap::default();
-            for b in store.stream(&format!(
-                "SELECT parent_call_id FROM calls WHERE function_id = {child} AND parent_call_id IS NOT NULL"
-            ))? {
-                let b = b?;
-                for p in cols::i64s(&b, "parent_call_id")?.into_iter().flatten() {
-                    if map.get(p as u64) == Some(parent) {
-                        *counts.entry(p as u64).or_default() += 1;
-                    }
+/// Calls of `child` per call of `parent` by joining `calls` with itself
+/// (sparse call ids; with a dense table the candidates' scan counts them).
+fn per_parent_sql(store: &Store, parent: u32, child: u32) -> Result<Vec<i64>> {
+    let mut per = Vec::new();
+    for b in store.sql(&format!(
+        "SELECT count(*) AS n FROM calls c JOIN calls p \
+           ON p.call_id = c.parent_call_id AND p.session_id = c.session_id \
+         WHERE p.function_id = {parent} AND c.function_id = {child} GROUP BY c.parent_call_id"
+    ))? {
+        per.extend(cols::i64s(&b, "n")?.into_iter().flatten());
+    }
+    Ok(per)
+}
+
+/// The on-CPU samples of the session, per thread in time order.
+struct Samples(FxHashMap<i64, Vec<i64>>);
+
+impl Samples {
+    fn load(store: &Store) -> Result<Option<Samples>> {
+        if !store.has_table("samples") {
+            return Ok(None);
+        }
+        let mut per: FxHashMap<i64, Vec<i64>> = FxHashMap::default();
+        for b in store.stream("SELECT tid, time_ns FROM samples")? {
+            let b = b?;
+            let tid = cols::i64_array(&b, "tid")?;
+            let t = cols::i64_array(&b, "time_ns")?;
+            for i in 0..b.num_rows() {
+                if tid.is_valid(i) && t.is_valid(i) {
+                    per.entry(tid.value(i)).or_default().push(t.value(i));
                 }
             }
-            per.extend(counts.into_values());
         }
-        None => {
-            for b in store.sql(&format!(
-                "SELECT count(*) AS n FROM calls c JOIN calls p \
-                   ON p.call_id = c.parent_call_id AND p.session_id = c.session_id \
-                 WHERE p.function_id = {parent} AND c.function_id = {child} GROUP BY c.parent_call_id"
-            ))? {
-                per.extend(cols::i64s(&b, "n")?.into_iter().flatten());
+        for v in per.values_mut() {
+            v.sort_unstable();
+        }
+        Ok(Some(Samples(per)))
+    }
+
+    /// Samples of thread `tid` at `from..to`.
+    fn count(&self, tid: i64, from: i64, to: i64) -> i64 {
+        self.0.get(&tid).map_or(0, |v| {
+            (v.partition_point(|&t| t < to) - v.partition_point(|&t| t < from)) as i64
+        })
+    }
+}
+
+/// The functions (and edges) whose calls each kind of finding must look
+/// at. The tails, waits and polled calls are chosen from the durations
+/// scan and gathered during the edges scan; repeated work and recursion
+/// need the edges, and get a scan of their own when there are any.
+#[derive(Default)]
+struct Candidates {
+    /// Per function id, which kinds want its calls (`WANT_*` bits).
+    want: FxHashMap<u32, u8>,
+    /// Repeated work: (parent, child) edges, as `fn_tid(parent, child)`.
+    repeated: FxHashSet<u64>,
+    /// Repeated-work edges when call ids are sparse (one join each).
+    repeated_sql: Vec<(u32, u32)>,
+    /// Latency outliers: the duration above which a call is slow.
+    slow_cut: FxHashMap<u32, i64>,
+    /// Polling: the thread with most calls, and their number.
+    poll_thread: FxHashMap<u32, (i64, u64)>,
+    /// Whether the session has on-CPU samples.
+    samples: bool,
+}
+
+const WANT_REPEATED: u8 = 1;
+const WANT_RECURSION: u8 = 2;
+const WANT_SLOW: u8 = 4;
+const WANT_WAIT: u8 = 8;
+const WANT_POLL: u8 = 16;
+
+/// Polling keeps every call of a candidate on its busiest thread; past
+/// this many in all, the candidates are read in more than one scan.
+const POLL_ROWS_PER_SCAN: u64 = 16 << 20;
+/// Waiting looks at the functions with the most time, at most this many.
+const WAITING_MAX_CANDIDATES: usize = 64;
+
+impl Candidates {
+    /// Tails, waits and polling, from the durations scan (recursive
+    /// functions are not known yet: their results are dropped later).
+    fn early(fns: &FxHashMap<u32, FnStats>, threads: &FxHashMap<u64, u64>, samples: bool) -> Self {
+        let mut c = Candidates {
+            samples,
+            ..Candidates::default()
+        };
+        for f in fns.values() {
+            if f.recorded >= OUTLIER_MIN_CALLS && !f.hist.is_empty() {
+                let p50 = f.hist.quantile(0.5);
+                let p99 = f.hist.quantile(0.99);
+                // Two modes are the bimodal finding's, not a tail.
+                if p50 > 0.0
+                    && p99 >= OUTLIER_MIN_RATIO * p50
+                    && !f.hist.two_modes().is_some_and(|m| m.is_bimodal())
+                {
+                    c.slow_cut.insert(f.id, (OUTLIER_MIN_RATIO * p50) as i64);
+                    *c.want.entry(f.id).or_default() |= WANT_SLOW;
+                }
+            }
+            if (POLL_MIN_CALLS as i64..=1_000_000).contains(&f.recorded) {
+                c.poll_thread.insert(f.id, (0, 0));
+            }
+            // Which functions wait is decided by their time, known after
+            // the edges: every function's long calls are counted.
+            if samples && f.recorded > 0 {
+                *c.want.entry(f.id).or_default() |= WANT_WAIT;
             }
         }
+        // Polling: the thread with the most calls (the lowest tid of a tie).
+        for (&k, &n) in threads {
+            let (f, tid) = ((k >> 32) as u32, (k as u32) as i64);
+            if let Some(t) = c.poll_thread.get_mut(&f)
+                && (n > t.1 || (n == t.1 && tid < t.0))
+            {
+                *t = (tid, n);
+            }
+        }
+        c.poll_thread.retain(|_, t| t.1 >= POLL_MIN_CALLS as u64);
+        for &f in c.poll_thread.keys() {
+            *c.want.entry(f).or_default() |= WANT_POLL;
+        }
+        c
     }
-    per.sort_unstable();
-    Ok(per)
+
+    /// Repeated work and recursion, from the edges; the wants of the scan
+    /// they need (empty: no scan).
+    fn late(
+        &mut self,
+        fns: &FxHashMap<u32, FnStats>,
+        edges: &FxHashMap<(u32, u32), Edge>,
+        dense: bool,
+    ) -> FxHashMap<u32, u8> {
+        let mut want: FxHashMap<u32, u8> = FxHashMap::default();
+        for (&(pf, cf), e) in edges {
+            if pf == cf || e.parents < REPEAT_MIN_PARENTS {
+                continue;
+            }
+            if (e.calls as f64) / (e.parents as f64) < REPEAT_MIN_PER_PARENT / 2.0 {
+                continue;
+            }
+            if !fns.contains_key(&pf) || !fns.contains_key(&cf) {
+                continue;
+            }
+            if dense {
+                self.repeated.insert(fn_tid(pf, cf));
+                *want.entry(cf).or_default() |= WANT_REPEATED;
+            } else {
+                self.repeated_sql.push((pf, cf));
+            }
+        }
+        for f in fns.values().filter(|f| f.recursive) {
+            *want.entry(f.id).or_default() |= WANT_RECURSION;
+        }
+        want
+    }
+
+    /// Waiting's candidates: the non-recursive functions with the most
+    /// time, from [`WAITING_MIN_WALL_NS`].
+    fn waiting(fns: &FxHashMap<u32, FnStats>) -> FxHashSet<u32> {
+        let mut by_time: Vec<&FnStats> = fns
+            .values()
+            .filter(|f| !f.recursive && f.inclusive_ns >= WAITING_MIN_WALL_NS)
+            .collect();
+        by_time.sort_by(|a, b| {
+            b.inclusive_ns
+                .total_cmp(&a.inclusive_ns)
+                .then(a.id.cmp(&b.id))
+        });
+        by_time
+            .into_iter()
+            .take(WAITING_MAX_CANDIDATES)
+            .map(|f| f.id)
+            .collect()
+    }
+
+    /// The early wants in scans: polling's rows split into groups of at
+    /// most [`POLL_ROWS_PER_SCAN`]; the first group has every other
+    /// kind's wants too.
+    fn early_groups(&self) -> Vec<FxHashMap<u32, u8>> {
+        let mut polled: Vec<(&u32, &(i64, u64))> = self.poll_thread.iter().collect();
+        polled.sort();
+        let mut group_of: FxHashMap<u32, usize> = FxHashMap::default();
+        let (mut g, mut rows) = (0, 0u64);
+        for (&f, &(_, n)) in polled {
+            if rows > 0 && rows + n > POLL_ROWS_PER_SCAN {
+                g += 1;
+                rows = 0;
+            }
+            rows += n;
+            group_of.insert(f, g);
+        }
+        let mut groups = vec![FxHashMap::default(); g + 1];
+        for (&f, &w) in &self.want {
+            let pg = group_of.get(&f).copied();
+            let first = w & !WANT_POLL | if pg == Some(0) { WANT_POLL } else { 0 };
+            if first != 0 {
+                groups[0].insert(f, first);
+            }
+            if let Some(pg) = pg.filter(|&pg| pg > 0) {
+                groups[pg].insert(f, WANT_POLL);
+            }
+        }
+        groups
+    }
+
+    /// `wants` as the scan's table.
+    fn table(&self, wants: &FxHashMap<u32, u8>) -> WantTable {
+        WantTable::new(
+            wants
+                .iter()
+                .map(|(&f, &bits)| {
+                    let w = Want {
+                        bits,
+                        slow_cut: self.slow_cut.get(&f).copied().unwrap_or(i64::MAX),
+                        poll_tid: self.poll_thread.get(&f).map_or(-1, |t| t.0),
+                    };
+                    (f, w)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A latency outlier's slow calls: how many, their time, the slowest
+/// three (duration, call id, tid), the on-CPU samples inside them.
+#[derive(Default, Clone)]
+struct Slow {
+    calls: i64,
+    ns: f64,
+    slowest: Vec<(i64, i64, i64)>,
+    samples: i64,
+}
+
+/// What the candidates' scan gathered, per kind.
+#[derive(Default)]
+struct Gathered {
+    /// Repeated work: (edge as `fn_tid(parent, child)`, parent call) →
+    /// the child's calls in it.
+    per_parent: FxHashMap<(u64, u64), i64>,
+    /// Recursion: (depth, call id, parent call id, duration) per function.
+    recursion: FxHashMap<u32, Vec<(i64, u64, u64, i64)>>,
+    slow: FxHashMap<u32, Slow>,
+    /// Waiting: calls of a sample period or longer: (wall ns, samples).
+    waits: FxHashMap<u32, (f64, i64)>,
+    /// Polling: (start, duration) of the calls on the busiest thread.
+    polls: FxHashMap<u32, Vec<(i64, i64)>>,
+}
+
+impl Gathered {
+    fn merge(&mut self, o: Gathered) {
+        for (k, n) in o.per_parent {
+            *self.per_parent.entry(k).or_default() += n;
+        }
+        for (k, v) in o.recursion {
+            self.recursion.entry(k).or_default().extend(v);
+        }
+        for (k, s) in o.slow {
+            let t = self.slow.entry(k).or_default();
+            t.calls += s.calls;
+            t.ns += s.ns;
+            t.samples += s.samples;
+            t.slowest.extend(s.slowest);
+            keep_slowest(&mut t.slowest);
+        }
+        for (k, (w, n)) in o.waits {
+            let t = self.waits.entry(k).or_default();
+            t.0 += w;
+            t.1 += n;
+        }
+        for (k, v) in o.polls {
+            self.polls.entry(k).or_default().extend(v);
+        }
+    }
+}
+
+/// The three slowest, slowest first (ties: the lower call id).
+fn keep_slowest(v: &mut Vec<(i64, i64, i64)>) {
+    v.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    v.truncate(3);
+}
+
+/// A scan of the calls `wants` names (all of them, when they make more
+/// than a tenth of the rows: such a filter costs more than it saves),
+/// each row handed to the kinds that asked for its function.
+fn gather_scan(
+    store: &Store,
+    ctx: ScanContext,
+    wants: &FxHashMap<u32, u8>,
+    recorded: &FxHashMap<u32, i64>,
+) -> Result<Gathered> {
+    let all_rows: i64 = recorded.values().sum();
+    let mut ids: Vec<u32> = wants.keys().copied().collect();
+    ids.sort_unstable();
+    let rows: i64 = ids.iter().filter_map(|f| recorded.get(f)).sum();
+    let filter = if rows * 10 > all_rows {
+        String::new()
+    } else {
+        let list: Vec<String> = ids.iter().map(|f| f.to_string()).collect();
+        format!(" WHERE function_id IN ({})", list.join(","))
+    };
+    let any = |bit: u8| wants.values().any(|w| w & bit != 0);
+    let mut columns = "call_id, function_id, tid, start_ns, duration_ns".to_string();
+    if any(WANT_REPEATED | WANT_RECURSION) {
+        columns.push_str(", parent_call_id");
+    }
+    if any(WANT_RECURSION) {
+        columns.push_str(", depth");
+    }
+    let ctx = Arc::new(ctx);
+    let parts = store.fold_partitions(
+        &format!("SELECT {columns} FROM calls{filter}"),
+        Gathered::default,
+        move |acc, b| ctx.gather(acc, b),
+    )?;
+    let mut out = Gathered::default();
+    for p in parts {
+        out.merge(p);
+    }
+    Ok(out)
+}
+
+/// The edges (see [`edges`]) and, in the same scan, the rows of the early
+/// candidates' first group; the other groups in scans of their own.
+fn edges_and_early(
+    store: &Store,
+    map: Option<Arc<CallFunctions>>,
+    samples: Option<Arc<Samples>>,
+    cands: &Candidates,
+    recorded: &FxHashMap<u32, i64>,
+) -> Result<(FxHashMap<(u32, u32), Edge>, Gathered)> {
+    let mut groups = cands.early_groups().into_iter();
+    let first = groups.next().unwrap_or_default();
+    let context = |wants: &FxHashMap<u32, u8>| ScanContext {
+        want: cands.table(wants),
+        repeated: FxHashSet::default(),
+        map: map.clone(),
+        samples: samples.clone(),
+    };
+    let (edges, mut got) = match &map {
+        Some(m) => {
+            let ctx = context(&first);
+            let m = m.clone();
+            let parts = store.fold_partitions(
+                "SELECT call_id, parent_call_id, function_id, tid, start_ns, duration_ns FROM calls",
+                <(EdgeParts, Gathered)>::default,
+                move |acc, b| {
+                    add_edges(&m, &mut acc.0, b)?;
+                    ctx.gather(&mut acc.1, b)
+                },
+            )?;
+            let mut edges = EdgeParts::default();
+            let mut got = Gathered::default();
+            for (e, g) in parts {
+                merge_edges(&mut edges, e);
+                got.merge(g);
+            }
+            (edge_map(edges), got)
+        }
+        None => {
+            let edges = edges_sql(store)?;
+            let got = if first.is_empty() {
+                Gathered::default()
+            } else {
+                gather_scan(store, context(&first), &first, recorded)?
+            };
+            (edges, got)
+        }
+    };
+    for wants in groups.filter(|g| !g.is_empty()) {
+        got.merge(gather_scan(store, context(&wants), &wants, recorded)?);
+    }
+    Ok((edges, got))
+}
+
+/// What the candidates' scan wants of one function's calls.
+#[derive(Clone, Copy, Default)]
+struct Want {
+    /// `WANT_*` bits; 0: nothing.
+    bits: u8,
+    /// Latency outliers: calls longer than this are slow.
+    slow_cut: i64,
+    /// Polling: the thread whose calls are kept.
+    poll_tid: i64,
+}
+
+/// [`Want`] by function id: a table for the small dense ids the agent
+/// assigns (one load per row), a hash map past them.
+enum WantTable {
+    Dense(Vec<Want>),
+    Sparse(FxHashMap<u32, Want>),
+}
+
+impl WantTable {
+    fn new(wants: Vec<(u32, Want)>) -> Self {
+        let top = wants.iter().map(|w| w.0).max().unwrap_or(0);
+        if top < 1 << 20 {
+            let mut v = vec![Want::default(); top as usize + 1];
+            for (f, w) in wants {
+                v[f as usize] = w;
+            }
+            WantTable::Dense(v)
+        } else {
+            WantTable::Sparse(wants.into_iter().collect())
+        }
+    }
+
+    fn get(&self, f: u32) -> Option<&Want> {
+        match self {
+            WantTable::Dense(v) => v.get(f as usize).filter(|w| w.bits != 0),
+            WantTable::Sparse(m) => m.get(&f),
+        }
+    }
+}
+
+/// What each row of the candidates' scan is checked against.
+struct ScanContext {
+    want: WantTable,
+    repeated: FxHashSet<u64>,
+    map: Option<Arc<CallFunctions>>,
+    samples: Option<Arc<Samples>>,
+}
+
+impl ScanContext {
+    fn gather(&self, acc: &mut Gathered, b: &RecordBatch) -> Result<()> {
+        let id = cols::u64_array(b, "call_id")?;
+        let func = cols::u32_array(b, "function_id")?;
+        let tid = cols::u32_array(b, "tid")?;
+        let start = cols::i64_array(b, "start_ns")?;
+        let dur = cols::i64_array(b, "duration_ns")?;
+        // Only the scans of repeated work and recursion read these.
+        let parent = match b.column_by_name("parent_call_id") {
+            Some(_) => Some(cols::u64_array(b, "parent_call_id")?),
+            None => None,
+        };
+        let depth = match b.column_by_name("depth") {
+            Some(_) => Some(cols::i64_array(b, "depth")?),
+            None => None,
+        };
+        let in_cpu = |tid: i64, s: i64, d: i64| {
+            self.samples
+                .as_ref()
+                .map_or(0, |smp| smp.count(tid, s, s.saturating_add(d)))
+        };
+        let min_wait = (1e9 / SAMPLE_HZ) as i64;
+        for i in 0..b.num_rows() {
+            if func.is_null(i) {
+                continue;
+            }
+            let f = func.value(i);
+            let Some(&Want {
+                bits: want,
+                slow_cut,
+                poll_tid,
+            }) = self.want.get(f)
+            else {
+                continue;
+            };
+            let d = dur.is_valid(i).then(|| dur.value(i));
+            let (t, s) = (tid.value(i) as i64, start.value(i));
+            let parent_call = parent
+                .as_ref()
+                .and_then(|p| p.is_valid(i).then(|| p.value(i)));
+            if want & WANT_REPEATED != 0
+                && let (Some(pc), Some(map)) = (parent_call, &self.map)
+                && let Some(pf) = map.get(pc)
+                && self.repeated.contains(&fn_tid(pf, f))
+            {
+                *acc.per_parent.entry((fn_tid(pf, f), pc)).or_default() += 1;
+            }
+            if want & WANT_RECURSION != 0
+                && let Some(depth) = &depth
+            {
+                acc.recursion.entry(f).or_default().push((
+                    depth.value(i),
+                    id.value(i),
+                    parent_call.unwrap_or(0),
+                    d.unwrap_or(0),
+                ));
+            }
+            let Some(d) = d else {
+                continue;
+            };
+            if want & WANT_SLOW != 0 && d > slow_cut {
+                let x = acc.slow.entry(f).or_default();
+                x.calls += 1;
+                x.ns += d as f64;
+                x.samples += in_cpu(t, s, d);
+                if x.slowest.len() < 3 || d >= x.slowest[2].0 {
+                    x.slowest.push((d, id.value(i) as i64, t));
+                    keep_slowest(&mut x.slowest);
+                }
+            }
+            if want & WANT_WAIT != 0 && d >= min_wait {
+                let x = acc.waits.entry(f).or_default();
+                x.0 += d as f64;
+                x.1 += in_cpu(t, s, d);
+            }
+            if want & WANT_POLL != 0 && poll_tid == t {
+                acc.polls.entry(f).or_default().push((s, d));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn pct(x: f64) -> String {
@@ -622,30 +1244,44 @@ fn bottlenecks(
     }
 }
 
+/// The value at rank `round(p × (n − 1))` of `v` (reordered), as a sort
+/// would give it.
+fn nearest_rank(v: &mut [i64], p: f64) -> i64 {
+    let k = ((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1);
+    *v.select_nth_unstable(k).1
+}
+
 /// The same child called many times per parent call.
 fn repeated_work(
     store: &Store,
-    map: Option<&CallFunctions>,
     fns: &FxHashMap<u32, FnStats>,
     edges: &FxHashMap<(u32, u32), Edge>,
+    cands: &Candidates,
+    got: &Gathered,
     root_ns: f64,
     out: &mut Vec<Finding>,
 ) -> Result<()> {
-    for (&(pf, cf), e) in edges {
-        if pf == cf || e.parents < REPEAT_MIN_PARENTS {
-            continue;
-        }
-        if (e.calls as f64) / (e.parents as f64) < REPEAT_MIN_PER_PARENT / 2.0 {
-            continue;
-        }
-        let (Some(parent), Some(child)) = (fns.get(&pf), fns.get(&cf)) else {
+    // Calls of the child per call of the parent (parent calls that make
+    // at least one), per candidate edge.
+    let mut per: FxHashMap<(u32, u32), Vec<i64>> = FxHashMap::default();
+    for (&(edge, _), &n) in &got.per_parent {
+        per.entry(((edge >> 32) as u32, edge as u32))
+            .or_default()
+            .push(n);
+    }
+    for &(pf, cf) in &cands.repeated_sql {
+        per.insert((pf, cf), per_parent_sql(store, pf, cf)?);
+    }
+    for ((pf, cf), mut per) in per {
+        let (Some(parent), Some(child), Some(e)) =
+            (fns.get(&pf), fns.get(&cf), edges.get(&(pf, cf)))
+        else {
             continue;
         };
-        // Counts per parent call, for their distribution.
-        let per = per_parent(store, map, pf, cf)?;
         if per.is_empty() {
             continue;
         }
+        per.sort_unstable();
         let q = |p: f64| per[((p * (per.len() - 1) as f64).round() as usize).min(per.len() - 1)];
         let median = q(0.5) as f64;
         if median < REPEAT_MIN_PER_PARENT {
@@ -686,37 +1322,23 @@ fn repeated_work(
 /// Deep recursion, and calls per recursion root growing faster than
 /// linearly with its depth.
 fn recursion(
-    store: &Store,
     fns: &FxHashMap<u32, FnStats>,
+    calls: FxHashMap<u32, Vec<(i64, u64, u64, i64)>>,
     root_ns: f64,
     out: &mut Vec<Finding>,
-) -> Result<()> {
-    for f in fns.values().filter(|f| f.recursive) {
-        // call → (parent, depth): roots are calls whose parent is not f.
-        let mut rows: Vec<(u64, u64, i64, i64)> = Vec::new();
-        for b in store.stream(&format!(
-            "SELECT call_id, parent_call_id, depth, duration_ns FROM calls \
-             WHERE function_id = {} ORDER BY depth",
-            f.id
-        ))? {
-            let b = b?;
-            let id = cols::i64s(&b, "call_id")?;
-            let parent = cols::i64s(&b, "parent_call_id")?;
-            let depth = cols::i64s(&b, "depth")?;
-            let d = cols::i64s(&b, "duration_ns")?;
-            for i in 0..b.num_rows() {
-                rows.push((
-                    id[i].unwrap_or(0) as u64,
-                    parent[i].unwrap_or(0) as u64,
-                    depth[i].unwrap_or(0),
-                    d[i].unwrap_or(0),
-                ));
-            }
-        }
-        // Per call: its root's index and its depth below the root.
+) {
+    for (id, mut rows) in calls {
+        let Some(f) = fns.get(&id) else {
+            continue;
+        };
+        // By depth: a parent before its children (then by call id, which
+        // counts up at entry, so the order is the same on every run).
+        rows.sort_unstable();
+        // Per call: its root's index and its depth below the root; roots
+        // are calls whose parent is not f.
         let mut at: FxHashMap<u64, (usize, u32)> = FxHashMap::default();
         let mut roots: Vec<(u64, u32, i64)> = Vec::new(); // calls, max depth, root duration
-        for &(id, parent, _, d) in &rows {
+        for &(_, id, parent, d) in &rows {
             let (r, level) = match at.get(&parent) {
                 Some(&(r, l)) => (r, l + 1),
                 None => {
@@ -779,7 +1401,6 @@ fn recursion(
         };
         out.push(x);
     }
-    Ok(())
 }
 
 /// Least-squares slope of y over x; None with fewer than 3 distinct x.
@@ -797,63 +1418,36 @@ fn ls_slope(pts: &[(f64, f64)]) -> Option<f64> {
 
 /// p99 far above p50, with the slowest calls named.
 fn outliers(
-    store: &Store,
     fns: &FxHashMap<u32, FnStats>,
+    cands: &Candidates,
+    slow: &FxHashMap<u32, Slow>,
     total_self: f64,
     out: &mut Vec<Finding>,
-) -> Result<()> {
-    for f in fns.values() {
-        if f.recursive || f.recorded < OUTLIER_MIN_CALLS || f.hist.is_empty() {
+) {
+    for (id, &cut) in &cands.slow_cut {
+        let (Some(f), Some(s)) = (fns.get(id), slow.get(id)) else {
+            continue;
+        };
+        if f.recursive {
             continue;
         }
-        let p50 = f.hist.quantile(0.5);
-        let p99 = f.hist.quantile(0.99);
-        if p50 <= 0.0 || p99 < OUTLIER_MIN_RATIO * p50 {
-            continue;
-        }
-        // Two modes are the bimodal finding's, not a tail.
-        if f.hist.two_modes().is_some_and(|m| m.is_bimodal()) {
-            continue;
-        }
-        // The calls above 10 × p50: how many, how much time.
-        let cut = (OUTLIER_MIN_RATIO * p50) as i64;
-        let mut slow = 0i64;
-        let mut slow_ns = 0f64;
-        let mut examples = Vec::new();
-        for b in store.sql(&format!(
-            "SELECT count(*) OVER () AS n, sum(duration_ns) OVER () AS ns, call_id, tid, start_ns, duration_ns \
-             FROM calls WHERE function_id = {} AND duration_ns > {cut} ORDER BY duration_ns DESC LIMIT 3",
-            f.id
-        ))? {
-            let n = cols::i64s(&b, "n")?;
-            let ns = cols::f64s(&b, "ns")?;
-            let id = cols::i64s(&b, "call_id")?;
-            let tid = cols::i64s(&b, "tid")?;
-            let d = cols::i64s(&b, "duration_ns")?;
-            for i in 0..b.num_rows() {
-                slow = n[i].unwrap_or(0);
-                slow_ns = ns[i].unwrap_or(0.0);
-                examples.push(format!(
-                    "call {} (tid {}, {})",
-                    id[i].unwrap_or(0),
-                    tid[i].unwrap_or(0),
-                    fmt_ns(d[i].unwrap_or(0) as f64)
-                ));
-            }
-        }
-        if slow == 0 || slow as f64 > OUTLIER_MAX_SLOW_SHARE * f.recorded as f64 {
+        let (p50, p99) = (f.hist.quantile(0.5), f.hist.quantile(0.99));
+        if s.calls == 0 || s.calls as f64 > OUTLIER_MAX_SLOW_SHARE * f.recorded as f64 {
             continue;
         }
         // On-CPU samples inside the slow calls: a tail the thread spent
         // off the CPU (preempted, blocked) is not the function's own work.
-        let on_cpu = slow_calls_on_cpu(store, f.id, cut, slow_ns)?;
+        // None without samples or when too few would be expected to say.
+        let expected = s.ns * SAMPLE_HZ / 1e9;
+        let on_cpu =
+            (cands.samples && expected >= 3.0).then(|| (s.samples as f64 / expected).min(1.0));
         let tail_share = if f.total_ns > 0.0 {
-            slow_ns / f.total_ns
+            s.ns / f.total_ns
         } else {
             0.0
         };
         let share = if total_self > 0.0 {
-            (slow_ns / total_self).min(1.0)
+            (s.ns / total_self).min(1.0)
         } else {
             0.0
         };
@@ -870,7 +1464,7 @@ fn outliers(
             Evidence::new("p50_ns", p50, "ns"),
             Evidence::new("p99_ns", p99, "ns"),
             Evidence::new("p99_over_p50", p99 / p50, "ratio"),
-            Evidence::new("slow_calls", slow as f64, "calls"),
+            Evidence::new("slow_calls", s.calls as f64, "calls"),
             Evidence::new("slow_share_of_function", tail_share, "ratio"),
             count_evidence(f),
         ];
@@ -878,13 +1472,18 @@ fn outliers(
             x.evidence
                 .push(Evidence::new("slow_calls_on_cpu_share", c, "ratio"));
         }
+        let examples: Vec<String> = s
+            .slowest
+            .iter()
+            .map(|&(d, call, tid)| format!("call {call} (tid {tid}, {})", fmt_ns(d as f64)))
+            .collect();
         x.message = format!(
             "{}: p99 {} is {:.0}× p50 {}; {} calls over {} take {} of its time{}; slowest: {}",
             f.name,
             fmt_ns(p99),
             p99 / p50,
             fmt_ns(p50),
-            slow,
+            s.calls,
             fmt_ns(cut as f64),
             pct(tail_share),
             match on_cpu {
@@ -899,27 +1498,6 @@ fn outliers(
         );
         out.push(x);
     }
-    Ok(())
-}
-
-/// The share of the slow calls' time (`duration_ns > cut`, `slow_ns` in
-/// all) the thread was on the CPU, from on-CPU samples; `None` without
-/// samples or when too few would be expected to say.
-fn slow_calls_on_cpu(store: &Store, id: u32, cut: i64, slow_ns: f64) -> Result<Option<f64>> {
-    let expected = slow_ns * SAMPLE_HZ / 1e9;
-    if !store.has_table("samples") || expected < 3.0 {
-        return Ok(None);
-    }
-    let mut n = 0;
-    for b in store.sql(&format!(
-        "SELECT count(*) AS n FROM calls c JOIN samples s \
-           ON s.session_id = c.session_id AND s.tid = c.tid \
-           AND s.time_ns >= c.start_ns AND s.time_ns < c.start_ns + c.duration_ns \
-         WHERE c.function_id = {id} AND c.duration_ns > {cut}"
-    ))? {
-        n += cols::i64s(&b, "n")?.into_iter().flatten().sum::<i64>();
-    }
-    Ok(Some((n as f64 / expected).min(1.0)))
 }
 
 /// Durations in two modes.
@@ -968,59 +1546,21 @@ fn bimodal(fns: &FxHashMap<u32, FnStats>, total_self: f64, out: &mut Vec<Finding
 }
 
 /// Wall time far above CPU time: on-CPU samples inside the function's
-/// calls against the number a busy thread would have given.
+/// calls (of one sample period or longer: shorter ones would not be seen
+/// even when busy) against the number a busy thread would have given.
 fn waiting(
-    store: &Store,
     fns: &FxHashMap<u32, FnStats>,
+    cands: &Candidates,
+    waits: &FxHashMap<u32, (f64, i64)>,
     root_ns: f64,
     out: &mut Vec<Finding>,
-    notes: &mut Vec<String>,
-) -> Result<()> {
-    if !store.has_table("samples") {
-        notes.push(
-            "waiting: this session has no on-CPU samples (`samples`), so wall time cannot be compared with CPU time; record without --no-samples".to_string(),
-        );
-        return Ok(());
-    }
-    let mut cands: Vec<&FnStats> = fns
-        .values()
-        .filter(|f| !f.recursive && f.inclusive_ns >= WAITING_MIN_WALL_NS)
-        .collect();
-    cands.sort_by(|a, b| b.inclusive_ns.total_cmp(&a.inclusive_ns));
-    cands.truncate(64);
-    if cands.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<String> = cands.iter().map(|f| f.id.to_string()).collect();
-    let mut got: FxHashMap<u32, (f64, i64)> = FxHashMap::default();
-    // Calls of at least one sample period (shorter ones would not be
-    // seen even when busy), each with the samples inside it.
-    let min_ns = (1e9 / SAMPLE_HZ) as i64;
-    for b in store.sql(&format!(
-        "WITH c AS (SELECT session_id, call_id, function_id, tid, start_ns, duration_ns FROM calls \
-           WHERE function_id IN ({}) AND duration_ns >= {min_ns}), \
-         per AS (SELECT c.call_id, c.function_id, c.duration_ns, count(s.time_ns) AS n \
-           FROM c LEFT JOIN samples s ON s.session_id = c.session_id AND s.tid = c.tid \
-             AND s.time_ns >= c.start_ns AND s.time_ns < c.start_ns + c.duration_ns \
-           GROUP BY c.call_id, c.function_id, c.duration_ns) \
-         SELECT function_id, sum(duration_ns) AS wall, sum(n) AS samples FROM per GROUP BY function_id",
-        ids.join(",")
-    ))? {
-        let id = cols::i64s(&b, "function_id")?;
-        let wall = cols::f64s(&b, "wall")?;
-        let n = cols::i64s(&b, "samples")?;
-        for i in 0..b.num_rows() {
-            got.insert(
-                id[i].unwrap_or(0) as u32,
-                (wall[i].unwrap_or(0.0), n[i].unwrap_or(0)),
-            );
-        }
-    }
-    for f in cands {
-        let Some(&(wall, n)) = got.get(&f.id) else {
+) {
+    let chosen = Candidates::waiting(fns);
+    for (id, &(wall, n)) in waits {
+        let Some(f) = fns.get(id).filter(|f| chosen.contains(&f.id)) else {
             continue;
         };
-        if wall < WAITING_MIN_WALL_NS {
+        if !cands.samples || wall < WAITING_MIN_WALL_NS {
             continue;
         }
         let expected = wall * SAMPLE_HZ / 1e9;
@@ -1058,53 +1598,37 @@ fn waiting(
         );
         out.push(x);
     }
-    Ok(())
 }
 
 /// The same short call repeated at regular intervals on one thread.
 fn polling(
-    store: &Store,
     fns: &FxHashMap<u32, FnStats>,
+    cands: &Candidates,
+    polls: FxHashMap<u32, Vec<(i64, i64)>>,
     root_ns: f64,
     out: &mut Vec<Finding>,
-) -> Result<()> {
-    for f in fns.values() {
-        if f.recursive || f.recorded < POLL_MIN_CALLS as i64 || f.recorded > 1_000_000 {
-            continue;
-        }
-        let mut per_tid: FxHashMap<i64, Vec<(i64, i64)>> = FxHashMap::default();
-        for b in store.stream(&format!(
-            "SELECT tid, start_ns, duration_ns FROM calls WHERE function_id = {} AND duration_ns IS NOT NULL",
-            f.id
-        ))? {
-            let b = b?;
-            let tid = cols::i64s(&b, "tid")?;
-            let s = cols::i64s(&b, "start_ns")?;
-            let d = cols::i64s(&b, "duration_ns")?;
-            for i in 0..b.num_rows() {
-                per_tid
-                    .entry(tid[i].unwrap_or(0))
-                    .or_default()
-                    .push((s[i].unwrap_or(0), d[i].unwrap_or(0)));
-            }
-        }
-        // The thread with the most calls.
-        let Some((tid, mut calls)) = per_tid.into_iter().max_by_key(|(_, v)| v.len()) else {
+) {
+    for (id, mut calls) in polls {
+        let (Some(f), Some(&(tid, _))) = (fns.get(&id), cands.poll_thread.get(&id)) else {
             continue;
         };
-        if calls.len() < POLL_MIN_CALLS {
+        if f.recursive || calls.len() < POLL_MIN_CALLS {
             continue;
         }
-        calls.sort_unstable();
-        let mut gaps: Vec<f64> = calls.windows(2).map(|w| (w[1].0 - w[0].0) as f64).collect();
-        let mut durs: Vec<f64> = calls.iter().map(|c| c.1 as f64).collect();
-        gaps.sort_by(f64::total_cmp);
-        durs.sort_by(f64::total_cmp);
-        let q =
-            |v: &[f64], p: f64| v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
-        let gap = q(&gaps, 0.5);
-        let spread = (q(&gaps, 0.75) - q(&gaps, 0.25)) / gap.max(1.0);
-        let dur = q(&durs, 0.5);
+        // The median call first: most functions are too long to poll, and
+        // need no sort.
+        let mut durs: Vec<i64> = calls.iter().map(|c| c.1).collect();
+        let dur = nearest_rank(&mut durs, 0.5) as f64;
+        if dur > POLL_MAX_CALL_NS {
+            continue;
+        }
+        // The calls of one thread come in runs already in order (one per
+        // partition of the scan), which a stable sort merges.
+        calls.sort_by_key(|c| c.0);
+        let mut gaps: Vec<i64> = calls.windows(2).map(|w| w[1].0 - w[0].0).collect();
+        let gap = nearest_rank(&mut gaps, 0.5) as f64;
+        let spread =
+            (nearest_rank(&mut gaps, 0.75) - nearest_rank(&mut gaps, 0.25)) as f64 / gap.max(1.0);
         let duty = dur / gap.max(1.0);
         if gap < POLL_MIN_GAP_NS
             || spread > POLL_MAX_SPREAD
@@ -1113,7 +1637,7 @@ fn polling(
         {
             continue;
         }
-        let span = (calls.last().unwrap().0 - calls[0].0) as f64;
+        let span = (calls[calls.len() - 1].0 - calls[0].0) as f64;
         let share = if root_ns > 0.0 {
             (span / root_ns).min(1.0)
         } else {
@@ -1146,7 +1670,6 @@ fn polling(
         );
         out.push(x);
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -88,6 +88,12 @@ impl Analysis {
 /// Analyzes the store's selected session (exactly one: `--session all` is
 /// refused, findings compare functions within a run).
 pub fn analyze(store: &Store) -> Result<Analysis> {
+    analyze_with_status(store, &|_| {})
+}
+
+/// [`analyze`], telling `status` the name of each step as it starts (for
+/// a status line: a large store takes seconds per step).
+pub fn analyze_with_status(store: &Store, status: &dyn Fn(&str)) -> Result<Analysis> {
     if !store.has_table("calls") || !store.has_table("functions") {
         bail!(
             "{}: no calls or functions table (nothing was recorded here)",
@@ -104,8 +110,10 @@ pub fn analyze(store: &Store) -> Result<Analysis> {
             many[many.len() - 1]
         ),
     };
-    let computed = findings::compute(store)?;
+    let computed = findings::compute(store, status)?;
+    status("complexity fits");
     let cx = complexity::complexity_findings(store)?;
+    status("the session's header and losses");
     let mut a = Analysis {
         session,
         header: crate::report::session_header(store)?,
@@ -121,6 +129,7 @@ pub fn analyze(store: &Store) -> Result<Analysis> {
     a.findings.extend(cx.findings);
     a.notes.extend(cx.note);
     // The AST map: where a repeated call is made, and inside which loop.
+    status("the AST map");
     let sites = ast::function_sites(store)?;
     let map = ast::build(&sites, &ast::AstOptions::default());
     locate_call_sites(&mut a.findings, &map);
@@ -135,6 +144,7 @@ pub fn analyze(store: &Store) -> Result<Analysis> {
         ));
     }
     a.ast = Some(map);
+    status("the session's header and losses");
     a.notes.extend(crate::report::loss_notes(store)?);
     rank(&mut a.findings);
     Ok(a)
