@@ -319,61 +319,6 @@ pub fn si(v: f64) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn behind_names_the_writer_and_the_ring() {
-        let mut snap = Snapshot {
-            backlog: (3, 64),
-            ..Snapshot::default()
-        };
-        assert_eq!(behind(&snap, Some(10.0)), None);
-        assert_eq!(behind(&snap, None), None);
-        snap.backlog = (32, 64);
-        assert_eq!(
-            behind(&snap, Some(10.0)).as_deref(),
-            Some("writer behind (32/64 batches queued)")
-        );
-        snap.backlog = (0, 64);
-        assert_eq!(
-            behind(&snap, Some(75.0)).as_deref(),
-            Some("ring 75% full: events are dropped when it fills")
-        );
-    }
-
-    #[test]
-    fn loss_rate_counts_lost_against_everything_the_kernel_tried() {
-        assert_eq!(loss_pct(0, 0), 0.0);
-        assert_eq!(loss_pct(75, 25), 25.0);
-        assert_eq!(loss_pct(0, 10), 100.0);
-    }
-
-    #[test]
-    fn rates_are_per_second_of_the_interval() {
-        let t0 = Instant::now();
-        let mut m = Meter::new(t0, 0);
-        m.see_fill(Some(10.0));
-        m.see_fill(None);
-        m.see_fill(Some(30.0));
-        let (eps, cpu, fill) = m.sample(t0 + Duration::from_secs(2), 1000, 500_000_000);
-        assert_eq!(eps, 500.0);
-        assert_eq!(cpu, 25.0);
-        assert_eq!(fill, Some(30.0));
-        // The maximum starts over with the next interval.
-        let (_, _, fill) = m.sample(t0 + Duration::from_secs(3), 1000, 500_000_000);
-        assert_eq!(fill, None);
-    }
-
-    #[test]
-    fn si_units() {
-        assert_eq!(si(950.0), "950");
-        assert_eq!(si(12_340.0), "12.3K");
-        assert_eq!(si(4_560_000.0), "4.56M");
-    }
-}
-
 /// The status line of a long read command (`analyze` on a large store):
 /// the step being run, rewritten in place while stderr is a terminal and
 /// cleared at the end. With `SCOPE_STEP_TIMES` set, each finished step's
@@ -434,5 +379,60 @@ impl Steps {
 impl Drop for Steps {
     fn drop(&mut self) {
         self.done();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn behind_names_the_writer_and_the_ring() {
+        let mut snap = Snapshot {
+            backlog: (3, 64),
+            ..Snapshot::default()
+        };
+        assert_eq!(behind(&snap, Some(10.0)), None);
+        assert_eq!(behind(&snap, None), None);
+        snap.backlog = (32, 64);
+        assert_eq!(
+            behind(&snap, Some(10.0)).as_deref(),
+            Some("writer behind (32/64 batches queued)")
+        );
+        snap.backlog = (0, 64);
+        assert_eq!(
+            behind(&snap, Some(75.0)).as_deref(),
+            Some("ring 75% full: events are dropped when it fills")
+        );
+    }
+
+    #[test]
+    fn loss_rate_counts_lost_against_everything_the_kernel_tried() {
+        assert_eq!(loss_pct(0, 0), 0.0);
+        assert_eq!(loss_pct(75, 25), 25.0);
+        assert_eq!(loss_pct(0, 10), 100.0);
+    }
+
+    #[test]
+    fn rates_are_per_second_of_the_interval() {
+        let t0 = Instant::now();
+        let mut m = Meter::new(t0, 0);
+        m.see_fill(Some(10.0));
+        m.see_fill(None);
+        m.see_fill(Some(30.0));
+        let (eps, cpu, fill) = m.sample(t0 + Duration::from_secs(2), 1000, 500_000_000);
+        assert_eq!(eps, 500.0);
+        assert_eq!(cpu, 25.0);
+        assert_eq!(fill, Some(30.0));
+        // The maximum starts over with the next interval.
+        let (_, _, fill) = m.sample(t0 + Duration::from_secs(3), 1000, 500_000_000);
+        assert_eq!(fill, None);
+    }
+
+    #[test]
+    fn si_units() {
+        assert_eq!(si(950.0), "950");
+        assert_eq!(si(12_340.0), "12.3K");
+        assert_eq!(si(4_560_000.0), "4.56M");
     }
 }

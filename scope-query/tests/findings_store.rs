@@ -161,8 +161,11 @@ fn write_store(root: &Path, spread: u64) {
     );
 }
 
-/// (kind, function, related, evidence) of every finding, in rank order.
-fn findings(spread: u64) -> Vec<(Kind, String, Option<String>, Vec<(String, f64)>)> {
+/// A finding's kind, function, related function and evidence.
+type Summary = (Kind, String, Option<String>, Vec<(String, f64)>);
+
+/// Every finding, in rank order.
+fn findings(spread: u64) -> Vec<Summary> {
     let dir = tempfile::tempdir().unwrap();
     write_store(dir.path(), spread);
     let store = Store::open(dir.path().to_str().unwrap(), &OpenOptions::default()).unwrap();
@@ -191,9 +194,7 @@ fn dense_and_sparse_call_ids_give_the_same_findings() {
         .unwrap_or_else(|| panic!("no repeated work in {kinds:?}"));
     assert_eq!(repeated.1, "fetch");
     assert_eq!(repeated.2.as_deref(), Some("load"));
-    let ev = |f: &(Kind, String, Option<String>, Vec<(String, f64)>), name: &str| {
-        f.3.iter().find(|e| e.0 == name).map(|e| e.1)
-    };
+    let ev = |f: &Summary, name: &str| f.3.iter().find(|e| e.0 == name).map(|e| e.1);
     assert_eq!(ev(repeated, "per_parent_median"), Some(20.0));
     assert_eq!(ev(repeated, "parent_calls"), Some(5.0));
     assert_eq!(ev(repeated, "child_calls"), Some(100.0));

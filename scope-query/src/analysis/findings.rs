@@ -595,6 +595,9 @@ impl CallFunctions {
 /// edge, and the last parent call seen (one partition's).
 type EdgeParts = FxHashMap<u64, (Edge, u64)>;
 
+/// (parent function, child function) → their edge.
+type Edges = FxHashMap<(u32, u32), Edge>;
+
 /// Adds a batch of `parent_call_id, function_id, duration_ns` to the
 /// edges: calls, distinct parent calls, the children's time. Children of
 /// one parent call are counted once by remembering the last parent seen
@@ -1002,7 +1005,7 @@ fn edges_and_early(
     samples: Option<Arc<Samples>>,
     cands: &Candidates,
     recorded: &FxHashMap<u32, i64>,
-) -> Result<(FxHashMap<(u32, u32), Edge>, Gathered)> {
+) -> Result<(Edges, Gathered)> {
     let mut groups = cands.early_groups().into_iter();
     let first = groups.next().unwrap_or_default();
     let context = |wants: &FxHashMap<u32, u8>| ScanContext {
