@@ -65,7 +65,7 @@ use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReader
 use staging::{Staging, crash_point, exchange, remove_tree};
 
 /// Every table of the store, in the writer's layout.
-pub const TABLES: [&str; 9] = [
+pub const TABLES: [&str; 11] = [
     "calls",
     "functions",
     "losses",
@@ -77,6 +77,10 @@ pub const TABLES: [&str; 9] = [
     // On-CPU samples: kept as written (one or a few files per session),
     // counted and removed with their session by retention.
     "samples",
+    // The viewer's summaries (one file per session, written at its end):
+    // kept as written, like the samples.
+    "threads",
+    "overview",
 ];
 /// The tables compaction rewrites: those the writer may split into several
 /// files (`sessions` and `totals` are always one file).

@@ -67,14 +67,29 @@ pub fn session_span(store: &Store) -> Result<SessionSpan> {
     Ok(span)
 }
 
+/// Whether every selected session has its file of `table` (a summary
+/// the agent writes when the session ends; a crashed one has none).
+fn summarized(store: &Store, table: &str) -> bool {
+    let Some(info) = store.tables().get(table) else {
+        return false;
+    };
+    let sessions = store.selected_sessions();
+    !sessions.is_empty() && sessions.iter().all(|s| info.files.contains_key(s))
+}
+
 /// Every thread of the session that recorded calls: (tid, calls, first
-/// entry, last return), by tid (one scan of the session's calls).
+/// entry, last return), by tid: from the `threads` summary, else one scan
+/// of the session's calls.
 pub fn threads(store: &Store) -> Result<Vec<(i64, i64, i64, i64)>> {
     let mut v = Vec::new();
-    for b in store.sql(
+    let sql = if summarized(store, "threads") {
+        "SELECT tid, sum(calls) AS n, min(first_ns) AS s, max(last_ns) AS e \
+         FROM threads GROUP BY tid ORDER BY tid"
+    } else {
         "SELECT tid, count(*) AS n, min(start_ns) AS s, max(start_ns + coalesce(duration_ns, 0)) AS e \
-         FROM calls GROUP BY tid ORDER BY tid",
-    )? {
+         FROM calls GROUP BY tid ORDER BY tid"
+    };
+    for b in store.sql(sql)? {
         let t = cols::i64s(&b, "tid")?;
         let n = cols::i64s(&b, "n")?;
         let s = cols::i64s(&b, "s")?;
@@ -553,7 +568,7 @@ pub fn render_timeline(tl: &Timeline, tid: u32) -> String {
 /// Calls of one thread over an interval at a level of detail: those at
 /// least `min_ns` long drawn one by one, the shorter ones merged per depth
 /// into runs (a viewer's pixel: nothing narrower is visible).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Detail {
     /// Calls at least `min_ns` long (or never returned), by entry.
     pub calls: Vec<Frame>,
@@ -561,6 +576,13 @@ pub struct Detail {
     pub more: bool,
     /// Runs of shorter calls: (depth, first entry, last return, calls).
     pub hidden: Vec<(i64, i64, i64, i64)>,
+    /// What the runs are aligned to and the shortest call drawn: the
+    /// request's, or (from the `overview` summary) the bucket width at or
+    /// under it and the start of its bucket.
+    pub from_ns: i64,
+    pub min_ns: i64,
+    /// Whether the `overview` summary answered (not a scan of `calls`).
+    pub summary: bool,
 }
 
 /// [`Detail`] of thread `tid` over `from_ns..to_ns` (epoch ns): one scan
@@ -569,6 +591,11 @@ pub struct Detail {
 /// `min_ns` bucket, adjacent buckets merged into runs. At one depth of one
 /// thread calls do not overlap, so at most about `(to − from) / min_ns`
 /// frames per depth come back whatever the number of calls.
+///
+/// A request for the whole thread at a pixel no narrower than the
+/// `overview` summary's buckets is answered from the summary instead (a
+/// few thousand rows): exactly what [`detail_from_calls`] gives for the
+/// answer's `from_ns` and `min_ns`.
 pub fn detail(
     store: &Store,
     tid: u32,
@@ -577,16 +604,33 @@ pub fn detail(
     min_ns: i64,
     limit: usize,
 ) -> Result<Detail> {
+    detail_at(store, tid, from_ns, to_ns, min_ns, limit, true)
+}
+
+/// [`detail`] always from a scan of `calls` (never the summary).
+pub fn detail_from_calls(
+    store: &Store,
+    tid: u32,
+    from_ns: i64,
+    to_ns: i64,
+    min_ns: i64,
+    limit: usize,
+) -> Result<Detail> {
+    detail_at(store, tid, from_ns, to_ns, min_ns, limit, false)
+}
+
+fn detail_at(
+    store: &Store,
+    tid: u32,
+    from_ns: i64,
+    to_ns: i64,
+    min_ns: i64,
+    limit: usize,
+    summary: bool,
+) -> Result<Detail> {
     let span = session_span(store)?;
     let (from_ns, to_ns) = (from_ns.min(to_ns), from_ns.max(to_ns));
     let min_ns = min_ns.max(1);
-    let near = calls_near(store, &span, tid, from_ns.saturating_sub(1), to_ns)?;
-    let overlap = format!(
-        "c.tid = {tid} AND c.start_ns <= {to_ns} AND (c.duration_ns IS NULL OR c.start_ns + c.duration_ns >= {from_ns}) \
-         AND c.session_id = {}{}",
-        sql_str(&span.id),
-        start_bound(store, &span, from_ns)?
-    );
     // Names and source lines, once (a session has few functions).
     let mut names: FxHashMap<i64, (String, Option<String>)> = Default::default();
     for b in store.sql(&format!(
@@ -611,6 +655,74 @@ pub fn detail(
     }
     let mut calls = Vec::new();
     let mut buckets: FxHashMap<(i64, i64), (i64, i64, i64)> = Default::default();
+    let frame = |id: i64, d: i64, s: i64, dur: Option<i64>, selfs: Option<i64>, f: i64| {
+        let (name, location) = names
+            .get(&f)
+            .cloned()
+            .unwrap_or_else(|| (format!("function#{f}"), None));
+        Frame {
+            call_id: id,
+            depth: d,
+            name,
+            location,
+            start_ns: s,
+            duration_ns: dur,
+            self_ns: selfs,
+            args: Vec::new(),
+            ret: None,
+        }
+    };
+    let fit = match summary {
+        true => overview_fit(store, tid, from_ns, to_ns, min_ns)?,
+        false => None,
+    };
+    if let Some((from, width)) = fit {
+        // The whole thread at a pixel no narrower than the summary's
+        // buckets: the same answer from a few thousand rows.
+        for b in store.sql(&format!(
+            "SELECT depth, start_ns, end_ns, calls, call_id, function_id, duration_ns, self_ns \
+             FROM overview WHERE tid = {tid}"
+        ))? {
+            let depth = cols::i64s(&b, "depth")?;
+            let start = cols::i64s(&b, "start_ns")?;
+            let end = cols::i64s(&b, "end_ns")?;
+            let n = cols::i64s(&b, "calls")?;
+            let id = cols::i64s(&b, "call_id")?;
+            let f = cols::i64s(&b, "function_id")?;
+            let dur = cols::i64s(&b, "duration_ns")?;
+            let selfs = cols::i64s(&b, "self_ns")?;
+            for i in 0..b.num_rows() {
+                let (d, s) = (depth[i].unwrap_or(0), start[i].unwrap_or(0));
+                let long = id[i].is_some() && dur[i].is_none_or(|len| len >= width);
+                if long {
+                    calls.push(frame(
+                        id[i].unwrap_or(0),
+                        d,
+                        s,
+                        dur[i],
+                        selfs[i],
+                        f[i].unwrap_or(0),
+                    ));
+                    continue;
+                }
+                let k = (s - from).div_euclid(width);
+                let e = buckets.entry((d, k)).or_insert((0, s, end[i].unwrap_or(s)));
+                e.0 += n[i].unwrap_or(0);
+                e.1 = e.1.min(s);
+                e.2 = e.2.max(end[i].unwrap_or(s));
+            }
+        }
+        let mut d = finish_detail(calls, buckets, limit, from, width);
+        d.summary = true;
+        return Ok(d);
+    }
+    let near = calls_near(store, &span, tid, from_ns.saturating_sub(1), to_ns)?;
+    let overlap = format!(
+        "c.tid = {tid} AND c.start_ns <= {to_ns} AND (c.duration_ns IS NULL OR c.start_ns + c.duration_ns >= {from_ns}) \
+         AND c.session_id = {}{}",
+        sql_str(&span.id),
+        start_bound(store, &span, from_ns)?
+    );
     for b in store.stream(&format!(
         "SELECT c.call_id, c.depth, c.start_ns, c.duration_ns, c.self_ns, c.function_id \
          FROM {near} c WHERE {overlap}"
@@ -632,26 +744,80 @@ pub fn detail(
                     e.1 = e.1.min(s);
                     e.2 = e.2.max(s + len);
                 }
-                _ => {
-                    let (name, location) = names
-                        .get(&f[i].unwrap_or(0))
-                        .cloned()
-                        .unwrap_or_else(|| (format!("function#{}", f[i].unwrap_or(0)), None));
-                    calls.push(Frame {
-                        call_id: id[i].unwrap_or(0),
-                        depth: d,
-                        name,
-                        location,
-                        start_ns: s,
-                        duration_ns: dur[i],
-                        self_ns: selfs[i],
-                        args: Vec::new(),
-                        ret: None,
-                    });
-                }
+                _ => calls.push(frame(
+                    id[i].unwrap_or(0),
+                    d,
+                    s,
+                    dur[i],
+                    selfs[i],
+                    f[i].unwrap_or(0),
+                )),
             }
         }
     }
+    Ok(finish_detail(calls, buckets, limit, from_ns, min_ns))
+}
+
+/// The `overview` summary's (aligned start, bucket width) for a request
+/// of thread `tid` over `from_ns..to_ns` at `min_ns`, when it can answer
+/// it exactly: the request covers the whole thread and its pixel is at
+/// least the summary's bucket. The width is the largest power-of-two
+/// multiple of the bucket not over `min_ns`, the start that of its bucket.
+fn overview_fit(
+    store: &Store,
+    tid: u32,
+    from_ns: i64,
+    to_ns: i64,
+    min_ns: i64,
+) -> Result<Option<(i64, i64)>> {
+    if !summarized(store, "overview") || !summarized(store, "threads") {
+        return Ok(None);
+    }
+    let one = |sql: &str, col: &str| -> Result<Option<i64>> {
+        let mut v = None;
+        for b in store.sql(sql)? {
+            v = v.or(cols::i64s(&b, col)?.first().copied().flatten());
+        }
+        Ok(v)
+    };
+    let first = one(
+        &format!("SELECT min(first_ns) AS v FROM threads WHERE tid = {tid}"),
+        "v",
+    )?;
+    let last = one(
+        &format!("SELECT max(last_ns) AS v FROM threads WHERE tid = {tid}"),
+        "v",
+    )?;
+    let bucket = one(
+        &format!("SELECT max(bucket_ns) AS v FROM overview WHERE tid = {tid}"),
+        "v",
+    )?;
+    let got = match (first, last, bucket) {
+        (Some(f), Some(l), Some(w)) => Some((f, l, w)),
+        _ => None,
+    };
+    let Some((first, last, bucket)) = got else {
+        return Ok(None);
+    };
+    if from_ns > first || to_ns < last || bucket <= 0 || min_ns < bucket {
+        return Ok(None);
+    }
+    let mut width = bucket;
+    while width.saturating_mul(2) <= min_ns {
+        width *= 2;
+    }
+    Ok(Some((from_ns.div_euclid(width) * width, width)))
+}
+
+/// A [`Detail`] from its frames and its buckets of `min_ns` from `from_ns`:
+/// frames by entry (at most `limit`), adjacent buckets of a depth merged.
+fn finish_detail(
+    mut calls: Vec<Frame>,
+    buckets: FxHashMap<(i64, i64), (i64, i64, i64)>,
+    limit: usize,
+    from_ns: i64,
+    min_ns: i64,
+) -> Detail {
     calls.sort_by_key(|c| (c.start_ns, c.depth));
     let more = calls.len() > limit.max(1);
     calls.truncate(limit.max(1));
@@ -669,9 +835,12 @@ pub fn detail(
         }
         last_k = k;
     }
-    Ok(Detail {
+    Detail {
         calls,
         more,
         hidden,
-    })
+        from_ns,
+        min_ns,
+        summary: false,
+    }
 }

@@ -839,3 +839,76 @@ fn defaults_record_then_read_in_the_working_directory() {
         "{text}"
     );
 }
+
+/// The viewer's first view reads the summaries the agent writes at the end
+/// of a session instead of every call: the thread list from `threads`
+/// equals DuckDB's `GROUP BY tid` over the calls, and a whole thread's
+/// timeline from `overview` equals a scan of the calls at the same start
+/// and pixel, frames and grey runs alike.
+#[test]
+fn the_summaries_answer_like_a_scan_of_the_calls() {
+    use scope_query::{OpenOptions, SessionSel, Store, travel};
+    let dir = all_store();
+    let store = Store::open(
+        dir.to_str().unwrap(),
+        &OpenOptions {
+            sessions: SessionSel::Latest,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(store.has_table("threads") && store.has_table("overview"));
+    let threads = travel::threads(&store).unwrap();
+    let want: Vec<(i64, i64, i64, i64)> = duckdb(&format!(
+        "SELECT tid, count(*) AS n, min(start_ns) AS s, \
+           max(start_ns + coalesce(duration_ns, 0)) AS e \
+         FROM read_parquet('{}') GROUP BY tid ORDER BY tid",
+        calls_glob(dir)
+    ))
+    .iter()
+    .map(|r| {
+        let v = |k: &str| r[k].as_i64().unwrap();
+        (v("tid"), v("n"), v("s"), v("e"))
+    })
+    .collect();
+    assert_eq!(threads, want);
+
+    let span = travel::session_span(&store).unwrap();
+    let mut from_summary = 0;
+    for &(tid, ..) in &threads {
+        for width in [20, 300, 1400, 100_000] {
+            let min_ns = ((span.end_ns - span.start_ns) / width).max(1);
+            let a = travel::detail(
+                &store,
+                tid as u32,
+                span.start_ns,
+                span.end_ns,
+                min_ns,
+                100_000,
+            )
+            .unwrap();
+            let mut b = travel::detail_from_calls(
+                &store,
+                tid as u32,
+                a.from_ns,
+                span.end_ns,
+                a.min_ns,
+                100_000,
+            )
+            .unwrap();
+            if a.summary {
+                from_summary += 1;
+                assert!(a.min_ns <= min_ns && a.from_ns <= span.start_ns, "{a:?}");
+                b.summary = true;
+            }
+            assert_eq!(a, b, "tid {tid}, {width} pixels");
+            let calls: i64 = a.calls.len() as i64 + a.hidden.iter().map(|h| h.3).sum::<i64>();
+            let n = threads.iter().find(|t| t.0 == tid).unwrap().1;
+            assert_eq!(
+                calls, n,
+                "tid {tid}, {width} pixels: every call drawn or merged"
+            );
+        }
+    }
+    assert!(from_summary > 0, "the summary answered no request");
+}

@@ -168,8 +168,20 @@ pub fn run(root: &Path) -> Result<String> {
         std::fs::copy(&from, to)
             .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
     }
-    let generator_source = std::fs::read_to_string(root.join("scope-agent/examples/gen_store.rs"))
-        .context("cannot read scope-agent/examples/gen_store.rs")?;
+    // The generator and the writer it goes through: a change to either
+    // makes a new store (the summaries written at a session's end too).
+    let mut generator_source = String::new();
+    for file in [
+        "scope-agent/examples/gen_store.rs",
+        "scope-agent/src/storage/mod.rs",
+        "scope-agent/src/storage/overview.rs",
+        "scope-agent/src/storage/schema.rs",
+    ] {
+        generator_source.push_str(
+            &std::fs::read_to_string(root.join(file))
+                .with_context(|| format!("cannot read {file}"))?,
+        );
+    }
     let store = work.join(format!("store-{}", short_count(calls)));
     let generated = step(&format!("store of {} calls", short_count(calls)), || {
         ensure_store(&gen_store, &store, calls, fnv(&generator_source))

@@ -316,11 +316,11 @@ fn timeline(store: &Store, query: &str) -> Result<Value> {
     }
     Ok(json!({
         "tid": tid,
-        "from_ns": at(from),
+        "from_ns": at(d.from_ns),
         "to_ns": at(to),
         "session_start_ns": at(span.start_ns),
         "session_end_ns": at(span.end_ns),
-        "min_ns": min_ns,
+        "min_ns": d.min_ns,
         "bars": bars,
         "more": d.more,
         "hidden": hidden,

@@ -90,6 +90,7 @@
 //! under a `.parquet` name. Directories are created 0700 and files 0600.
 
 mod durable;
+pub mod overview;
 pub mod schema;
 pub mod upload;
 
@@ -316,6 +317,8 @@ pub struct ParquetStore {
     functions_written: bool,
     /// Files written so far with their sizes.
     files: Written,
+    /// The `threads` and `overview` summaries, written at the end.
+    overview: overview::Overview,
 }
 
 impl ParquetStore {
@@ -397,6 +400,7 @@ impl ParquetStore {
             totals_dir: cfg.out_dir.join("totals").join(&partition),
             functions_written: false,
             files: Written::default(),
+            overview: overview::Overview::default(),
             props,
             cfg,
         })
@@ -476,6 +480,27 @@ impl ParquetStore {
                     self.write_batch(&dir, "part-0.parquet", &batch)
                 }),
         );
+        // The viewer's summaries: read instead of every call when present.
+        let partition = format!("session_id={}", self.cfg.session_id);
+        for (table, batch) in [
+            ("threads", self.overview.threads_batch().map(Some)),
+            ("overview", self.overview.overview_batch()),
+        ] {
+            keep(
+                batch
+                    .with_context(|| format!("building the {table} table"))
+                    .and_then(|batch| {
+                        let Some(batch) = batch else {
+                            return Ok(());
+                        };
+                        let dir = self.cfg.out_dir.join(table).join(&partition);
+                        durable::ensure_dir(&dir).map_err(|e| {
+                            anyhow!("cannot create output directory {}: {e}", dir.display())
+                        })?;
+                        self.write_batch(&dir, "part-0.parquet", &batch)
+                    }),
+            );
+        }
         keep(
             schema::session_batch(session)
                 .context("building the sessions table")
@@ -557,6 +582,7 @@ impl ParquetStore {
 
 impl EventSink for ParquetStore {
     fn write_calls(&mut self, calls: &[CallRecord]) -> Result<()> {
+        self.overview.add(calls);
         let max = self.max_rows();
         buffer_capped(&mut self.calls, calls, max, &self.props, &mut self.files)?;
         self.tick()
