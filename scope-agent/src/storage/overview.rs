@@ -30,7 +30,7 @@ use crate::capture::CallRecord;
 /// Rows one thread's overview keeps before its buckets double.
 pub const MAX_ROWS_PER_THREAD: usize = 32 * 1024;
 /// Rows of all threads' overviews past which it is given up.
-pub const MAX_ROWS: usize = 4 << 20;
+pub const MAX_ROWS: usize = 1 << 20;
 /// The first bucket width: 2^10 ns.
 const FIRST_SHIFT: u32 = 10;
 
