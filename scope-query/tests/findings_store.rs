@@ -5,11 +5,15 @@
 //! table: the self-join fallback). Both must name the same findings with
 //! the same evidence.
 
+mod compact_support;
+
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, UInt8Array};
+use arrow_array::{
+    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, UInt8Array, new_null_array,
+};
 use arrow_array::{UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
@@ -124,18 +128,8 @@ fn write_store(root: &Path, spread: u64) {
             child_ns[p as usize] += c.ns;
         }
     }
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("pid", DataType::UInt32, false),
-        Field::new("tid", DataType::UInt32, false),
-        Field::new("call_id", DataType::UInt64, false),
-        Field::new("parent_call_id", DataType::UInt64, true),
-        Field::new("function_id", DataType::UInt32, false),
-        Field::new("depth", DataType::Int32, false),
-        Field::new("start_ns", DataType::Int64, false),
-        Field::new("duration_ns", DataType::Int64, true),
-        Field::new("self_ns", DataType::Int64, true),
-        Field::new("flags", DataType::UInt8, false),
-    ]));
+    // The agent's schema (args, ret and arg_strings left null).
+    let schema = compact_support::calls_schema();
     let n = calls.len();
     let cols: Vec<ArrayRef> = vec![
         Arc::new(UInt32Array::from(vec![7u32; n])),
@@ -155,6 +149,15 @@ fn write_store(root: &Path, spread: u64) {
         )),
         Arc::new(UInt8Array::from(vec![0u8; n])),
     ];
+    let written = cols.len();
+    let cols: Vec<ArrayRef> = cols
+        .into_iter()
+        .chain(
+            schema.fields()[written..]
+                .iter()
+                .map(|f| new_null_array(f.data_type(), n)),
+        )
+        .collect();
     write(
         &root.join("calls/session_id=s1/part-00000.parquet"),
         &RecordBatch::try_new(schema, cols).unwrap(),

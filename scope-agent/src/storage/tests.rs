@@ -252,8 +252,9 @@ fn calls_are_split_into_segments_and_read_back() {
     assert_eq!(sizes, [4, 4, 2]);
     assert_eq!(read_calls(&out), calls);
 
-    // 3 calls + empty losses + functions + totals + sessions.
-    assert_eq!(summary.files.len(), 7);
+    // 3 calls + empty losses + functions + totals + threads + overview +
+    // sessions.
+    assert_eq!(summary.files.len(), 9);
     let on_disk: u64 = summary
         .files
         .iter()
@@ -494,7 +495,8 @@ fn finish_without_calls_writes_empty_files_with_the_schema() {
     let store = ParquetStore::create(config(out, 2)).expect("create");
     let summary = store.finish(&session_row(), &total_rows()).expect("finish");
     assert_eq!(summary.call_rows, 0);
-    assert_eq!(summary.files.len(), 5);
+    // calls, losses, functions, totals, threads, overview, sessions.
+    assert_eq!(summary.files.len(), 7);
     for (table, name, schema) in [
         ("calls", "part-00000.parquet", &*schema::CALLS),
         ("losses", "part-00000.parquet", &*schema::LOSSES),
