@@ -864,12 +864,7 @@ impl Governor {
         }
         let current = policy::current_pct(&loads, &sampled, self.n, self.window_factor);
         let decision = decide_with(&decide_loads, self.budget_pct, self.window_factor);
-        // A first tick that saw no call says nothing yet (the target had
-        // not called a probed function, or the calls' events were still on
-        // their way: an early tick once predicted 0% for a loop the probes
-        // slowed 140×): the prediction waits for calls, or a second of none.
-        let nothing_yet = total_calls == 0.0 && wall < Duration::from_secs(1);
-        if !self.predicted_once && !nothing_yet {
+        if !self.predicted_once {
             self.predicted_once = true;
             let rate = total_calls / wall.as_secs_f64().max(1e-3);
             let msg = format!(
