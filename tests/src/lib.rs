@@ -473,6 +473,11 @@ pub fn spawn_agent(args: &[&str]) -> RunningAgent {
     }
 }
 
+/// The text of `s` up to and including its last newline.
+pub fn complete_lines(s: &str) -> &str {
+    s.rfind('\n').map_or("", |i| &s[..=i])
+}
+
 impl RunningAgent {
     /// The agent's pid.
     pub fn pid(&self) -> u32 {
@@ -489,12 +494,16 @@ impl RunningAgent {
         self.stderr.snapshot()
     }
 
-    /// Waits until stderr contains `needle`; panics with the stderr so far on
-    /// timeout or if the agent exits first.
+    /// Waits until a complete line of stderr contains `needle`; panics with
+    /// the stderr so far on timeout or if the agent exits first.
+    ///
+    /// Only whole lines count: `eprintln!` with arguments writes a line in
+    /// several pieces, and a test that reads the stderr right after its needle
+    /// appeared must see the rest of that line too.
     pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.stderr.snapshot().contains(needle) {
+            if complete_lines(&self.stderr.snapshot()).contains(needle) {
                 return;
             }
             if let Some(status) = self.guard.wait_timeout(Duration::ZERO) {

@@ -59,7 +59,7 @@ impl Agent {
 
     fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while !self.stderr().contains(needle) {
+        while !complete_lines(&self.stderr()).contains(needle) {
             assert!(
                 self.guard.wait_timeout(Duration::ZERO).is_none(),
                 "the agent exited before printing {needle:?}:\n{}",

@@ -663,16 +663,14 @@ impl Governor {
             return false;
         }
         let end = self.ledger.current().start_ns;
-        let from = end - RECENT.as_nanos() as i64;
+        let first = self.recent_from();
         let mut recent_calls = 0u64;
         let mut cpu_ns = 0u64;
         let mut wait_ns = 0u64;
-        let mut first = end;
         for s in self.ledger.slots().iter().rev().skip(1) {
-            if s.end_ns <= from {
+            if s.start_ns < first {
                 break;
             }
-            first = s.start_ns;
             cpu_ns += s.cpu_ns.unwrap_or(0);
             wait_ns += s.wait_ns.unwrap_or(0);
             recent_calls += s
@@ -699,6 +697,26 @@ impl Governor {
             probe_ns,
         );
         pct > factor * self.budget_pct
+    }
+
+    /// Where the recent slots start that an early tick judges: the start of
+    /// the earliest closed slot ending within [`RECENT`] of the current
+    /// slot's start (the current slot's start when there is none). Shared
+    /// by [`far_over_budget`](Self::far_over_budget) and the tick it calls,
+    /// so the tick judges the very calls that made it urgent: a slot may be
+    /// far longer than [`SLOT`] (the first one spans the attach), and a tick
+    /// that left it out for starting too early saw no call at all.
+    fn recent_from(&self) -> i64 {
+        let end = self.ledger.current().start_ns;
+        let from = end - RECENT.as_nanos() as i64;
+        self.ledger
+            .slots()
+            .iter()
+            .rev()
+            .skip(1)
+            .take_while(|s| s.end_ns > from)
+            .last()
+            .map_or(end, |s| s.start_ns)
     }
 
     /// The functions sampled now.
@@ -782,8 +800,7 @@ impl Governor {
         // been idle for most of the interval and hot since (an average
         // over the interval would hide how hot).
         let from_ns = if urgent {
-            self.tick_started_ns
-                .max(tick_end_ns - RECENT.as_nanos() as i64)
+            self.tick_started_ns.max(self.recent_from())
         } else {
             self.tick_started_ns
         };
@@ -866,7 +883,9 @@ impl Governor {
         let decision = decide_with(&decide_loads, self.budget_pct, self.window_factor);
         if !self.predicted_once {
             self.predicted_once = true;
-            let rate = total_calls / wall.as_secs_f64().max(1e-3);
+            // The calls judged (the recent slots, for an early tick) over
+            // the time they span.
+            let rate = total_calls * 1e9 / wall_ns.max(1e6);
             let msg = format!(
                 "first {:.2}s: {}{} calls/s; recording every call would slow the target by {} (per call {:.1} µs, measured); budget {}%",
                 wall.as_secs_f64(),
@@ -1268,6 +1287,36 @@ mod tests {
         assert_eq!(rows[0].sample_n, Some(4));
         assert_eq!(g.backpressure, 4);
         assert_eq!(g.demotions, 3);
+    }
+
+    /// The CI failure of `attach_records_from_the_start…`: the first slot
+    /// spans the attach (130 ms, every call in it), the poll loop cuts it,
+    /// finds the recent calls far over budget and ticks at once, cutting a
+    /// slot of a few µs. The tick must judge the calls that made it urgent,
+    /// not the empty last slot alone.
+    #[test]
+    fn an_early_tick_judges_the_slots_that_made_it_early() {
+        let ms = 1_000_000i64;
+        let mut g = governor_of(&[1]);
+        let mut hot = calls(1, 13_000);
+        for (i, c) in hot.iter_mut().enumerate() {
+            c.start_ns = i as i64 * 10_000;
+        }
+        g.observe(&hot);
+        g.ledger.cut(130 * ms, Arc::from([]), Arc::from([]), None);
+        assert!(g.far_over_budget(Duration::from_millis(130), 10.0));
+        let end = 130 * ms + 5_000;
+        g.ledger.cut(end, Arc::from([]), Arc::from([]), None);
+        let from = g.tick_started_ns.max(g.recent_from());
+        assert_eq!(from, 0, "the long first slot is judged");
+        let tick = g.tick_figures(from, end, (end - from) as f64, None);
+        assert_eq!(tick.calls.get(&1), Some(&13_000.0));
+        // Later slots of 10 ms: only those within the last 100 ms count.
+        for k in 1..=20 {
+            g.ledger
+                .cut(end + k * 10 * ms, Arc::from([]), Arc::from([]), None);
+        }
+        assert_eq!(g.recent_from(), end + 10 * 10 * ms);
     }
 
     #[test]
