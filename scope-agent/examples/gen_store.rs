@@ -154,6 +154,7 @@ impl Generator {
             args: None,
             ret: None,
             arg_strings: None,
+            offcpu_ns: None,
         });
         duration
     }

@@ -547,6 +547,17 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub no_samples: bool,
 
+    /// Do not follow the scheduler. By default every context switch and
+    /// wake-up of the target's threads is recorded (raw tracepoints on
+    /// sched_switch and sched_wakeup, no tracefs needed): each call gets
+    /// `oncpu_ns` and `offcpu_ns`, and each time a thread was off its CPU
+    /// is an `offcpu` row with who woke it and the call it was in. It
+    /// costs about one probe hit per switch of the target's threads; the
+    /// summary says how many there were. A kernel without BTF records
+    /// without it (and says so).
+    #[arg(long)]
+    pub no_sched: bool,
+
     /// Record the arguments and return value of every probed function.
     ///
     /// The first six integer/pointer parameters (rdi, rsi, rdx, rcx, r8, r9
@@ -834,6 +845,7 @@ impl ProbeArgs {
             max_overhead,
             warmup: self.warmup,
             samples: !self.no_samples,
+            sched: !self.no_sched,
         })
     }
 }

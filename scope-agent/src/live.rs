@@ -401,6 +401,7 @@ mod tests {
             args: None,
             ret: None,
             arg_strings: None,
+            offcpu_ns: None,
         }
     }
 

@@ -153,6 +153,7 @@ fn calibrate(rounds: usize) -> anyhow::Result<()> {
             wake_bytes: 16 * 1024,
             str_cap: 0,
             count_slots: 1,
+            task_offsets: None,
         },
         AttachModeChoice::Auto,
     )?;

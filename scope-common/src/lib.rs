@@ -56,6 +56,23 @@ pub const EVENT_RETURN_GO: u32 = 6;
 /// strings read from user memory (`--arg-strings`): an [`ArgsStrEvent`].
 pub const EVENT_ENTRY_ARGS_STR: u32 = 7;
 
+/// `--sched`: a thread of the target leaves its CPU (`sched_switch`, in the
+/// thread's own context). A plain [`RawEvent`] whose `function_id` holds the
+/// task's state as it leaves ([`SCHED_PREEMPTED`] when it was still
+/// runnable, i.e. preempted, not blocked).
+pub const EVENT_SWITCH_OUT: u32 = 8;
+/// `--sched`: a thread of the target gets a CPU again (`sched_switch`, in
+/// the context of the thread it replaces). A plain [`RawEvent`] whose
+/// `pid_tgid` is the incoming thread's; `function_id` is 0.
+pub const EVENT_SWITCH_IN: u32 = 9;
+/// `--sched`: a thread of the target is woken (`sched_wakeup`, in the
+/// waker's context). A plain [`RawEvent`] whose `pid_tgid` is the waker's
+/// (any process, or 0 for an interrupt) and `function_id` the woken tid.
+pub const EVENT_WAKEUP: u32 = 10;
+/// [`EVENT_SWITCH_OUT`]'s state for a task that left its CPU still
+/// runnable (preempted; `TASK_RUNNING` is 0, so the state is 0 too).
+pub const SCHED_PREEMPTED: u32 = 0;
+
 /// Integer/pointer argument registers of the System V x86-64 ABI, in order:
 /// rdi, rsi, rdx, rcx, r8, r9.
 pub const MAX_ARGS: usize = 6;
@@ -192,6 +209,14 @@ pub mod names {
     /// Global set at load time: `--arg-strings` cap, bytes kept per string
     /// (1..=[`super::MAX_STR`]; 0 when strings are off).
     pub const STR_CAP_GLOBAL: &str = "STR_CAP";
+    /// `--sched`: raw tracepoint programs on `sched_switch` and
+    /// `sched_wakeup`.
+    pub const SCHED_SWITCH_PROGRAM: &str = "scope_sched_switch";
+    pub const SCHED_WAKEUP_PROGRAM: &str = "scope_sched_wakeup";
+    /// Globals set at load time: byte offsets of `pid` and `tgid` in
+    /// `struct task_struct` (0: the sched programs record nothing).
+    pub const TASK_PID_OFF_GLOBAL: &str = "TASK_PID_OFF";
+    pub const TASK_TGID_OFF_GLOBAL: &str = "TASK_TGID_OFF";
     /// The on-CPU sampler (`perf_event`, cpu-clock).
     pub const SAMPLE_PROGRAM: &str = "scope_sample";
     /// The samples' own ring buffer.

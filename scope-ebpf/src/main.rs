@@ -28,26 +28,38 @@
 //! writes a [`SampleEvent`] to its own ring, `SAMPLES`: the uprobe programs
 //! above are untouched by it, samples never take room from calls, and a
 //! lost sample never marks a call lost. Failures are counted per CPU.
+//!
+//! `scope_sched_switch` and `scope_sched_wakeup` (`--sched`) are raw
+//! tracepoints (no tracefs needed): for threads of the target they write
+//! plain records into `EVENTS`, the calls' own ring, so the agent sees a
+//! thread leave and regain its CPU in order with its calls' entries and
+//! returns. Which fields of `task_struct` hold the pid and tgid is read
+//! by the agent from the kernel's BTF and set as load-time globals.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_probe_read_kernel,
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::bpf_get_smp_processor_id, generated::bpf_probe_read_user_str,
     },
-    macros::{map, perf_event, uprobe, uretprobe},
+    macros::{map, perf_event, raw_tracepoint, uprobe, uretprobe},
     maps::{PerCpuArray, RingBuf, StackTrace},
-    programs::{PerfEventContext, ProbeContext, RetProbeContext, tracing::StackIdContext},
+    programs::{
+        PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        tracing::StackIdContext,
+    },
 };
 use scope_common::{
     ArgsEvent, ArgsStrEvent, COOKIE_ARGS_FLAG, COOKIE_GO_FLAG, COOKIE_STR_MASK, COOKIE_STR0_SHIFT,
     COOKIE_STR1_SHIFT, DEFAULT_RING_BYTES, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_ENTRY_ARGS_STR,
-    EVENT_ENTRY_GO, EVENT_RETURN, EVENT_RETURN_GO, EVENT_RETURN_RET, GoEvent, MAX_ARGS, MAX_STR,
-    RawEvent, RetEvent, SAMPLE_ERR_COLLISION, SAMPLE_ERR_LOST, SAMPLE_ERR_SLOTS, SAMPLE_ERR_STACK,
-    SAMPLE_RING_BYTES, SAMPLE_STACKS, SampleEvent,
+    EVENT_ENTRY_GO, EVENT_RETURN, EVENT_RETURN_GO, EVENT_RETURN_RET, EVENT_SWITCH_IN,
+    EVENT_SWITCH_OUT, EVENT_WAKEUP, GoEvent, MAX_ARGS, MAX_STR, RawEvent, RetEvent,
+    SAMPLE_ERR_COLLISION, SAMPLE_ERR_LOST, SAMPLE_ERR_SLOTS, SAMPLE_ERR_STACK, SAMPLE_RING_BYTES,
+    SAMPLE_STACKS, SampleEvent,
 };
 
 /// `BPF_F_USER_STACK`: the user stack of the interrupted task.
@@ -99,6 +111,13 @@ static WAKE_BYTES: u64 = 256 * 1024;
 /// `--arg-strings`: bytes kept per string (0: off). Set at load time.
 #[unsafe(no_mangle)]
 static STR_CAP: u32 = 0;
+
+/// Byte offsets of `pid` and `tgid` in the kernel's `struct task_struct`,
+/// from its BTF. Set at load time when `--sched` is on.
+#[unsafe(no_mangle)]
+static TASK_PID_OFF: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_TGID_OFF: u32 = 0;
 
 #[uprobe]
 pub fn scope_entry(ctx: ProbeContext) -> u32 {
@@ -173,6 +192,90 @@ pub fn scope_ret_site(ctx: ProbeContext) -> u32 {
         goid_key: g,
     });
     0
+}
+
+/// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct
+/// *next, unsigned int prev_state)`, in `prev`'s context: a thread of the
+/// target leaves its CPU, or one gets it. Only with a target tgid.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn scope_sched_switch(ctx: RawTracePointContext) -> i32 {
+    // SAFETY: a load-time constant, as in `admit`.
+    let target = unsafe { core::ptr::read_volatile(&TARGET_TGID) };
+    if target == 0 {
+        return 0;
+    }
+    let prev = bpf_get_current_pid_tgid();
+    // SAFETY: a plain helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if (prev >> 32) as u32 == target {
+        let state: u64 = ctx.arg(3);
+        record::<RawEvent>(|| RawEvent {
+            ktime_ns: now,
+            pid_tgid: prev,
+            function_id: state as u32,
+            kind: EVENT_SWITCH_OUT,
+        });
+    }
+    let next: u64 = ctx.arg(2);
+    if let Some(next) = task_ids(next, target) {
+        record::<RawEvent>(|| RawEvent {
+            ktime_ns: now,
+            pid_tgid: next,
+            function_id: 0,
+            kind: EVENT_SWITCH_IN,
+        });
+    }
+    0
+}
+
+/// `sched_wakeup(struct task_struct *p)`, in the waker's context: a thread
+/// of the target is made runnable.
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn scope_sched_wakeup(ctx: RawTracePointContext) -> i32 {
+    // SAFETY: a load-time constant, as in `admit`.
+    let target = unsafe { core::ptr::read_volatile(&TARGET_TGID) };
+    if target == 0 {
+        return 0;
+    }
+    let task: u64 = ctx.arg(0);
+    if let Some(woken) = task_ids(task, target) {
+        let waker = bpf_get_current_pid_tgid();
+        record::<RawEvent>(|| RawEvent {
+            // SAFETY: a plain helper call without arguments.
+            ktime_ns: unsafe { bpf_ktime_get_ns() },
+            pid_tgid: waker,
+            function_id: woken as u32,
+            kind: EVENT_WAKEUP,
+        });
+    }
+    0
+}
+
+/// The task's `tgid << 32 | pid` when it belongs to `target`.
+#[inline(always)]
+fn task_ids(task: u64, target: u32) -> Option<u64> {
+    if task == 0 {
+        return None;
+    }
+    // SAFETY: load-time constants, as in `admit`.
+    let (pid_off, tgid_off) = unsafe {
+        (
+            core::ptr::read_volatile(&TASK_PID_OFF),
+            core::ptr::read_volatile(&TASK_TGID_OFF),
+        )
+    };
+    if tgid_off == 0 {
+        return None;
+    }
+    // SAFETY: the helper reads kernel memory safely (a bad address is an
+    // error, never a fault); `task` is the tracepoint's task_struct pointer.
+    let tgid = unsafe { bpf_probe_read_kernel((task + u64::from(tgid_off)) as *const u32) }.ok()?;
+    if tgid != target {
+        return None;
+    }
+    // SAFETY: as above.
+    let pid = unsafe { bpf_probe_read_kernel((task + u64::from(pid_off)) as *const u32) }.ok()?;
+    Some((u64::from(tgid) << 32) | u64::from(pid))
 }
 
 /// One cpu-clock tick on some CPU: if the target was running there, its

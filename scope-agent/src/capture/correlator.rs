@@ -41,11 +41,12 @@
 use rustc_hash::{FxHashMap, FxHashSet};
 use scope_common::{
     ArgsEvent, ArgsStrEvent, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_ENTRY_ARGS_STR, EVENT_ENTRY_GO,
-    EVENT_RETURN, EVENT_RETURN_GO, EVENT_RETURN_RET, GoEvent, RawEvent, RetEvent,
+    EVENT_RETURN, EVENT_RETURN_GO, EVENT_RETURN_RET, EVENT_SWITCH_IN, EVENT_SWITCH_OUT,
+    EVENT_WAKEUP, GoEvent, RawEvent, RetEvent, SCHED_PREEMPTED,
 };
 
 use super::args::ArgLayout;
-use super::{ArgStrings, CallArgs, CallRecord, flags};
+use super::{ArgStrings, CallArgs, CallRecord, OffcpuRecord, flags};
 
 /// The kernel installs at most this many return probes per thread at once;
 /// deeper calls fire their entry probe but never their return probe.
@@ -69,12 +70,22 @@ struct Frame {
     /// The governor closed this function's sampling window while the call
     /// was open: no return will come. Emitted (flag 64) once it is on top.
     cut: bool,
+    /// `--sched`: the thread's time off its CPU so far, at the entry (the
+    /// call's own is the difference at its return). `None` without it.
+    off_at_entry: Option<u64>,
 }
 
 /// [`flags::WINDOW_CLOSED`] for a frame whose sampling window closed.
 #[inline]
 fn cut_flag(frame: &Frame) -> u8 {
     if frame.cut { flags::WINDOW_CLOSED } else { 0 }
+}
+
+/// A frame's time off CPU from its entry (when its thread's total was
+/// `at_entry`) to when the total was `now` (see [`Correlator::off_total`]).
+#[inline]
+fn off_since(at_entry: Option<u64>, now: Option<u64>) -> Option<i64> {
+    Some(now?.saturating_sub(at_entry?) as i64)
 }
 
 /// Whose call stack an event belongs to.
@@ -159,6 +170,24 @@ pub struct Correlator {
     /// (`[start, end)`; `end` is `u64::MAX` while it is open). Entries
     /// outside it are window edges, not calls.
     windows: FxHashMap<u32, (u64, u64)>,
+    /// `--sched`: per thread, its time off CPU so far and the interval it
+    /// is in now (`None`: the scheduler is not followed).
+    sched: Option<FxHashMap<u32, SchedThread>>,
+    /// Completed off-CPU intervals not yet taken.
+    offcpu: Vec<OffcpuRecord>,
+}
+
+/// A thread as the scheduler's events show it (`--sched`).
+#[derive(Default)]
+struct SchedThread {
+    /// Time off CPU so far (blocked or preempted), ns.
+    off_total: u64,
+    /// Off its CPU now: since when, whether still runnable, and the
+    /// innermost recorded call open then (call id, function id).
+    out: Option<(u64, bool, Option<(u64, u32)>)>,
+    /// The last wake-up seen: when, waker pid and tid, and the waker's
+    /// innermost recorded call.
+    waker: Option<(u64, u32, u32, Option<(u64, u32)>)>,
 }
 
 impl Correlator {
@@ -178,7 +207,100 @@ impl Correlator {
             any_cut: false,
             edge_times: Vec::new(),
             windows: FxHashMap::default(),
+            sched: None,
+            offcpu: Vec::new(),
         }
+    }
+
+    /// Follow the scheduler's events (`--sched`): calls get `offcpu_ns`.
+    pub fn follow_sched(&mut self) {
+        self.sched.get_or_insert_with(FxHashMap::default);
+    }
+
+    /// Takes the completed off-CPU intervals.
+    pub fn take_offcpu(&mut self) -> Vec<OffcpuRecord> {
+        std::mem::take(&mut self.offcpu)
+    }
+
+    /// The innermost recorded call open on thread `tid`.
+    fn top_call(&self, tid: u32) -> Option<(u64, u32)> {
+        self.threads
+            .get(&StackKey::Thread(tid))
+            .and_then(|t| t.frames.last())
+            .map(|f| (f.call_id, f.function_id))
+    }
+
+    /// A scheduler event (`EVENT_SWITCH_OUT`, `EVENT_SWITCH_IN`,
+    /// `EVENT_WAKEUP`); see scope-common for what each carries.
+    fn on_sched(&mut self, ev: &RawEvent) {
+        if self.sched.is_none() {
+            self.counts.unknown_kind += 1;
+            return;
+        }
+        match ev.kind {
+            EVENT_SWITCH_OUT => {
+                let top = self.top_call(ev.tid());
+                let t = self.sched_thread(ev.tid());
+                t.out = Some((ev.ktime_ns, ev.function_id == SCHED_PREEMPTED, top));
+            }
+            EVENT_WAKEUP => {
+                let (waker_pid, waker_tid) = (ev.tgid(), ev.tid());
+                let top = if waker_tid != 0 {
+                    self.top_call(waker_tid)
+                } else {
+                    None
+                };
+                let woken = ev.function_id;
+                self.sched_thread(woken).waker = Some((ev.ktime_ns, waker_pid, waker_tid, top));
+            }
+            _ => {
+                let offset = self.clock_offset_ns;
+                let pid = ev.tgid();
+                let tid = ev.tid();
+                let t = self.sched_thread(tid);
+                // In without an out: off its CPU since before the programs
+                // were attached; that interval is unknown.
+                let Some((since, preempted, call)) = t.out.take() else {
+                    t.waker = None;
+                    return;
+                };
+                let off = ev.ktime_ns.saturating_sub(since);
+                t.off_total += off;
+                // A wake-up belongs to this interval only if it came in it.
+                let waker = t
+                    .waker
+                    .take()
+                    .filter(|w| !preempted && w.0 >= since && w.0 <= ev.ktime_ns);
+                self.offcpu.push(OffcpuRecord {
+                    pid,
+                    tid,
+                    start_ns: since as i64 + offset,
+                    duration_ns: off as i64,
+                    preempted,
+                    call_id: call.map(|c| c.0),
+                    function_id: call.map(|c| c.1),
+                    waker_pid: waker.map(|w| w.1),
+                    waker_tid: waker.map(|w| w.2),
+                    waker_call_id: waker.and_then(|w| w.3).map(|c| c.0),
+                    waker_function_id: waker.and_then(|w| w.3).map(|c| c.1),
+                });
+            }
+        }
+    }
+
+    fn sched_thread(&mut self, tid: u32) -> &mut SchedThread {
+        self.sched
+            .get_or_insert_with(FxHashMap::default)
+            .entry(tid)
+            .or_default()
+    }
+
+    /// Thread `tid`'s time off CPU so far (`None` without `--sched`).
+    #[inline]
+    fn off_total(&self, tid: u32) -> Option<u64> {
+        self.sched
+            .as_ref()
+            .map(|s| s.get(&tid).map_or(0, |t| t.off_total))
     }
 
     /// `ids` are sampled, and their window's links are all attached since
@@ -267,6 +389,7 @@ impl Correlator {
                 args: frame.args,
                 arg_strings: frame.strings,
                 ret: None,
+                offcpu_ns: None,
             });
         }
     }
@@ -364,6 +487,7 @@ impl Correlator {
         match ev.kind {
             EVENT_ENTRY => self.on_entry(ev, None, None, StackKey::Thread(ev.tid())),
             EVENT_RETURN => self.on_return(ev, None, StackKey::Thread(ev.tid())),
+            EVENT_SWITCH_OUT | EVENT_SWITCH_IN | EVENT_WAKEUP => self.on_sched(ev),
             _ => self.counts.unknown_kind += 1,
         }
     }
@@ -466,9 +590,15 @@ impl Correlator {
             self.emit_inline(ev, call_id, key);
             return;
         }
+        // Go frames have none: a goroutine moves between threads.
+        let off_at_entry = match key {
+            StackKey::Thread(tid) => self.off_total(tid),
+            _ => None,
+        };
         let thread = self.threads.entry(key).or_default();
         thread.pid = ev.tgid();
         thread.frames.push(Frame {
+            off_at_entry,
             call_id,
             tid: ev.tid(),
             function_id: ev.function_id,
@@ -483,6 +613,12 @@ impl Correlator {
 
     fn on_return(&mut self, ev: &RawEvent, ret: Option<i64>, key: StackKey) {
         self.counts.returns += 1;
+        // The thread's time off CPU so far: the return runs on it, so
+        // every interval it spent off CPU since the entry has ended.
+        let off_now = match key {
+            StackKey::Thread(tid) => self.off_total(tid),
+            _ => None,
+        };
         let after_end = ev.ktime_ns > self.end_ktime;
         let before_start = ev.ktime_ns < self.live_ktime;
         let Some(thread) = self.threads.get_mut(&key) else {
@@ -534,6 +670,7 @@ impl Correlator {
                     args: frame.args,
                     arg_strings: frame.strings,
                     ret: None,
+                    offcpu_ns: None,
                 });
             }
         }
@@ -589,6 +726,7 @@ impl Correlator {
                     args: frame.args,
                     arg_strings: frame.strings,
                     ret: None,
+                    offcpu_ns: off_since(frame.off_at_entry, off_now),
                 });
             }
         }
@@ -622,6 +760,7 @@ impl Correlator {
             args: frame.args,
             arg_strings: frame.strings,
             ret,
+            offcpu_ns: off_since(frame.off_at_entry, off_now),
         });
         if self.any_cut {
             self.pop_cut(key);
@@ -655,6 +794,7 @@ impl Correlator {
             args: None,
             ret: None,
             arg_strings: None,
+            offcpu_ns: None,
         });
     }
 
@@ -686,6 +826,7 @@ impl Correlator {
             args: None,
             arg_strings: None,
             ret,
+            offcpu_ns: None,
         });
     }
 
@@ -718,6 +859,7 @@ impl Correlator {
                     args: frame.args,
                     arg_strings: frame.strings,
                     ret: None,
+                    offcpu_ns: None,
                 });
             }
         }

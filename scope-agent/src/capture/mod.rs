@@ -77,6 +77,12 @@ pub struct CallRecord {
     /// other slots and unreadable pointers. `None` as a whole (stored as
     /// null) unless strings were captured for this call.
     pub arg_strings: Option<ArgStrings>,
+    /// `--sched` (the default): of `duration_ns`, the time its thread was
+    /// off its CPU (blocked, or runnable and waiting for one); `oncpu_ns` is
+    /// the rest. `None` (stored as null) without the scheduler's events,
+    /// for Go calls (a goroutine moves between threads) and when the
+    /// duration is unknown.
+    pub offcpu_ns: Option<i64>,
 }
 
 /// The strings of one call's `char *` parameters, one element per slot.
@@ -98,6 +104,33 @@ impl CallArgs {
     pub fn get(&self, i: usize) -> Option<i64> {
         (i < usize::from(self.len) && self.null_mask & (1 << i) == 0).then(|| self.values[i])
     }
+}
+
+/// One interval a thread of the target spent off its CPU (`--sched`): a
+/// row of `offcpu`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OffcpuRecord {
+    pub pid: u32,
+    pub tid: u32,
+    /// Unix epoch nanoseconds: when it left its CPU.
+    pub start_ns: i64,
+    pub duration_ns: i64,
+    /// It left its CPU still runnable (preempted: it waited for a CPU, not
+    /// for an event), so nothing woke it.
+    pub preempted: bool,
+    /// The innermost recorded call open on the thread when it left (its
+    /// call id and function), if any.
+    pub call_id: Option<u64>,
+    pub function_id: Option<u32>,
+    /// Who woke it (`sched_wakeup` in the waker's context): its pid and
+    /// tid (0 and 0 for an interrupt on an idle CPU; a wake-up from an
+    /// interrupt names whatever thread was running), and, for a thread of
+    /// the target, the innermost recorded call it was in. `None` when it
+    /// was preempted or the wake-up was not seen.
+    pub waker_pid: Option<u32>,
+    pub waker_tid: Option<u32>,
+    pub waker_call_id: Option<u64>,
+    pub waker_function_id: Option<u32>,
 }
 
 /// Events the kernel could not write on one CPU during one interval.
@@ -227,6 +260,11 @@ pub trait EventSink {
     /// What the governor knows of functions over intervals where they were
     /// not recorded call by call; ignored unless the sink keeps them.
     fn write_aggregates(&mut self, _rows: &[AggregateRecord]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// The target's threads' intervals off their CPUs (`--sched`); ignored
+    /// unless the sink keeps them.
+    fn write_offcpu(&mut self, _rows: &[OffcpuRecord]) -> anyhow::Result<()> {
         Ok(())
     }
     /// Called about once a second while recording, so time-based work

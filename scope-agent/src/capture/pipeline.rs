@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
-use super::{AggregateRecord, CallRecord, EventSink, GovernorRecord, LossRecord, MetricsRecord};
+use super::{
+    AggregateRecord, CallRecord, EventSink, GovernorRecord, LossRecord, MetricsRecord, OffcpuRecord,
+};
 
 pub enum SinkMsg {
     Calls(Vec<CallRecord>),
@@ -15,6 +17,7 @@ pub enum SinkMsg {
     Metrics(MetricsRecord),
     Governor(Vec<GovernorRecord>),
     Aggregates(Vec<AggregateRecord>),
+    Offcpu(Vec<OffcpuRecord>),
 }
 
 /// A sink running on its own thread.
@@ -64,6 +67,7 @@ fn run<S: EventSink>(mut sink: S, rx: Receiver<SinkMsg>) -> (S, anyhow::Result<(
             Ok(SinkMsg::Metrics(m)) => sink.write_metrics(&[m]),
             Ok(SinkMsg::Governor(rows)) => sink.write_governor(&rows),
             Ok(SinkMsg::Aggregates(rows)) => sink.write_aggregates(&rows),
+            Ok(SinkMsg::Offcpu(rows)) => sink.write_offcpu(&rows),
             Err(RecvTimeoutError::Timeout) => sink.tick(),
             Err(RecvTimeoutError::Disconnected) => return (sink, Ok(())),
         };

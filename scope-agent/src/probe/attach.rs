@@ -29,8 +29,9 @@ use std::path::Path;
 use std::num::NonZeroU32;
 
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
-use aya::programs::UProbe;
+use aya::programs::raw_trace_point::RawTracePointLinkId;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope};
+use aya::programs::{RawTracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use scope_common::names;
 
@@ -130,6 +131,9 @@ pub struct LoadOptions {
     pub str_cap: u32,
     /// Slots of the warm-up call counters: the highest function id + 1.
     pub count_slots: u32,
+    /// `--sched`: where `task_struct` keeps pid and tgid (from the kernel's
+    /// BTF); the sched programs record nothing without it.
+    pub task_offsets: Option<super::sched::TaskOffsets>,
 }
 
 /// The loaded programs and the maps user space reads.
@@ -153,6 +157,8 @@ pub struct LoadedProbes {
     session_prog: Option<OwnedFd>,
     /// `None` once taken by [`LoadedProbes::take_maps`].
     maps: Option<(RingBuf<MapData>, PerCpuArray<MapData, u64>)>,
+    /// `--sched`: the attached raw tracepoints (program name, link).
+    sched_links: Vec<(&'static str, RawTracePointLinkId)>,
 }
 
 /// The probes of one module and direction; dropping it detaches them all.
@@ -208,6 +214,16 @@ impl LoadedProbes {
             .override_global(names::TARGET_TGID_GLOBAL, &opts.target_tgid, true)
             .override_global(names::WAKE_BYTES_GLOBAL, &opts.wake_bytes, true)
             .override_global(names::STR_CAP_GLOBAL, &opts.str_cap, true)
+            .override_global(
+                names::TASK_PID_OFF_GLOBAL,
+                &opts.task_offsets.map_or(0, |o| o.pid),
+                true,
+            )
+            .override_global(
+                names::TASK_TGID_OFF_GLOBAL,
+                &opts.task_offsets.map_or(0, |o| o.tgid),
+                true,
+            )
             .map_max_entries(names::EVENTS_MAP, ring_bytes)
             .map_max_entries(names::COUNTS_MAP, opts.count_slots.max(1))
             // The sampler's maps are the sampler's own load (`crate::sample`).
@@ -301,7 +317,49 @@ impl LoadedProbes {
             session_prog,
             ebpf,
             maps: Some((events, lost)),
+            sched_links: Vec::new(),
         })
+    }
+
+    /// `--sched`: loads and attaches the raw tracepoint programs on
+    /// `sched_switch` and `sched_wakeup` (no tracefs needed). Their events go
+    /// to the calls' ring. The error names the tracepoint that failed; what
+    /// was attached before it stays until [`detach_sched`](Self::detach_sched).
+    pub fn attach_sched(&mut self) -> Result<(), String> {
+        for (program, tracepoint) in [
+            (names::SCHED_SWITCH_PROGRAM, "sched_switch"),
+            (names::SCHED_WAKEUP_PROGRAM, "sched_wakeup"),
+        ] {
+            let prog: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(program)
+                .ok_or_else(|| format!("program {program} missing from the object"))?
+                .try_into()
+                .map_err(|e| error_chain(&e))?;
+            prog.load()
+                .map_err(|e| format!("loading {program}: {}", error_chain(&e)))?;
+            let link = prog
+                .attach(tracepoint)
+                .map_err(|e| format!("raw tracepoint {tracepoint}: {}", error_chain(&e)))?;
+            self.sched_links.push((program, link));
+        }
+        Ok(())
+    }
+
+    /// Whether the sched programs are attached.
+    pub fn sched_attached(&self) -> bool {
+        !self.sched_links.is_empty()
+    }
+
+    /// Detaches the sched programs (no-op when none are attached).
+    pub fn detach_sched(&mut self) {
+        for (program, link) in std::mem::take(&mut self.sched_links) {
+            if let Some(prog) = self.ebpf.program_mut(program)
+                && let Ok(prog) = <&mut RawTracePoint>::try_from(prog)
+            {
+                let _ = prog.detach(link);
+            }
+        }
     }
 
     /// How this load attaches probes.

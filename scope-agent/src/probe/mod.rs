@@ -6,4 +6,5 @@ pub mod args;
 pub mod attach;
 pub mod go;
 pub mod plan;
+pub mod sched;
 pub mod watch;

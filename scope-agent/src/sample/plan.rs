@@ -444,6 +444,7 @@ fn count_calls(
             wake_bytes: u64::MAX,
             str_cap: 0,
             count_slots: picked.len() as u32 + 1,
+            task_offsets: None,
         },
         AttachModeChoice::Auto,
     )?;

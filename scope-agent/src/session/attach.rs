@@ -6,7 +6,7 @@
 //! too, from the capture loop.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -170,6 +170,9 @@ pub(super) fn load_and_attach(
         correlator.set_inline(f.function_id);
     }
     correlator.set_str_cap(cfg.arg_strings.unwrap_or(0) as usize);
+    if probes.sched_attached() {
+        correlator.follow_sched();
+    }
     if let Some(g) = &governor {
         g.init_correlator(&mut correlator);
     }
@@ -296,6 +299,21 @@ fn attach_probes(
         str_cookies,
         ..
     } = *a;
+    // `--sched`: the kernel's BTF says where a task keeps its ids; without
+    // it the session records without on/off-CPU time, and says so.
+    let task_offsets = if cfg.sched {
+        match crate::probe::sched::task_offsets(Path::new(crate::probe::sched::VMLINUX_BTF)) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                eprintln!(
+                    "scope: warning: not following the scheduler ({e}); calls get no on/off-CPU time (--no-sched silences this)"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut probes = LoadedProbes::load(
         LoadOptions {
             target_tgid: pid,
@@ -303,6 +321,7 @@ fn attach_probes(
             wake_bytes: u64::from(cfg.ring_bytes / 4),
             str_cap: cfg.arg_strings.unwrap_or(0),
             count_slots: u32::try_from(plan.function_count() + 1).unwrap_or(u32::MAX),
+            task_offsets,
         },
         cfg.attach_mode,
     )?;
@@ -317,6 +336,16 @@ fn attach_probes(
         Some(g) => (g.governed_ids(), g.sampled_ids().into_iter().collect()),
         None => (BTreeSet::new(), BTreeSet::new()),
     };
+    // Before the plan, so every recorded call has its thread followed from
+    // its entry on.
+    if task_offsets.is_some()
+        && let Err(e) = probes.attach_sched()
+    {
+        probes.detach_sched();
+        eprintln!(
+            "scope: warning: not following the scheduler ({e}); calls get no on/off-CPU time (--no-sched silences this)"
+        );
+    }
     let (links, own_links) = attach_plan(&mut probes, plan, pid, str_cookies, &own, &skip)?;
     *attach_time = started.elapsed();
     if let Some(g) = governor.as_mut() {

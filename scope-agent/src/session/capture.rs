@@ -140,6 +140,10 @@ impl Loop {
             if !writer.send(SinkMsg::Calls(calls)) {
                 return Err(WriterStopped);
             }
+            let offcpu = correlator.take_offcpu();
+            if !offcpu.is_empty() && !writer.send(SinkMsg::Offcpu(offcpu)) {
+                return Err(WriterStopped);
+            }
         }
         Ok(())
     }

@@ -42,6 +42,7 @@ pub(super) fn detach_and_drain(live: &mut Live, ended: &mut Ended) -> Drained {
         pending = closing;
     }
     close_links(all_links);
+    live.probes.detach_sched();
     // Closes the governor began earlier finish once no probe is left.
     for h in pending {
         let _ = h.join();
@@ -86,6 +87,10 @@ pub(super) fn detach_and_drain(live: &mut Live, ended: &mut Ended) -> Drained {
             }
         }
         writer.send(SinkMsg::Calls(calls));
+        let offcpu = correlator.take_offcpu();
+        if !offcpu.is_empty() {
+            writer.send(SinkMsg::Offcpu(offcpu));
+        }
         if !losses.is_empty() {
             writer.send(SinkMsg::Losses(losses));
         }

@@ -81,6 +81,9 @@ pub struct SessionConfig {
     /// Sample the target's on-CPU stacks (`samples` table); off with
     /// `--no-samples`.
     pub samples: bool,
+    /// Follow the target's threads on and off their CPUs (calls'
+    /// `oncpu_ns`/`offcpu_ns`, the `offcpu` table); off with `--no-sched`.
+    pub sched: bool,
 }
 
 /// `--out s3://bucket/prefix`: where the files go once written.

@@ -12,6 +12,7 @@
 //! <out_dir>/governor/session_id=<id>/part-<seq>.parquet        (only if rows were written)
 //! <out_dir>/aggregates/session_id=<id>/part-<seq>.parquet      (only if rows were written)
 //! <out_dir>/samples/session_id=<id>/part-<seq>.parquet         (only when the sampler ran)
+//! <out_dir>/offcpu/session_id=<id>/part-<seq>.parquet          (only if rows were written)
 //! ```
 //!
 //! Columns (see [`schema`](self::schema) for the exact Arrow types):
@@ -19,7 +20,10 @@
 //! - `calls`: pid, tid, call_id, parent_call_id (null at a root), function_id,
 //!   depth (Int32), start_ns (Unix epoch ns), duration_ns (null when unknown),
 //!   self_ns (null when unknown), flags, args (List<Int64>, null unless
-//!   captured), ret (Int64, null unless captured)
+//!   captured), ret (Int64, null unless captured), arg_strings, oncpu_ns
+//!   and offcpu_ns (`--sched`, the default: the call's time on and off its
+//!   CPU, summing to duration_ns; null without it, for Go calls and when
+//!   the duration is null)
 //! - `functions`: function_id, name, symbol, module, build_id, address, size,
 //!   file, line
 //! - `losses`: cpu, start_ns, end_ns, lost
@@ -65,6 +69,12 @@
 //!   first), frames (List<Utf8>: the same frames symbolized, leaf first;
 //!   `module+0xoff` or `[unknown]` when no symbol covers one), stack_id
 //!   (Int32; null when the kernel could not take the stack)
+//! - `offcpu`: one row per interval a thread of the target spent off its CPU
+//!   (`--sched`): pid, tid, start_ns, duration_ns, preempted (still
+//!   runnable: it waited for a CPU), call_id and function_id (the innermost
+//!   recorded call open when it left; null for none), waker_pid, waker_tid,
+//!   waker_call_id, waker_function_id (who woke it and the call it was in;
+//!   null when preempted or not seen)
 //!
 //! # `session_id` lives only in the directory name
 //!
@@ -107,7 +117,8 @@ use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
 use parquet::schema::types::ColumnPath;
 
 use crate::capture::{
-    AggregateRecord, CallRecord, EventSink, GovernorRecord, LossRecord, MetricsRecord, TotalRecord,
+    AggregateRecord, CallRecord, EventSink, GovernorRecord, LossRecord, MetricsRecord,
+    OffcpuRecord, TotalRecord,
 };
 
 /// Zstd level of every column chunk.
@@ -311,6 +322,8 @@ pub struct ParquetStore {
     governor: Segment<GovernorRecord>,
     /// Created on its first flush, like `metrics`.
     aggregates: Segment<AggregateRecord>,
+    /// Created on its first flush, like `metrics`.
+    offcpu: Segment<OffcpuRecord>,
     functions_dir: PathBuf,
     sessions_dir: PathBuf,
     totals_dir: PathBuf,
@@ -395,6 +408,12 @@ impl ParquetStore {
                 schema::aggregates_batch,
             )
             .optional(),
+            offcpu: Segment::new(
+                cfg.out_dir.join("offcpu").join(&partition),
+                schema::OFFCPU.clone(),
+                schema::offcpu_batch,
+            )
+            .optional(),
             functions_dir,
             sessions_dir,
             totals_dir: cfg.out_dir.join("totals").join(&partition),
@@ -425,7 +444,8 @@ impl ParquetStore {
         flush_if_old(&mut self.losses, age, props, files)?;
         flush_if_old(&mut self.metrics, age, props, files)?;
         flush_if_old(&mut self.governor, age, props, files)?;
-        flush_if_old(&mut self.aggregates, age, props, files)
+        flush_if_old(&mut self.aggregates, age, props, files)?;
+        flush_if_old(&mut self.offcpu, age, props, files)
     }
 
     /// Files finished so far.
@@ -466,6 +486,7 @@ impl ParquetStore {
         keep(flush(&mut self.metrics, &self.props, &mut self.files));
         keep(flush(&mut self.governor, &self.props, &mut self.files));
         keep(flush(&mut self.aggregates, &self.props, &mut self.files));
+        keep(flush(&mut self.offcpu, &self.props, &mut self.files));
         if !self.functions_written {
             keep(self.write_functions(&[]));
         }
@@ -606,6 +627,12 @@ impl EventSink for ParquetStore {
 
     fn write_aggregates(&mut self, rows: &[AggregateRecord]) -> Result<()> {
         self.aggregates.buffer(rows);
+        self.tick()
+    }
+
+    fn write_offcpu(&mut self, rows: &[OffcpuRecord]) -> Result<()> {
+        let max = self.max_rows();
+        buffer_capped(&mut self.offcpu, rows, max, &self.props, &mut self.files)?;
         self.tick()
     }
 

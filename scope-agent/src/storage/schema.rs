@@ -18,7 +18,8 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
 use super::{FunctionRow, SampleRow, SessionRow};
 use crate::capture::{
-    AggregateRecord, CallRecord, GovernorRecord, LossRecord, MetricsRecord, TotalRecord,
+    AggregateRecord, CallRecord, GovernorRecord, LossRecord, MetricsRecord, OffcpuRecord,
+    TotalRecord,
 };
 
 /// Schema of `calls`. `parent_call_id` is null at a root, `duration_ns` and
@@ -43,6 +44,33 @@ pub static CALLS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("args", args_type(), true),
         Field::new("ret", DataType::Int64, true),
         Field::new("arg_strings", arg_strings_type(), true),
+        // `--sched` (the default): the call's time on and off its CPU
+        // (oncpu_ns + offcpu_ns = duration_ns); null without the
+        // scheduler's events, for Go calls, and when the duration is null.
+        Field::new("oncpu_ns", DataType::Int64, true),
+        Field::new("offcpu_ns", DataType::Int64, true),
+    ]))
+});
+
+/// Schema of `offcpu` (`--sched`): one row per interval a thread of the
+/// target spent off its CPU. `call_id`/`function_id`: the innermost recorded
+/// call open on the thread when it left (null: none). `waker_*`: who woke it
+/// (null when it was preempted, or the wake-up was not seen; waker_tid 0 is
+/// an interrupt on an idle CPU), and the innermost recorded call the waker
+/// was in (null when it is not a thread of the target or was in none).
+pub static OFFCPU: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("pid", DataType::UInt32, false),
+        Field::new("tid", DataType::UInt32, false),
+        Field::new("start_ns", DataType::Int64, false),
+        Field::new("duration_ns", DataType::Int64, false),
+        Field::new("preempted", DataType::Boolean, false),
+        Field::new("call_id", DataType::UInt64, true),
+        Field::new("function_id", DataType::UInt32, true),
+        Field::new("waker_pid", DataType::UInt32, true),
+        Field::new("waker_tid", DataType::UInt32, true),
+        Field::new("waker_call_id", DataType::UInt64, true),
+        Field::new("waker_function_id", DataType::UInt32, true),
     ]))
 });
 
@@ -234,8 +262,43 @@ pub(crate) fn calls_batch(rows: &[CallRecord]) -> Result<RecordBatch, ArrowError
         args_column(rows),
         Arc::new(Int64Array::from_iter(rows.iter().map(|c| c.ret))),
         arg_strings_column(rows),
+        Arc::new(Int64Array::from_iter(rows.iter().map(|c| {
+            let off = c.offcpu_ns.filter(|_| c.duration_ns >= 0)?;
+            Some((c.duration_ns - off).max(0))
+        }))),
+        Arc::new(Int64Array::from_iter(rows.iter().map(|c| {
+            c.offcpu_ns
+                .filter(|_| c.duration_ns >= 0)
+                .map(|off| off.min(c.duration_ns))
+        }))),
     ];
     RecordBatch::try_new(CALLS.clone(), columns)
+}
+
+/// Builds an `offcpu` batch.
+pub(crate) fn offcpu_batch(rows: &[OffcpuRecord]) -> Result<RecordBatch, ArrowError> {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.pid))),
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.tid))),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.start_ns),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.duration_ns),
+        )),
+        Arc::new(BooleanArray::from_iter(
+            rows.iter().map(|r| Some(r.preempted)),
+        )),
+        Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.call_id))),
+        Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.function_id))),
+        Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.waker_pid))),
+        Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.waker_tid))),
+        Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.waker_call_id))),
+        Arc::new(UInt32Array::from_iter(
+            rows.iter().map(|r| r.waker_function_id),
+        )),
+    ];
+    RecordBatch::try_new(OFFCPU.clone(), columns)
 }
 
 fn args_column(rows: &[CallRecord]) -> ArrayRef {

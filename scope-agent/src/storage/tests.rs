@@ -46,6 +46,8 @@ fn call(i: u64) -> CallRecord {
         arg_strings: i
             .is_multiple_of(6)
             .then(|| vec![Some(format!("s{i}")), None, Some("é…".to_string())].into_boxed_slice()),
+        // Every other call with a duration was followed by `--sched`.
+        offcpu_ns: (i % 5 != 4 && i.is_multiple_of(2)).then_some(30 * i as i64),
     }
 }
 
@@ -164,7 +166,13 @@ fn read_calls(out: &Path) -> Vec<CallRecord> {
             let args = b.column(10).as_list::<i32>().clone();
             let ret = i64c(11);
             let strings = b.column(12).as_list::<i32>().clone();
+            let (oncpu, offcpu) = (i64c(13), i64c(14));
             for r in 0..b.num_rows() {
+                // oncpu + offcpu = duration, both or neither.
+                assert_eq!(oncpu.is_valid(r), offcpu.is_valid(r));
+                if offcpu.is_valid(r) {
+                    assert_eq!(oncpu.value(r) + offcpu.value(r), dur.value(r));
+                }
                 let arg_strings = strings.is_valid(r).then(|| {
                     let list = strings.value(r);
                     let list = list.as_string::<i32>();
@@ -208,6 +216,7 @@ fn read_calls(out: &Path) -> Vec<CallRecord> {
                     args,
                     ret: ret.is_valid(r).then(|| ret.value(r)),
                     arg_strings,
+                    offcpu_ns: offcpu.is_valid(r).then(|| offcpu.value(r)),
                 });
             }
         }
