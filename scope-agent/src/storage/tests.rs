@@ -299,8 +299,10 @@ fn nulls_and_schema() {
     let batches = read(&partition(tmp.path(), "calls").join("part-00000.parquet"));
     assert_eq!(batches.len(), 1);
     let b = &batches[0];
-    assert_eq!(b.schema().fields().len(), 13);
+    assert_eq!(b.schema().fields().len(), 15);
     assert!(col_is_null(b, "args", 0) && col_is_null(b, "ret", 1));
+    // Not followed by --sched: no on/off-CPU time.
+    assert!(col_is_null(b, "oncpu_ns", 1) && col_is_null(b, "offcpu_ns", 1));
     assert!(col_is_null(b, "arg_strings", 0) && col_is_null(b, "arg_strings", 1));
     assert!(b.schema().field_with_name("session_id").is_err());
     let col = |name: &str| b.column_by_name(name).expect("column").clone();

@@ -1,0 +1,161 @@
+//! On-CPU and off-CPU time per call, end to end (needs root), on the
+//! default path: `record` with no flag follows the scheduler.
+//! tests/fixtures/c/sched.c naps five times (usleep 20 ms), spins, and
+//! wakes a thread blocked in wait_for_signal() from send_signal().
+//!
+//! Ground truth that is not scope's: nanosleep never returns early, so each
+//! nap is off its CPU for at least 20 ms; the fixture measures its own
+//! thread CPU time around spin() (CLOCK_THREAD_CPUTIME_ID, the kernel's
+//! accounting), which spin's oncpu_ns must match; and the waiter can only
+//! have been woken by the thread that signalled it.
+
+use std::path::Path;
+
+use scope_tests::{
+    assert_success, c_fixture_file, calls_glob, duckdb, functions_glob, record_with, require_root,
+};
+
+fn offcpu_glob(out: &Path) -> String {
+    format!("{}/offcpu/**/*.parquet", out.display())
+}
+
+/// Per call of the fixture's functions: (name, tid, duration, oncpu, offcpu).
+fn calls(out: &Path) -> Vec<(String, i64, i64, Option<i64>, Option<i64>)> {
+    duckdb(&format!(
+        "SELECT f.name AS name, c.tid AS tid, c.duration_ns AS d, c.oncpu_ns AS oncpu, \
+         c.offcpu_ns AS offcpu \
+         FROM read_parquet('{}', hive_partitioning=true) c \
+         JOIN read_parquet('{}', hive_partitioning=true) f USING (session_id, function_id) \
+         ORDER BY c.start_ns",
+        calls_glob(out),
+        functions_glob(out)
+    ))
+    .iter()
+    .map(|r| {
+        (
+            r["name"].as_str().unwrap().to_string(),
+            r["tid"].as_i64().unwrap(),
+            r["d"].as_i64().unwrap(),
+            r["oncpu"].as_i64(),
+            r["offcpu"].as_i64(),
+        )
+    })
+    .collect()
+}
+
+#[test]
+fn every_call_says_how_long_it_was_off_cpu_and_who_woke_it() {
+    require_root();
+    let bin = c_fixture_file("sched", "1");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cpu_file = dir.path().join("spin-cpu");
+    let run = record_with(
+        &out,
+        &["nap", "spin", "wait_for_signal", "send_signal"],
+        &[],
+        &[bin.to_str().unwrap(), cpu_file.to_str().unwrap()],
+    );
+    assert_success(&run);
+    let rows = calls(&out);
+    let count = |name: &str| rows.iter().filter(|r| r.0 == name).count();
+    assert_eq!(
+        (
+            count("nap"),
+            count("spin"),
+            count("wait_for_signal"),
+            count("send_signal")
+        ),
+        (5, 1, 1, 1),
+        "{rows:?}"
+    );
+    // Every call: on + off = its duration, both known.
+    for (name, _, d, on, off) in &rows {
+        let (on, off) = (on.expect("oncpu_ns"), off.expect("offcpu_ns"));
+        assert!(on >= 0 && off >= 0, "{name}: {on} + {off}");
+        assert_eq!(on + off, *d, "{name}");
+    }
+    // Each nap sleeps at least 20 ms, on CPU only for the syscall.
+    for (_, _, d, on, off) in rows.iter().filter(|r| r.0 == "nap") {
+        assert!(off.unwrap() >= 20_000_000, "nap off CPU {off:?} of {d}");
+        assert!(on.unwrap() < 5_000_000, "nap on CPU {on:?} of {d}");
+    }
+    // spin's time on CPU is what the kernel charged its thread (the probes
+    // add microseconds; a busy VM may preempt it, which is off-CPU time).
+    let spin = rows.iter().find(|r| r.0 == "spin").unwrap();
+    let measured: i64 = std::fs::read_to_string(&cpu_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let on = spin.3.unwrap();
+    assert!(
+        (on - measured).abs() <= measured / 20 + 2_000_000,
+        "spin on CPU {on} ns, the thread's CPU time {measured} ns"
+    );
+    // The waiter: blocked for the main thread's 30 ms pause at least, and
+    // woken, in its longest interval, by send_signal on the main thread.
+    let wait = rows.iter().find(|r| r.0 == "wait_for_signal").unwrap();
+    let main_tid = rows.iter().find(|r| r.0 == "send_signal").unwrap().1;
+    assert_ne!(wait.1, main_tid);
+    assert!(wait.4.unwrap() >= 30_000_000, "{wait:?}");
+    let longest = duckdb(&format!(
+        "SELECT o.tid AS tid, o.duration_ns AS d, o.preempted AS preempted, \
+         f.name AS blocked_in, o.waker_tid AS waker_tid, w.name AS waker_fn \
+         FROM read_parquet('{o}', hive_partitioning=true) o \
+         LEFT JOIN read_parquet('{f}', hive_partitioning=true) f \
+           ON f.session_id = o.session_id AND f.function_id = o.function_id \
+         LEFT JOIN read_parquet('{f}', hive_partitioning=true) w \
+           ON w.session_id = o.session_id AND w.function_id = o.waker_function_id \
+         WHERE o.tid = {tid} ORDER BY o.duration_ns DESC LIMIT 1",
+        o = offcpu_glob(&out),
+        f = functions_glob(&out),
+        tid = wait.1
+    ));
+    let l = &longest[0];
+    assert_eq!(l["blocked_in"].as_str(), Some("wait_for_signal"), "{l:?}");
+    assert_eq!(l["preempted"].as_bool(), Some(false), "{l:?}");
+    assert_eq!(l["waker_tid"].as_i64(), Some(main_tid), "{l:?}");
+    assert_eq!(l["waker_fn"].as_str(), Some("send_signal"), "{l:?}");
+    assert!(l["d"].as_i64().unwrap() >= 30_000_000, "{l:?}");
+    // The offcpu rows of a call add up to its offcpu_ns (no interval is
+    // counted twice or missed), for every nap.
+    let sums = duckdb(&format!(
+        "SELECT c.call_id AS id, c.offcpu_ns AS off, sum(o.duration_ns) AS rows_off \
+         FROM read_parquet('{c}', hive_partitioning=true) c \
+         JOIN read_parquet('{f}', hive_partitioning=true) f USING (session_id, function_id) \
+         JOIN read_parquet('{o}', hive_partitioning=true) o \
+           ON o.session_id = c.session_id AND o.tid = c.tid \
+          AND o.start_ns >= c.start_ns AND o.start_ns + o.duration_ns <= c.start_ns + c.duration_ns \
+         WHERE f.name = 'nap' GROUP BY 1, 2",
+        c = calls_glob(&out),
+        f = functions_glob(&out),
+        o = offcpu_glob(&out)
+    ));
+    assert_eq!(sums.len(), 5, "{sums:?}");
+    for s in &sums {
+        assert_eq!(
+            s["off"].as_i64(),
+            s["rows_off"].as_f64().map(|v| v as i64),
+            "{s:?}"
+        );
+    }
+}
+
+#[test]
+fn no_sched_leaves_the_columns_null_and_writes_no_offcpu_table() {
+    require_root();
+    let bin = c_fixture_file("sched", "1");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // The non-default flag this test is about.
+    let run = record_with(&out, &["nap"], &["--no-sched"], &[bin.to_str().unwrap()]);
+    assert_success(&run);
+    let rows = calls(&out);
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.3.is_none() && r.4.is_none()),
+        "{rows:?}"
+    );
+    assert!(!out.join("offcpu").exists());
+}
