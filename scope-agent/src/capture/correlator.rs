@@ -135,6 +135,12 @@ pub struct CorrelatorCounts {
     /// out: entries while the window's links were still being attached or
     /// already being detached, and returns of such entries.
     pub window_edge: u64,
+    /// `--sched`: scheduler events read (switches out and in, wake-ups).
+    pub sched_events: u64,
+    /// `--sched`: intervals off CPU ended (rows of `offcpu`), blocked and
+    /// preempted.
+    pub offcpu_blocked: u64,
+    pub offcpu_preempted: u64,
 }
 
 /// Turns a stream of [`RawEvent`]s (in per-thread order) into [`CallRecord`]s.
@@ -237,6 +243,7 @@ impl Correlator {
             self.counts.unknown_kind += 1;
             return;
         }
+        self.counts.sched_events += 1;
         match ev.kind {
             EVENT_SWITCH_OUT => {
                 let top = self.top_call(ev.tid());
@@ -271,6 +278,11 @@ impl Correlator {
                     .waker
                     .take()
                     .filter(|w| !preempted && w.0 >= since && w.0 <= ev.ktime_ns);
+                if preempted {
+                    self.counts.offcpu_preempted += 1;
+                } else {
+                    self.counts.offcpu_blocked += 1;
+                }
                 self.offcpu.push(OffcpuRecord {
                     pid,
                     tid,
@@ -891,6 +903,70 @@ mod tests {
         }
         c.finish();
         c.take_calls()
+    }
+
+    /// `--sched`: a call's off-CPU time is the sum of its thread's
+    /// intervals off CPU inside it; each interval is an `offcpu` row with
+    /// the call it blocked in and the waker's call.
+    #[test]
+    fn off_cpu_time_is_the_threads_intervals_inside_the_call() {
+        let mut c = Correlator::new(1_000, 0);
+        c.follow_sched();
+        let sched = |t: u64, tid: u32, extra: u32, kind: u32| ev(t, tid, extra, kind);
+        for e in [
+            // Thread 1 is off CPU before any call: not in any call's time.
+            sched(5, 1, 1, EVENT_SWITCH_OUT),
+            sched(8, 1, 0, EVENT_SWITCH_IN),
+            enter(10, 1, 7),
+            // Blocked 20..50 in f7, woken at 45 by thread 2 inside f9.
+            sched(20, 1, 1, EVENT_SWITCH_OUT),
+            enter(40, 2, 9),
+            sched(45, 2, 1, EVENT_WAKEUP),
+            leave(47, 2, 9),
+            sched(50, 1, 0, EVENT_SWITCH_IN),
+            // Preempted 60..70: off CPU, no waker.
+            sched(60, 1, SCHED_PREEMPTED, EVENT_SWITCH_OUT),
+            sched(70, 1, 0, EVENT_SWITCH_IN),
+            leave(100, 1, 7),
+            // An in without an out (off CPU since before the programs):
+            // no interval, no time.
+            sched(110, 3, 0, EVENT_SWITCH_IN),
+            enter(120, 3, 7),
+            leave(130, 3, 7),
+        ] {
+            c.on_event(&e);
+        }
+        let calls = c.take_calls();
+        let f7: Vec<_> = calls.iter().filter(|r| r.function_id == 7).collect();
+        assert_eq!(f7[0].duration_ns, 90);
+        assert_eq!(f7[0].offcpu_ns, Some(40));
+        assert_eq!(f7[1].offcpu_ns, Some(0));
+        let f9 = calls.iter().find(|r| r.function_id == 9).unwrap();
+        assert_eq!(f9.offcpu_ns, Some(0));
+        let rows = c.take_offcpu();
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert_eq!((rows[0].start_ns, rows[0].duration_ns), (1_005, 3));
+        assert_eq!(rows[0].call_id, None);
+        let blocked = &rows[1];
+        assert_eq!((blocked.start_ns, blocked.duration_ns), (1_020, 30));
+        assert!(!blocked.preempted);
+        assert_eq!(blocked.function_id, Some(7));
+        assert_eq!(blocked.call_id, Some(f7[0].call_id));
+        assert_eq!((blocked.waker_pid, blocked.waker_tid), (Some(100), Some(2)));
+        assert_eq!(blocked.waker_call_id, Some(f9.call_id));
+        assert_eq!(blocked.waker_function_id, Some(9));
+        let preempted = &rows[2];
+        assert!(preempted.preempted);
+        assert_eq!(preempted.duration_ns, 10);
+        assert_eq!(preempted.waker_tid, None);
+        // Without --sched: scheduler events are unknown kinds, no time.
+        let mut plain = Correlator::new(0, 0);
+        plain.on_event(&sched(1, 1, 1, EVENT_SWITCH_OUT));
+        plain.on_event(&enter(2, 1, 7));
+        plain.on_event(&leave(3, 1, 7));
+        assert_eq!(plain.take_calls()[0].offcpu_ns, None);
+        assert_eq!(plain.counts().unknown_kind, 1);
+        assert!(plain.take_offcpu().is_empty());
     }
 
     #[test]

@@ -295,6 +295,15 @@ fn report_incomplete(counts: &CorrelatorCounts, reader: &RingReader) {
             counts.window_edge
         );
     }
+    if counts.sched_events > 0 {
+        eprintln!(
+            "scope: scheduler: the target's threads left their CPUs {} times ({} blocked, {} preempted; {} events): rows of `offcpu`, and each call's oncpu_ns/offcpu_ns (--no-sched turns this off)",
+            counts.offcpu_blocked + counts.offcpu_preempted,
+            counts.offcpu_blocked,
+            counts.offcpu_preempted,
+            counts.sched_events
+        );
+    }
     if counts.window_cut > 0 {
         eprintln!(
             "scope: {} calls of sampled functions were open when their sampling window closed (flags & 64 in calls; not a loss)",
