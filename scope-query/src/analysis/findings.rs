@@ -297,7 +297,10 @@ pub fn compute(store: &Store, status: &dyn Fn(&str)) -> Result<Computed> {
     out.functions = fns.len();
     out.calls = fns.values().map(|f| f.recorded).sum();
     let samples = Samples::load(store)?.map(Arc::new);
-    if samples.is_none() {
+    // The scheduler's own account (`--sched`) of when each thread was off
+    // its CPU: exact where samples only estimate.
+    let offcpu = OffcpuStats::load(store)?;
+    if samples.is_none() && offcpu.is_none() {
         out.notes.push(
             "waiting: this session has no on-CPU samples (`samples`), so wall time cannot be compared with CPU time; record without --no-samples".to_string(),
         );
@@ -357,7 +360,10 @@ pub fn compute(store: &Store, status: &dyn Fn(&str)) -> Result<Computed> {
     status("recursion");
     recursion(&fns, got.recursion, out.root_ns, &mut out.findings);
     outliers(&fns, &cands, &got.slow, total_self, &mut out.findings);
-    waiting(&fns, &cands, &got.waits, out.root_ns, &mut out.findings);
+    match &offcpu {
+        Some(o) => waiting_off_cpu(&fns, o, out.root_ns, &mut out.findings),
+        None => waiting(&fns, &cands, &got.waits, out.root_ns, &mut out.findings),
+    }
     status("polling");
     polling(&fns, &cands, got.polls, out.root_ns, &mut out.findings);
     Ok(out)
@@ -1598,6 +1604,161 @@ fn waiting(
             fmt_ns(wall),
             n,
             expected
+        );
+        out.push(x);
+    }
+}
+
+/// Per function, its threads' time off CPU while it was the innermost
+/// recorded call (the `offcpu` table of `--sched`: its own waits, not its
+/// children's), and who woke it.
+struct OffcpuStats {
+    /// function → (blocked ns, times blocked, preempted ns).
+    by_fn: FxHashMap<u32, (f64, i64, f64)>,
+    /// function → its wakers, most blocked time first: (waker function id
+    /// (None: not in a recorded call), waker tid, wake-ups, ns).
+    wakers: FxHashMap<u32, Vec<(Option<u32>, i64, i64, f64)>>,
+}
+
+impl OffcpuStats {
+    /// `None` when the session was recorded without `--sched` (no row of
+    /// `offcpu`: a thread that never left its CPU is rare enough).
+    fn load(store: &Store) -> Result<Option<Self>> {
+        if !store.has_table("offcpu") {
+            return Ok(None);
+        }
+        let rows = store.sql("SELECT count(*) AS n FROM offcpu")?;
+        if rows
+            .first()
+            .map(|b| cols::i64s(b, "n"))
+            .transpose()?
+            .and_then(|v| v.first().copied().flatten())
+            .unwrap_or(0)
+            == 0
+        {
+            return Ok(None);
+        }
+        let mut by_fn: FxHashMap<u32, (f64, i64, f64)> = FxHashMap::default();
+        for b in store.sql(
+            "SELECT function_id,              CAST(sum(CASE WHEN preempted THEN 0 ELSE duration_ns END) AS DOUBLE) AS blocked,              CAST(sum(CASE WHEN preempted THEN 0 ELSE 1 END) AS BIGINT) AS blocks,              CAST(sum(CASE WHEN preempted THEN duration_ns ELSE 0 END) AS DOUBLE) AS preempted              FROM offcpu WHERE function_id IS NOT NULL GROUP BY function_id",
+        )? {
+            let (f, blocked, blocks, pre) = (
+                cols::i64s(&b, "function_id")?,
+                cols::f64s(&b, "blocked")?,
+                cols::i64s(&b, "blocks")?,
+                cols::f64s(&b, "preempted")?,
+            );
+            for i in 0..b.num_rows() {
+                if let Some(f) = f[i].map(|f| f as u32) {
+                    by_fn.insert(
+                        f,
+                        (
+                            blocked[i].unwrap_or(0.0),
+                            blocks[i].unwrap_or(0),
+                            pre[i].unwrap_or(0.0),
+                        ),
+                    );
+                }
+            }
+        }
+        let mut wakers: FxHashMap<u32, Vec<(Option<u32>, i64, i64, f64)>> = FxHashMap::default();
+        for b in store.sql(
+            "SELECT function_id, waker_function_id, CAST(waker_tid AS BIGINT) AS waker_tid,              count(*) AS n, CAST(sum(duration_ns) AS DOUBLE) AS ns              FROM offcpu WHERE function_id IS NOT NULL AND NOT preempted              AND waker_tid IS NOT NULL GROUP BY 1, 2, 3",
+        )? {
+            let (f, wf, wt, n, ns) = (
+                cols::i64s(&b, "function_id")?,
+                cols::i64s(&b, "waker_function_id")?,
+                cols::i64s(&b, "waker_tid")?,
+                cols::i64s(&b, "n")?,
+                cols::f64s(&b, "ns")?,
+            );
+            for i in 0..b.num_rows() {
+                if let Some(f) = f[i].map(|f| f as u32) {
+                    wakers.entry(f).or_default().push((
+                        wf[i].map(|w| w as u32),
+                        wt[i].unwrap_or(0),
+                        n[i].unwrap_or(0),
+                        ns[i].unwrap_or(0.0),
+                    ));
+                }
+            }
+        }
+        for w in wakers.values_mut() {
+            w.sort_by(|a, b| b.3.total_cmp(&a.3).then(a.1.cmp(&b.1)));
+        }
+        Ok(Some(Self { by_fn, wakers }))
+    }
+}
+
+/// Waiting from the scheduler's account: a function whose own time is
+/// mostly spent blocked (off CPU and not runnable), with who woke it.
+fn waiting_off_cpu(
+    fns: &FxHashMap<u32, FnStats>,
+    o: &OffcpuStats,
+    root_ns: f64,
+    out: &mut Vec<Finding>,
+) {
+    let mut ids: Vec<&u32> = o.by_fn.keys().collect();
+    ids.sort_unstable();
+    for id in ids {
+        let (blocked, blocks, preempted) = o.by_fn[id];
+        let Some(f) = fns.get(id) else {
+            continue;
+        };
+        // Sampled functions' self time is an estimate over all calls; the
+        // blocked time is of the recorded ones: compare like with like.
+        let own = if f.exact {
+            f.self_ns
+        } else {
+            f.self_ns * f.recorded as f64 / f.calls.max(1.0)
+        };
+        if own <= 0.0 || blocked < (1.0 - WAITING_MAX_CPU_SHARE) * own {
+            continue;
+        }
+        let blocked = blocked.min(own);
+        let share = if root_ns > 0.0 {
+            (blocked / root_ns).min(1.0)
+        } else {
+            0.0
+        };
+        if share < 0.01 {
+            continue;
+        }
+        let cpu_share = ((own - blocked - preempted) / own).clamp(0.0, 1.0);
+        let mut x = finding(Kind::Waiting, f, share, 0.95);
+        x.evidence = vec![
+            Evidence::new("self_ns", own, "ns"),
+            Evidence::new("blocked_ns", blocked, "ns"),
+            Evidence::new("times_blocked", blocks as f64, "count"),
+            Evidence::new("preempted_ns", preempted, "ns"),
+            Evidence::new("cpu_share", cpu_share, "ratio"),
+            Evidence::new("waiting_share", share, "ratio"),
+        ];
+        let woken = match o.wakers.get(id).and_then(|w| w.first()) {
+            Some(&(wf, tid, n, ns)) => {
+                x.evidence
+                    .push(Evidence::new("top_waker_wakeups", n as f64, "count"));
+                x.evidence.push(Evidence::new(
+                    "top_waker_share",
+                    ns / blocked.max(1.0),
+                    "ratio",
+                ));
+                let who = match wf.and_then(|w| fns.get(&w)) {
+                    Some(w) => format!("{} (thread {tid})", w.name),
+                    None if tid == 0 => "an interrupt".to_string(),
+                    None => format!("thread {tid}, outside the recorded calls"),
+                };
+                format!("; woken {n} times by {who}")
+            }
+            None => String::new(),
+        };
+        x.message = format!(
+            "{} is blocked {} of its own {} ({} times; on CPU {}){woken}: it waits (sleep, lock or I/O)",
+            f.name,
+            pct(blocked / own),
+            fmt_ns(own),
+            blocks,
+            pct(cpu_share),
         );
         out.push(x);
     }
