@@ -1616,8 +1616,9 @@ struct OffcpuStats {
     /// function → (blocked ns, times blocked, preempted ns).
     by_fn: FxHashMap<u32, (f64, i64, f64)>,
     /// function → its wakers, most blocked time first: (waker function id
-    /// (None: not in a recorded call), waker tid, wake-ups, ns).
-    wakers: FxHashMap<u32, Vec<(Option<u32>, i64, i64, f64)>>,
+    /// (None: not in a recorded call), waker tid, a thread of the target,
+    /// wake-ups, ns).
+    wakers: FxHashMap<u32, Vec<(Option<u32>, i64, bool, i64, f64)>>,
 }
 
 impl OffcpuStats {
@@ -1640,7 +1641,11 @@ impl OffcpuStats {
         }
         let mut by_fn: FxHashMap<u32, (f64, i64, f64)> = FxHashMap::default();
         for b in store.sql(
-            "SELECT function_id,              CAST(sum(CASE WHEN preempted THEN 0 ELSE duration_ns END) AS DOUBLE) AS blocked,              CAST(sum(CASE WHEN preempted THEN 0 ELSE 1 END) AS BIGINT) AS blocks,              CAST(sum(CASE WHEN preempted THEN duration_ns ELSE 0 END) AS DOUBLE) AS preempted              FROM offcpu WHERE function_id IS NOT NULL GROUP BY function_id",
+            "SELECT function_id, \
+             CAST(sum(CASE WHEN preempted THEN 0 ELSE duration_ns END) AS DOUBLE) AS blocked, \
+             CAST(sum(CASE WHEN preempted THEN 0 ELSE 1 END) AS BIGINT) AS blocks, \
+             CAST(sum(CASE WHEN preempted THEN duration_ns ELSE 0 END) AS DOUBLE) AS preempted \
+             FROM offcpu WHERE function_id IS NOT NULL GROUP BY function_id",
         )? {
             let (f, blocked, blocks, pre) = (
                 cols::i64s(&b, "function_id")?,
@@ -1661,9 +1666,13 @@ impl OffcpuStats {
                 }
             }
         }
-        let mut wakers: FxHashMap<u32, Vec<(Option<u32>, i64, i64, f64)>> = FxHashMap::default();
+        let mut wakers: FxHashMap<u32, Vec<(Option<u32>, i64, bool, i64, f64)>> =
+            FxHashMap::default();
         for b in store.sql(
-            "SELECT function_id, waker_function_id, CAST(waker_tid AS BIGINT) AS waker_tid,              count(*) AS n, CAST(sum(duration_ns) AS DOUBLE) AS ns              FROM offcpu WHERE function_id IS NOT NULL AND NOT preempted              AND waker_tid IS NOT NULL GROUP BY 1, 2, 3",
+            "SELECT function_id, waker_function_id, CAST(waker_tid AS BIGINT) AS waker_tid, \
+             bool_or(waker_pid = pid) AS ours, count(*) AS n, CAST(sum(duration_ns) AS DOUBLE) AS ns \
+             FROM offcpu WHERE function_id IS NOT NULL AND NOT preempted AND waker_tid IS NOT NULL \
+             GROUP BY 1, 2, 3",
         )? {
             let (f, wf, wt, n, ns) = (
                 cols::i64s(&b, "function_id")?,
@@ -1672,11 +1681,13 @@ impl OffcpuStats {
                 cols::i64s(&b, "n")?,
                 cols::f64s(&b, "ns")?,
             );
+            let ours = cols::bools(&b, "ours")?;
             for i in 0..b.num_rows() {
                 if let Some(f) = f[i].map(|f| f as u32) {
                     wakers.entry(f).or_default().push((
                         wf[i].map(|w| w as u32),
                         wt[i].unwrap_or(0),
+                        ours[i].unwrap_or(false),
                         n[i].unwrap_or(0),
                         ns[i].unwrap_or(0.0),
                     ));
@@ -1684,7 +1695,7 @@ impl OffcpuStats {
             }
         }
         for w in wakers.values_mut() {
-            w.sort_by(|a, b| b.3.total_cmp(&a.3).then(a.1.cmp(&b.1)));
+            w.sort_by(|a, b| b.4.total_cmp(&a.4).then(a.1.cmp(&b.1)));
         }
         Ok(Some(Self { by_fn, wakers }))
     }
@@ -1735,7 +1746,7 @@ fn waiting_off_cpu(
             Evidence::new("waiting_share", share, "ratio"),
         ];
         let woken = match o.wakers.get(id).and_then(|w| w.first()) {
-            Some(&(wf, tid, n, ns)) => {
+            Some(&(wf, tid, ours, n, ns)) => {
                 x.evidence
                     .push(Evidence::new("top_waker_wakeups", n as f64, "count"));
                 x.evidence.push(Evidence::new(
@@ -1743,10 +1754,13 @@ fn waiting_off_cpu(
                     ns / blocked.max(1.0),
                     "ratio",
                 ));
+                // A wake-up from an interrupt (a timer, an I/O completion)
+                // names whatever thread it interrupted.
                 let who = match wf.and_then(|w| fns.get(&w)) {
                     Some(w) => format!("{} (thread {tid})", w.name),
-                    None if tid == 0 => "an interrupt".to_string(),
-                    None => format!("thread {tid}, outside the recorded calls"),
+                    None if ours => format!("thread {tid}, outside the recorded calls"),
+                    None if tid == 0 => "an interrupt on an idle CPU".to_string(),
+                    None => "another process, or an interrupt (a timer, I/O)".to_string(),
                 };
                 format!("; woken {n} times by {who}")
             }
