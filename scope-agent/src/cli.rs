@@ -289,6 +289,13 @@ pub struct ExportArgs {
     /// this session's time; red: more than BASE, blue: less).
     #[arg(long, value_name = "BASE")]
     pub diff: Option<String>,
+
+    /// Draw time off CPU instead of wall time (folded or flamegraph): each
+    /// stack's width is its calls' `offcpu_ns` (blocked, or waiting for a
+    /// CPU) less their children's. Needs a session recorded with the
+    /// scheduler followed (the default; not --no-sched).
+    #[arg(long)]
+    pub offcpu: bool,
 }
 
 /// The store a reading command reads (`--data`).

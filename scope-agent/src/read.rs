@@ -62,6 +62,9 @@ pub fn export(args: ExportArgs) -> Result<()> {
         "calls" => false,
         _ => store.has_table("samples") && !has_calls(&store)?,
     };
+    if args.offcpu && (args.from == "samples" || args.diff.is_some()) {
+        anyhow::bail!("--offcpu draws the calls' time off CPU: not with --from samples or --diff");
+    }
     if let Some(base) = &args.diff {
         if from_samples || args.from == "samples" {
             anyhow::bail!("--diff compares the calls of two sessions, not their samples");
@@ -81,13 +84,14 @@ pub fn export(args: ExportArgs) -> Result<()> {
         );
         return Ok(());
     }
-    if from_samples {
+    if from_samples && !args.offcpu {
         return export_samples(&args, format, &store);
     }
     let session = scope_query::travel::session_span(&store)?;
     let path = export_path(&args, &session.id, format);
     let mut out = output(path.as_deref())?;
-    let stats = scope_query::export::export_session(&store, format, args.tid, &mut out)?;
+    let stats =
+        scope_query::export::export_session_with(&store, format, args.tid, args.offcpu, &mut out)?;
     out.flush()?;
     let open = if stats.open_calls > 0 {
         format!(

@@ -163,6 +163,62 @@ fn every_call_says_how_long_it_was_off_cpu_and_who_woke_it() {
             "{s:?}"
         );
     }
+    // The off-CPU flame graph's folded lines: each function's width is its
+    // calls' offcpu_ns (none of them nests in another here).
+    let folded = dir.path().join("off.folded");
+    let export = run_agent(&[
+        "export",
+        "--data",
+        out.to_str().unwrap(),
+        "--format",
+        "folded",
+        "--offcpu",
+        "-o",
+        folded.to_str().unwrap(),
+    ]);
+    assert_success(&export);
+    let text = std::fs::read_to_string(&folded).unwrap();
+    for name in ["nap", "spin", "wait_for_signal"] {
+        let want: i64 = rows
+            .iter()
+            .filter(|r| r.0 == name)
+            .map(|r| r.4.unwrap())
+            .sum();
+        let line = text
+            .lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} in\n{text}"));
+        assert_eq!(line, format!("{name} {want}"), "{text}");
+    }
+    let svg = dir.path().join("off.svg");
+    let export = run_agent(&[
+        "export",
+        "--data",
+        out.to_str().unwrap(),
+        "--format",
+        "flamegraph",
+        "--offcpu",
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert_success(&export);
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.contains("off-CPU time") && svg.contains("wait_for_signal"));
+    // Only the aggregated formats draw it.
+    let chrome = run_agent(&[
+        "export",
+        "--data",
+        out.to_str().unwrap(),
+        "--format",
+        "chrome",
+        "--offcpu",
+    ]);
+    assert!(!chrome.status.success());
+    assert!(
+        chrome.stderr.contains("--format flamegraph or folded"),
+        "{}",
+        chrome.stderr
+    );
 }
 
 #[test]
@@ -181,4 +237,17 @@ fn no_sched_leaves_the_columns_null_and_writes_no_offcpu_table() {
         "{rows:?}"
     );
     assert!(!out.join("offcpu").exists());
+    // An off-CPU flame graph of it says why there is none.
+    let export = run_agent(&[
+        "export",
+        "--data",
+        out.to_str().unwrap(),
+        "--format",
+        "flamegraph",
+        "--offcpu",
+        "-o",
+        dir.path().join("x.svg").to_str().unwrap(),
+    ]);
+    assert!(!export.status.success());
+    assert!(export.stderr.contains("--no-sched"), "{}", export.stderr);
 }

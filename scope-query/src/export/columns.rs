@@ -73,6 +73,9 @@ pub(super) struct CallColumns<'a> {
     args: Option<ListColumn<'a, Int64Array>>,
     ret: Option<&'a Int64Array>,
     arg_strings: Option<ListColumn<'a, dyn StrValues + 'a>>,
+    /// `weight_ns`: what the aggregated formats sum instead of the
+    /// intervals (`export --offcpu` selects `offcpu_ns AS weight_ns`).
+    weight: Option<&'a Int64Array>,
     default_pid: u32,
 }
 
@@ -91,8 +94,16 @@ impl<'a> CallColumns<'a> {
             args: list(batch, "args", "List<Int64>")?,
             ret: optional(batch, "ret", "Int64")?,
             arg_strings: string_list(batch, "arg_strings")?,
+            weight: optional(batch, "weight_ns", "Int64")?,
             default_pid,
         })
+    }
+
+    /// Row `i`'s weight (`weight_ns`; a null counts 0); `None` when the
+    /// batch has no weight column.
+    pub fn weight(&self, i: usize) -> Option<i64> {
+        self.weight
+            .map(|w| if w.is_valid(i) { w.value(i).max(0) } else { 0 })
     }
 
     /// Rows in the batch.

@@ -23,8 +23,14 @@ pub(super) fn write(
     let mut options = Options::default();
     options.title = format!("{} ({})", meta.command, meta.session_id);
     options.subtitle = Some(format!(
-        "{} calls on {} threads; widths are wall time in ns",
-        walked.calls, walked.threads
+        "{} calls on {} threads; widths are {} in ns",
+        walked.calls,
+        walked.threads,
+        if paths.weighted {
+            "off-CPU time (blocked or waiting for a CPU)"
+        } else {
+            "wall time"
+        }
     ));
     options.count_name = "ns".to_owned();
     options.name_type = "Function:".to_owned();

@@ -275,6 +275,20 @@ pub fn export_session(
     tid: Option<u32>,
     out: &mut dyn Write,
 ) -> Result<ExportStats> {
+    export_session_with(store, format, tid, false, out)
+}
+
+/// [`export_session`], and with `offcpu` the folded stacks or flame graph
+/// of the calls' time off CPU (`calls.offcpu_ns`, recorded by `--sched`):
+/// a path's width is its calls' off-CPU time less their children's, so
+/// where the threads blocked or waited for a CPU.
+pub fn export_session_with(
+    store: &crate::Store,
+    format: Format,
+    tid: Option<u32>,
+    offcpu: bool,
+    out: &mut dyn Write,
+) -> Result<ExportStats> {
     use crate::cols;
     let span = crate::travel::session_span(store)?;
     let mut functions: FxHashMap<u32, FunctionInfo> = FxHashMap::default();
@@ -337,6 +351,30 @@ pub fn export_session(
         if cschema.field_with_name(optional).is_ok() {
             columns.push(optional);
         }
+    }
+    if offcpu {
+        if !matches!(format, Format::Folded | Format::Flamegraph) {
+            bail!(
+                "--offcpu draws time off CPU by stack: use --format flamegraph or folded, not {}",
+                format.name()
+            );
+        }
+        let recorded = cschema.field_with_name("offcpu_ns").is_ok()
+            && store
+                .sql("SELECT count(offcpu_ns) AS n FROM calls")?
+                .first()
+                .map(|b| cols::i64s(b, "n"))
+                .transpose()?
+                .and_then(|v| v.first().copied().flatten())
+                .unwrap_or(0)
+                > 0;
+        if !recorded {
+            bail!(
+                "session {} has no off-CPU time: it was recorded with --no-sched, by an older agent, or on a kernel without BTF",
+                span.id
+            );
+        }
+        columns.push("offcpu_ns AS weight_ns");
     }
     let filter = match tid {
         Some(t) => format!("WHERE tid = {t}"),

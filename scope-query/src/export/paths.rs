@@ -32,6 +32,12 @@ pub(super) struct Paths {
     index: FxHashMap<(u32, u32), u32>,
     /// The open calls' path nodes (the walk's stack).
     open: Vec<u32>,
+    /// With a weight column: per open call, its weight and its closed
+    /// children's (a path's self weight is the difference).
+    open_weight: Vec<(i64, i64)>,
+    /// The calls had a weight column (`weight_ns`): `self_ns` holds self
+    /// weights, not self times.
+    pub weighted: bool,
 }
 
 impl Paths {
@@ -66,10 +72,14 @@ impl CallSink for Paths {
         &mut self,
         frame: &Frame,
         _parent: Option<&Frame>,
-        _columns: &CallColumns,
-        _i: usize,
+        columns: &CallColumns,
+        i: usize,
         _row: &CallRow,
     ) -> Result<()> {
+        if let Some(w) = columns.weight(i) {
+            self.weighted = true;
+            self.open_weight.push((w, 0));
+        }
         let parent = self.open.last().copied().unwrap_or(ROOT);
         let next = self.nodes.len() as u32;
         let node = *self
@@ -90,14 +100,24 @@ impl CallSink for Paths {
     }
 
     fn close(&mut self, frame: &Frame) -> Result<()> {
+        let own = if self.weighted {
+            let (w, children) = self.open_weight.pop().unwrap_or_default();
+            if let Some(parent) = self.open_weight.last_mut() {
+                parent.1 += w;
+            }
+            (w - children).max(0)
+        } else {
+            frame.self_ns()
+        };
         if let Some(node) = self.open.pop() {
-            self.nodes[node as usize].self_ns += frame.self_ns() as u64;
+            self.nodes[node as usize].self_ns += own as u64;
         }
         Ok(())
     }
 
     fn thread_end(&mut self) -> Result<()> {
         self.open.clear();
+        self.open_weight.clear();
         Ok(())
     }
 }
