@@ -13,6 +13,7 @@ use std::path::Path;
 
 use scope_tests::{
     assert_success, c_fixture_file, calls_glob, duckdb, functions_glob, record_with, require_root,
+    run_agent,
 };
 
 fn offcpu_glob(out: &Path) -> String {
