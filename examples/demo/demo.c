@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define NOINLINE __attribute__((noinline))
 #define LINES 2000     /* order lines per batch */
@@ -113,6 +114,14 @@ NOINLINE uint64_t checksum(const struct record *recs, int n) {
     return sum;
 }
 
+/* Waits for the upstream to hand over the next batch (here 15 ms of
+ * sleep): time off the CPU, which scope records as the call's offcpu_ns
+ * and `analyze` reports as waiting. */
+NOINLINE void wait_for_upstream(void) {
+    struct timespec ts = {0, 15 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+}
+
 /* One batch: generate, parse, aggregate, sort, check. */
 NOINLINE uint64_t run_batch(struct table *t, long *top_cents) {
     char *text = generate_text();
@@ -133,8 +142,10 @@ int main(void) {
     static struct table table;
     uint64_t sum = 0;
     long top = 0;
-    for (int b = 0; b < BATCHES; b++)
+    for (int b = 0; b < BATCHES; b++) {
+        wait_for_upstream();
         sum ^= run_batch(&table, &top);
+    }
     printf("demo: %d batches of %d orders, %d customers, top spend %ld.%02ld, checksum %016llx\n",
            BATCHES, LINES, table.used, top / 100, top % 100, (unsigned long long)sum);
     return 0;

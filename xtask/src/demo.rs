@@ -74,6 +74,13 @@ fn totals_sql(out: &Path) -> String {
     )
 }
 
+/// Per function: calls, and their time on and off the CPU (a call's
+/// includes its callees').
+const ON_OFF_CPU_SQL: &str = "SELECT f.name, count(*) AS calls, \
+     sum(c.oncpu_ns) / 1e6 AS on_cpu_ms, sum(c.offcpu_ns) / 1e6 AS off_cpu_ms \
+     FROM calls c JOIN functions f USING (session_id, function_id) \
+     GROUP BY f.name ORDER BY off_cpu_ms DESC, on_cpu_ms DESC LIMIT 8";
+
 /// Prints `scope-agent report` and `scope-agent tree` of the recording
 /// (best effort: the recording itself has succeeded), then the commands
 /// that go further, DuckDB's among them.
@@ -87,6 +94,15 @@ fn show_answers(agent: &Path, out: &Path) {
         (
             "tree",
             vec!["tree", "--data", data.as_str(), "--depth", "4"],
+        ),
+        (
+            "on and off the CPU (oncpu_ns, offcpu_ns: the scheduler, followed by default)",
+            vec![
+                "query",
+                "--data",
+                data.as_str(),
+                ON_OFF_CPU_SQL,
+            ],
         ),
         ("analyze", vec!["analyze", "--data", data.as_str()]),
         // The mock provider: deterministic and offline; `--provider gemini`
@@ -109,6 +125,10 @@ fn show_answers(agent: &Path, out: &Path) {
     );
     println!(
         "  {} diff OLD-STORE NEW-STORE --fail-if 'p99 > +10%'    # what got slower between two recordings",
+        agent.display()
+    );
+    println!(
+        "  {} export --data {data} --format flamegraph --offcpu    # where the threads waited, as a flame graph",
         agent.display()
     );
     println!(
