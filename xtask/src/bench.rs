@@ -70,11 +70,12 @@ const ESTIMATES_END: &str = "<!-- end of estimates -->\n";
 
 pub fn run_bench(opts: &BenchOptions) -> Result<()> {
     let started = Instant::now();
-    let only_estimates = match std::env::var(ONLY_ENV).as_deref() {
-        Ok("estimates") => true,
+    let (only_estimates, only_sched) = match std::env::var(ONLY_ENV).as_deref() {
+        Ok("estimates") => (true, false),
+        Ok("sched") => (false, true),
         Ok("query") => return run_query_only(opts, started),
-        Ok("") | Err(_) => false,
-        Ok(other) => bail!("{ONLY_ENV}={other}: the subsets are `estimates` and `query`"),
+        Ok("") | Err(_) => (false, false),
+        Ok(other) => bail!("{ONLY_ENV}={other}: the subsets are `estimates`, `sched` and `query`"),
     };
     let root = workspace_root();
     step("root and BPF", || ensure_root_and_bpf("bench"))?;
@@ -107,6 +108,25 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
             .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
     }
 
+    if only_sched {
+        let section = crate::bench_sched::run(&agent, &root, opts.trials, &work)?;
+        println!("\n{section}");
+        if opts.write {
+            let path = root.join("BENCHMARKS.md");
+            crate::bench_query::write_section_between(
+                &path,
+                &section,
+                crate::bench_sched::BEGIN,
+                crate::bench_sched::END,
+            )?;
+            println!("wrote the sched section of {}", path.display());
+        }
+        println!(
+            "cargo xtask bench ({ONLY_ENV}=sched): done ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     let rates = step("rates fixture", || {
         let source = std::fs::read_to_string(root.join("tests/fixtures/c/rates.c"))?;
         scope_tests::build_generated_c("rates-bench", &source, "2", &["-pthread"])
@@ -284,6 +304,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
         attach.push(figures);
     }
 
+    let sched = crate::bench_sched::run(&agent, &root, opts.trials, &work)?;
     let query = crate::bench_query::run(&root)?;
 
     let report = render(
@@ -314,8 +335,15 @@ pub fn run_bench(opts: &BenchOptions) -> Result<()> {
         let text = format!("{}{GENERATED_END}{kept}", benchmarks_md(&report));
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         crate::bench_query::write_section(&path, &query)?;
+        crate::bench_query::write_section_between(
+            &path,
+            &sched,
+            crate::bench_sched::BEGIN,
+            crate::bench_sched::END,
+        )?;
         println!("wrote {}", path.display());
     }
+    println!("\n{sched}");
     println!("\n{query}");
     println!(
         "cargo xtask bench: done ({:.0} s)",

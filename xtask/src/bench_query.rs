@@ -462,11 +462,17 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
 /// Replaces the query section of BENCHMARKS.md (or appends it when the
 /// file has none yet).
 pub fn write_section(path: &Path, section: &str) -> Result<()> {
+    write_section_between(path, section, BEGIN, END)
+}
+
+/// Replaces the part of `path` from `begin` to `end` (both included) with
+/// `section`, or appends it when there is none.
+pub fn write_section_between(path: &Path, section: &str, begin: &str, end: &str) -> Result<()> {
     let old =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let text = match (old.find(BEGIN), old.find(END)) {
+    let text = match (old.find(begin), old.find(end)) {
         (Some(b), Some(e)) if b < e => {
-            format!("{}{section}{}", &old[..b], &old[e + END.len()..])
+            format!("{}{section}{}", &old[..b], &old[e + end.len()..])
         }
         _ => format!(
             "{}\n{section}",

@@ -97,12 +97,7 @@ fn show_answers(agent: &Path, out: &Path) {
         ),
         (
             "on and off the CPU (oncpu_ns, offcpu_ns: the scheduler, followed by default)",
-            vec![
-                "query",
-                "--data",
-                data.as_str(),
-                ON_OFF_CPU_SQL,
-            ],
+            vec!["query", "--data", data.as_str(), ON_OFF_CPU_SQL],
         ),
         ("analyze", vec!["analyze", "--data", data.as_str()]),
         // The mock provider: deterministic and offline; `--provider gemini`

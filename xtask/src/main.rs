@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_query;
+mod bench_sched;
 mod demo;
 mod fuzz;
 mod process;
