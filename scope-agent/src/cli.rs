@@ -565,6 +565,15 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub no_sched: bool,
 
+    /// Record a USDT probe (SystemTap SDT, `.note.stapsdt`) each time it
+    /// fires, with its arguments as the note's specs give them, into the
+    /// `markers` table: NAME, PROVIDER:NAME or MODULE:PROVIDER:NAME, each a
+    /// glob (`-u 'libpython3*:python:function__entry'`); repeatable.
+    /// Probes behind a semaphore are enabled while attached. With -u and no
+    /// -f, no function is probed. `functions --usdt` lists the probes.
+    #[arg(short = 'u', long = "usdt", value_name = "PROBE")]
+    pub usdt: Vec<String>,
+
     /// Record the arguments and return value of every probed function.
     ///
     /// The first six integer/pointer parameters (rdi, rsi, rdx, rcx, r8, r9
@@ -853,6 +862,11 @@ impl ProbeArgs {
             warmup: self.warmup,
             samples: !self.no_samples,
             sched: !self.no_sched,
+            usdt: self
+                .usdt
+                .iter()
+                .map(|u| u.parse())
+                .collect::<Result<_, String>>()?,
         })
     }
 }

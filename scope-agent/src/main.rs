@@ -154,6 +154,7 @@ fn calibrate(rounds: usize) -> anyhow::Result<()> {
             str_cap: 0,
             count_slots: 1,
             task_offsets: None,
+            usdt_slots: 0,
         },
         AttachModeChoice::Auto,
     )?;

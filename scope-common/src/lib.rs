@@ -69,6 +69,11 @@ pub const EVENT_SWITCH_IN: u32 = 9;
 /// waker's context). A plain [`RawEvent`] whose `pid_tgid` is the waker's
 /// (any process, or 0 for an interrupt) and `function_id` the woken tid.
 pub const EVENT_WAKEUP: u32 = 10;
+/// A USDT probe fired (`scope_usdt`): an [`ArgsEvent`] whose
+/// `function_id` is the probe's id (its cookie) and whose `args` are the
+/// probe's arguments, read as its [`UsdtSpec`] says (0 past its count).
+pub const EVENT_MARKER: u32 = 11;
+
 /// [`EVENT_SWITCH_OUT`]'s state for a task that left its CPU still
 /// runnable (preempted; `TASK_RUNNING` is 0, so the state is 0 too).
 pub const SCHED_PREEMPTED: u32 = 0;
@@ -152,6 +157,40 @@ pub struct RetEvent {
     pub ret: u64,
 }
 
+/// Where one USDT argument is (`UsdtArg::kind`).
+pub const USDT_ARG_NONE: u8 = 0;
+/// `$N`: `value` is the argument.
+pub const USDT_ARG_CONST: u8 = 1;
+/// `%reg`: register number `reg` (rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp,
+/// r8..r15, rip).
+pub const USDT_ARG_REG: u8 = 2;
+/// `OFF(%reg)`: user memory at register `reg` plus `value`.
+pub const USDT_ARG_DEREF: u8 = 3;
+
+/// One USDT argument's location, as the note's spec gives it. 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsdtArg {
+    pub kind: u8,
+    pub reg: u8,
+    /// 1, 2, 4 or 8 bytes; the value is cut to it (and sign-extended when
+    /// `signed`).
+    pub size: u8,
+    pub signed: u8,
+    pub _pad: u32,
+    pub value: i64,
+}
+
+/// A USDT probe's arguments, by probe id in [`names::USDT_SPECS_MAP`].
+/// 104 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsdtSpec {
+    pub count: u32,
+    pub _pad: u32,
+    pub args: [UsdtArg; MAX_ARGS],
+}
+
 /// One on-CPU sample of the target (`scope_sample`, a `perf_event` program
 /// on a `cpu-clock` event at 99 Hz per CPU): written to its own ring
 /// ([`names::SAMPLES_MAP`]), never to the calls' ring, so samples take no
@@ -213,6 +252,10 @@ pub mod names {
     /// `sched_wakeup`.
     pub const SCHED_SWITCH_PROGRAM: &str = "scope_sched_switch";
     pub const SCHED_WAKEUP_PROGRAM: &str = "scope_sched_wakeup";
+    /// USDT probes (a plain uprobe at each probe's address).
+    pub const USDT_PROGRAM: &str = "scope_usdt";
+    /// Probe id → [`super::UsdtSpec`].
+    pub const USDT_SPECS_MAP: &str = "USDT_SPECS";
     /// Globals set at load time: byte offsets of `pid` and `tgid` in
     /// `struct task_struct` (0: the sched programs record nothing).
     pub const TASK_PID_OFF_GLOBAL: &str = "TASK_PID_OFF";
@@ -227,6 +270,12 @@ pub mod names {
     /// ([`super::SAMPLE_ERR_COLLISION`] ...).
     pub const SAMPLE_ERRORS_MAP: &str = "SAMPLE_ERRORS";
 }
+
+/// Slots of [`names::LOST_MAP`] (per-CPU counts of failed reservations):
+/// the probes' events, and the scheduler's (`--sched`).
+pub const LOST_CALLS: u32 = 0;
+pub const LOST_SCHED: u32 = 1;
+pub const LOST_SLOTS: u32 = 2;
 
 /// Default ring-buffer size (bytes, a power of two multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
@@ -249,6 +298,14 @@ unsafe impl aya::Pod for RetEvent {}
 unsafe impl aya::Pod for SampleEvent {}
 
 #[cfg(feature = "user")]
+// SAFETY: #[repr(C)], Copy, integers only, explicit padding (asserted below).
+unsafe impl aya::Pod for UsdtArg {}
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], Copy, integers and Pod arrays, explicit padding.
+unsafe impl aya::Pod for UsdtSpec {}
+
+#[cfg(feature = "user")]
 // SAFETY: #[repr(C)], Copy, only u64 fields after a Pod header, no padding.
 unsafe impl aya::Pod for GoEvent {}
 
@@ -262,5 +319,7 @@ const _: () = assert!(core::mem::size_of::<GoEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<SampleEvent>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgsEvent>() == 24 + 8 * MAX_ARGS);
 const _: () = assert!(core::mem::size_of::<RetEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<UsdtArg>() == 16);
+const _: () = assert!(core::mem::size_of::<UsdtSpec>() == 8 + 16 * MAX_ARGS);
 const _: () =
     assert!(core::mem::size_of::<ArgsStrEvent>() == 72 + 4 * MAX_STR_ARGS + STR_BUF * MAX_STR_ARGS);

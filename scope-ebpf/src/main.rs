@@ -47,7 +47,7 @@ use aya_ebpf::{
         generated::bpf_get_smp_processor_id, generated::bpf_probe_read_user_str,
     },
     macros::{map, perf_event, raw_tracepoint, uprobe, uretprobe},
-    maps::{PerCpuArray, RingBuf, StackTrace},
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{
         PerfEventContext, ProbeContext, RawTracePointContext, RetProbeContext,
         tracing::StackIdContext,
@@ -56,10 +56,11 @@ use aya_ebpf::{
 use scope_common::{
     ArgsEvent, ArgsStrEvent, COOKIE_ARGS_FLAG, COOKIE_GO_FLAG, COOKIE_STR_MASK, COOKIE_STR0_SHIFT,
     COOKIE_STR1_SHIFT, DEFAULT_RING_BYTES, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_ENTRY_ARGS_STR,
-    EVENT_ENTRY_GO, EVENT_RETURN, EVENT_RETURN_GO, EVENT_RETURN_RET, EVENT_SWITCH_IN,
-    EVENT_SWITCH_OUT, EVENT_WAKEUP, GoEvent, MAX_ARGS, MAX_STR, RawEvent, RetEvent,
-    SAMPLE_ERR_COLLISION, SAMPLE_ERR_LOST, SAMPLE_ERR_SLOTS, SAMPLE_ERR_STACK, SAMPLE_RING_BYTES,
-    SAMPLE_STACKS, SampleEvent,
+    EVENT_ENTRY_GO, EVENT_MARKER, EVENT_RETURN, EVENT_RETURN_GO, EVENT_RETURN_RET, EVENT_SWITCH_IN,
+    EVENT_SWITCH_OUT, EVENT_WAKEUP, GoEvent, LOST_CALLS, LOST_SCHED, LOST_SLOTS, MAX_ARGS, MAX_STR,
+    RawEvent, RetEvent, SAMPLE_ERR_COLLISION, SAMPLE_ERR_LOST, SAMPLE_ERR_SLOTS, SAMPLE_ERR_STACK,
+    SAMPLE_RING_BYTES, SAMPLE_STACKS, SampleEvent, USDT_ARG_CONST, USDT_ARG_DEREF, USDT_ARG_REG,
+    UsdtArg, UsdtSpec,
 };
 
 /// `BPF_F_USER_STACK`: the user stack of the interrupted task.
@@ -75,9 +76,11 @@ const COOKIE_STR_FIELDS: u64 =
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
-/// Per-CPU count of events that could not be reserved (ring full).
+/// Per-CPU count of events that could not be reserved (ring full): slot
+/// [`LOST_CALLS`] for the probes' events, [`LOST_SCHED`] for the
+/// scheduler's (kept apart so `events + lost` is the probes' own count).
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
 
 /// Calls per function id during the governor's warm-up: `scope_count`
 /// adds one per entry, per CPU (no atomics). The agent sets the size at
@@ -111,6 +114,11 @@ static WAKE_BYTES: u64 = 256 * 1024;
 /// `--arg-strings`: bytes kept per string (0: off). Set at load time.
 #[unsafe(no_mangle)]
 static STR_CAP: u32 = 0;
+
+/// USDT probes' argument specs by probe id. The agent sets the size at load
+/// time and fills it before attaching.
+#[map]
+static USDT_SPECS: HashMap<u32, UsdtSpec> = HashMap::with_max_entries(1, 0);
 
 /// Byte offsets of `pid` and `tgid` in the kernel's `struct task_struct`,
 /// from its BTF. Set at load time when `--sched` is on.
@@ -194,6 +202,82 @@ pub fn scope_ret_site(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// A USDT probe fired: its arguments, read as its spec in `USDT_SPECS`
+/// says, into an [`ArgsEvent`] of kind [`EVENT_MARKER`].
+#[uprobe]
+pub fn scope_usdt(ctx: ProbeContext) -> u32 {
+    let Some((pid_tgid, cookie)) = admit(ctx.as_ptr()) else {
+        return 0;
+    };
+    let id = cookie as u32;
+    let mut args = [0u64; MAX_ARGS];
+    // SAFETY: a lookup of the map's value, read only while this program runs.
+    if let Some(spec) = unsafe { USDT_SPECS.get(&id) } {
+        let mut i = 0;
+        while i < MAX_ARGS {
+            if (i as u32) < spec.count {
+                args[i] = usdt_arg(&ctx, &spec.args[i]);
+            }
+            i += 1;
+        }
+    }
+    record::<ArgsEvent>(|| ArgsEvent {
+        head: head(pid_tgid, cookie, EVENT_MARKER),
+        args,
+    });
+    0
+}
+
+/// One USDT argument's value, cut to its size (sign-extended if signed).
+#[inline(always)]
+fn usdt_arg(ctx: &ProbeContext, a: &UsdtArg) -> u64 {
+    let raw = match a.kind {
+        USDT_ARG_CONST => a.value as u64,
+        USDT_ARG_REG => register(ctx, a.reg),
+        USDT_ARG_DEREF => {
+            let at = register(ctx, a.reg).wrapping_add(a.value as u64);
+            // SAFETY: the helper reads user memory safely (a bad address is
+            // an error, never a fault).
+            unsafe { aya_ebpf::helpers::bpf_probe_read_user(at as *const u64) }.unwrap_or(0)
+        }
+        _ => 0,
+    };
+    let shift = 64 - 8 * u32::from(a.size.clamp(1, 8));
+    if a.signed != 0 {
+        (((raw << shift) as i64) >> shift) as u64
+    } else {
+        (raw << shift) >> shift
+    }
+}
+
+/// Register `n` of the probed thread (rax, rbx, rcx, rdx, rsi, rdi, rbp,
+/// rsp, r8..r15, rip), from the probe's saved registers.
+#[inline(always)]
+fn register(ctx: &ProbeContext, n: u8) -> u64 {
+    // SAFETY: `regs` is the probe's pt_regs context, readable by the program.
+    let r = unsafe { &*ctx.regs };
+    match n {
+        0 => r.rax,
+        1 => r.rbx,
+        2 => r.rcx,
+        3 => r.rdx,
+        4 => r.rsi,
+        5 => r.rdi,
+        6 => r.rbp,
+        7 => r.rsp,
+        8 => r.r8,
+        9 => r.r9,
+        10 => r.r10,
+        11 => r.r11,
+        12 => r.r12,
+        13 => r.r13,
+        14 => r.r14,
+        15 => r.r15,
+        16 => r.rip,
+        _ => 0,
+    }
+}
+
 /// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct
 /// *next, unsigned int prev_state)`, in `prev`'s context: a thread of the
 /// target leaves its CPU, or one gets it. Only with a target tgid.
@@ -209,7 +293,7 @@ pub fn scope_sched_switch(ctx: RawTracePointContext) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     if (prev >> 32) as u32 == target {
         let state: u64 = ctx.arg(3);
-        record::<RawEvent>(|| RawEvent {
+        record_in::<RawEvent>(LOST_SCHED, || RawEvent {
             ktime_ns: now,
             pid_tgid: prev,
             function_id: state as u32,
@@ -218,7 +302,7 @@ pub fn scope_sched_switch(ctx: RawTracePointContext) -> i32 {
     }
     let next: u64 = ctx.arg(2);
     if let Some(next) = task_ids(next, target) {
-        record::<RawEvent>(|| RawEvent {
+        record_in::<RawEvent>(LOST_SCHED, || RawEvent {
             ktime_ns: now,
             pid_tgid: next,
             function_id: 0,
@@ -240,7 +324,7 @@ pub fn scope_sched_wakeup(ctx: RawTracePointContext) -> i32 {
     let task: u64 = ctx.arg(0);
     if let Some(woken) = task_ids(task, target) {
         let waker = bpf_get_current_pid_tgid();
-        record::<RawEvent>(|| RawEvent {
+        record_in::<RawEvent>(LOST_SCHED, || RawEvent {
             // SAFETY: a plain helper call without arguments.
             ktime_ns: unsafe { bpf_ktime_get_ns() },
             pid_tgid: waker,
@@ -331,7 +415,7 @@ fn count_sample_error(slot: u32) {
 #[inline(always)]
 fn args_with_strings(ctx: &ProbeContext, pid_tgid: u64, cookie: u64) {
     let Some(mut entry) = EVENTS.reserve::<ArgsStrEvent>(0) else {
-        count_loss();
+        count_loss(LOST_CALLS);
         return;
     };
     let reg = |n: usize| ctx.arg::<u64>(n).unwrap_or(0);
@@ -425,8 +509,14 @@ fn head(pid_tgid: u64, cookie: u64, kind: u32) -> RawEvent {
 /// unless a quarter of the ring is waiting; a failed reserve is counted.
 #[inline(always)]
 fn record<T: 'static>(fill: impl FnOnce() -> T) {
+    record_in(LOST_CALLS, fill)
+}
+
+/// [`record`], a failed reserve counted in loss slot `slot`.
+#[inline(always)]
+fn record_in<T: 'static>(slot: u32, fill: impl FnOnce() -> T) {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
-        count_loss();
+        count_loss(slot);
         return;
     };
     entry.write(fill());
@@ -448,8 +538,8 @@ fn submit<T: 'static>(entry: aya_ebpf::maps::ring_buf::RingBufEntry<T>) {
 }
 
 #[inline(always)]
-fn count_loss() {
-    if let Some(counter) = LOST.get_ptr_mut(0) {
+fn count_loss(slot: u32) {
+    if let Some(counter) = LOST.get_ptr_mut(slot) {
         // SAFETY: the pointer is this CPU's slot of a per-CPU array; nothing
         // else writes it while this program runs on this CPU.
         unsafe { *counter += 1 };

@@ -42,11 +42,11 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use scope_common::{
     ArgsEvent, ArgsStrEvent, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_ENTRY_ARGS_STR, EVENT_ENTRY_GO,
     EVENT_RETURN, EVENT_RETURN_GO, EVENT_RETURN_RET, EVENT_SWITCH_IN, EVENT_SWITCH_OUT,
-    EVENT_WAKEUP, GoEvent, RawEvent, RetEvent, SCHED_PREEMPTED,
+    EVENT_WAKEUP, GoEvent, MAX_ARGS, RawEvent, RetEvent, SCHED_PREEMPTED,
 };
 
 use super::args::ArgLayout;
-use super::{ArgStrings, CallArgs, CallRecord, OffcpuRecord, flags};
+use super::{ArgStrings, CallArgs, CallRecord, MarkerRecord, OffcpuRecord, flags};
 
 /// The kernel installs at most this many return probes per thread at once;
 /// deeper calls fire their entry probe but never their return probe.
@@ -135,6 +135,8 @@ pub struct CorrelatorCounts {
     /// out: entries while the window's links were still being attached or
     /// already being detached, and returns of such entries.
     pub window_edge: u64,
+    /// `-u`: USDT probes fired inside the recording.
+    pub markers: u64,
     /// `--sched`: scheduler events read (switches out and in, wake-ups).
     pub sched_events: u64,
     /// `--sched`: intervals off CPU ended (rows of `offcpu`), blocked and
@@ -181,6 +183,10 @@ pub struct Correlator {
     sched: Option<FxHashMap<u32, SchedThread>>,
     /// Completed off-CPU intervals not yet taken.
     offcpu: Vec<OffcpuRecord>,
+    /// `-u`: arguments each USDT probe has (by probe id).
+    marker_args: FxHashMap<u32, usize>,
+    /// USDT probes fired, not yet taken.
+    markers: Vec<MarkerRecord>,
 }
 
 /// A thread as the scheduler's events show it (`--sched`).
@@ -215,7 +221,44 @@ impl Correlator {
             windows: FxHashMap::default(),
             sched: None,
             offcpu: Vec::new(),
+            marker_args: FxHashMap::default(),
+            markers: Vec::new(),
         }
+    }
+
+    /// `-u`: USDT probe `id` has `args` arguments.
+    pub fn set_marker(&mut self, id: u32, args: usize) {
+        self.marker_args.insert(id, args.min(MAX_ARGS));
+    }
+
+    /// A USDT probe fired (`EVENT_MARKER`): a marker row, tied to the
+    /// innermost recorded call open on its thread. Outside the recording
+    /// window (while links attach or close) it is counted, not kept.
+    pub fn on_marker(&mut self, ev: &ArgsEvent) {
+        self.counts.events += 1;
+        let h = &ev.head;
+        if h.ktime_ns < self.live_ktime || h.ktime_ns > self.end_ktime {
+            self.counts.before_start += u64::from(h.ktime_ns < self.live_ktime);
+            self.counts.after_end += u64::from(h.ktime_ns > self.end_ktime);
+            return;
+        }
+        self.counts.markers += 1;
+        let n = self.marker_args.get(&h.function_id).copied().unwrap_or(0);
+        let top = self.top_call(h.tid());
+        self.markers.push(MarkerRecord {
+            pid: h.tgid(),
+            tid: h.tid(),
+            time_ns: h.ktime_ns as i64 + self.clock_offset_ns,
+            probe_id: h.function_id,
+            args: ev.args[..n].iter().map(|&a| Some(a as i64)).collect(),
+            call_id: top.map(|t| t.0),
+            function_id: top.map(|t| t.1),
+        });
+    }
+
+    /// Takes the USDT probes fired so far.
+    pub fn take_markers(&mut self) -> Vec<MarkerRecord> {
+        std::mem::take(&mut self.markers)
     }
 
     /// Follow the scheduler's events (`--sched`): calls get `offcpu_ns`.
@@ -495,6 +538,12 @@ impl Correlator {
     /// [`on_ret_return`](Self::on_ret_return); here they count as unknown.
     #[inline]
     pub fn on_event(&mut self, ev: &RawEvent) {
+        // The scheduler's events are counted apart (`sched_events`):
+        // `events` and `lost` are the probes' own.
+        if matches!(ev.kind, EVENT_SWITCH_OUT | EVENT_SWITCH_IN | EVENT_WAKEUP) {
+            self.on_sched(ev);
+            return;
+        }
         self.counts.events += 1;
         match ev.kind {
             EVENT_ENTRY => self.on_entry(ev, None, None, StackKey::Thread(ev.tid())),

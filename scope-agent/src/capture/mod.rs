@@ -133,6 +133,23 @@ pub struct OffcpuRecord {
     pub waker_function_id: Option<u32>,
 }
 
+/// A USDT probe fired (`-u`): a row of `markers`.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct MarkerRecord {
+    pub pid: u32,
+    pub tid: u32,
+    /// Unix epoch nanoseconds.
+    pub time_ns: i64,
+    /// The probe (`usdt_probes.probe_id`).
+    pub probe_id: u32,
+    /// Its arguments as the note's specs give them (the first six; `None`
+    /// for a form scope cannot read).
+    pub args: Vec<Option<i64>>,
+    /// The innermost recorded call open on the thread (call id, function).
+    pub call_id: Option<u64>,
+    pub function_id: Option<u32>,
+}
+
 /// Events the kernel could not write on one CPU during one interval.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct LossRecord {
@@ -260,6 +277,10 @@ pub trait EventSink {
     /// What the governor knows of functions over intervals where they were
     /// not recorded call by call; ignored unless the sink keeps them.
     fn write_aggregates(&mut self, _rows: &[AggregateRecord]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// USDT probes that fired (`-u`); ignored unless the sink keeps them.
+    fn write_markers(&mut self, _rows: &[MarkerRecord]) -> anyhow::Result<()> {
         Ok(())
     }
     /// The target's threads' intervals off their CPUs (`--sched`); ignored

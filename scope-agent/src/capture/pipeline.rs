@@ -8,7 +8,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
 use super::{
-    AggregateRecord, CallRecord, EventSink, GovernorRecord, LossRecord, MetricsRecord, OffcpuRecord,
+    AggregateRecord, CallRecord, EventSink, GovernorRecord, LossRecord, MarkerRecord,
+    MetricsRecord, OffcpuRecord,
 };
 
 pub enum SinkMsg {
@@ -18,6 +19,7 @@ pub enum SinkMsg {
     Governor(Vec<GovernorRecord>),
     Aggregates(Vec<AggregateRecord>),
     Offcpu(Vec<OffcpuRecord>),
+    Markers(Vec<MarkerRecord>),
 }
 
 /// A sink running on its own thread.
@@ -68,6 +70,7 @@ fn run<S: EventSink>(mut sink: S, rx: Receiver<SinkMsg>) -> (S, anyhow::Result<(
             Ok(SinkMsg::Governor(rows)) => sink.write_governor(&rows),
             Ok(SinkMsg::Aggregates(rows)) => sink.write_aggregates(&rows),
             Ok(SinkMsg::Offcpu(rows)) => sink.write_offcpu(&rows),
+            Ok(SinkMsg::Markers(rows)) => sink.write_markers(&rows),
             Err(RecvTimeoutError::Timeout) => sink.tick(),
             Err(RecvTimeoutError::Disconnected) => return (sink, Ok(())),
         };

@@ -96,6 +96,7 @@ impl RingReader {
                 Some(Record::ArgsStr(ev)) => correlator.on_args_str_entry(&ev),
                 Some(Record::Ret(ev)) => correlator.on_ret_return(&ev),
                 Some(Record::Go(ev)) => correlator.on_go_event(&ev),
+                Some(Record::Marker(ev)) => correlator.on_marker(&ev),
                 None => {
                     self.malformed += 1;
                     continue;
@@ -147,6 +148,14 @@ impl RingReader {
 
     pub fn lost_total(&self) -> u64 {
         self.lost_total
+    }
+
+    /// `--sched`: the scheduler's events the kernel could not write (their
+    /// own loss slot: they are not in `lost`), all CPUs, so far.
+    pub fn sched_lost(&self) -> u64 {
+        self.lost
+            .get(&scope_common::LOST_SCHED, 0)
+            .map_or(0, |v| v.iter().sum())
     }
 
     /// Ring records too short to be an event (never expected; counted).
@@ -231,6 +240,8 @@ pub enum Record {
     Ret(RetEvent),
     /// A Go entry or RET-site hit, with the goroutine pointer.
     Go(GoEvent),
+    /// A USDT probe fired, with its arguments.
+    Marker(ArgsEvent),
 }
 
 /// Reads one ring record: the [`RawEvent`] header, then by its kind the
@@ -239,6 +250,7 @@ pub fn parse(bytes: &[u8]) -> Option<Record> {
     let head: RawEvent = read(bytes)?;
     Some(match head.kind {
         EVENT_ENTRY_ARGS => Record::Args(read(bytes)?),
+        scope_common::EVENT_MARKER => Record::Marker(read(bytes)?),
         EVENT_ENTRY_ARGS_STR => Record::ArgsStr(Box::new(read(bytes)?)),
         EVENT_RETURN_RET => Record::Ret(read(bytes)?),
         EVENT_ENTRY_GO | EVENT_RETURN_GO => Record::Go(read(bytes)?),

@@ -134,6 +134,8 @@ pub struct LoadOptions {
     /// `--sched`: where `task_struct` keeps pid and tgid (from the kernel's
     /// BTF); the sched programs record nothing without it.
     pub task_offsets: Option<super::sched::TaskOffsets>,
+    /// `-u`: how many USDT probes may be attached (the specs map's size).
+    pub usdt_slots: u32,
 }
 
 /// The loaded programs and the maps user space reads.
@@ -159,6 +161,8 @@ pub struct LoadedProbes {
     maps: Option<(RingBuf<MapData>, PerCpuArray<MapData, u64>)>,
     /// `--sched`: the attached raw tracepoints (program name, link).
     sched_links: Vec<(&'static str, RawTracePointLinkId)>,
+    /// Multi mode: the USDT program with the multi-uprobe attach type.
+    usdt_prog: Option<OwnedFd>,
 }
 
 /// The probes of one module and direction; dropping it detaches them all.
@@ -226,6 +230,7 @@ impl LoadedProbes {
             )
             .map_max_entries(names::EVENTS_MAP, ring_bytes)
             .map_max_entries(names::COUNTS_MAP, opts.count_slots.max(1))
+            .map_max_entries(names::USDT_SPECS_MAP, opts.usdt_slots.max(1))
             // The sampler's maps are the sampler's own load (`crate::sample`).
             .map_max_entries(names::STACKS_MAP, 1)
             .map_max_entries(names::SAMPLES_MAP, ring_size(0))
@@ -287,6 +292,12 @@ impl LoadedProbes {
                 (AttachMode::Single, None, None, None, None)
             }
         };
+        let usdt_prog = match mode {
+            AttachMode::Multi if opts.usdt_slots > 0 => {
+                Some(load_program(&obj, names::USDT_PROGRAM)?)
+            }
+            _ => None,
+        };
         let session_prog = match mode {
             AttachMode::Multi => {
                 load_program_as(&obj, names::COUNT_PROGRAM, BPF_TRACE_UPROBE_SESSION).ok()
@@ -318,6 +329,63 @@ impl LoadedProbes {
             ebpf,
             maps: Some((events, lost)),
             sched_links: Vec::new(),
+            usdt_prog,
+        })
+    }
+
+    /// `-u`: attaches the USDT program at `points` of the ELF file at `path`
+    /// (cookie = probe id), for process `pid`, after storing each probe's
+    /// argument spec. `ref_ctrs`: per point, the file offset of its
+    /// semaphore (0: none), which the kernel increments while the link
+    /// lives (the probe's code is skipped while it is 0). Needs multi-uprobe
+    /// links.
+    pub fn attach_usdt(
+        &mut self,
+        path: &Path,
+        points: &[ProbePoint],
+        ref_ctrs: &[u64],
+        specs: &[scope_common::UsdtSpec],
+        pid: u32,
+    ) -> Result<ProbeLink, AttachError> {
+        let err = |source: std::io::Error| AttachError::Link {
+            count: points.len(),
+            direction: "USDT",
+            module: path.display().to_string(),
+            source,
+            hint: "",
+        };
+        let map = self
+            .ebpf
+            .map_mut(names::USDT_SPECS_MAP)
+            .ok_or(AttachError::MissingMap(names::USDT_SPECS_MAP))?;
+        let mut map: aya::maps::HashMap<_, u32, scope_common::UsdtSpec> =
+            aya::maps::HashMap::try_from(map).map_err(|e| AttachError::Load(error_chain(&e)))?;
+        for (p, spec) in points.iter().zip(specs) {
+            map.insert(p.cookie as u32, *spec, 0)
+                .map_err(|e| AttachError::Load(error_chain(&e)))?;
+        }
+        let prog = self
+            .usdt_prog
+            .as_ref()
+            .ok_or_else(|| err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP)))?;
+        let c_path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+        let offsets: Vec<u64> = points.iter().map(|p| p.file_offset).collect();
+        let cookies: Vec<u64> = points.iter().map(|p| p.cookie).collect();
+        let fd = create_multi_link_with(
+            prog,
+            &c_path,
+            &offsets,
+            Some(ref_ctrs),
+            &cookies,
+            pid,
+            false,
+            BPF_TRACE_UPROBE_MULTI,
+        )
+        .map_err(err)?;
+        Ok(ProbeLink {
+            _inner: LinkInner::Multi(fd),
+            count: points.len(),
         })
     }
 
@@ -630,12 +698,31 @@ fn create_multi_link(
     ret: bool,
     attach_type: u32,
 ) -> Result<OwnedFd, std::io::Error> {
+    create_multi_link_with(prog, path, offsets, None, cookies, pid, ret, attach_type)
+}
+
+/// [`create_multi_link`] with reference counters (USDT semaphores: per
+/// offset, the file offset of a u16 the kernel increments while attached).
+#[expect(clippy::too_many_arguments, reason = "the fields of one bpf_attr")]
+fn create_multi_link_with(
+    prog: &OwnedFd,
+    path: &CString,
+    offsets: &[u64],
+    ref_ctr_offsets: Option<&[u64]>,
+    cookies: &[u64],
+    pid: u32,
+    ret: bool,
+    attach_type: u32,
+) -> Result<OwnedFd, std::io::Error> {
+    if ref_ctr_offsets.is_some_and(|r| r.len() != offsets.len()) {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
     let mut attr = Attr::default();
     attr.put_u32(0, prog.as_raw_fd() as u32);
     attr.put_u32(8, attach_type);
     attr.put_u64(16, path.as_ptr() as u64);
     attr.put_u64(24, offsets.as_ptr() as u64);
-    attr.put_u64(32, 0);
+    attr.put_u64(32, ref_ctr_offsets.map_or(0, |r| r.as_ptr() as u64));
     attr.put_u64(40, cookies.as_ptr() as u64);
     attr.put_u32(48, offsets.len().min(cookies.len()) as u32);
     attr.put_u32(52, if ret { BPF_F_UPROBE_MULTI_RETURN } else { 0 });

@@ -7,4 +7,5 @@ pub mod attach;
 pub mod go;
 pub mod plan;
 pub mod sched;
+pub mod usdt;
 pub mod watch;

@@ -445,6 +445,7 @@ fn count_calls(
             str_cap: 0,
             count_slots: picked.len() as u32 + 1,
             task_offsets: None,
+            usdt_slots: 0,
         },
         AttachModeChoice::Auto,
     )?;

@@ -5,7 +5,7 @@
 //! the command released. Modules loaded after the start are attached here
 //! too, from the capture loop.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -121,6 +121,7 @@ pub(super) fn load_and_attach(
             plan: &planned.plan,
             pid,
             str_cookies: &str_cookies,
+            usdt: &planned.usdt,
             stop,
             clock: &clock,
         },
@@ -172,6 +173,9 @@ pub(super) fn load_and_attach(
     correlator.set_str_cap(cfg.arg_strings.unwrap_or(0) as usize);
     if probes.sched_attached() {
         correlator.follow_sched();
+    }
+    for u in &planned.usdt {
+        correlator.set_marker(u.id, u.arg_count);
     }
     if let Some(g) = &governor {
         g.init_correlator(&mut correlator);
@@ -282,6 +286,7 @@ pub(super) struct Attaching<'a> {
     pub(super) plan: &'a Plan,
     pub(super) pid: u32,
     pub(super) str_cookies: &'a HashMap<u32, u64>,
+    pub(super) usdt: &'a [crate::probe::usdt::PlannedUsdt],
     pub(super) stop: &'a AtomicBool,
     pub(super) clock: &'a SessionClock,
 }
@@ -297,6 +302,7 @@ fn attach_probes(
         plan,
         pid,
         str_cookies,
+        usdt,
         ..
     } = *a;
     // `--sched`: the kernel's BTF says where a task keeps its ids; without
@@ -322,6 +328,7 @@ fn attach_probes(
             str_cap: cfg.arg_strings.unwrap_or(0),
             count_slots: u32::try_from(plan.function_count() + 1).unwrap_or(u32::MAX),
             task_offsets,
+            usdt_slots: u32::try_from(usdt.len()).unwrap_or(u32::MAX),
         },
         cfg.attach_mode,
     )?;
@@ -346,7 +353,12 @@ fn attach_probes(
             "scope: warning: not following the scheduler ({e}); calls get no on/off-CPU time (--no-sched silences this)"
         );
     }
-    let (links, own_links) = attach_plan(&mut probes, plan, pid, str_cookies, &own, &skip)?;
+    let (mut links, own_links) = attach_plan(&mut probes, plan, pid, str_cookies, &own, &skip)?;
+    links.extend(
+        attach_usdt(&mut probes, usdt, pid)?
+            .into_iter()
+            .map(|l| (false, l)),
+    );
     *attach_time = started.elapsed();
     if let Some(g) = governor.as_mut() {
         for (id, l) in own_links {
@@ -453,6 +465,45 @@ type OwnLinks = Vec<(u32, Vec<ProbeLink>)>;
 /// Attaches every module of `plan` (entry and return links per module).
 /// Functions in `own` get links of their own (the governor may detach them
 /// one by one); those also in `skip` start sampled and are not attached.
+/// `-u`: one link per module of USDT probes (cookie = probe id), with the
+/// semaphores as reference counters.
+fn attach_usdt(
+    probes: &mut LoadedProbes,
+    usdt: &[crate::probe::usdt::PlannedUsdt],
+    pid: u32,
+) -> Result<Vec<ProbeLink>> {
+    if usdt.is_empty() {
+        return Ok(Vec::new());
+    }
+    if probes.mode() != AttachMode::Multi {
+        bail!("-u needs multi-uprobe links (Linux 6.6 or later), which this kernel lacks");
+    }
+    let mut by_module: BTreeMap<&Path, Vec<&crate::probe::usdt::PlannedUsdt>> = BTreeMap::new();
+    for u in usdt {
+        by_module
+            .entry(u.attach_path.as_path())
+            .or_default()
+            .push(u);
+    }
+    let mut links = Vec::new();
+    for (path, list) in by_module {
+        let points: Vec<ProbePoint> = list
+            .iter()
+            .map(|u| ProbePoint {
+                file_offset: u.file_offset,
+                cookie: u64::from(u.id),
+            })
+            .collect();
+        let ref_ctrs: Vec<u64> = list
+            .iter()
+            .map(|u| u.semaphore_offset.unwrap_or(0))
+            .collect();
+        let specs: Vec<scope_common::UsdtSpec> = list.iter().map(|u| u.spec).collect();
+        links.push(probes.attach_usdt(path, &points, &ref_ctrs, &specs, pid)?);
+    }
+    Ok(links)
+}
+
 fn attach_plan(
     probes: &mut LoadedProbes,
     plan: &Plan,

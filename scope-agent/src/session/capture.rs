@@ -144,6 +144,10 @@ impl Loop {
             if !offcpu.is_empty() && !writer.send(SinkMsg::Offcpu(offcpu)) {
                 return Err(WriterStopped);
             }
+            let markers = correlator.take_markers();
+            if !markers.is_empty() && !writer.send(SinkMsg::Markers(markers)) {
+                return Err(WriterStopped);
+            }
         }
         Ok(())
     }

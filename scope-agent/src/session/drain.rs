@@ -91,6 +91,10 @@ pub(super) fn detach_and_drain(live: &mut Live, ended: &mut Ended) -> Drained {
         if !offcpu.is_empty() {
             writer.send(SinkMsg::Offcpu(offcpu));
         }
+        let markers = correlator.take_markers();
+        if !markers.is_empty() {
+            writer.send(SinkMsg::Markers(markers));
+        }
         if !losses.is_empty() {
             writer.send(SinkMsg::Losses(losses));
         }

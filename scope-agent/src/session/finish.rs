@@ -295,13 +295,27 @@ fn report_incomplete(counts: &CorrelatorCounts, reader: &RingReader) {
             counts.window_edge
         );
     }
-    if counts.sched_events > 0 {
+    if counts.markers > 0 {
         eprintln!(
-            "scope: scheduler: the target's threads left their CPUs {} times ({} blocked, {} preempted; {} events): rows of `offcpu`, and each call's oncpu_ns/offcpu_ns (--no-sched turns this off)",
+            "scope: USDT: {} probe hits recorded in `markers` (their probes in `usdt_probes`)",
+            counts.markers
+        );
+    }
+    if counts.sched_events > 0 {
+        let lost = reader.sched_lost();
+        eprintln!(
+            "scope: scheduler: the target's threads left their CPUs {} times ({} blocked, {} preempted; {} events{}): rows of `offcpu`, and each call's oncpu_ns/offcpu_ns (--no-sched turns this off)",
             counts.offcpu_blocked + counts.offcpu_preempted,
             counts.offcpu_blocked,
             counts.offcpu_preempted,
-            counts.sched_events
+            counts.sched_events,
+            if lost > 0 {
+                format!(
+                    ", {lost} lost to a full ring: the intervals they ended or began are missing, so some offcpu_ns are short"
+                )
+            } else {
+                String::new()
+            }
         );
     }
     if counts.window_cut > 0 {

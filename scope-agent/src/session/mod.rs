@@ -84,6 +84,8 @@ pub struct SessionConfig {
     /// Follow the target's threads on and off their CPUs (calls'
     /// `oncpu_ns`/`offcpu_ns`, the `offcpu` table); off with `--no-sched`.
     pub sched: bool,
+    /// `-u`: USDT probes to record into `markers`.
+    pub usdt: Vec<crate::probe::usdt::UsdtPattern>,
 }
 
 /// `--out s3://bucket/prefix`: where the files go once written.

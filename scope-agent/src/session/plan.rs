@@ -35,6 +35,8 @@ pub(super) struct Planned {
     pub(super) command_line: String,
     /// `record`: the program to start.
     pub(super) program: Option<PathBuf>,
+    /// `-u`: the USDT probes to attach.
+    pub(super) usdt: Vec<crate::probe::usdt::PlannedUsdt>,
 }
 
 /// The session's clock, id and files, opened once the plan is known.
@@ -85,8 +87,12 @@ pub(super) fn prepare(cfg: &SessionConfig) -> Result<Planned> {
     };
     // Patterns naming a module that is not mapped yet wait for it (dlopen),
     // as long as something else can be probed from the start.
+    let usdt = crate::probe::usdt::plan_usdt(&candidates, &cfg.usdt).map_err(anyhow::Error::msg)?;
     let (now, pending) = split_pending(&candidates, &cfg.patterns);
-    let planned = if now.is_empty() && !pending.is_empty() {
+    // `-u` alone: the probes are the markers, no function.
+    let planned = if cfg.patterns.is_empty() && !cfg.usdt.is_empty() {
+        Ok(Plan::default())
+    } else if now.is_empty() && !pending.is_empty() {
         build_plan_with(&candidates, &cfg.patterns, cfg.max_functions, cfg.inlined)
     } else {
         build_plan_with(&candidates, &now, cfg.max_functions, cfg.inlined)
@@ -140,6 +146,7 @@ pub(super) fn prepare(cfg: &SessionConfig) -> Result<Planned> {
         arg_layouts,
         command_line,
         program,
+        usdt,
     })
 }
 
@@ -172,6 +179,7 @@ pub(super) fn open_output(cfg: &SessionConfig, planned: &Planned) -> Result<Outp
         None => None,
     };
     store.write_functions(&function_rows(&planned.plan))?;
+    store.write_usdt_probes(&planned.usdt)?;
     let late_functions = store.late_functions();
     let samples = store.samples_writer()?;
     Ok(Output {

@@ -76,6 +76,11 @@ impl EventSink for SessionSink {
         self.publish(r)
     }
 
+    fn write_markers(&mut self, rows: &[crate::capture::MarkerRecord]) -> Result<()> {
+        let r = self.store.write_markers(rows);
+        self.publish(r)
+    }
+
     fn write_offcpu(&mut self, rows: &[crate::capture::OffcpuRecord]) -> Result<()> {
         let r = self.store.write_offcpu(rows);
         self.publish(r)

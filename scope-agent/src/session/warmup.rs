@@ -59,6 +59,7 @@ pub(super) fn prepare_governor(
         str_cookies,
         stop,
         clock,
+        ..
     } = *a;
     let cost = governor::calibrate(probes, true).map_err(|e| {
         anyhow::anyhow!(

@@ -13,6 +13,8 @@
 //! <out_dir>/aggregates/session_id=<id>/part-<seq>.parquet      (only if rows were written)
 //! <out_dir>/samples/session_id=<id>/part-<seq>.parquet         (only when the sampler ran)
 //! <out_dir>/offcpu/session_id=<id>/part-<seq>.parquet          (only if rows were written)
+//! <out_dir>/usdt_probes/session_id=<id>/part-0.parquet          (only with -u)
+//! <out_dir>/markers/session_id=<id>/part-<seq>.parquet         (only if rows were written)
 //! ```
 //!
 //! Columns (see [`schema`](self::schema) for the exact Arrow types):
@@ -75,6 +77,13 @@
 //!   recorded call open when it left; null for none), waker_pid, waker_tid,
 //!   waker_call_id, waker_function_id (who woke it and the call it was in;
 //!   null when preempted or not seen)
+//! - `usdt_probes` (`-u`): probe_id, provider, name, module, address,
+//!   semaphore (its file offset; null: none), args (the note's specs as
+//!   written), arg_count
+//! - `markers` (`-u`): one row per USDT probe fired: pid, tid, time_ns,
+//!   probe_id, args (List<Int64>: its arguments by the note's specs; an
+//!   element null for a form scope cannot read), call_id and function_id
+//!   (the innermost recorded call open on the thread; null: none)
 //!
 //! # `session_id` lives only in the directory name
 //!
@@ -117,8 +126,8 @@ use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
 use parquet::schema::types::ColumnPath;
 
 use crate::capture::{
-    AggregateRecord, CallRecord, EventSink, GovernorRecord, LossRecord, MetricsRecord,
-    OffcpuRecord, TotalRecord,
+    AggregateRecord, CallRecord, EventSink, GovernorRecord, LossRecord, MarkerRecord,
+    MetricsRecord, OffcpuRecord, TotalRecord,
 };
 
 /// Zstd level of every column chunk.
@@ -324,6 +333,8 @@ pub struct ParquetStore {
     aggregates: Segment<AggregateRecord>,
     /// Created on its first flush, like `metrics`.
     offcpu: Segment<OffcpuRecord>,
+    /// Created on its first flush, like `metrics`.
+    markers: Segment<MarkerRecord>,
     functions_dir: PathBuf,
     sessions_dir: PathBuf,
     totals_dir: PathBuf,
@@ -414,6 +425,12 @@ impl ParquetStore {
                 schema::offcpu_batch,
             )
             .optional(),
+            markers: Segment::new(
+                cfg.out_dir.join("markers").join(&partition),
+                schema::MARKERS.clone(),
+                schema::markers_batch,
+            )
+            .optional(),
             functions_dir,
             sessions_dir,
             totals_dir: cfg.out_dir.join("totals").join(&partition),
@@ -435,6 +452,23 @@ impl ParquetStore {
         Ok(())
     }
 
+    /// `-u`: writes `usdt_probes/session_id=<id>/part-0.parquet` now (the
+    /// probes attached), durably.
+    pub fn write_usdt_probes(&mut self, rows: &[crate::probe::usdt::PlannedUsdt]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let batch = schema::usdt_probes_batch(rows).context("building the usdt_probes table")?;
+        let dir = self
+            .cfg
+            .out_dir
+            .join("usdt_probes")
+            .join(format!("session_id={}", self.cfg.session_id));
+        durable::ensure_dir(&dir)
+            .map_err(|e| anyhow!("cannot create output directory {}: {e}", dir.display()))?;
+        self.write_batch(&dir, "part-0.parquet", &batch)
+    }
+
     /// Writes a segment whose first row is older than
     /// [`StoreConfig::segment_max_age`].
     pub fn tick(&mut self) -> Result<()> {
@@ -445,7 +479,8 @@ impl ParquetStore {
         flush_if_old(&mut self.metrics, age, props, files)?;
         flush_if_old(&mut self.governor, age, props, files)?;
         flush_if_old(&mut self.aggregates, age, props, files)?;
-        flush_if_old(&mut self.offcpu, age, props, files)
+        flush_if_old(&mut self.offcpu, age, props, files)?;
+        flush_if_old(&mut self.markers, age, props, files)
     }
 
     /// Files finished so far.
@@ -487,6 +522,7 @@ impl ParquetStore {
         keep(flush(&mut self.governor, &self.props, &mut self.files));
         keep(flush(&mut self.aggregates, &self.props, &mut self.files));
         keep(flush(&mut self.offcpu, &self.props, &mut self.files));
+        keep(flush(&mut self.markers, &self.props, &mut self.files));
         if !self.functions_written {
             keep(self.write_functions(&[]));
         }
@@ -627,6 +663,12 @@ impl EventSink for ParquetStore {
 
     fn write_aggregates(&mut self, rows: &[AggregateRecord]) -> Result<()> {
         self.aggregates.buffer(rows);
+        self.tick()
+    }
+
+    fn write_markers(&mut self, rows: &[MarkerRecord]) -> Result<()> {
+        let max = self.max_rows();
+        buffer_capped(&mut self.markers, rows, max, &self.props, &mut self.files)?;
         self.tick()
     }
 

@@ -18,8 +18,8 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
 use super::{FunctionRow, SampleRow, SessionRow};
 use crate::capture::{
-    AggregateRecord, CallRecord, GovernorRecord, LossRecord, MetricsRecord, OffcpuRecord,
-    TotalRecord,
+    AggregateRecord, CallRecord, GovernorRecord, LossRecord, MarkerRecord, MetricsRecord,
+    OffcpuRecord, TotalRecord,
 };
 
 /// Schema of `calls`. `parent_call_id` is null at a root, `duration_ns` and
@@ -273,6 +273,87 @@ pub(crate) fn calls_batch(rows: &[CallRecord]) -> Result<RecordBatch, ArrowError
         }))),
     ];
     RecordBatch::try_new(CALLS.clone(), columns)
+}
+
+/// Schema of `markers` (`-u`): one row per USDT probe fired. `args`: its
+/// arguments as the note's specs give them (an element null for a form
+/// scope cannot read); `call_id`/`function_id`: the innermost recorded
+/// call open on the thread (null: none).
+pub static MARKERS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("pid", DataType::UInt32, false),
+        Field::new("tid", DataType::UInt32, false),
+        Field::new("time_ns", DataType::Int64, false),
+        Field::new("probe_id", DataType::UInt32, false),
+        Field::new("args", args_type(), false),
+        Field::new("call_id", DataType::UInt64, true),
+        Field::new("function_id", DataType::UInt32, true),
+    ]))
+});
+
+/// Schema of `usdt_probes` (`-u`): the USDT probes attached. `semaphore`:
+/// the file offset of its semaphore (null: none); `args`: the note's
+/// argument specs as written (`-4@%eax 8@16(%rbp)`).
+pub static USDT_PROBES: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("probe_id", DataType::UInt32, false),
+        Field::new("provider", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("module", DataType::Utf8, false),
+        Field::new("address", DataType::UInt64, false),
+        Field::new("semaphore", DataType::UInt64, true),
+        Field::new("args", DataType::Utf8, false),
+        Field::new("arg_count", DataType::UInt32, false),
+    ]))
+});
+
+/// Builds a `markers` batch.
+pub(crate) fn markers_batch(rows: &[MarkerRecord]) -> Result<RecordBatch, ArrowError> {
+    let mut args = ListBuilder::with_capacity(Int64Builder::new(), rows.len());
+    for r in rows {
+        for a in &r.args {
+            args.values().append_option(*a);
+        }
+        args.append(true);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.pid))),
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.tid))),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.time_ns))),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.probe_id),
+        )),
+        Arc::new(args.finish()),
+        Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.call_id))),
+        Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.function_id))),
+    ];
+    RecordBatch::try_new(MARKERS.clone(), columns)
+}
+
+/// Builds the `usdt_probes` batch.
+pub(crate) fn usdt_probes_batch(
+    rows: &[crate::probe::usdt::PlannedUsdt],
+) -> Result<RecordBatch, ArrowError> {
+    let strings = |f: &dyn Fn(&crate::probe::usdt::PlannedUsdt) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.id))),
+        strings(&|r| r.provider.clone()),
+        strings(&|r| r.name.clone()),
+        strings(&|r| r.module.display().to_string()),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|r| r.address),
+        )),
+        Arc::new(UInt64Array::from_iter(
+            rows.iter().map(|r| r.semaphore_offset),
+        )),
+        strings(&|r| r.args_text.clone()),
+        Arc::new(UInt32Array::from_iter_values(
+            rows.iter().map(|r| r.arg_count as u32),
+        )),
+    ];
+    RecordBatch::try_new(USDT_PROBES.clone(), columns)
 }
 
 /// Builds an `offcpu` batch.

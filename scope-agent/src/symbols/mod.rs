@@ -20,6 +20,7 @@ pub mod elf;
 pub mod go;
 pub mod maps;
 pub mod pattern;
+pub mod usdt;
 
 #[cfg(test)]
 mod tests;
