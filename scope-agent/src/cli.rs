@@ -779,6 +779,13 @@ pub struct FunctionsArgs {
     /// containing function, address, call site) instead of the functions.
     #[arg(long, conflicts_with = "long")]
     pub inlined: bool,
+
+    /// List the USDT probes (SystemTap SDT notes) instead: PROVIDER:NAME,
+    /// module, address, semaphore, argument specs. PATTERN is then a -u
+    /// pattern ([MODULE:][PROVIDER:]NAME); a BINARY's shared libraries are
+    /// searched too.
+    #[arg(long, conflicts_with_all = ["long", "inlined"])]
+    pub usdt: bool,
 }
 
 impl ProbeArgs {

@@ -117,6 +117,73 @@ pub fn list_functions(
     Ok(())
 }
 
+/// `functions --usdt`: the USDT probes of the target's modules (a BINARY's
+/// libraries too), those `pattern` matches when given.
+pub fn list_usdt(
+    source: Source<'_>,
+    pattern: Option<crate::probe::usdt::UsdtPattern>,
+) -> Result<()> {
+    let candidates: Vec<ModuleCandidate> = match source {
+        Source::Pid(pid) => running_modules(pid)?,
+        Source::Binary(path) => program_modules(path),
+    };
+    let pattern = match pattern {
+        Some(p) => p,
+        None => "*".parse().map_err(anyhow::Error::msg)?,
+    };
+    let mut rows = Vec::new();
+    let mut unreadable = Vec::new();
+    for c in &candidates {
+        let probes = match crate::symbols::usdt::usdt_probes_of(&c.open_path) {
+            Ok(p) => p,
+            Err(e) => {
+                unreadable.push(e);
+                continue;
+            }
+        };
+        for p in probes {
+            if !pattern.matches_probe(c, &p) {
+                continue;
+            }
+            rows.push(vec![
+                format!("{}:{}", p.provider, p.name),
+                short_name(&c.display_path),
+                format!("{:#x}", p.address),
+                p.semaphore_offset
+                    .map_or("-".to_string(), |s| format!("{s:#x}")),
+                if p.args_text.is_empty() {
+                    "-".to_string()
+                } else {
+                    p.args_text.clone()
+                },
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        for e in &unreadable {
+            eprintln!("scope: warning: {e}");
+        }
+        bail!(
+            "no USDT probe matches '{}' in {} module{} (without a pattern, every probe is listed)",
+            pattern.raw,
+            candidates.len(),
+            if candidates.len() == 1 { "" } else { "s" }
+        );
+    }
+    print_table(
+        &["PROBE", "MODULE", "ADDRESS", "SEMAPHORE", "ARGUMENTS"],
+        &rows,
+        &[2],
+    )?;
+    eprintln!(
+        "{} USDT probe{} matched '{}' (record them with -u PROVIDER:NAME)",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" },
+        pattern.raw
+    );
+    Ok(())
+}
+
 /// `file:line`, `file`, or `-`.
 fn location(file: Option<&str>, line: Option<u32>) -> String {
     match (file, line) {

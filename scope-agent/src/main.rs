@@ -91,6 +91,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("give a BINARY (and optionally a PATTERN), or --pid PID")
                 }
             };
+            if args.usdt {
+                let pattern = match pattern {
+                    Some(p) => Some(p.parse().map_err(anyhow::Error::msg)?),
+                    None => None,
+                };
+                scope_agent::listing::list_usdt(source, pattern)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let pattern = match pattern {
                 Some(p) => parse_patterns(&[p]).map_err(anyhow::Error::msg)?.pop(),
                 None => None,

@@ -75,6 +75,11 @@ impl UsdtPattern {
     fn matches(&self, p: &UsdtProbe) -> bool {
         self.provider.matches(&p.provider) && self.name.matches(&p.name)
     }
+
+    /// Whether probe `p` of module `c` is one this pattern names.
+    pub fn matches_probe(&self, c: &ModuleCandidate, p: &UsdtProbe) -> bool {
+        self.matches_module(c) && self.matches(p)
+    }
 }
 
 /// One USDT probe to attach.
