@@ -264,9 +264,16 @@ pub struct ExportArgs {
     /// perfetto (ui.perfetto.dev), chrome (trace event JSON: chrome://tracing
     /// and Perfetto), folded (Brendan Gregg's stacks, weighted by self time
     /// in ns), flamegraph (an SVG), pprof (`go tool pprof`), speedscope
-    /// (speedscope.app).
+    /// (speedscope.app), or otlp: the calls as OpenTelemetry spans sent to
+    /// --endpoint (OTLP over HTTP, protobuf; one trace per root call,
+    /// parents from the call tree) for Jaeger, Tempo or any OTLP backend.
     #[arg(long, value_name = "FORMAT")]
     pub format: String,
+
+    /// With --format otlp: the collector, `http://HOST:4318` (`/v1/traces`
+    /// is added) or the full URL. Nothing leaves the machine without it.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
 
     /// The file to write (created 0600); `-` for standard output. Default:
     /// scope-<session>.<extension> in the current directory.

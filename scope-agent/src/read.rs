@@ -55,6 +55,12 @@ fn output(path: Option<&std::path::Path>) -> Result<Box<dyn Write + Send>> {
 /// `scope-agent export`: one session, streamed (the calls' sort spills to
 /// disk under `--memory`; the writers keep one thread's open calls).
 pub fn export(args: ExportArgs) -> Result<()> {
+    if args.format == "otlp" {
+        return export_otlp(&args);
+    }
+    if args.endpoint.is_some() {
+        anyhow::bail!("--endpoint is for --format otlp; other formats are written to a file");
+    }
     let format: scope_query::export::Format = args.format.parse()?;
     let store = open_with(&args.data, SessionSel::Latest, DEFAULT_EXPORT_MEMORY)?;
     let from_samples = match args.from.as_str() {
@@ -109,6 +115,48 @@ pub fn export(args: ExportArgs) -> Result<()> {
         session.id,
         stats.bytes,
         path.map_or(String::new(), |p| format!(" to {}", p.display())),
+    );
+    Ok(())
+}
+
+/// `export --format otlp --endpoint URL`: the session's calls as spans,
+/// with a status line while they go.
+fn export_otlp(args: &ExportArgs) -> Result<()> {
+    let Some(endpoint) = &args.endpoint else {
+        anyhow::bail!("--format otlp sends spans to a collector: give --endpoint http://HOST:4318");
+    };
+    if args.offcpu || args.diff.is_some() || args.from == "samples" || args.output.is_some() {
+        anyhow::bail!(
+            "--format otlp sends the calls to --endpoint: no -o, --offcpu, --diff or --from samples"
+        );
+    }
+    let store = open_with(&args.data, SessionSel::Latest, DEFAULT_EXPORT_MEMORY)?;
+    let status = crate::status::Steps::new("export");
+    let stats = scope_query::export::otlp::export_otlp(
+        &store,
+        &scope_query::export::otlp::OtlpOptions {
+            endpoint: endpoint.clone(),
+            timeout: std::time::Duration::from_secs(30),
+            tid: args.tid,
+        },
+        &|n| status.step(&format!("{n} spans sent")),
+    )?;
+    status.done();
+    let session = scope_query::travel::session_span(&store)?;
+    eprintln!(
+        "scope-agent: sent {} spans of session {} to {} in {} requests ({} bytes, {:.1} s, {:.0} spans/s{})",
+        stats.spans,
+        session.id,
+        scope_query::export::otlp::traces_url(endpoint)?,
+        stats.requests,
+        stats.bytes,
+        stats.secs,
+        stats.spans as f64 / stats.secs.max(1e-9),
+        if stats.retries > 0 {
+            format!("; {} requests retried", stats.retries)
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

@@ -216,6 +216,14 @@ pub fn ensure_test_tools() -> Result<()> {
         }
     }
     ensure_object_store_tools()?;
+    // The OTLP test's receiver decodes with the published definitions.
+    if !succeeds(command("python3").args([
+        "-c",
+        "from opentelemetry.proto.collector.trace.v1 import trace_service_pb2",
+    ])) {
+        announce("opentelemetry-proto (the OTLP test's receiver decodes with it)");
+        pip_install(&["opentelemetry-proto"])?;
+    }
     Ok(())
 }
 

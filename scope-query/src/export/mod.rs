@@ -34,6 +34,7 @@ mod chrome;
 mod columns;
 mod flamegraph;
 mod folded;
+pub mod otlp;
 mod paths;
 mod perfetto;
 mod pprof;

@@ -820,7 +820,7 @@ pub(crate) fn secret_header(v: &str) -> Result<HeaderValue, String> {
     Ok(h)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
