@@ -130,8 +130,133 @@ pub fn run(agent: &Path, root: &Path, trials: usize, work: &Path) -> Result<Stri
         per_switch_ns / 1e3,
         if slowdown < 0.03 { "met" } else { "not met" }
     );
+    s.push_str(&otlp_throughput(agent, trials, work)?);
     s.push_str(END);
     Ok(s)
+}
+
+/// Calls of the OTLP export's session (fixture.c `nest N`: three a call).
+const OTLP_NEST: &str = "100000";
+
+/// `export --format otlp` into a sink on loopback that reads each request
+/// and answers 200 without decoding: what the exporter itself sustains
+/// (reading the store, building and encoding spans, HTTP).
+fn otlp_throughput(agent: &Path, trials: usize, work: &Path) -> Result<String> {
+    let fixture =
+        scope_tests::build_fixture(scope_tests::Lang::C, "2").map_err(anyhow::Error::msg)?;
+    let out = work.join("otlp-store");
+    let _ = std::fs::remove_dir_all(&out);
+    let mut rates = Vec::new();
+    let mut spans = 0.0;
+    step("OTLP export throughput", || {
+        output(
+            command(agent)
+                .args(["record", "-q", "--out"])
+                .arg(&out)
+                .args(["-f", "a_fn", "-f", "b_fn", "-f", "c_fn", "--"])
+                .arg(&fixture)
+                .args(["nest", OTLP_NEST]),
+        )?;
+        let (port, requests) = sink()?;
+        for t in 0..trials.max(1) {
+            let o = output(command(agent).args([
+                "export",
+                "--data",
+                &out.display().to_string(),
+                "--format",
+                "otlp",
+                "--endpoint",
+                &format!("http://127.0.0.1:{port}"),
+            ]))?;
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            let line = stderr
+                .lines()
+                .find(|l| l.contains("spans/s"))
+                .with_context(|| format!("no spans/s in:\n{stderr}"))?;
+            let rate: f64 = line
+                .split(", ")
+                .find_map(|p| {
+                    p.strip_suffix(" spans/s")
+                        .or_else(|| p.strip_suffix(" spans/s)"))
+                })
+                .and_then(|v| v.trim().parse().ok())
+                .with_context(|| format!("no rate in {line}"))?;
+            spans = line
+                .split_whitespace()
+                .nth(2)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0.0);
+            println!("    trial {}/{}: {rate:.0} spans/s", t + 1, trials.max(1));
+            rates.push(rate);
+        }
+        println!(
+            "    the sink took {} requests",
+            requests.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        Ok(())
+    })?;
+    let _ = std::fs::remove_dir_all(&out);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "### OTLP export\n\n`scope-agent export --format otlp` of a session of {spans:.0} calls          (fixture.c `nest {OTLP_NEST}`) to a sink on loopback that reads each request and          answers 200: **{:.0} spans/s** (median of {}), 4,096 spans a request.\n",
+        median(rates.clone()),
+        rates.len()
+    );
+    Ok(s)
+}
+
+/// An HTTP sink on 127.0.0.1: reads each request's body (keep-alive) and
+/// answers 200 with an empty body. Returns its port and a request count.
+fn sink() -> Result<(u16, std::sync::Arc<std::sync::atomic::AtomicU64>)> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let Ok(mut w) = conn.try_clone() else {
+                    return;
+                };
+                let mut r = BufReader::new(conn);
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    // Request line and headers.
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let l = line.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = l.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if w
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok((port, count))
 }
 
 /// `rounds N wall_ns W` → W.
