@@ -1615,10 +1615,20 @@ fn waiting(
 struct OffcpuStats {
     /// function → (blocked ns, times blocked, preempted ns).
     by_fn: FxHashMap<u32, (f64, i64, f64)>,
-    /// function → its wakers, most blocked time first: (waker function id
-    /// (None: not in a recorded call), waker tid, a thread of the target,
-    /// wake-ups, ns).
-    wakers: FxHashMap<u32, Vec<(Option<u32>, i64, bool, i64, f64)>>,
+    /// function → its wakers, most blocked time first.
+    wakers: FxHashMap<u32, Vec<Waker>>,
+}
+
+/// Who woke a function's thread, and how often.
+struct Waker {
+    /// The waker's innermost recorded call's function (None: in none).
+    function: Option<u32>,
+    tid: i64,
+    /// The waker is a thread of the target.
+    ours: bool,
+    wakeups: i64,
+    /// Blocked time those wake-ups ended, ns.
+    ns: f64,
 }
 
 impl OffcpuStats {
@@ -1666,8 +1676,7 @@ impl OffcpuStats {
                 }
             }
         }
-        let mut wakers: FxHashMap<u32, Vec<(Option<u32>, i64, bool, i64, f64)>> =
-            FxHashMap::default();
+        let mut wakers: FxHashMap<u32, Vec<Waker>> = FxHashMap::default();
         for b in store.sql(
             "SELECT function_id, waker_function_id, CAST(waker_tid AS BIGINT) AS waker_tid, \
              bool_or(waker_pid = pid) AS ours, count(*) AS n, CAST(sum(duration_ns) AS DOUBLE) AS ns \
@@ -1684,18 +1693,18 @@ impl OffcpuStats {
             let ours = cols::bools(&b, "ours")?;
             for i in 0..b.num_rows() {
                 if let Some(f) = f[i].map(|f| f as u32) {
-                    wakers.entry(f).or_default().push((
-                        wf[i].map(|w| w as u32),
-                        wt[i].unwrap_or(0),
-                        ours[i].unwrap_or(false),
-                        n[i].unwrap_or(0),
-                        ns[i].unwrap_or(0.0),
-                    ));
+                    wakers.entry(f).or_default().push(Waker {
+                        function: wf[i].map(|w| w as u32),
+                        tid: wt[i].unwrap_or(0),
+                        ours: ours[i].unwrap_or(false),
+                        wakeups: n[i].unwrap_or(0),
+                        ns: ns[i].unwrap_or(0.0),
+                    });
                 }
             }
         }
         for w in wakers.values_mut() {
-            w.sort_by(|a, b| b.4.total_cmp(&a.4).then(a.1.cmp(&b.1)));
+            w.sort_by(|a, b| b.ns.total_cmp(&a.ns).then(a.tid.cmp(&b.tid)));
         }
         Ok(Some(Self { by_fn, wakers }))
     }
@@ -1746,7 +1755,13 @@ fn waiting_off_cpu(
             Evidence::new("waiting_share", share, "ratio"),
         ];
         let woken = match o.wakers.get(id).and_then(|w| w.first()) {
-            Some(&(wf, tid, ours, n, ns)) => {
+            Some(&Waker {
+                function: wf,
+                tid,
+                ours,
+                wakeups: n,
+                ns,
+            }) => {
                 x.evidence
                     .push(Evidence::new("top_waker_wakeups", n as f64, "count"));
                 x.evidence.push(Evidence::new(
