@@ -195,12 +195,15 @@ struct SchedThread {
     /// Time off CPU so far (blocked or preempted), ns.
     off_total: u64,
     /// Off its CPU now: since when, whether still runnable, and the
-    /// innermost recorded call open then (call id, function id).
-    out: Option<(u64, bool, Option<(u64, u32)>)>,
+    /// innermost recorded call open then.
+    out: Option<(u64, bool, Option<OpenCall>)>,
     /// The last wake-up seen: when, waker pid and tid, and the waker's
     /// innermost recorded call.
-    waker: Option<(u64, u32, u32, Option<(u64, u32)>)>,
+    waker: Option<(u64, u32, u32, Option<OpenCall>)>,
 }
+
+/// A call open on a thread: (call id, function id).
+type OpenCall = (u64, u32);
 
 impl Correlator {
     pub fn new(clock_offset_ns: i64, live_ktime: u64) -> Self {

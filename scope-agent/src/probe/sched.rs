@@ -171,7 +171,7 @@ impl<'a> Btf<'a> {
                 }
             } else if self.name(name_off) == name.as_bytes() {
                 let r = &self.types[self.resolve(ty)? as usize];
-                return (r.kind == KIND_INT && r.size_or_type == 4 && at % 8 == 0)
+                return (r.kind == KIND_INT && r.size_or_type == 4 && at.is_multiple_of(8))
                     .then_some(at / 8);
             }
         }
