@@ -20,8 +20,11 @@ fn offcpu_glob(out: &Path) -> String {
     format!("{}/offcpu/**/*.parquet", out.display())
 }
 
-/// Per call of the fixture's functions: (name, tid, duration, oncpu, offcpu).
-fn calls(out: &Path) -> Vec<(String, i64, i64, Option<i64>, Option<i64>)> {
+/// One call: (name, tid, duration, oncpu, offcpu).
+type Call = (String, i64, i64, Option<i64>, Option<i64>);
+
+/// Every call of the fixture's functions, in order.
+fn calls(out: &Path) -> Vec<Call> {
     duckdb(&format!(
         "SELECT f.name AS name, c.tid AS tid, c.duration_ns AS d, c.oncpu_ns AS oncpu, \
          c.offcpu_ns AS offcpu \
