@@ -65,7 +65,7 @@ use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReader
 use staging::{Staging, crash_point, exchange, remove_tree};
 
 /// Every table of the store, in the writer's layout.
-pub const TABLES: [&str; 11] = [
+pub const TABLES: [&str; 16] = [
     "calls",
     "functions",
     "losses",
@@ -81,6 +81,14 @@ pub const TABLES: [&str; 11] = [
     // kept as written, like the samples.
     "threads",
     "overview",
+    // The scheduler's intervals off CPU (--sched) and USDT probes with
+    // their hits (-u): kept as written.
+    "offcpu",
+    "usdt_probes",
+    "markers",
+    // What `analyze` wrote about the session: kept, and removed with it.
+    "findings",
+    "ast",
 ];
 /// The tables compaction rewrites: those the writer may split into several
 /// files (`sessions` and `totals` are always one file).
