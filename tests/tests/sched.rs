@@ -16,6 +16,20 @@ use scope_tests::{
     run_agent,
 };
 
+/// `export --data OUT --format FORMAT --offcpu -o FILE`.
+fn export_offcpu(out: &Path, format: &str, file: &Path) -> scope_tests::AgentRun {
+    run_agent(&[
+        "export",
+        "--data",
+        out.to_str().unwrap(),
+        "--format",
+        format,
+        "--offcpu",
+        "-o",
+        file.to_str().unwrap(),
+    ])
+}
+
 fn offcpu_glob(out: &Path) -> String {
     format!("{}/offcpu/**/*.parquet", out.display())
 }
@@ -170,16 +184,7 @@ fn every_call_says_how_long_it_was_off_cpu_and_who_woke_it() {
     // The off-CPU flame graph's folded lines: each function's width is its
     // calls' offcpu_ns (none of them nests in another here).
     let folded = dir.path().join("off.folded");
-    let export = run_agent(&[
-        "export",
-        "--data",
-        out.to_str().unwrap(),
-        "--format",
-        "folded",
-        "--offcpu",
-        "-o",
-        folded.to_str().unwrap(),
-    ]);
+    let export = export_offcpu(&out, "folded", &folded);
     assert_success(&export);
     let text = std::fs::read_to_string(&folded).unwrap();
     for name in ["nap", "spin", "wait_for_signal"] {
@@ -195,16 +200,7 @@ fn every_call_says_how_long_it_was_off_cpu_and_who_woke_it() {
         assert_eq!(line, format!("{name} {want}"), "{text}");
     }
     let svg = dir.path().join("off.svg");
-    let export = run_agent(&[
-        "export",
-        "--data",
-        out.to_str().unwrap(),
-        "--format",
-        "flamegraph",
-        "--offcpu",
-        "-o",
-        svg.to_str().unwrap(),
-    ]);
+    let export = export_offcpu(&out, "flamegraph", &svg);
     assert_success(&export);
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.contains("off-CPU time") && svg.contains("wait_for_signal"));
@@ -242,16 +238,7 @@ fn no_sched_leaves_the_columns_null_and_writes_no_offcpu_table() {
     );
     assert!(!out.join("offcpu").exists());
     // An off-CPU flame graph of it says why there is none.
-    let export = run_agent(&[
-        "export",
-        "--data",
-        out.to_str().unwrap(),
-        "--format",
-        "flamegraph",
-        "--offcpu",
-        "-o",
-        dir.path().join("x.svg").to_str().unwrap(),
-    ]);
+    let export = export_offcpu(&out, "flamegraph", &dir.path().join("x.svg"));
     assert!(!export.status.success());
     assert!(export.stderr.contains("--no-sched"), "{}", export.stderr);
 }
