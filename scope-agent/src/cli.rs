@@ -581,6 +581,24 @@ pub struct ProbeArgs {
     #[arg(short = 'u', long = "usdt", value_name = "PROBE")]
     pub usdt: Vec<String>,
 
+    /// Probe well-known library entry points with their arguments, by
+    /// signatures scope knows (these libraries have no DWARF): `pg` (libpq's
+    /// PQexec, PQsendQuery, PQexecParams, PQsendQueryParams, PQprepare: the
+    /// query text, up to 256 bytes, never the parameters), `tls` (OpenSSL's
+    /// SSL_read, SSL_write and their _ex forms: the bytes), `net` (libc's
+    /// connect, accept, accept4, send, recv, sendto, recvfrom: socket and
+    /// bytes). Comma-separated. A library loaded later is probed when it
+    /// appears; one that never does is reported. With --hooks and no -f,
+    /// only the hooks are probed.
+    #[arg(long, value_name = "tls,pg,net")]
+    pub hooks: Option<String>,
+
+    /// With --hooks tls: also keep the first N bytes (1..=256) of the
+    /// plaintext SSL_write sends (a NUL ends it early); N then caps the
+    /// query text too. Off by default: payloads can hold anything.
+    #[arg(long, value_name = "N", requires = "hooks")]
+    pub hook_payload: Option<u64>,
+
     /// Record the arguments and return value of every probed function.
     ///
     /// The first six integer/pointer parameters (rdi, rsi, rdx, rcx, r8, r9
@@ -812,8 +830,41 @@ impl ProbeArgs {
                 }
             }
         }
-        let args_for = parse_patterns(&self.args_for)?;
-        let arg_strings = match self.arg_strings {
+        let mut args_for = parse_patterns(&self.args_for)?;
+        let hooks = match &self.hooks {
+            Some(h) => crate::probe::hooks::parse_hooks(h)?,
+            None => Vec::new(),
+        };
+        for p in parse_patterns(&crate::probe::hooks::patterns(&hooks))? {
+            if !patterns.contains(&p) {
+                patterns.push(p.clone());
+            }
+            if !args_for.contains(&p) {
+                args_for.push(p);
+            }
+        }
+        let hook_payload = match self.hook_payload {
+            None => None,
+            Some(n @ 1..=256) => Some(n),
+            Some(n) => {
+                return Err(format!(
+                    "--hook-payload {n}: keep 1..={} bytes",
+                    scope_common::MAX_STR
+                ));
+            }
+        };
+        // Query text and payloads are strings: the cap is --arg-strings if
+        // given, else the payload's, else 256.
+        let hook_strings = hooks
+            .iter()
+            .any(|h| matches!(h, crate::probe::hooks::Hook::Pg))
+            || hook_payload.is_some();
+        let arg_strings_flag = match (self.arg_strings, hook_strings) {
+            (Some(n), _) => Some(n),
+            (None, true) => Some(hook_payload.unwrap_or(256)),
+            (None, false) => None,
+        };
+        let arg_strings = match arg_strings_flag {
             None => None,
             Some(n) if !self.args && args_for.is_empty() => {
                 return Err(format!(
@@ -876,6 +927,7 @@ impl ProbeArgs {
             warmup: self.warmup,
             samples: !self.no_samples,
             sched: !self.no_sched,
+            hook_payload: hook_payload.is_some(),
             usdt: self
                 .usdt
                 .iter()

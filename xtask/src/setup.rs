@@ -216,6 +216,14 @@ pub fn ensure_test_tools() -> Result<()> {
         }
     }
     ensure_object_store_tools()?;
+    // The hooks test's servers: PostgreSQL 15 (Debian's) and openssl.
+    if !Path::new("/usr/lib/postgresql/15/bin/initdb").exists() {
+        announce("postgresql (the hooks test runs a server on loopback)");
+        apt_install(&["postgresql"])?;
+    }
+    if !on_path("openssl") {
+        apt_install(&["openssl"])?;
+    }
     // The OTLP test's receiver decodes with the published definitions.
     if !succeeds(command("python3").args([
         "-c",

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod attach;
 pub mod go;
+pub mod hooks;
 pub mod plan;
 pub mod sched;
 pub mod usdt;

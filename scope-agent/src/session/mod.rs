@@ -84,6 +84,8 @@ pub struct SessionConfig {
     /// Follow the target's threads on and off their CPUs (calls'
     /// `oncpu_ns`/`offcpu_ns`, the `offcpu` table); off with `--no-sched`.
     pub sched: bool,
+    /// `--hook-payload`: SSL_write's plaintext is read too.
+    pub hook_payload: bool,
     /// `-u`: USDT probes to record into `markers`.
     pub usdt: Vec<crate::probe::usdt::UsdtPattern>,
 }

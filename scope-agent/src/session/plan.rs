@@ -131,11 +131,12 @@ pub(super) fn prepare(cfg: &SessionConfig) -> Result<Planned> {
             "scope: note: {go_tail_jumps} tail jumps leave probed Go functions; calls that leave that way are marked unwound or return-missing"
         );
     }
-    let arg_layouts = if with_args > 0 {
+    let mut arg_layouts = if with_args > 0 {
         crate::probe::args::layouts(&plan)
     } else {
         Vec::new()
     };
+    hook_layouts(&mut plan, &mut arg_layouts, cfg.hook_payload);
     for m in &plan.modules {
         check_function_count(&m.candidate.display_path, m.functions.len())?;
     }
@@ -148,6 +149,34 @@ pub(super) fn prepare(cfg: &SessionConfig) -> Result<Planned> {
         program,
         usdt,
     })
+}
+
+/// `--hooks`: the hooked functions DWARF does not describe (their libraries
+/// ship without it) get the layouts and parameter names scope knows.
+fn hook_layouts(plan: &mut Plan, layouts: &mut Vec<(u32, ArgLayout)>, payload: bool) {
+    for m in &mut plan.modules {
+        let module = crate::probe::plan::short_name(&m.candidate.display_path);
+        if !["libpq.so", "libssl.so", "libc.so"]
+            .iter()
+            .any(|l| module.starts_with(l))
+        {
+            continue;
+        }
+        for f in m.functions.iter_mut().filter(|f| f.args) {
+            if layouts.iter().any(|(id, _)| *id == f.function_id) {
+                continue;
+            }
+            let Some(layout) = crate::probe::hooks::layout(&f.symbol.name, payload) else {
+                continue;
+            };
+            layouts.push((f.function_id, layout));
+            if f.symbol.params.is_empty()
+                && let Some(names) = crate::probe::hooks::param_names(&f.symbol.name)
+            {
+                f.symbol.params = names.into_iter().map(|n| (n, String::new())).collect();
+            }
+        }
+    }
 }
 
 /// Opens the output directory (the session starts now: its clock and id)

@@ -1,0 +1,285 @@
+//! `--hooks` end to end (needs root), against real servers on loopback:
+//! PostgreSQL (Debian's postgresql 15, started here as the unprivileged
+//! `postgres` user on a temporary directory and a free port) queried by
+//! psql, and an HTTPS-style exchange between `openssl s_server` and
+//! `s_client`. What is recorded must equal what was sent: the queries'
+//! text, the bytes and (with --hook-payload) the plaintext.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use scope_tests::{
+    ChildGuard, assert_success, calls_glob, duckdb, functions_glob, record_with, require_root,
+};
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A PostgreSQL server for one test, stopped on drop.
+struct Postgres {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::os::unix::fs::chown(dir.path(), Some(postgres_uid()), None).unwrap();
+        let as_postgres = |args: &[&str]| {
+            let out = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .args(args)
+                .output()
+                .expect("runuser");
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let initdb = format!("{PG_BIN}/initdb");
+        as_postgres(&[
+            &initdb,
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+        ]);
+        let port = free_port();
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1",
+            dir.path().display()
+        );
+        let pg_ctl = format!("{PG_BIN}/pg_ctl");
+        let log = dir.path().join("log");
+        as_postgres(&[
+            &pg_ctl,
+            "-D",
+            data.to_str().unwrap(),
+            "-o",
+            &opts,
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "start",
+        ]);
+        Postgres {
+            _dir: dir,
+            data,
+            port,
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--", &format!("{PG_BIN}/pg_ctl"), "-D"])
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+fn postgres_uid() -> u32 {
+    let out = Command::new("id")
+        .args(["-u", "postgres"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The hooked calls of a session: (function, arg_strings, args, ret).
+fn hooked(out: &Path) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    duckdb(&format!(
+        "SELECT f.name AS name, f.param_names AS params, c.arg_strings AS strings, \
+         c.args AS args, c.ret AS ret \
+         FROM read_parquet('{}', hive_partitioning=true) c \
+         JOIN read_parquet('{}', hive_partitioning=true) f USING (session_id, function_id) \
+         ORDER BY c.start_ns",
+        calls_glob(out),
+        functions_glob(out)
+    ))
+}
+
+#[test]
+fn the_queries_recorded_are_the_queries_psql_sent() {
+    require_root();
+    assert!(
+        Path::new(PG_BIN).join("initdb").exists(),
+        "PostgreSQL 15 is needed (cargo xtask test installs it)"
+    );
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let sent = [
+        "SELECT 1",
+        "SELECT 'scope' || 2",
+        "SELECT count(*) FROM pg_class",
+    ];
+    let psql = format!("{PG_BIN}/psql");
+    let port = pg.port.to_string();
+    let mut cmd = vec![
+        psql.as_str(),
+        "-X",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+    ];
+    for q in &sent {
+        cmd.extend(["-c", q]);
+    }
+    // --hooks pg is what this test is about.
+    let run = record_with(&out, &[], &["--hooks", "pg"], &cmd);
+    assert_success(&run);
+    let rows = hooked(&out);
+    let queries: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r["strings"].as_array())
+        .filter_map(|s| s.get(1).and_then(|q| q.as_str()))
+        .collect();
+    assert_eq!(queries, sent, "{rows:?}\n{}", run.stderr);
+    // Named parameters from scope's own signature (libpq has no DWARF).
+    let first = rows.iter().find(|r| r["strings"].is_array()).unwrap();
+    assert_eq!(first["params"][1], "query", "{first:?}");
+}
+
+/// Waits until `child`'s stdout prints a line containing `needle`; returns
+/// the reader for the rest.
+fn wait_line(
+    reader: &mut BufReader<std::process::ChildStdout>,
+    needle: &str,
+    what: &str,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || Instant::now() > deadline {
+            panic!("{what} ended without printing {needle:?}:\n{all}");
+        }
+        all.push_str(&line);
+        if line.contains(needle) {
+            return all;
+        }
+    }
+}
+
+#[test]
+fn tls_bytes_and_plaintext_equal_what_was_sent() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let port = free_port();
+    let mut server = ChildGuard::spawn(
+        Command::new("openssl")
+            .args(["s_server", "-quiet", "-naccept", "1", "-accept"])
+            .arg(port.to_string())
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let mut server_out = BufReader::new(server.child().stdout.take().unwrap());
+    // s_server is listening once the port takes a connection.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "s_server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let message = "hello scope over TLS\n";
+    let input = dir.path().join("input");
+    std::fs::File::create(&input)
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let out = dir.path().join("out");
+    // s_client reads the message from stdin (a file: the agent passes its
+    // stdin on), writes it with SSL_write, and exits at the file's end.
+    let connect = format!("127.0.0.1:{port}");
+    let agent = scope_tests::agent_bin();
+    let run = Command::new(agent)
+        .args(["record", "--out"])
+        .arg(&out)
+        // The flags this test is about.
+        .args([
+            "--hooks",
+            "tls",
+            "--hook-payload",
+            "64",
+            "--",
+            "openssl",
+            "s_client",
+        ])
+        .args(["-connect", &connect, "-quiet", "-no_ign_eof"])
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let got = wait_line(&mut server_out, "hello scope", "s_server");
+    assert!(got.contains(message.trim_end()), "{got}");
+    let rows = hooked(&out);
+    let writes: Vec<_> = rows
+        .iter()
+        .filter(|r| {
+            r["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("SSL_write"))
+        })
+        .collect();
+    assert_eq!(writes.len(), 1, "{rows:?}\n{stderr}");
+    let w = writes[0];
+    assert_eq!(w["strings"][1].as_str(), Some(message), "{w:?}");
+    // SSL_write returns the bytes written; SSL_write_ex returns 1 and
+    // writes the count through its 4th argument (not read).
+    if w["name"] == "SSL_write" {
+        assert_eq!(w["ret"].as_i64(), Some(message.len() as i64), "{w:?}");
+    }
+    assert_eq!(w["args"][2].as_i64(), Some(message.len() as i64), "{w:?}");
+    drop(server);
+}
