@@ -214,7 +214,7 @@ fn tls_bytes_and_plaintext_equal_what_was_sent() {
     let port = free_port();
     let mut server = ChildGuard::spawn(
         Command::new("openssl")
-            .args(["s_server", "-quiet", "-naccept", "1", "-accept"])
+            .args(["s_server", "-naccept", "1", "-accept"])
             .arg(port.to_string())
             .arg("-cert")
             .arg(&cert)
@@ -225,12 +225,9 @@ fn tls_bytes_and_plaintext_equal_what_was_sent() {
             .stderr(Stdio::null()),
     );
     let mut server_out = BufReader::new(server.child().stdout.take().unwrap());
-    // s_server is listening once the port takes a connection.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "s_server did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // s_server says ACCEPT once it listens (a probe connection would be
+    // its one accept).
+    wait_line(&mut server_out, "ACCEPT", "s_server");
     let message = "hello scope over TLS\n";
     let input = dir.path().join("input");
     std::fs::File::create(&input)
