@@ -66,6 +66,10 @@ pub struct ArgLayout {
     /// Slots whose parameter is a pointer to a 1-byte character type
     /// (`char *`, `const char *`, `unsigned char *`), bit i for slot i.
     pub strings: u8,
+    /// Per slot: 0, or the slot (+ 1) holding the byte count of the buffer
+    /// the slot's string is (`--hooks`: SSL_write's `buf` and `num`): the
+    /// string is cut to that many bytes, as the buffer has no NUL.
+    pub lengths: [u8; MAX_ARGS],
 }
 
 impl Default for ArgLayout {
@@ -83,6 +87,7 @@ impl Default for ArgLayout {
             slots,
             ret: RegValue::Raw,
             strings: 0,
+            lengths: [0; MAX_ARGS],
         }
     }
 }
@@ -120,11 +125,17 @@ impl ArgLayout {
 
     /// The `arg_strings` of one entry record: one element per slot, the
     /// strings the kernel read in the string slots, `None` elsewhere.
-    pub fn strings(&self, ev: &ArgsStrEvent, cap: usize) -> ArgStrings {
+    pub fn strings(&self, ev: &ArgsStrEvent, cap: usize, args: &CallArgs) -> ArgStrings {
         let mut out = vec![None; usize::from(self.len.min(MAX_ARGS as u8))];
         for (n, slot) in self.string_slots().into_iter().enumerate() {
             if let Some(i) = slot {
-                out[i] = decode_str(ev.str_len[n], &ev.strs[n], cap);
+                out[i] = match self.lengths[i].checked_sub(1) {
+                    Some(l) => {
+                        let bytes = args.get(usize::from(l)).unwrap_or(0).max(0) as usize;
+                        decode_buf(ev.str_len[n], &ev.strs[n], cap, bytes)
+                    }
+                    None => decode_str(ev.str_len[n], &ev.strs[n], cap),
+                };
             }
         }
         out.into_boxed_slice()
@@ -144,6 +155,22 @@ pub fn decode_str(len: i32, buf: &[u8; STR_BUF], cap: usize) -> Option<String> {
     let keep = chars.min(cap);
     let mut s = String::from_utf8_lossy(&buf[..keep]).into_owned();
     if chars > cap {
+        s.push(TRUNCATED_MARK);
+    }
+    Some(s)
+}
+
+/// A buffer of `bytes` bytes the kernel read as a string: its first
+/// `min(bytes, cap)` bytes (fewer at a NUL), marked cut when the buffer
+/// holds more than `cap`.
+pub fn decode_buf(len: i32, buf: &[u8; STR_BUF], cap: usize, bytes: usize) -> Option<String> {
+    if len <= 0 {
+        return None;
+    }
+    let read = (len as usize - 1).min(STR_BUF);
+    let keep = read.min(bytes).min(cap);
+    let mut s = String::from_utf8_lossy(&buf[..keep]).into_owned();
+    if bytes > cap && read > cap {
         s.push(TRUNCATED_MARK);
     }
     Some(s)
@@ -204,6 +231,7 @@ mod tests {
             slots,
             ret: RegValue::Null,
             strings: 0,
+            lengths: [0; MAX_ARGS],
         };
         let args = layout.args(&[0xffff_ffff, 42, 9, 9, 9, 9]);
         assert_eq!(args.len, 3);
@@ -249,6 +277,7 @@ mod tests {
             slots,
             ret: RegValue::Null,
             strings: 0b11010,
+            lengths: [0; MAX_ARGS],
         };
         assert_eq!(layout.string_slots(), [Some(1), Some(3)]);
         assert_eq!(
@@ -262,7 +291,7 @@ mod tests {
         };
         ev.strs[0][..3].copy_from_slice(b"hi\0");
         assert_eq!(
-            &*layout.strings(&ev, 16),
+            &*layout.strings(&ev, 16, &CallArgs::default()),
             &[None, Some("hi".to_string()), None, None, None]
         );
         assert_eq!(ArgLayout::default().string_cookie(), 0);

@@ -578,7 +578,7 @@ impl Correlator {
         }
         let layout = self.layout(head.function_id);
         let args = layout.args(&ev.args.args);
-        let strings = layout.strings(ev, self.str_cap);
+        let strings = layout.strings(ev, self.str_cap, &args);
         self.on_entry(
             head,
             Some(args),

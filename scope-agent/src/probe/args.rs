@@ -272,6 +272,7 @@ fn layout(unit: &Unit<'_>, sub: &Sub<'_>, cplusplus: bool) -> ArgLayout {
         slots: [ArgSlot::default(); MAX_ARGS],
         ret: RegValue::Null,
         strings: 0,
+        lengths: [0; MAX_ARGS],
     };
     // No DW_AT_type on the subprogram: void.
     let ret_class = sub.ret.as_ref().map(|t| classify(unit, t));

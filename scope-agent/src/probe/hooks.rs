@@ -252,6 +252,7 @@ pub fn layout(name: &str, payload: bool) -> Option<ArgLayout> {
     };
     let mut slots = [ArgSlot::default(); MAX_ARGS];
     let mut strings = 0u8;
+    let mut lengths = [0u8; MAX_ARGS];
     for (i, (_, p)) in f.params.iter().enumerate().take(MAX_ARGS) {
         slots[i] = ArgSlot {
             reg: i as u8,
@@ -260,12 +261,17 @@ pub fn layout(name: &str, payload: bool) -> Option<ArgLayout> {
         if *p == P::Str || (*p == P::Payload && payload) {
             strings |= 1 << i;
         }
+        // A payload is a buffer of the next parameter's length.
+        if *p == P::Payload {
+            lengths[i] = i as u8 + 2;
+        }
     }
     Some(ArgLayout {
         len: f.params.len().min(MAX_ARGS) as u8,
         slots,
         ret: value(f.ret),
         strings,
+        lengths,
     })
 }
 
