@@ -563,7 +563,7 @@ pub struct ProbeArgs {
 
     /// Do not follow the scheduler. By default every context switch and
     /// wake-up of the target's threads is recorded (raw tracepoints on
-    /// sched_switch and sched_wakeup, no tracefs needed): each call gets
+    /// sched_switch and sched_waking, no tracefs needed): each call gets
     /// `oncpu_ns` and `offcpu_ns`, and each time a thread was off its CPU
     /// is an `offcpu` row with who woke it and the call it was in. It
     /// costs about one probe hit per switch of the target's threads; the

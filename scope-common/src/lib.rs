@@ -65,7 +65,7 @@ pub const EVENT_SWITCH_OUT: u32 = 8;
 /// the context of the thread it replaces). A plain [`RawEvent`] whose
 /// `pid_tgid` is the incoming thread's; `function_id` is 0.
 pub const EVENT_SWITCH_IN: u32 = 9;
-/// `--sched`: a thread of the target is woken (`sched_wakeup`, in the
+/// `--sched`: a thread of the target is woken (`sched_waking`, in the
 /// waker's context). A plain [`RawEvent`] whose `pid_tgid` is the waker's
 /// (any process, or 0 for an interrupt) and `function_id` the woken tid.
 pub const EVENT_WAKEUP: u32 = 10;
@@ -249,7 +249,7 @@ pub mod names {
     /// (1..=[`super::MAX_STR`]; 0 when strings are off).
     pub const STR_CAP_GLOBAL: &str = "STR_CAP";
     /// `--sched`: raw tracepoint programs on `sched_switch` and
-    /// `sched_wakeup`.
+    /// `sched_waking` (the waker's context).
     pub const SCHED_SWITCH_PROGRAM: &str = "scope_sched_switch";
     pub const SCHED_WAKEUP_PROGRAM: &str = "scope_sched_wakeup";
     /// USDT probes (a plain uprobe at each probe's address).

@@ -312,9 +312,11 @@ pub fn scope_sched_switch(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// `sched_wakeup(struct task_struct *p)`, in the waker's context: a thread
-/// of the target is made runnable.
-#[raw_tracepoint(tracepoint = "sched_wakeup")]
+/// `sched_waking(struct task_struct *p)`, at the start of the wake-up, in
+/// the waker's context: a thread of the target is being made runnable.
+/// (`sched_wakeup` fires later, and on the wakee's CPU when the wake-up is
+/// queued there: in whatever task runs on that CPU, often the idle one.)
+#[raw_tracepoint(tracepoint = "sched_waking")]
 pub fn scope_sched_wakeup(ctx: RawTracePointContext) -> i32 {
     // SAFETY: a load-time constant, as in `admit`.
     let target = unsafe { core::ptr::read_volatile(&TARGET_TGID) };

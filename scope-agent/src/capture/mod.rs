@@ -122,7 +122,7 @@ pub struct OffcpuRecord {
     /// call id and function), if any.
     pub call_id: Option<u64>,
     pub function_id: Option<u32>,
-    /// Who woke it (`sched_wakeup` in the waker's context): its pid and
+    /// Who woke it (`sched_waking`, in the waker's context): its pid and
     /// tid (0 and 0 for an interrupt on an idle CPU; a wake-up from an
     /// interrupt names whatever thread was running), and, for a thread of
     /// the target, the innermost recorded call it was in. `None` when it

@@ -390,13 +390,13 @@ impl LoadedProbes {
     }
 
     /// `--sched`: loads and attaches the raw tracepoint programs on
-    /// `sched_switch` and `sched_wakeup` (no tracefs needed). Their events go
+    /// `sched_switch` and `sched_waking` (no tracefs needed). Their events go
     /// to the calls' ring. The error names the tracepoint that failed; what
     /// was attached before it stays until [`detach_sched`](Self::detach_sched).
     pub fn attach_sched(&mut self) -> Result<(), String> {
         for (program, tracepoint) in [
             (names::SCHED_SWITCH_PROGRAM, "sched_switch"),
-            (names::SCHED_WAKEUP_PROGRAM, "sched_wakeup"),
+            (names::SCHED_WAKEUP_PROGRAM, "sched_waking"),
         ] {
             let prog: &mut RawTracePoint = self
                 .ebpf
