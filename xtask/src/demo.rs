@@ -97,7 +97,15 @@ fn show_answers(agent: &Path, out: &Path) {
         ),
         (
             "on and off the CPU (oncpu_ns, offcpu_ns: the scheduler, followed by default)",
-            vec!["query", "--data", data.as_str(), ON_OFF_CPU_SQL],
+            // This recording only: a query reads every session by default.
+            vec![
+                "query",
+                "--data",
+                data.as_str(),
+                "--session",
+                "latest",
+                ON_OFF_CPU_SQL,
+            ],
         ),
         ("analyze", vec!["analyze", "--data", data.as_str()]),
         // The mock provider: deterministic and offline; `--provider gemini`
