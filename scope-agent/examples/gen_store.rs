@@ -155,6 +155,7 @@ impl Generator {
             ret: None,
             arg_strings: None,
             offcpu_ns: None,
+            request_id: None,
         });
         duration
     }
@@ -319,12 +320,16 @@ fn main() -> Result<()> {
     let (hist_calls, hist_function_id) = by_calls[by_calls.len() / 8];
     let session = SessionRow {
         host: "bench".to_string(),
+        boot_id: "b00t".into(),
         pid: PID,
         command: format!("gen_store {target}"),
         start_ns: SESSION_START_NS,
         end_ns: end_ns + 1_000,
         version: env!("CARGO_PKG_VERSION").to_string(),
         clock_offset_ns: 0,
+        utc_offset_ns: 0,
+        utc_uncertainty_ns: None,
+        clock_sync: "unsynchronized".into(),
         events: 2 * g.written,
         calls: Some(g.written),
         calls_exact: true,

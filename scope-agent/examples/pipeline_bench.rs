@@ -146,12 +146,16 @@ fn main() -> anyhow::Result<()> {
     let summary = store.finish(
         &SessionRow {
             host: String::new(),
+            boot_id: "b00t".into(),
             pid: PID as u32,
             command: "pipeline_bench".into(),
             start_ns: 0,
             end_ns: 0,
             version: env!("CARGO_PKG_VERSION").into(),
             clock_offset_ns: 0,
+            utc_offset_ns: 0,
+            utc_uncertainty_ns: None,
+            clock_sync: "unsynchronized".into(),
             events: counts.events,
             calls: Some(counts.calls),
             calls_exact: true,

@@ -448,9 +448,13 @@ pub struct TimelineArgs {
     #[command(flatten)]
     pub data: DataArgs,
 
-    /// The thread.
+    /// The thread. Without it, every thread of the session, merged by
+    /// time and labelled by thread. With `--session all` (or a store that
+    /// several agents wrote, on several machines), the sessions are merged
+    /// too, on UTC as each agent measured it (see `record --clock-ref`),
+    /// each call labelled by its host.
     #[arg(long, value_name = "TID")]
-    pub tid: u32,
+    pub tid: Option<u32>,
 
     /// Start of the interval (default: the session's start); +1.5s, RFC
     /// 3339 or epoch ns.
@@ -592,6 +596,20 @@ pub struct ProbeArgs {
     /// only the hooks are probed.
     #[arg(long, value_name = "tls,pg,net")]
     pub hooks: Option<String>,
+
+    /// Measure this node's clock against UTC with an SNTP (NTP) server,
+    /// HOST[:PORT] (port 123 by default), before recording: every time is
+    /// then stored in UTC as that server keeps it, and `sessions` says the
+    /// offset taken out (`utc_offset_ns`), its bound (`utc_uncertainty_ns`:
+    /// half the round trip plus the server's root distance) and how
+    /// (`clock_sync`). Agents on several machines that share one store
+    /// (--out s3://…) line up on it. A server that does not answer is an
+    /// error before anything starts. By default the kernel's NTP state is
+    /// used: a synchronized clock is taken as UTC within the kernel's
+    /// maximum error; an unsynchronized one is stored as it is, its
+    /// bound unknown.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub clock_ref: Option<String>,
 
     /// With --hooks tls: also keep the first N bytes (1..=256) of the
     /// plaintext SSL_write sends (a NUL ends it early); N then caps the
@@ -853,12 +871,14 @@ impl ProbeArgs {
                 ));
             }
         };
-        // Query text and payloads are strings: the cap is --arg-strings if
-        // given, else the payload's, else 256.
-        let hook_strings = hooks
-            .iter()
-            .any(|h| matches!(h, crate::probe::hooks::Hook::Pg))
-            || hook_payload.is_some();
+        // Query text, payloads and peer addresses come in string records:
+        // the cap is --arg-strings if given, else the payload's, else 256.
+        let hook_strings = hooks.iter().any(|h| {
+            matches!(
+                h,
+                crate::probe::hooks::Hook::Pg | crate::probe::hooks::Hook::Net
+            )
+        }) || hook_payload.is_some();
         let arg_strings_flag = match (self.arg_strings, hook_strings) {
             (Some(n), _) => Some(n),
             (None, true) => Some(hook_payload.unwrap_or(256)),
@@ -928,6 +948,8 @@ impl ProbeArgs {
             samples: !self.no_samples,
             sched: !self.no_sched,
             hook_payload: hook_payload.is_some(),
+            hooks: !hooks.is_empty(),
+            clock_ref: self.clock_ref,
             usdt: self
                 .usdt
                 .iter()

@@ -40,3 +40,4 @@ pub mod symbols;
 pub mod target;
 #[cfg(feature = "agent")]
 pub mod time;
+pub mod utc;

@@ -402,6 +402,7 @@ mod tests {
             ret: None,
             arg_strings: None,
             offcpu_ns: None,
+            request_id: None,
         }
     }
 

@@ -412,13 +412,18 @@ pub fn timeline(args: TimelineArgs) -> Result<()> {
     let from = args.from.as_deref().map(parse_time).transpose()?;
     let to = args.to.as_deref().map(parse_time).transpose()?;
     let store = open(&args.data, SessionSel::Latest)?;
-    let tl = scope_query::travel::timeline(&store, args.tid, from, to, args.limit)?;
+    let text = match args.tid {
+        Some(tid) if store.selected_sessions().len() == 1 => {
+            let tl = scope_query::travel::timeline(&store, tid, from, to, args.limit)?;
+            scope_query::travel::render_timeline(&tl, tid)
+        }
+        tid => {
+            let tl = scope_query::travel::merged_timeline(&store, tid, from, to, args.limit)?;
+            scope_query::travel::render_merged_timeline(&tl)
+        }
+    };
     let mut out = output(None)?;
-    write!(
-        out,
-        "{}",
-        scope_query::travel::render_timeline(&tl, args.tid)
-    )?;
+    write!(out, "{text}")?;
     out.flush()?;
     Ok(())
 }

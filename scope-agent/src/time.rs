@@ -26,6 +26,9 @@ pub struct SessionClock {
     /// Add to a CLOCK_MONOTONIC timestamp to get Unix epoch ns.
     pub offset_ns: i64,
     pub start_epoch_ns: i64,
+    /// Half the tightest monotonic bracket around the realtime reading:
+    /// how far `offset_ns` may be from the truth.
+    pub bracket_ns: i64,
 }
 
 impl SessionClock {
@@ -47,6 +50,17 @@ impl SessionClock {
         Self {
             offset_ns,
             start_epoch_ns: realtime_ns(),
+            bracket_ns: best.map_or(0, |(w, _)| (w + 1) / 2),
+        }
+    }
+
+    /// The same clock with the node's offset to UTC taken out (see
+    /// [`crate::utc`]): every time written is then UTC as measured.
+    pub fn corrected(self, utc: &crate::utc::UtcClock) -> Self {
+        Self {
+            offset_ns: self.offset_ns - utc.offset_ns,
+            start_epoch_ns: self.start_epoch_ns - utc.offset_ns,
+            bracket_ns: self.bracket_ns,
         }
     }
 
@@ -59,9 +73,31 @@ impl SessionClock {
     }
 }
 
-/// A session id that sorts by time and names the process:
-/// `20261124T215012Z-4242`.
-pub fn session_id(epoch_ns: i64, pid: u32) -> String {
+/// A session id that sorts by time and names the process and the host
+/// (so that agents on several machines can share one store):
+/// `20261124T215012Z-4242-web1`. The host part is the host name's first
+/// label, lowercase letters, digits and `-` only, at most 16 of them
+/// (left out when nothing is left).
+pub fn session_id(epoch_ns: i64, pid: u32, host: &str) -> String {
+    let label: String = host
+        .split('.')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    let tag: String = label.trim_start_matches('-').chars().take(16).collect();
+    let tag = tag.trim_end_matches('-');
+    let base = session_id_base(epoch_ns, pid);
+    if tag.is_empty() {
+        base
+    } else {
+        format!("{base}-{tag}")
+    }
+}
+
+fn session_id_base(epoch_ns: i64, pid: u32) -> String {
     let secs = epoch_ns.div_euclid(1_000_000_000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
@@ -97,11 +133,31 @@ mod tests {
     fn session_ids_are_utc_dates() {
         // 2026-11-24 21:50:12 UTC
         assert_eq!(
-            session_id(1_795_557_012_000_000_000, 42),
+            session_id(1_795_557_012_000_000_000, 42, ""),
             "20261124T215012Z-42"
         );
-        assert_eq!(session_id(0, 1), "19700101T000000Z-1");
-        assert_eq!(session_id(951_782_400_000_000_000, 7), "20000229T000000Z-7");
+        assert_eq!(
+            session_id(0, 1, "Web_1.example.com"),
+            "19700101T000000Z-1-web1"
+        );
+        assert_eq!(
+            session_id(951_782_400_000_000_000, 7, "-a-very-long-host-name-indeed"),
+            "20000229T000000Z-7-a-very-long-host"
+        );
+        assert_eq!(session_id(0, 1, "._"), "19700101T000000Z-1");
+    }
+
+    #[test]
+    fn a_correction_moves_every_time_by_the_offset() {
+        let c = SessionClock::now();
+        let utc = crate::utc::UtcClock {
+            offset_ns: -5_000_000_000,
+            uncertainty_ns: Some(1),
+            source: "test".into(),
+        };
+        let k = c.corrected(&utc);
+        assert_eq!(k.epoch_ns(42) - c.epoch_ns(42), 5_000_000_000);
+        assert_eq!(k.start_epoch_ns - c.start_epoch_ns, 5_000_000_000);
     }
 
     #[test]

@@ -103,6 +103,15 @@ pub const COOKIE_STR0_SHIFT: u32 = 40;
 pub const COOKIE_STR1_SHIFT: u32 = 43;
 /// Mask of one 3-bit string register field of the cookie (after the shift).
 pub const COOKIE_STR_MASK: u64 = 0b111;
+/// Cookie bits 46 and 47: the first (second) string field points at a
+/// socket address, not a string: the entry program copies
+/// [`SOCKADDR_BYTES`] bytes whatever they hold (`--hooks net`: connect's
+/// and sendto's peer) and reports `SOCKADDR_BYTES + 1` as their length.
+pub const COOKIE_RAW0_FLAG: u64 = 1 << 46;
+pub const COOKIE_RAW1_FLAG: u64 = 1 << 47;
+/// Bytes of a socket address read: `struct sockaddr_in6` (an IPv4 address
+/// takes 16; a Unix socket's path is cut to its first 26 bytes).
+pub const SOCKADDR_BYTES: u32 = 28;
 /// String parameters read per call (the first two `char *` parameters).
 pub const MAX_STR_ARGS: usize = 2;
 /// The largest `--arg-strings` cap: bytes kept per string.

@@ -54,12 +54,13 @@ use aya_ebpf::{
     },
 };
 use scope_common::{
-    ArgsEvent, ArgsStrEvent, COOKIE_ARGS_FLAG, COOKIE_GO_FLAG, COOKIE_STR_MASK, COOKIE_STR0_SHIFT,
-    COOKIE_STR1_SHIFT, DEFAULT_RING_BYTES, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_ENTRY_ARGS_STR,
-    EVENT_ENTRY_GO, EVENT_MARKER, EVENT_RETURN, EVENT_RETURN_GO, EVENT_RETURN_RET, EVENT_SWITCH_IN,
-    EVENT_SWITCH_OUT, EVENT_WAKEUP, GoEvent, LOST_CALLS, LOST_SCHED, LOST_SLOTS, MAX_ARGS, MAX_STR,
-    RawEvent, RetEvent, SAMPLE_ERR_COLLISION, SAMPLE_ERR_LOST, SAMPLE_ERR_SLOTS, SAMPLE_ERR_STACK,
-    SAMPLE_RING_BYTES, SAMPLE_STACKS, SampleEvent, USDT_ARG_CONST, USDT_ARG_DEREF, USDT_ARG_REG,
+    ArgsEvent, ArgsStrEvent, COOKIE_ARGS_FLAG, COOKIE_GO_FLAG, COOKIE_RAW0_FLAG, COOKIE_RAW1_FLAG,
+    COOKIE_STR_MASK, COOKIE_STR0_SHIFT, COOKIE_STR1_SHIFT, DEFAULT_RING_BYTES, EVENT_ENTRY,
+    EVENT_ENTRY_ARGS, EVENT_ENTRY_ARGS_STR, EVENT_ENTRY_GO, EVENT_MARKER, EVENT_RETURN,
+    EVENT_RETURN_GO, EVENT_RETURN_RET, EVENT_SWITCH_IN, EVENT_SWITCH_OUT, EVENT_WAKEUP, GoEvent,
+    LOST_CALLS, LOST_SCHED, LOST_SLOTS, MAX_ARGS, MAX_STR, RawEvent, RetEvent,
+    SAMPLE_ERR_COLLISION, SAMPLE_ERR_LOST, SAMPLE_ERR_SLOTS, SAMPLE_ERR_STACK, SAMPLE_RING_BYTES,
+    SAMPLE_STACKS, SOCKADDR_BYTES, SampleEvent, USDT_ARG_CONST, USDT_ARG_DEREF, USDT_ARG_REG,
     UsdtArg, UsdtSpec,
 };
 
@@ -444,12 +445,14 @@ fn args_with_strings(ctx: &ProbeContext, pid_tgid: u64, cookie: u64) {
             cookie >> COOKIE_STR0_SHIFT,
             (*p).strs[0].as_mut_ptr(),
             size,
+            cookie & COOKIE_RAW0_FLAG != 0,
         );
         (*p).str_len[1] = read_str(
             regs,
             cookie >> COOKIE_STR1_SHIFT,
             (*p).strs[1].as_mut_ptr(),
             size,
+            cookie & COOKIE_RAW1_FLAG != 0,
         );
     }
     submit(entry);
@@ -458,9 +461,12 @@ fn args_with_strings(ctx: &ProbeContext, pid_tgid: u64, cookie: u64) {
 /// Reads the NUL-terminated user string whose address is in the register
 /// the 3-bit `field` names (1 = rdi … 6 = r9; taken from the registers
 /// already copied into the record, `regs`) into `dst` (`size` <= `STR_BUF`
-/// bytes). 0 when the field is unused, negative on a fault.
+/// bytes). 0 when the field is unused, negative on a fault. With `raw`, a
+/// socket address: [`SOCKADDR_BYTES`] bytes copied as they are, the result
+/// `SOCKADDR_BYTES + 1` (the length a string of that many bytes would
+/// have).
 #[inline(always)]
-fn read_str(regs: *const u64, field: u64, dst: *mut u8, size: u32) -> i32 {
+fn read_str(regs: *const u64, field: u64, dst: *mut u8, size: u32, raw: bool) -> i32 {
     let field = field & COOKIE_STR_MASK;
     if field == 0 || field > MAX_ARGS as u64 {
         return 0;
@@ -468,7 +474,22 @@ fn read_str(regs: *const u64, field: u64, dst: *mut u8, size: u32) -> i32 {
     // SAFETY: `regs` points at the record's six saved registers and
     // `field - 1` is below six (checked above).
     let src = unsafe { core::ptr::read_volatile(regs.add((field - 1) as usize)) };
-    // SAFETY: `dst` has room for `size` bytes; the helper reads user memory
+    if raw {
+        // SAFETY: `dst` has room for STR_BUF >= SOCKADDR_BYTES bytes; the
+        // helper reads user memory safely.
+        let r = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_user(
+                dst.cast(),
+                SOCKADDR_BYTES,
+                src as *const core::ffi::c_void,
+            )
+        };
+        return if r == 0 {
+            SOCKADDR_BYTES as i32 + 1
+        } else {
+            r as i32
+        };
+    } // SAFETY: `dst` has room for `size` bytes; the helper reads user memory
     // safely (a bad address is an error, never a fault).
     unsafe { bpf_probe_read_user_str(dst.cast(), size, src as *const core::ffi::c_void) as i32 }
 }

@@ -488,8 +488,9 @@ impl Store {
         Ok(())
     }
 
-    /// The one session `id` names: an exact id, or a unique prefix or
-    /// suffix (the pid part) of one.
+    /// The one session `id` names: an exact id, or a unique prefix of one,
+    /// or its pid or host part (`20261127T171000Z-4242-web1`: `4242`,
+    /// `web1`, `4242-web1`).
     pub fn resolve_session(&self, id: &str) -> Result<String> {
         if self.sessions.iter().any(|s| s == id) {
             return Ok(id.to_string());
@@ -497,7 +498,11 @@ impl Store {
         let matches: Vec<&String> = self
             .sessions
             .iter()
-            .filter(|s| s.starts_with(id) || s.ends_with(&format!("-{id}")))
+            .filter(|s| {
+                s.starts_with(id)
+                    || s.ends_with(&format!("-{id}"))
+                    || s.contains(&format!("-{id}-"))
+            })
             .collect();
         match matches.as_slice() {
             [one] => Ok((*one).clone()),

@@ -200,6 +200,10 @@ fn instant(span: &SessionSpan, t: TimeArg, what: &str) -> Result<i64> {
 /// One frame of a stack, or one call of a timeline.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Frame {
+    /// The session it was recorded in.
+    pub session: String,
+    /// Its thread.
+    pub tid: u32,
     /// `calls.call_id`.
     pub call_id: i64,
     /// Depth (0 at the thread's outermost probed call).
@@ -220,8 +224,8 @@ pub struct Frame {
     pub ret: Option<i64>,
 }
 
-const FRAME_COLUMNS: &str = "c.call_id, c.depth, c.start_ns, c.duration_ns, c.self_ns, \
-    f.name, f.file, f.line";
+const FRAME_COLUMNS: &str = "CAST(c.session_id AS VARCHAR) AS sid, c.tid, c.call_id, c.depth, \
+    c.start_ns, c.duration_ns, c.self_ns, f.name, f.file, f.line";
 
 /// Reads frames from a query over `calls c JOIN functions f` (with the
 /// optional argument columns when the store has them).
@@ -260,6 +264,8 @@ fn frames_of(
     let mut out = Vec::new();
     for b in store.stream(&sql)? {
         let b = b?;
+        let sid = cols::strs(&b, "sid")?;
+        let tids = cols::i64s(&b, "tid")?;
         let id = cols::i64s(&b, "call_id")?;
         let depth = cols::i64s(&b, "depth")?;
         let start = cols::i64s(&b, "start_ns")?;
@@ -305,6 +311,8 @@ fn frames_of(
                 }
             }
             out.push(Frame {
+                session: sid[i].clone().unwrap_or_default(),
+                tid: tids[i].unwrap_or(0) as u32,
                 call_id: id[i].unwrap_or(0),
                 depth: depth[i].unwrap_or(0),
                 name: name[i].clone().unwrap_or_default(),
@@ -565,6 +573,270 @@ pub fn render_timeline(tl: &Timeline, tid: u32) -> String {
     s
 }
 
+/// One session of a merged timeline: the node that recorded it and how
+/// its clock was lined up with UTC (`sessions` columns; `None` in a store
+/// written before they existed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeSpan {
+    /// Session id.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Recording's start and end, epoch ns (UTC as measured).
+    pub start_ns: i64,
+    pub end_ns: i64,
+    /// The node's clock minus UTC, taken out of its times.
+    pub utc_offset_ns: Option<i64>,
+    /// What remains of it, at most; `None` when unknown.
+    pub utc_uncertainty_ns: Option<i64>,
+    /// How it was measured.
+    pub clock_sync: Option<String>,
+}
+
+/// `timeline` over every thread, or over several sessions (agents on
+/// several machines writing one store): the calls of each that overlap the
+/// interval, merged by entry time. The agents stored UTC as each measured
+/// it, so calls on different nodes line up to within the sum of their
+/// clocks' bounds.
+pub struct MergedTimeline {
+    /// The sessions, by start.
+    pub nodes: Vec<NodeSpan>,
+    /// The interval, epoch ns.
+    pub from_ns: i64,
+    pub to_ns: i64,
+    /// Calls, by entry (then session, thread, depth).
+    pub calls: Vec<Frame>,
+    /// Whether `limit` cut the list.
+    pub more: bool,
+}
+
+/// The selected sessions as nodes, from `sessions` (a session without its
+/// row, still recording or crashed, spans its calls).
+pub fn node_spans(store: &Store) -> Result<Vec<NodeSpan>> {
+    let selected = store.selected_sessions();
+    if selected.is_empty() {
+        bail!("no sessions in this store");
+    }
+    let mut nodes: Vec<NodeSpan> = Vec::new();
+    if store.has_table("sessions") {
+        let schema = &store.tables()["sessions"].schema;
+        let col = |c: &str, alias: &str| {
+            if schema.field_with_name(c).is_ok() {
+                format!("{c} AS {alias}")
+            } else {
+                format!("NULL AS {alias}")
+            }
+        };
+        let sql = format!(
+            "SELECT CAST(session_id AS VARCHAR) AS sid, host, start_ns, end_ns, {}, {}, {} FROM sessions",
+            col("utc_offset_ns", "uo"),
+            col("utc_uncertainty_ns", "uu"),
+            col("clock_sync", "cs")
+        );
+        for b in store.sql(&sql)? {
+            let sid = cols::strs(&b, "sid")?;
+            let host = cols::strs(&b, "host")?;
+            let s = cols::i64s(&b, "start_ns")?;
+            let e = cols::i64s(&b, "end_ns")?;
+            let uo = cols::i64s(&b, "uo")?;
+            let uu = cols::i64s(&b, "uu")?;
+            let cs = cols::strs(&b, "cs")?;
+            for i in 0..b.num_rows() {
+                nodes.push(NodeSpan {
+                    id: sid[i].clone().unwrap_or_default(),
+                    host: host[i].clone().unwrap_or_default(),
+                    start_ns: s[i].unwrap_or(0),
+                    end_ns: e[i].unwrap_or(0),
+                    utc_offset_ns: uo[i],
+                    utc_uncertainty_ns: uu[i],
+                    clock_sync: cs[i].clone(),
+                });
+            }
+        }
+    }
+    for id in &selected {
+        if nodes.iter().any(|n| &n.id == id) {
+            continue;
+        }
+        for b in store.sql(&format!(
+            "SELECT min(start_ns) AS s, max(start_ns + coalesce(duration_ns, 0)) AS e \
+             FROM calls WHERE session_id = {}",
+            sql_str(id)
+        ))? {
+            nodes.push(NodeSpan {
+                id: id.clone(),
+                host: String::new(),
+                start_ns: cols::i64s(&b, "s")?[0].unwrap_or(0),
+                end_ns: cols::i64s(&b, "e")?[0].unwrap_or(0),
+                utc_offset_ns: None,
+                utc_uncertainty_ns: None,
+                clock_sync: None,
+            });
+        }
+    }
+    nodes.sort_by(|a, b| (a.start_ns, &a.id).cmp(&(b.start_ns, &b.id)));
+    Ok(nodes)
+}
+
+/// Builds a merged timeline: every selected session, every thread (or
+/// only `tid` in each).
+pub fn merged_timeline(
+    store: &Store,
+    tid: Option<u32>,
+    from: Option<TimeArg>,
+    to: Option<TimeArg>,
+    limit: usize,
+) -> Result<MergedTimeline> {
+    let nodes = node_spans(store)?;
+    let span = SessionSpan {
+        id: nodes
+            .iter()
+            .map(|n| n.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        start_ns: nodes.iter().map(|n| n.start_ns).min().unwrap_or(0),
+        end_ns: nodes.iter().map(|n| n.end_ns).max().unwrap_or(0),
+        sampled: false,
+    };
+    let from_ns = match from {
+        Some(t) => instant(&span, t, "--from")?,
+        None => span.start_ns,
+    };
+    let to_ns = match to {
+        Some(t) => instant(&span, t, "--to")?,
+        None => span.end_ns,
+    };
+    if to_ns < from_ns {
+        bail!("--to is before --from");
+    }
+    let ids = nodes
+        .iter()
+        .map(|n| sql_str(&n.id))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let thread = tid.map_or(String::new(), |t| format!("c.tid = {t} AND "));
+    let filter = format!(
+        "{thread}c.start_ns <= {to_ns} AND (c.duration_ns IS NULL OR c.start_ns + c.duration_ns >= {from_ns}) \
+         AND c.session_id IN ({ids})"
+    );
+    let (calls, more) = frames_of(
+        store,
+        "calls",
+        &filter,
+        "c.start_ns, c.session_id, c.tid, c.depth",
+        Some(limit.max(1)),
+    )?;
+    Ok(MergedTimeline {
+        nodes,
+        from_ns,
+        to_ns,
+        calls,
+        more,
+    })
+}
+
+/// The merged timeline as text: the nodes and their clocks, then each call
+/// with its offset from the earliest start, its node and thread.
+pub fn render_merged_timeline(tl: &MergedTimeline) -> String {
+    let mut s = String::new();
+    let base = tl.nodes.iter().map(|n| n.start_ns).min().unwrap_or(0);
+    let hosts: std::collections::BTreeSet<&str> =
+        tl.nodes.iter().map(|n| n.host.as_str()).collect();
+    // A node's label: its host where hosts tell the sessions apart, else
+    // the session id.
+    let by_host = hosts.len() == tl.nodes.len() && !hosts.contains("");
+    let label = |id: &str| -> String {
+        match tl.nodes.iter().find(|n| n.id == id) {
+            Some(n) if by_host => n.host.clone(),
+            _ => id.to_string(),
+        }
+    };
+    let _ = writeln!(
+        s,
+        "{} session{} on {} host{}, merged on UTC, {} to {} (+0s = {}):",
+        tl.nodes.len(),
+        if tl.nodes.len() == 1 { "" } else { "s" },
+        hosts.len(),
+        if hosts.len() == 1 { "" } else { "s" },
+        fmt_offset(tl.from_ns - base),
+        fmt_offset(tl.to_ns - base),
+        fmt_epoch(base)
+    );
+    for n in &tl.nodes {
+        let clock = match (&n.clock_sync, n.utc_offset_ns) {
+            (Some(how), Some(off)) => {
+                let bound = match n.utc_uncertainty_ns {
+                    Some(u) => format!("± {}", fmt_ns(u as f64)),
+                    None => "bound unknown".to_string(),
+                };
+                format!(
+                    "clock {} {bound} by {how}",
+                    if off == 0 {
+                        "taken as UTC".to_string()
+                    } else {
+                        format!("corrected by {}", fmt_ns(-off as f64))
+                    }
+                )
+            }
+            _ => "clock not measured (an older agent)".to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "  {:<16} {}  {} to {}  {clock}",
+            if by_host { &n.host } else { &n.id },
+            if by_host { n.id.as_str() } else { "" },
+            fmt_offset(n.start_ns - base),
+            fmt_offset(n.end_ns - base)
+        );
+    }
+    let width = tl
+        .calls
+        .iter()
+        .map(|c| label(&c.session).chars().count())
+        .max()
+        .unwrap_or(4);
+    for c in &tl.calls {
+        let dur = match c.duration_ns {
+            Some(d) => fmt_ns(d as f64),
+            None => "open".to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "{:>14}  {:>10}  {:<width$}  {:>7}  {}{}",
+            fmt_offset(c.start_ns - base),
+            dur,
+            label(&c.session),
+            c.tid,
+            "  ".repeat(c.depth.max(0) as usize),
+            call_text(c)
+        );
+    }
+    if tl.calls.is_empty() {
+        let _ = writeln!(s, "  (no probed call in this interval)");
+    }
+    if tl.more {
+        let _ = writeln!(
+            s,
+            "… more calls (--limit N shows more, or narrow --from/--to, or --tid)"
+        );
+    }
+    if tl.nodes.len() > 1 {
+        let bounds: Option<i64> = tl.nodes.iter().map(|n| n.utc_uncertainty_ns).sum();
+        let _ = match bounds {
+            Some(b) => writeln!(
+                s,
+                "(calls on different hosts are ordered to within {}: the sum of the clocks' bounds)",
+                fmt_ns(b as f64)
+            ),
+            None => writeln!(
+                s,
+                "(a clock's bound is unknown: calls on different hosts closer than its error may be out of order; record with --clock-ref)"
+            ),
+        };
+    }
+    s
+}
+
 /// Calls of one thread over an interval at a level of detail: those at
 /// least `min_ns` long drawn one by one, the shorter ones merged per depth
 /// into runs (a viewer's pixel: nothing narrower is visible).
@@ -661,6 +933,8 @@ fn detail_at(
             .cloned()
             .unwrap_or_else(|| (format!("function#{f}"), None));
         Frame {
+            session: span.id.clone(),
+            tid,
             call_id: id,
             depth: d,
             name,

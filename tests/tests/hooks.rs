@@ -286,3 +286,86 @@ fn tls_bytes_and_plaintext_equal_what_was_sent() {
     assert_eq!(w["args"][2].as_i64(), Some(message.len() as i64), "{w:?}");
     drop(server);
 }
+
+/// A request that crosses threads (tests/fixtures/c/request.c): the reader
+/// thread's recv starts it, the worker it wakes handles it and sends the
+/// answer. Every call of the worker's is tied to the read that started its
+/// request (`request_id`), and connect's peer is the address connected to.
+/// Flags: `--hooks net` (the subject) and `-f handle_request`.
+#[test]
+fn a_request_is_followed_from_its_read_to_the_worker_that_answers_it() {
+    require_root();
+    const N: usize = 5;
+    let bin = scope_tests::c_fixture_file("request", "1");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let n = N.to_string();
+    let run = record_with(
+        &out,
+        &["handle_request"],
+        &["--hooks", "net"],
+        &[bin.to_str().unwrap(), &n],
+    );
+    assert_success(&run);
+    let port: u16 = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("port "))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the fixture printed no port: {}", run.stdout));
+    let rows = duckdb(&format!(
+        "SELECT f.name AS name, c.tid AS tid, c.call_id AS id, c.request_id AS req, \
+         c.ret AS ret, c.arg_strings AS strings \
+         FROM read_parquet('{}', hive_partitioning=true) c \
+         JOIN read_parquet('{}', hive_partitioning=true) f USING (session_id, function_id) \
+         ORDER BY c.start_ns",
+        calls_glob(&out),
+        functions_glob(&out)
+    ));
+    let by = |name: &str| -> Vec<&serde_json::Map<String, serde_json::Value>> {
+        rows.iter().filter(|r| r["name"] == name).collect()
+    };
+    let num = |r: &serde_json::Map<String, serde_json::Value>, k: &str| r[k].as_i64();
+
+    // connect's peer: the loopback port the fixture listened on.
+    let connects = by("connect");
+    assert_eq!(connects.len(), 1, "{rows:?}");
+    assert_eq!(
+        connects[0]["strings"][1].as_str(),
+        Some(format!("127.0.0.1:{port}").as_str()),
+        "{:?}",
+        connects[0]
+    );
+
+    let handles = by("handle_request");
+    assert_eq!(handles.len(), N, "{rows:?}");
+    let worker = num(handles[0], "tid");
+    // The reads that started a request: the reader thread's recv of 16
+    // bytes (not the client's, on the main thread, nor the worker's).
+    let mut starts: Vec<&serde_json::Map<String, serde_json::Value>> = by("recv")
+        .into_iter()
+        .filter(|r| num(r, "ret") == Some(16) && num(r, "tid") != worker)
+        .collect();
+    let connect_tid = num(connects[0], "tid");
+    starts.retain(|r| num(r, "tid") != connect_tid);
+    assert_eq!(starts.len(), N, "the reader's reads: {rows:?}");
+    assert_ne!(num(starts[0], "tid"), worker, "the request crosses threads");
+    for (i, (h, s)) in handles.iter().zip(&starts).enumerate() {
+        assert_eq!(num(h, "tid"), worker);
+        assert_eq!(
+            num(h, "req"),
+            num(s, "id"),
+            "request {i}: handle_request is tied to the read that started it\n{rows:?}"
+        );
+        assert_eq!(num(s, "req"), num(s, "id"), "a read starts its own request");
+    }
+    // The worker's answers (send on the worker thread) belong to the same
+    // requests, in order.
+    let answers: Vec<Option<i64>> = by("send")
+        .into_iter()
+        .filter(|r| num(r, "tid") == worker)
+        .map(|r| num(r, "req"))
+        .collect();
+    let want: Vec<Option<i64>> = starts.iter().map(|s| num(s, "id")).collect();
+    assert_eq!(answers, want, "{rows:?}");
+}

@@ -224,6 +224,20 @@ pub fn ensure_test_tools() -> Result<()> {
     if !on_path("openssl") {
         apt_install(&["openssl"])?;
     }
+    // The many-nodes test: a real NTP server (chronyd, run with control of
+    // the system clock off), a clock set wrong for one node (libfaketime),
+    // namespaces and a bridge (iproute2), hosts (util-linux's unshare).
+    if !Path::new("/usr/sbin/chronyd").exists() {
+        announce("chrony (the nodes test measures clocks against its NTP server)");
+        apt_install(&["chrony"])?;
+    }
+    if !Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1").exists() {
+        announce("libfaketime (the nodes test sets one node's clock wrong)");
+        apt_install(&["libfaketime"])?;
+    }
+    if !on_path("ip") {
+        apt_install(&["iproute2"])?;
+    }
     // The OTLP test's receiver decodes with the published definitions.
     if !succeeds(command("python3").args([
         "-c",

@@ -9,7 +9,8 @@
 //! in an integer register at all (floats, structs by value, ...).
 
 use scope_common::{
-    ArgsStrEvent, COOKIE_STR0_SHIFT, COOKIE_STR1_SHIFT, MAX_ARGS, MAX_STR_ARGS, STR_BUF,
+    ArgsStrEvent, COOKIE_RAW0_FLAG, COOKIE_RAW1_FLAG, COOKIE_STR0_SHIFT, COOKIE_STR1_SHIFT,
+    MAX_ARGS, MAX_STR_ARGS, SOCKADDR_BYTES, STR_BUF,
 };
 
 use super::{ArgStrings, CallArgs};
@@ -70,6 +71,11 @@ pub struct ArgLayout {
     /// the slot's string is (`--hooks`: SSL_write's `buf` and `num`): the
     /// string is cut to that many bytes, as the buffer has no NUL.
     pub lengths: [u8; MAX_ARGS],
+    /// Slots whose pointer is a socket address (`--hooks net`: connect's
+    /// and sendto's peer), bit i for slot i: read like a string slot, but
+    /// as [`SOCKADDR_BYTES`] bytes, stored as "10.0.0.3:5432", "[::1]:443"
+    /// or "unix:/path".
+    pub addrs: u8,
 }
 
 impl Default for ArgLayout {
@@ -88,6 +94,7 @@ impl Default for ArgLayout {
             ret: RegValue::Raw,
             strings: 0,
             lengths: [0; MAX_ARGS],
+            addrs: 0,
         }
     }
 }
@@ -97,8 +104,9 @@ impl ArgLayout {
     /// [`MAX_STR_ARGS`] string slots held in a register.
     pub fn string_slots(&self) -> [Option<usize>; MAX_STR_ARGS] {
         let mut out = [None; MAX_STR_ARGS];
-        let slots = (0..usize::from(self.len.min(MAX_ARGS as u8)))
-            .filter(|&i| self.strings & (1 << i) != 0 && self.slots[i].value != RegValue::Null);
+        let slots = (0..usize::from(self.len.min(MAX_ARGS as u8))).filter(|&i| {
+            (self.strings | self.addrs) & (1 << i) != 0 && self.slots[i].value != RegValue::Null
+        });
         for (o, i) in out.iter_mut().zip(slots) {
             *o = Some(i);
         }
@@ -112,12 +120,15 @@ impl ArgLayout {
         let mut cookie = 0;
         for (n, slot) in self.string_slots().into_iter().enumerate() {
             if let Some(i) = slot {
-                let shift = if n == 0 {
-                    COOKIE_STR0_SHIFT
+                let (shift, raw) = if n == 0 {
+                    (COOKIE_STR0_SHIFT, COOKIE_RAW0_FLAG)
                 } else {
-                    COOKIE_STR1_SHIFT
+                    (COOKIE_STR1_SHIFT, COOKIE_RAW1_FLAG)
                 };
                 cookie |= (u64::from(self.slots[i].reg) + 1) << shift;
+                if self.addrs & (1 << i) != 0 {
+                    cookie |= raw;
+                }
             }
         }
         cookie
@@ -129,6 +140,10 @@ impl ArgLayout {
         let mut out = vec![None; usize::from(self.len.min(MAX_ARGS as u8))];
         for (n, slot) in self.string_slots().into_iter().enumerate() {
             if let Some(i) = slot {
+                if self.addrs & (1 << i) != 0 {
+                    out[i] = decode_sockaddr(ev.str_len[n], &ev.strs[n]);
+                    continue;
+                }
                 out[i] = match self.lengths[i].checked_sub(1) {
                     Some(l) => {
                         let bytes = args.get(usize::from(l)).unwrap_or(0).max(0) as usize;
@@ -158,6 +173,38 @@ pub fn decode_str(len: i32, buf: &[u8; STR_BUF], cap: usize) -> Option<String> {
         s.push(TRUNCATED_MARK);
     }
     Some(s)
+}
+
+/// A socket address the kernel copied ([`SOCKADDR_BYTES`] bytes; `len`
+/// one more, or negative when the pointer could not be read) as text:
+/// "10.0.0.3:5432", "[2001:db8::1]:443", "unix:/run/x.sock" (the path cut
+/// to what was read), "unix:@name" (abstract), else "family N".
+pub fn decode_sockaddr(len: i32, buf: &[u8; STR_BUF]) -> Option<String> {
+    if len != SOCKADDR_BYTES as i32 + 1 {
+        return None;
+    }
+    let b = &buf[..SOCKADDR_BYTES as usize];
+    let family = u16::from_ne_bytes([b[0], b[1]]);
+    let port = u16::from_be_bytes([b[2], b[3]]);
+    Some(match i32::from(family) {
+        libc::AF_INET => format!("{}.{}.{}.{}:{port}", b[4], b[5], b[6], b[7]),
+        libc::AF_INET6 => {
+            let ip: [u8; 16] = b[8..24].try_into().expect("16 bytes");
+            format!("[{}]:{port}", std::net::Ipv6Addr::from(ip))
+        }
+        libc::AF_UNIX => {
+            let path = &b[2..];
+            if path.first() == Some(&0) {
+                let name = &path[1..];
+                let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+                format!("unix:@{}", String::from_utf8_lossy(&name[..end]))
+            } else {
+                let end = path.iter().position(|&c| c == 0).unwrap_or(path.len());
+                format!("unix:{}", String::from_utf8_lossy(&path[..end]))
+            }
+        }
+        f => format!("family {f}"),
+    })
 }
 
 /// A buffer of `bytes` bytes the kernel read as a string: its first
@@ -232,6 +279,7 @@ mod tests {
             ret: RegValue::Null,
             strings: 0,
             lengths: [0; MAX_ARGS],
+            addrs: 0,
         };
         let args = layout.args(&[0xffff_ffff, 42, 9, 9, 9, 9]);
         assert_eq!(args.len, 3);
@@ -278,6 +326,7 @@ mod tests {
             ret: RegValue::Null,
             strings: 0b11010,
             lengths: [0; MAX_ARGS],
+            addrs: 0,
         };
         assert_eq!(layout.string_slots(), [Some(1), Some(3)]);
         assert_eq!(
@@ -295,5 +344,42 @@ mod tests {
             &[None, Some("hi".to_string()), None, None, None]
         );
         assert_eq!(ArgLayout::default().string_cookie(), 0);
+    }
+
+    #[test]
+    fn socket_addresses_decode_by_family() {
+        let mut buf = [0u8; STR_BUF];
+        let len = SOCKADDR_BYTES as i32 + 1;
+        buf[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        buf[2..4].copy_from_slice(&5432u16.to_be_bytes());
+        buf[4..8].copy_from_slice(&[10, 213, 7, 3]);
+        assert_eq!(
+            decode_sockaddr(len, &buf).as_deref(),
+            Some("10.213.7.3:5432")
+        );
+        assert_eq!(decode_sockaddr(-14, &buf), None, "a fault is null");
+        let mut v6 = [0u8; STR_BUF];
+        v6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        v6[2..4].copy_from_slice(&443u16.to_be_bytes());
+        v6[23] = 1;
+        assert_eq!(decode_sockaddr(len, &v6).as_deref(), Some("[::1]:443"));
+        let mut un = [0u8; STR_BUF];
+        un[..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+        un[2..2 + 11].copy_from_slice(b"/run/x.sock");
+        assert_eq!(
+            decode_sockaddr(len, &un).as_deref(),
+            Some("unix:/run/x.sock")
+        );
+        // The layout asks the kernel for the raw read in the slot's field.
+        let mut layout = ArgLayout {
+            len: 3,
+            ..ArgLayout::default()
+        };
+        layout.addrs = 0b10;
+        assert_eq!(layout.string_slots(), [Some(1), None]);
+        assert_eq!(
+            layout.string_cookie(),
+            (2 << COOKIE_STR0_SHIFT) | COOKIE_RAW0_FLAG
+        );
     }
 }

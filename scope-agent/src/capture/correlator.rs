@@ -73,6 +73,72 @@ struct Frame {
     /// `--sched`: the thread's time off its CPU so far, at the entry (the
     /// call's own is the difference at its return). `None` without it.
     off_at_entry: Option<u64>,
+    /// `--hooks`: how many requests the thread had taken up at the entry
+    /// (see [`Requests`]).
+    req_seq: u32,
+}
+
+/// `--hooks`: which request each thread is serving, so that every call is
+/// tied to the accept or read that started it (`calls.request_id`).
+///
+/// - A hooked function that starts a request (accept, accept4, recv,
+///   recvfrom, SSL_read, SSL_read_ex) returning > 0 makes its own call the
+///   thread's request (and its own `request_id`).
+/// - A thread woken (`sched_waking`) by a thread serving a request takes
+///   that request up when it runs again, unless it already serves a newer
+///   one (call ids grow with time): a worker woken by the thread that read
+///   the request serves it.
+/// - A call's `request_id` is its thread's request at its return, if the
+///   thread took up at most one request while the call ran (a read inside
+///   a handler, or work after it); a call spanning several requests (a
+///   worker's main loop) gets none.
+///
+/// What it cannot see: a hand-off that wakes no thread (a worker that finds
+/// the next item queued without sleeping keeps its previous request), and
+/// requests in threads without a hooked read.
+#[derive(Default)]
+struct Requests {
+    /// Function ids that start a request.
+    starts: FxHashSet<u32>,
+    /// Per thread: (request, times the thread took one up).
+    threads: FxHashMap<u32, (u64, u32)>,
+    /// Per thread woken by a thread serving a request: that request, taken
+    /// up at its next switch-in.
+    handed: FxHashMap<u32, u64>,
+}
+
+impl Requests {
+    fn seq(&self, tid: u32) -> u32 {
+        self.threads.get(&tid).map_or(0, |t| t.1)
+    }
+
+    /// A call returned: maybe a new request; the call's request.
+    fn on_return(&mut self, frame: &Frame, ret: Option<i64>) -> Option<u64> {
+        let t = self.threads.entry(frame.tid).or_default();
+        if self.starts.contains(&frame.function_id) && ret.is_some_and(|r| r > 0) {
+            // Whatever the thread took up while it waited in the read.
+            *t = (frame.call_id, t.1.wrapping_add(1));
+            return Some(frame.call_id);
+        }
+        (t.0 != 0 && t.1.wrapping_sub(frame.req_seq) <= 1).then_some(t.0)
+    }
+
+    fn on_wakeup(&mut self, waker: u32, woken: u32) {
+        if let Some(&(r, _)) = self.threads.get(&waker)
+            && r != 0
+        {
+            self.handed.insert(woken, r);
+        }
+    }
+
+    fn on_switch_in(&mut self, tid: u32) {
+        if let Some(r) = self.handed.remove(&tid) {
+            let t = self.threads.entry(tid).or_default();
+            if r > t.0 {
+                *t = (r, t.1.wrapping_add(1));
+            }
+        }
+    }
 }
 
 /// [`flags::WINDOW_CLOSED`] for a frame whose sampling window closed.
@@ -187,6 +253,8 @@ pub struct Correlator {
     marker_args: FxHashMap<u32, usize>,
     /// USDT probes fired, not yet taken.
     markers: Vec<MarkerRecord>,
+    /// `--hooks`: the requests threads serve (`None`: not followed).
+    requests: Option<Requests>,
 }
 
 /// A thread as the scheduler's events show it (`--sched`).
@@ -226,6 +294,18 @@ impl Correlator {
             offcpu: Vec::new(),
             marker_args: FxHashMap::default(),
             markers: Vec::new(),
+            requests: None,
+        }
+    }
+
+    /// `--hooks`: these functions start a request; calls get `request_id`.
+    pub fn set_request_starts(&mut self, ids: impl IntoIterator<Item = u32>) {
+        let starts: FxHashSet<u32> = ids.into_iter().collect();
+        if !starts.is_empty() {
+            self.requests = Some(Requests {
+                starts,
+                ..Requests::default()
+            });
         }
     }
 
@@ -304,12 +384,18 @@ impl Correlator {
                     None
                 };
                 let woken = ev.function_id;
+                if let Some(r) = &mut self.requests {
+                    r.on_wakeup(waker_tid, woken);
+                }
                 self.sched_thread(woken).waker = Some((ev.ktime_ns, waker_pid, waker_tid, top));
             }
             _ => {
                 let offset = self.clock_offset_ns;
                 let pid = ev.tgid();
                 let tid = ev.tid();
+                if let Some(r) = &mut self.requests {
+                    r.on_switch_in(tid);
+                }
                 let t = self.sched_thread(tid);
                 // In without an out: off its CPU since before the programs
                 // were attached; that interval is unknown.
@@ -448,6 +534,7 @@ impl Correlator {
                 arg_strings: frame.strings,
                 ret: None,
                 offcpu_ns: None,
+                request_id: None,
             });
         }
     }
@@ -659,9 +746,14 @@ impl Correlator {
             StackKey::Thread(tid) => self.off_total(tid),
             _ => None,
         };
+        let req_seq = match (&self.requests, key) {
+            (Some(r), StackKey::Thread(tid)) => r.seq(tid),
+            _ => 0,
+        };
         let thread = self.threads.entry(key).or_default();
         thread.pid = ev.tgid();
         thread.frames.push(Frame {
+            req_seq,
             off_at_entry,
             call_id,
             tid: ev.tid(),
@@ -735,6 +827,7 @@ impl Correlator {
                     arg_strings: frame.strings,
                     ret: None,
                     offcpu_ns: None,
+                    request_id: None,
                 });
             }
         }
@@ -791,6 +884,7 @@ impl Correlator {
                     arg_strings: frame.strings,
                     ret: None,
                     offcpu_ns: off_since(frame.off_at_entry, off_now),
+                    request_id: None,
                 });
             }
         }
@@ -800,6 +894,10 @@ impl Correlator {
         if frame.tid != ev.tid() {
             self.counts.migrated += 1;
         }
+        let request_id = match (&mut self.requests, key) {
+            (Some(r), StackKey::Thread(_)) => r.on_return(&frame, ret),
+            _ => None,
+        };
         let duration = ev.ktime_ns.saturating_sub(frame.start_ktime);
         let depth = frames.len() as u32;
         let parent = frames.last_mut();
@@ -825,6 +923,7 @@ impl Correlator {
             arg_strings: frame.strings,
             ret,
             offcpu_ns: off_since(frame.off_at_entry, off_now),
+            request_id,
         });
         if self.any_cut {
             self.pop_cut(key);
@@ -859,6 +958,7 @@ impl Correlator {
             ret: None,
             arg_strings: None,
             offcpu_ns: None,
+            request_id: None,
         });
     }
 
@@ -891,6 +991,7 @@ impl Correlator {
             arg_strings: None,
             ret,
             offcpu_ns: None,
+            request_id: None,
         });
     }
 
@@ -924,6 +1025,7 @@ impl Correlator {
                     arg_strings: frame.strings,
                     ret: None,
                     offcpu_ns: None,
+                    request_id: None,
                 });
             }
         }
@@ -960,6 +1062,67 @@ mod tests {
     /// `--sched`: a call's off-CPU time is the sum of its thread's
     /// intervals off CPU inside it; each interval is an `offcpu` row with
     /// the call it blocked in and the waker's call.
+    #[test]
+    fn a_request_follows_its_read_to_the_thread_it_wakes() {
+        let mut c = Correlator::new(0, 0);
+        c.follow_sched();
+        // Function 10 is a read that starts a request (recv).
+        c.set_request_starts([10]);
+        let ret = |t: u64, tid: u32, f: u32, v: u64| RetEvent {
+            head: ev(t, tid, f, EVENT_RETURN_RET),
+            ret: v,
+        };
+        let sched = |t: u64, tid: u32, extra: u32, kind: u32| ev(t, tid, extra, kind);
+        // The worker (thread 2) enters its loop (30) and blocks.
+        c.on_event(&enter(1, 2, 30));
+        c.on_event(&sched(2, 2, 1, EVENT_SWITCH_OUT));
+        for (t, n) in [(3, 8), (10, 8)] {
+            // The reader (thread 1) reads a request, wakes the worker,
+            // which handles it (20) and blocks again.
+            c.on_event(&enter(t, 1, 10));
+            c.on_ret_return(&ret(t + 1, 1, 10, n));
+            c.on_event(&sched(t + 2, 1, 2, EVENT_WAKEUP));
+            c.on_event(&sched(t + 3, 2, 0, EVENT_SWITCH_IN));
+            c.on_event(&enter(t + 4, 2, 20));
+            c.on_event(&leave(t + 5, 2, 20));
+            c.on_event(&sched(t + 6, 2, 1, EVENT_SWITCH_OUT));
+        }
+        // A read of 0 bytes (end of stream) starts nothing.
+        c.on_event(&enter(20, 1, 10));
+        c.on_ret_return(&ret(21, 1, 10, 0));
+        // Thread 1 is woken by the worker, which serves an older request:
+        // it keeps its own.
+        c.on_event(&sched(22, 1, 1, EVENT_SWITCH_OUT));
+        c.on_event(&sched(23, 2, 0, EVENT_SWITCH_IN));
+        c.on_event(&sched(24, 2, 1, EVENT_WAKEUP));
+        c.on_event(&sched(25, 1, 0, EVENT_SWITCH_IN));
+        c.on_event(&enter(26, 1, 40));
+        c.on_event(&leave(27, 1, 40));
+        c.on_event(&leave(28, 2, 30));
+        let calls = c.take_calls();
+        let of =
+            |f: u32| -> Vec<&CallRecord> { calls.iter().filter(|r| r.function_id == f).collect() };
+        let (reads, handles) = (of(10), of(20));
+        assert_eq!(reads.len(), 3);
+        assert_eq!(reads[0].request_id, Some(reads[0].call_id));
+        assert_eq!(reads[1].request_id, Some(reads[1].call_id));
+        assert_eq!(
+            reads[2].request_id,
+            Some(reads[1].call_id),
+            "a read of 0 bytes"
+        );
+        assert_eq!(handles[0].request_id, Some(reads[0].call_id));
+        assert_eq!(handles[1].request_id, Some(reads[1].call_id));
+        assert_eq!(of(40)[0].request_id, Some(reads[1].call_id));
+        // The worker's loop served two requests: none is its own.
+        assert_eq!(of(30)[0].request_id, None);
+        // Without request starts, no call has one.
+        let mut plain = Correlator::new(0, 0);
+        plain.on_event(&enter(1, 1, 10));
+        plain.on_ret_return(&ret(2, 1, 10, 8));
+        assert_eq!(plain.take_calls()[0].request_id, None);
+    }
+
     #[test]
     fn off_cpu_time_is_the_threads_intervals_inside_the_call() {
         let mut c = Correlator::new(1_000, 0);

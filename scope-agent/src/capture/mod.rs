@@ -83,6 +83,11 @@ pub struct CallRecord {
     /// for Go calls (a goroutine moves between threads) and when the
     /// duration is unknown.
     pub offcpu_ns: Option<i64>,
+    /// `--hooks`: the call id of the accept or read that started the
+    /// request this call served, on its thread or on the thread that woke
+    /// it (see the correlator's `Requests`); `None` (null) when none, or
+    /// without `--hooks`.
+    pub request_id: Option<u64>,
 }
 
 /// The strings of one call's `char *` parameters, one element per slot.

@@ -273,6 +273,7 @@ fn layout(unit: &Unit<'_>, sub: &Sub<'_>, cplusplus: bool) -> ArgLayout {
         ret: RegValue::Null,
         strings: 0,
         lengths: [0; MAX_ARGS],
+        addrs: 0,
     };
     // No DW_AT_type on the subprogram: void.
     let ret_class = sub.ret.as_ref().map(|t| classify(unit, t));

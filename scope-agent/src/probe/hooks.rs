@@ -9,7 +9,11 @@
 //!   return value, or `*written`'s pointer for `_ex`); the first N bytes of
 //!   SSL_write's plaintext only with `--hook-payload N`.
 //! - `net`: libc's connect, accept, accept4, send, recv, sendto, recvfrom:
-//!   the socket and bytes (the return value); no payload.
+//!   the socket and bytes (the return value), and for connect and sendto
+//!   the peer's address (read at entry as a `struct sockaddr`, stored as
+//!   "10.0.0.3:5432"); no payload. accept's peer is written by the kernel
+//!   as the call returns, after the entry probe: not read (the request's
+//!   correlation id ties its calls together instead).
 //!
 //! A hook's function that a module lacks (a static OpenSSL, a libpq without
 //! its symbols) leaves its pattern waiting, and the end of the session says
@@ -41,6 +45,8 @@ enum P {
     Str,
     /// A buffer read as a string only with `--hook-payload`.
     Payload,
+    /// A `struct sockaddr *` read at entry: the peer.
+    Addr,
 }
 
 /// A hooked function: its module glob, name, parameters and return.
@@ -135,7 +141,7 @@ const HOOKS: &[HookFn] = &[
         hook: Hook::Net,
         module: "libc.so*",
         name: "connect",
-        params: &[("fd", P::I32), ("addr", P::Ptr), ("addrlen", P::U32)],
+        params: &[("fd", P::I32), ("addr", P::Addr), ("addrlen", P::U32)],
         ret: P::I32,
     },
     HookFn {
@@ -190,6 +196,8 @@ const HOOKS: &[HookFn] = &[
             ("buf", P::Ptr),
             ("len", P::Size),
             ("flags", P::I32),
+            ("dest_addr", P::Addr),
+            ("addrlen", P::U32),
         ],
         ret: P::ISize,
     },
@@ -245,7 +253,7 @@ pub fn patterns(hooks: &[Hook]) -> Vec<String> {
 pub fn layout(name: &str, payload: bool) -> Option<ArgLayout> {
     let f = HOOKS.iter().find(|f| f.name == name)?;
     let value = |p: P| match p {
-        P::Ptr | P::Str | P::Payload | P::Size => RegValue::Unsigned(64),
+        P::Ptr | P::Str | P::Payload | P::Size | P::Addr => RegValue::Unsigned(64),
         P::I32 => RegValue::Signed(32),
         P::U32 => RegValue::Unsigned(32),
         P::ISize => RegValue::Signed(64),
@@ -253,6 +261,7 @@ pub fn layout(name: &str, payload: bool) -> Option<ArgLayout> {
     let mut slots = [ArgSlot::default(); MAX_ARGS];
     let mut strings = 0u8;
     let mut lengths = [0u8; MAX_ARGS];
+    let mut addrs = 0u8;
     for (i, (_, p)) in f.params.iter().enumerate().take(MAX_ARGS) {
         slots[i] = ArgSlot {
             reg: i as u8,
@@ -260,6 +269,9 @@ pub fn layout(name: &str, payload: bool) -> Option<ArgLayout> {
         };
         if *p == P::Str || (*p == P::Payload && payload) {
             strings |= 1 << i;
+        }
+        if *p == P::Addr {
+            addrs |= 1 << i;
         }
         // A payload is a buffer of the next parameter's length.
         if *p == P::Payload {
@@ -272,7 +284,18 @@ pub fn layout(name: &str, payload: bool) -> Option<ArgLayout> {
         ret: value(f.ret),
         strings,
         lengths,
+        addrs,
     })
+}
+
+/// Whether hooked function `name` starts a request when it returns > 0:
+/// a connection accepted, or bytes read from one (see the correlator's
+/// `Requests`).
+pub fn starts_request(name: &str) -> bool {
+    matches!(
+        name,
+        "accept" | "accept4" | "recv" | "recvfrom" | "SSL_read" | "SSL_read_ex"
+    )
 }
 
 /// The parameter names of hooked function `name`, for `functions`.

@@ -227,7 +227,7 @@ pub fn run(cfg: &PlanConfig, stop: &AtomicBool) -> Result<()> {
     let pid = cfg.pid;
     crate::symbols::maps::exec_ranges(pid).map_err(|e| anyhow::anyhow!("{e}"))?;
     let clock = SessionClock::now();
-    let session_id = crate::time::session_id(clock.start_epoch_ns, pid);
+    let session_id = crate::time::session_id(clock.start_epoch_ns, pid, &crate::utc::hostname());
     let mut sampler = Sampler::start(pid, SAMPLE_HZ).with_context(|| {
         format!("cannot sample pid {pid} (perf events: see kernel.perf_event_paranoid)")
     })?;

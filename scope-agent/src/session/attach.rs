@@ -174,6 +174,9 @@ pub(super) fn load_and_attach(
     if probes.sched_attached() {
         correlator.follow_sched();
     }
+    if cfg.hooks {
+        correlator.set_request_starts(planned.request_starts.iter().copied());
+    }
     for u in &planned.usdt {
         correlator.set_marker(u.id, u.arg_count);
     }

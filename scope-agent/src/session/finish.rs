@@ -97,13 +97,18 @@ pub(super) fn write_and_report(
     let all_exact = estimates.iter().all(|e| e.exact);
     let session_calls: Option<u64> = estimates.iter().map(|e| e.calls).sum();
     let session_row = SessionRow {
-        host: hostname(),
+        host: crate::utc::hostname(),
+        boot_id: crate::utc::boot_id(),
         pid,
         command: planned.command_line.clone(),
         start_ns: clock.start_epoch_ns,
         end_ns,
         version: env!("CARGO_PKG_VERSION").to_string(),
         clock_offset_ns: clock.offset_ns,
+        utc_offset_ns: planned.utc.offset_ns,
+        // The kernel's clock to realtime, then realtime to UTC.
+        utc_uncertainty_ns: planned.utc.uncertainty_ns.map(|u| u + clock.bracket_ns),
+        clock_sync: planned.utc.source.clone(),
         events: counts.events,
         calls: session_calls,
         calls_exact: all_exact,
@@ -495,10 +500,4 @@ fn wait_for_child(
         exit_code = Some(c.try_wait().unwrap_or(130));
     }
     exit_code
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }

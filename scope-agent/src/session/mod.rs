@@ -86,8 +86,13 @@ pub struct SessionConfig {
     pub sched: bool,
     /// `--hook-payload`: SSL_write's plaintext is read too.
     pub hook_payload: bool,
+    /// `--hooks`: calls get the request they served (`request_id`).
+    pub hooks: bool,
     /// `-u`: USDT probes to record into `markers`.
     pub usdt: Vec<crate::probe::usdt::UsdtPattern>,
+    /// `--clock-ref HOST[:PORT]`: measure the clock's offset to UTC with
+    /// this SNTP server (else the kernel's NTP state).
+    pub clock_ref: Option<String>,
 }
 
 /// `--out s3://bucket/prefix`: where the files go once written.

@@ -21,6 +21,7 @@ use crate::storage::upload::Uploader;
 use crate::storage::{FunctionRow, LateFunctions, ParquetStore, SamplesWriter, StoreConfig};
 use crate::target::{program_modules, resolve_program, running_modules};
 use crate::time::{SessionClock, session_id};
+use crate::utc::UtcClock;
 
 /// What the plan is, and what the later phases need of the target.
 pub(super) struct Planned {
@@ -37,6 +38,10 @@ pub(super) struct Planned {
     pub(super) program: Option<PathBuf>,
     /// `-u`: the USDT probes to attach.
     pub(super) usdt: Vec<crate::probe::usdt::PlannedUsdt>,
+    /// The node's clock against UTC (taken out of every time written).
+    pub(super) utc: UtcClock,
+    /// `--hooks`: the hooked functions that start a request.
+    pub(super) request_starts: Vec<u32>,
 }
 
 /// The session's clock, id and files, opened once the plan is known.
@@ -54,6 +59,11 @@ pub(super) struct Output {
 
 /// Resolves the target and plans the probes; prints the plan's warnings.
 pub(super) fn prepare(cfg: &SessionConfig) -> Result<Planned> {
+    // A clock reference that does not answer fails before anything starts.
+    let utc = UtcClock::measure(cfg.clock_ref.as_deref())?;
+    if cfg.clock_ref.is_some() && !cfg.quiet {
+        eprintln!("scope: {}; every time is stored in UTC", utc.describe());
+    }
     // Resolve the target's modules and the plan before touching anything.
     let (candidates, command_line, program) = match &cfg.target {
         Target::Attach { pid } => {
@@ -136,7 +146,7 @@ pub(super) fn prepare(cfg: &SessionConfig) -> Result<Planned> {
     } else {
         Vec::new()
     };
-    hook_layouts(&mut plan, &mut arg_layouts, cfg.hook_payload);
+    let request_starts = hook_layouts(&mut plan, &mut arg_layouts, cfg.hook_payload);
     for m in &plan.modules {
         check_function_count(&m.candidate.display_path, m.functions.len())?;
     }
@@ -148,12 +158,19 @@ pub(super) fn prepare(cfg: &SessionConfig) -> Result<Planned> {
         command_line,
         program,
         usdt,
+        utc,
+        request_starts,
     })
 }
 
-/// `--hooks`: the hooked functions DWARF does not describe (their libraries
-/// ship without it) get the layouts and parameter names scope knows.
-fn hook_layouts(plan: &mut Plan, layouts: &mut Vec<(u32, ArgLayout)>, payload: bool) {
+/// `--hooks`: the hooked functions get the layouts and parameter names
+/// scope knows, in place of DWARF's where a debug file gave some (their
+/// libraries usually ship without it, and glibc's DWARF describes
+/// connect's and accept's address as a transparent union passed by value,
+/// which reads as no register at all). The ids of those that start a
+/// request (accept, recv, SSL_read, …).
+fn hook_layouts(plan: &mut Plan, layouts: &mut Vec<(u32, ArgLayout)>, payload: bool) -> Vec<u32> {
+    let mut starts = Vec::new();
     for m in &mut plan.modules {
         let module = crate::probe::plan::short_name(&m.candidate.display_path);
         if !["libpq.so", "libssl.so", "libc.so"]
@@ -163,13 +180,14 @@ fn hook_layouts(plan: &mut Plan, layouts: &mut Vec<(u32, ArgLayout)>, payload: b
             continue;
         }
         for f in m.functions.iter_mut().filter(|f| f.args) {
-            if layouts.iter().any(|(id, _)| *id == f.function_id) {
-                continue;
-            }
             let Some(layout) = crate::probe::hooks::layout(&f.symbol.name, payload) else {
                 continue;
             };
+            layouts.retain(|(id, _)| *id != f.function_id);
             layouts.push((f.function_id, layout));
+            if crate::probe::hooks::starts_request(&f.symbol.name) {
+                starts.push(f.function_id);
+            }
             if f.symbol.params.is_empty()
                 && let Some(names) = crate::probe::hooks::param_names(&f.symbol.name)
             {
@@ -177,17 +195,22 @@ fn hook_layouts(plan: &mut Plan, layouts: &mut Vec<(u32, ArgLayout)>, payload: b
             }
         }
     }
+    starts
 }
 
 /// Opens the output directory (the session starts now: its clock and id)
 /// and writes the plan's `functions` rows.
 pub(super) fn open_output(cfg: &SessionConfig, planned: &Planned) -> Result<Output> {
-    let clock = SessionClock::now();
+    let clock = SessionClock::now().corrected(&planned.utc);
     let target_pid_for_id = match &cfg.target {
         Target::Attach { pid } => *pid,
         Target::Record { .. } => std::process::id(),
     };
-    let session_id = session_id(clock.start_epoch_ns, target_pid_for_id);
+    let session_id = session_id(
+        clock.start_epoch_ns,
+        target_pid_for_id,
+        &crate::utc::hostname(),
+    );
     let remote = cfg.upload.as_ref().map(open_remote).transpose()?;
     let out_dir = match &remote {
         Some(_) => cfg.out_dir.join(&session_id),

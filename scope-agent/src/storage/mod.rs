@@ -190,6 +190,8 @@ pub struct FunctionRow {
 pub struct SessionRow {
     /// Host name of the machine recorded.
     pub host: String,
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`).
+    pub boot_id: String,
     /// Target process id.
     pub pid: u32,
     /// Target command line.
@@ -200,8 +202,18 @@ pub struct SessionRow {
     pub end_ns: i64,
     /// scope-agent version.
     pub version: String,
-    /// Epoch minus monotonic clock, ns.
+    /// Epoch minus monotonic clock, ns: what turned the kernel's
+    /// timestamps into the times stored (UTC correction included).
     pub clock_offset_ns: i64,
+    /// The node's realtime clock minus UTC, as measured at start (already
+    /// taken out of every time stored; add it back for the node's own
+    /// clock).
+    pub utc_offset_ns: i64,
+    /// The bound on what remains of the node's offset to UTC; `None`
+    /// when unknown (an unsynchronized clock).
+    pub utc_uncertainty_ns: Option<i64>,
+    /// How it was measured: "kernel NTP", "unsynchronized", "sntp ADDR".
+    pub clock_sync: String,
     /// Kernel events read.
     pub events: u64,
     /// Calls over all functions: exact when `calls_exact`, else the sum of

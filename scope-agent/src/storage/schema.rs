@@ -49,6 +49,9 @@ pub static CALLS: LazyLock<SchemaRef> = LazyLock::new(|| {
         // scheduler's events, for Go calls, and when the duration is null.
         Field::new("oncpu_ns", DataType::Int64, true),
         Field::new("offcpu_ns", DataType::Int64, true),
+        // `--hooks`: the call id of the accept or read that started the
+        // request the call served (null: none).
+        Field::new("request_id", DataType::UInt64, true),
     ]))
 });
 
@@ -225,6 +228,10 @@ pub static SESSIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("measured_pct", DataType::Float64, true),
         Field::new("measured_low_pct", DataType::Float64, true),
         Field::new("measured_high_pct", DataType::Float64, true),
+        Field::new("boot_id", DataType::Utf8, false),
+        Field::new("utc_offset_ns", DataType::Int64, false),
+        Field::new("utc_uncertainty_ns", DataType::Int64, true),
+        Field::new("clock_sync", DataType::Utf8, false),
     ]))
 });
 
@@ -271,6 +278,7 @@ pub(crate) fn calls_batch(rows: &[CallRecord]) -> Result<RecordBatch, ArrowError
                 .filter(|_| c.duration_ns >= 0)
                 .map(|off| off.min(c.duration_ns))
         }))),
+        Arc::new(UInt64Array::from_iter(rows.iter().map(|c| c.request_id))),
     ];
     RecordBatch::try_new(CALLS.clone(), columns)
 }
@@ -663,6 +671,10 @@ pub(crate) fn session_batch(s: &SessionRow) -> Result<RecordBatch, ArrowError> {
         Arc::new(Float64Array::from(vec![s.measured_pct])),
         Arc::new(Float64Array::from(vec![s.measured_low_pct])),
         Arc::new(Float64Array::from(vec![s.measured_high_pct])),
+        Arc::new(StringArray::from(vec![s.boot_id.as_str()])),
+        Arc::new(Int64Array::from(vec![s.utc_offset_ns])),
+        Arc::new(Int64Array::from(vec![s.utc_uncertainty_ns])),
+        Arc::new(StringArray::from(vec![s.clock_sync.as_str()])),
     ];
     RecordBatch::try_new(SESSIONS.clone(), columns)
 }

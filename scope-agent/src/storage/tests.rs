@@ -48,18 +48,24 @@ fn call(i: u64) -> CallRecord {
             .then(|| vec![Some(format!("s{i}")), None, Some("é…".to_string())].into_boxed_slice()),
         // Every other call with a duration was followed by `--sched`.
         offcpu_ns: (i % 5 != 4 && i.is_multiple_of(2)).then_some(30 * i as i64),
+        // Every third call served a request (--hooks).
+        request_id: i.is_multiple_of(3).then_some(i / 3 + 1),
     }
 }
 
 fn session_row() -> SessionRow {
     SessionRow {
         host: "box".into(),
+        boot_id: "b00t".into(),
         pid: 42,
         command: "./a.out --fast".into(),
         start_ns: 1,
         end_ns: 2,
         version: "0.1.0".into(),
         clock_offset_ns: 3,
+        utc_offset_ns: 0,
+        utc_uncertainty_ns: None,
+        clock_sync: "unsynchronized".into(),
         events: 4,
         calls: Some(5),
         calls_exact: true,
@@ -167,6 +173,7 @@ fn read_calls(out: &Path) -> Vec<CallRecord> {
             let ret = i64c(11);
             let strings = b.column(12).as_list::<i32>().clone();
             let (oncpu, offcpu) = (i64c(13), i64c(14));
+            let request = u64c(15);
             for r in 0..b.num_rows() {
                 // oncpu + offcpu = duration, both or neither.
                 assert_eq!(oncpu.is_valid(r), offcpu.is_valid(r));
@@ -217,6 +224,7 @@ fn read_calls(out: &Path) -> Vec<CallRecord> {
                     ret: ret.is_valid(r).then(|| ret.value(r)),
                     arg_strings,
                     offcpu_ns: offcpu.is_valid(r).then(|| offcpu.value(r)),
+                    request_id: request.is_valid(r).then(|| request.value(r)),
                 });
             }
         }
@@ -299,7 +307,7 @@ fn nulls_and_schema() {
     let batches = read(&partition(tmp.path(), "calls").join("part-00000.parquet"));
     assert_eq!(batches.len(), 1);
     let b = &batches[0];
-    assert_eq!(b.schema().fields().len(), 15);
+    assert_eq!(b.schema().fields().len(), 16);
     assert!(col_is_null(b, "args", 0) && col_is_null(b, "ret", 1));
     // Not followed by --sched: no on/off-CPU time.
     assert!(col_is_null(b, "oncpu_ns", 1) && col_is_null(b, "offcpu_ns", 1));
@@ -366,6 +374,12 @@ fn functions_losses_and_session_round_trip() {
     assert_eq!(col("calls").as_primitive::<UInt64Type>().value(0), 5);
     assert!(col("calls_exact").as_boolean().value(0));
     assert!(col("max_overhead_pct").is_null(0));
+    assert_eq!(col("boot_id").as_string::<i32>().value(0), "b00t");
+    assert_eq!(
+        col("clock_sync").as_string::<i32>().value(0),
+        "unsynchronized"
+    );
+    assert!(col("utc_uncertainty_ns").is_null(0));
 
     let t = read(&partition(out, "totals").join("part-0.parquet"));
     assert_eq!(t[0].schema(), *schema::TOTALS);

@@ -18,8 +18,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub const KEY_ID: &str = "testkey";
 pub const SECRET: &str = "testsecret";
 
-/// A running `moto_server` on 127.0.0.1.
+/// A running `moto_server` on 127.0.0.1 (or another local address).
 pub struct Moto {
+    pub host: String,
     pub port: u16,
     child: Child,
     pub log: PathBuf,
@@ -54,18 +55,29 @@ impl Moto {
     /// Starts moto on `port` with extra environment (e.g.
     /// `INITIAL_NO_AUTH_ACTION_COUNT`), and waits until it answers.
     pub fn start_on(port: u16, env: &[(&str, &str)]) -> Moto {
+        Moto::start_at("127.0.0.1", port, env)
+    }
+
+    /// Starts moto on `host:port` (a local address: a bridge's, for
+    /// clients in other network namespaces) and waits until it answers.
+    pub fn start_at(host: &str, port: u16, env: &[(&str, &str)]) -> Moto {
         let log =
             std::env::temp_dir().join(format!("scope-moto-{port}-{}.log", std::process::id()));
         let out = std::fs::File::create(&log).expect("create the moto log");
         let err = out.try_clone().expect("clone the moto log");
         let mut cmd = Command::new(moto_server_bin());
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        cmd.args(["-H", host, "-p", &port.to_string()])
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
         let child = cmd.spawn().expect("start moto_server");
-        let mut moto = Moto { port, child, log };
+        let mut moto = Moto {
+            host: host.to_string(),
+            port,
+            child,
+            log,
+        };
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = moto.child.try_wait() {
@@ -79,25 +91,26 @@ impl Moto {
             }
             assert!(
                 started.elapsed() < START_TIMEOUT,
-                "moto_server did not listen on 127.0.0.1:{port} within {START_TIMEOUT:?}"
+                "moto_server did not listen on {host}:{port} within {START_TIMEOUT:?}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://HOST:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     /// One unsigned HTTP/1.0 request; the status code and body, `None` if
     /// the connection fails.
     pub fn http(&self, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        let mut s = TcpStream::connect((self.host.as_str(), self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
         write!(
             s,
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.0\r\nHost: {}:{}\r\nContent-Length: {}\r\n\r\n{body}",
+            self.host,
             self.port,
             body.len()
         )
