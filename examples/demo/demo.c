@@ -7,12 +7,18 @@
  * (parse_record, hash_key, table_insert) and very many tiny ones
  * (compare_records, called by qsort).
  *
- * Build: cc -g -O1 -fno-omit-frame-pointer demo.c -o demo
+ * Each batch is asked of an "upstream" first: a thread at the other end of
+ * a socket pair that answers after 15 ms (`--hooks net` follows the request
+ * from the thread that reads it to the answer).
+ *
+ * Build: cc -g -O1 -fno-omit-frame-pointer -pthread demo.c -o demo
  */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #define NOINLINE __attribute__((noinline))
@@ -114,12 +120,34 @@ NOINLINE uint64_t checksum(const struct record *recs, int n) {
     return sum;
 }
 
-/* Waits for the upstream to hand over the next batch (here 15 ms of
- * sleep): time off the CPU, which scope records as the call's offcpu_ns
- * and `analyze` reports as waiting. */
-NOINLINE void wait_for_upstream(void) {
+/* The socket pair to the upstream: [0] is ours, [1] the upstream's. */
+static int upstream_fd[2];
+
+/* The upstream's work on one request: 15 ms (a sleep here). */
+NOINLINE void serve_request(char *req) {
     struct timespec ts = {0, 15 * 1000 * 1000};
     nanosleep(&ts, NULL);
+    req[0] = 'A';
+}
+
+/* The upstream: reads a request, serves it, answers; until we hang up. */
+static void *upstream(void *arg) {
+    (void)arg;
+    char req[16];
+    while (recv(upstream_fd[1], req, sizeof req, MSG_WAITALL) == (ssize_t)sizeof req) {
+        serve_request(req);
+        send(upstream_fd[1], req, sizeof req, 0);
+    }
+    return NULL;
+}
+
+/* Asks the upstream for the next batch and waits for its answer: time off
+ * the CPU, which scope records as the call's offcpu_ns (and who woke it)
+ * and `analyze` reports as waiting. */
+NOINLINE void wait_for_upstream(void) {
+    char req[16] = "next batch";
+    send(upstream_fd[0], req, sizeof req, 0);
+    recv(upstream_fd[0], req, sizeof req, MSG_WAITALL);
 }
 
 /* One batch: generate, parse, aggregate, sort, check. */
@@ -142,10 +170,18 @@ int main(void) {
     static struct table table;
     uint64_t sum = 0;
     long top = 0;
+    pthread_t up;
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, upstream_fd) ||
+        pthread_create(&up, NULL, upstream, NULL)) {
+        perror("demo: upstream");
+        return 1;
+    }
     for (int b = 0; b < BATCHES; b++) {
         wait_for_upstream();
         sum ^= run_batch(&table, &top);
     }
+    shutdown(upstream_fd[0], SHUT_WR);
+    pthread_join(up, NULL);
     printf("demo: %d batches of %d orders, %d customers, top spend %ld.%02ld, checksum %016llx\n",
            BATCHES, LINES, table.used, top / 100, top % 100, (unsigned long long)sum);
     return 0;

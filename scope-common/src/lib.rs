@@ -73,6 +73,9 @@ pub const EVENT_WAKEUP: u32 = 10;
 /// `function_id` is the probe's id (its cookie) and whose `args` are the
 /// probe's arguments, read as its [`UsdtSpec`] says (0 past its count).
 pub const EVENT_MARKER: u32 = 11;
+/// A return of a function that filled in a socket address (accept's
+/// peer): a [`RetAddrEvent`] (cookie flag [`COOKIE_RET_ADDR_FLAG`]).
+pub const EVENT_RETURN_ADDR: u32 = 12;
 
 /// [`EVENT_SWITCH_OUT`]'s state for a task that left its CPU still
 /// runnable (preempted; `TASK_RUNNING` is 0, so the state is 0 too).
@@ -112,6 +115,13 @@ pub const COOKIE_RAW1_FLAG: u64 = 1 << 47;
 /// Bytes of a socket address read: `struct sockaddr_in6` (an IPv4 address
 /// takes 16; a Unix socket's path is cut to its first 26 bytes).
 pub const SOCKADDR_BYTES: u32 = 28;
+/// Cookie bit 48: the function fills in the socket address its second
+/// argument (rsi) points to (accept, accept4: the peer). The entry program
+/// keeps that pointer per thread (`ADDR_PTRS`), the return program reads
+/// [`SOCKADDR_BYTES`] there into a [`RetAddrEvent`].
+pub const COOKIE_RET_ADDR_FLAG: u64 = 1 << 48;
+/// Threads that can be inside such a function at once (`ADDR_PTRS`).
+pub const MAX_ADDR_PTRS: u32 = 4096;
 /// String parameters read per call (the first two `char *` parameters).
 pub const MAX_STR_ARGS: usize = 2;
 /// The largest `--arg-strings` cap: bytes kept per string.
@@ -164,6 +174,18 @@ pub struct ArgsEvent {
 pub struct RetEvent {
     pub head: RawEvent,
     pub ret: u64,
+}
+
+/// A return with rax and the socket address the function filled in
+/// (kind [`EVENT_RETURN_ADDR`]): `len` is `SOCKADDR_BYTES + 1` when it was
+/// read, 0 for a NULL pointer, negative on a fault. 72 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetAddrEvent {
+    pub ret: RetEvent,
+    pub len: i32,
+    pub _pad: u32,
+    pub addr: [u8; 32],
 }
 
 /// Where one USDT argument is (`UsdtArg::kind`).
@@ -307,6 +329,11 @@ unsafe impl aya::Pod for RetEvent {}
 unsafe impl aya::Pod for SampleEvent {}
 
 #[cfg(feature = "user")]
+// SAFETY: #[repr(C)], Copy, a Pod header, two u32 and a byte array: 32 + 8
+// + 32 bytes, no padding (asserted below).
+unsafe impl aya::Pod for RetAddrEvent {}
+
+#[cfg(feature = "user")]
 // SAFETY: #[repr(C)], Copy, integers only, explicit padding (asserted below).
 unsafe impl aya::Pod for UsdtArg {}
 
@@ -328,6 +355,7 @@ const _: () = assert!(core::mem::size_of::<GoEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<SampleEvent>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgsEvent>() == 24 + 8 * MAX_ARGS);
 const _: () = assert!(core::mem::size_of::<RetEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<RetAddrEvent>() == 72);
 const _: () = assert!(core::mem::size_of::<UsdtArg>() == 16);
 const _: () = assert!(core::mem::size_of::<UsdtSpec>() == 8 + 16 * MAX_ARGS);
 const _: () =

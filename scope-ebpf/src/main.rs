@@ -55,13 +55,13 @@ use aya_ebpf::{
 };
 use scope_common::{
     ArgsEvent, ArgsStrEvent, COOKIE_ARGS_FLAG, COOKIE_GO_FLAG, COOKIE_RAW0_FLAG, COOKIE_RAW1_FLAG,
-    COOKIE_STR_MASK, COOKIE_STR0_SHIFT, COOKIE_STR1_SHIFT, DEFAULT_RING_BYTES, EVENT_ENTRY,
-    EVENT_ENTRY_ARGS, EVENT_ENTRY_ARGS_STR, EVENT_ENTRY_GO, EVENT_MARKER, EVENT_RETURN,
-    EVENT_RETURN_GO, EVENT_RETURN_RET, EVENT_SWITCH_IN, EVENT_SWITCH_OUT, EVENT_WAKEUP, GoEvent,
-    LOST_CALLS, LOST_SCHED, LOST_SLOTS, MAX_ARGS, MAX_STR, RawEvent, RetEvent,
-    SAMPLE_ERR_COLLISION, SAMPLE_ERR_LOST, SAMPLE_ERR_SLOTS, SAMPLE_ERR_STACK, SAMPLE_RING_BYTES,
-    SAMPLE_STACKS, SOCKADDR_BYTES, SampleEvent, USDT_ARG_CONST, USDT_ARG_DEREF, USDT_ARG_REG,
-    UsdtArg, UsdtSpec,
+    COOKIE_RET_ADDR_FLAG, COOKIE_STR_MASK, COOKIE_STR0_SHIFT, COOKIE_STR1_SHIFT,
+    DEFAULT_RING_BYTES, EVENT_ENTRY, EVENT_ENTRY_ARGS, EVENT_ENTRY_ARGS_STR, EVENT_ENTRY_GO,
+    EVENT_MARKER, EVENT_RETURN, EVENT_RETURN_ADDR, EVENT_RETURN_GO, EVENT_RETURN_RET,
+    EVENT_SWITCH_IN, EVENT_SWITCH_OUT, EVENT_WAKEUP, GoEvent, LOST_CALLS, LOST_SCHED, LOST_SLOTS,
+    MAX_ADDR_PTRS, MAX_ARGS, MAX_STR, RawEvent, RetAddrEvent, RetEvent, SAMPLE_ERR_COLLISION,
+    SAMPLE_ERR_LOST, SAMPLE_ERR_SLOTS, SAMPLE_ERR_STACK, SAMPLE_RING_BYTES, SAMPLE_STACKS,
+    SOCKADDR_BYTES, SampleEvent, USDT_ARG_CONST, USDT_ARG_DEREF, USDT_ARG_REG, UsdtArg, UsdtSpec,
 };
 
 /// `BPF_F_USER_STACK`: the user stack of the interrupted task.
@@ -121,6 +121,11 @@ static STR_CAP: u32 = 0;
 #[map]
 static USDT_SPECS: HashMap<u32, UsdtSpec> = HashMap::with_max_entries(1, 0);
 
+/// `--hooks net`: per thread inside accept/accept4, the address its second
+/// argument points to, read at the return (the kernel fills it in then).
+#[map]
+static ADDR_PTRS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_ADDR_PTRS, 0);
+
 /// Byte offsets of `pid` and `tgid` in the kernel's `struct task_struct`,
 /// from its BTF. Set at load time when `--sched` is on.
 #[unsafe(no_mangle)]
@@ -147,6 +152,10 @@ pub fn scope_entry(ctx: ProbeContext) -> u32 {
         // rdi, rsi, rdx, rcx, r8, r9 (System V x86-64), read from the
         // saved registers: no helper call, no user memory touched.
         let reg = |n: usize| ctx.arg::<u64>(n).unwrap_or(0);
+        if cookie & COOKIE_RET_ADDR_FLAG != 0 {
+            // A full map only loses the address, never the call.
+            let _ = ADDR_PTRS.insert(&pid_tgid, &reg(1), 0);
+        }
         record::<ArgsEvent>(|| ArgsEvent {
             head: head(pid_tgid, cookie, EVENT_ENTRY_ARGS),
             args: [reg(0), reg(1), reg(2), reg(3), reg(4), reg(5)],
@@ -162,6 +171,8 @@ pub fn scope_return(ctx: RetProbeContext) -> u32 {
     };
     if cookie & COOKIE_ARGS_FLAG == 0 {
         record::<RawEvent>(|| head(pid_tgid, cookie, EVENT_RETURN));
+    } else if cookie & COOKIE_RET_ADDR_FLAG != 0 {
+        return_with_addr(&ctx, pid_tgid, cookie);
     } else {
         record::<RetEvent>(|| RetEvent {
             head: head(pid_tgid, cookie, EVENT_RETURN_RET),
@@ -169,6 +180,45 @@ pub fn scope_return(ctx: RetProbeContext) -> u32 {
         });
     }
     0
+}
+
+/// accept's return: rax and the peer's address the kernel wrote where the
+/// entry's rsi pointed (kept in ADDR_PTRS), copied into the record.
+#[inline(always)]
+fn return_with_addr(ctx: &RetProbeContext, pid_tgid: u64, cookie: u64) {
+    // SAFETY: a lookup of this thread's own entry, removed right after.
+    let ptr = unsafe { ADDR_PTRS.get(&pid_tgid) }.copied().unwrap_or(0);
+    let _ = ADDR_PTRS.remove(&pid_tgid);
+    let Some(mut entry) = EVENTS.reserve::<RetAddrEvent>(0) else {
+        count_loss(LOST_CALLS);
+        return;
+    };
+    let p = entry.as_mut_ptr();
+    // SAFETY: `p` points at the reserved record; every field is written
+    // before the submit.
+    unsafe {
+        (*p).ret = RetEvent {
+            head: head(pid_tgid, cookie, EVENT_RETURN_ADDR),
+            ret: ctx.ret::<u64>(),
+        };
+        (*p)._pad = 0;
+        (*p).addr = [0; 32];
+        (*p).len = if ptr == 0 {
+            0
+        } else {
+            let r = aya_ebpf::helpers::generated::bpf_probe_read_user(
+                (*p).addr.as_mut_ptr().cast(),
+                SOCKADDR_BYTES,
+                ptr as *const core::ffi::c_void,
+            );
+            if r == 0 {
+                SOCKADDR_BYTES as i32 + 1
+            } else {
+                r as i32
+            }
+        };
+    }
+    submit(entry);
 }
 
 /// The governor's warm-up: counts entries per function id in the kernel and

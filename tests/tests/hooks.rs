@@ -337,6 +337,21 @@ fn a_request_is_followed_from_its_read_to_the_worker_that_answers_it() {
         connects[0]
     );
 
+    // accept's peer, read at its return: the client's own address.
+    let client = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("client "))
+        .unwrap_or_else(|| panic!("the fixture printed no client address: {}", run.stdout));
+    let accepts = by("accept");
+    assert_eq!(accepts.len(), 1, "{rows:?}");
+    assert_eq!(
+        accepts[0]["strings"][1].as_str(),
+        Some(client.trim()),
+        "{:?}",
+        accepts[0]
+    );
+
     let handles = by("handle_request");
     assert_eq!(handles.len(), N, "{rows:?}");
     let worker = num(handles[0], "tid");
@@ -368,4 +383,38 @@ fn a_request_is_followed_from_its_read_to_the_worker_that_answers_it() {
         .collect();
     let want: Vec<Option<i64>> = starts.iter().map(|s| num(s, "id")).collect();
     assert_eq!(answers, want, "{rows:?}");
+}
+
+/// A hooked library the program never loads (libpq here; a static OpenSSL
+/// looks the same): the recording goes on with the other hooks, and the
+/// end says which hooks were not placed. Flags: `--hooks pg,net` (the
+/// subject) and `-f handle_request`.
+#[test]
+fn a_hooked_library_the_program_lacks_is_named_at_the_end() {
+    require_root();
+    let bin = scope_tests::c_fixture_file("request", "1");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let run = record_with(
+        &out,
+        &["handle_request"],
+        &["--hooks", "pg,net"],
+        &[bin.to_str().unwrap(), "2"],
+    );
+    assert_success(&run);
+    assert!(
+        run.stderr.contains(
+            "no module matched 'libpq.so*' while recording: PQexec, PQsendQuery, PQexecParams"
+        ),
+        "{}",
+        run.stderr
+    );
+    let rows = duckdb(&format!(
+        "SELECT count(*) AS n FROM read_parquet('{}', hive_partitioning=true) c \
+         JOIN read_parquet('{}', hive_partitioning=true) f USING (session_id, function_id) \
+         WHERE f.name = 'handle_request'",
+        calls_glob(&out),
+        functions_glob(&out)
+    ));
+    assert_eq!(rows[0]["n"], 2, "the net hooks and -f were recorded");
 }

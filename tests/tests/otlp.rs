@@ -171,3 +171,83 @@ fn an_endpoint_nobody_listens_on_is_a_clear_error() {
     assert!(!none.status.success());
     assert!(none.stderr.contains("--endpoint"), "{}", none.stderr);
 }
+
+/// Hooked calls carry their payload summary as span attributes: connect's
+/// peer, the bytes a recv returned, the request it started. Flags:
+/// `--hooks net` (what makes the payloads) and `-f handle_request`.
+#[test]
+fn hooked_calls_carry_their_payload_summary_as_attributes() {
+    require_root();
+    let bin = scope_tests::c_fixture_file("request", "1");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let run = record_with(
+        &out,
+        &["handle_request"],
+        &["--hooks", "net"],
+        &[bin.to_str().unwrap(), "3"],
+    );
+    assert_success(&run);
+    let port: u16 = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("port "))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no port printed: {}", run.stdout));
+    let spans_file = dir.path().join("spans.jsonl");
+    let (_receiver, rport) = receiver(&spans_file, 0);
+    let export = run_agent(&[
+        "export",
+        "--data",
+        out.to_str().unwrap(),
+        "--format",
+        "otlp",
+        "--endpoint",
+        &format!("http://127.0.0.1:{rport}"),
+    ]);
+    assert_success(&export);
+    let spans: Vec<serde_json::Value> = std::fs::read_to_string(&spans_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let named =
+        |n: &str| -> Vec<&serde_json::Value> { spans.iter().filter(|s| s["name"] == n).collect() };
+    let connect = named("connect");
+    assert_eq!(connect.len(), 1, "{spans:?}");
+    assert_eq!(
+        connect[0]["attributes"]["scope.arg.addr"].as_str(),
+        Some(format!("127.0.0.1:{port}").as_str()),
+        "{}",
+        connect[0]
+    );
+    // Every read of a request: 16 bytes, and the request it started is its
+    // own call; the handler's span names the same request.
+    let reads: Vec<&serde_json::Value> = named("recv")
+        .into_iter()
+        .filter(|s| s["attributes"]["scope.ret"] == 16)
+        .collect();
+    assert!(reads.len() >= 6, "3 requests and 3 answers read: {spans:?}");
+    for r in &reads {
+        let id = i64::from_str_radix(r["span_id"].as_str().unwrap(), 16).unwrap();
+        assert_eq!(
+            r["attributes"]["scope.request_id"].as_i64(),
+            Some(id),
+            "{r}"
+        );
+        assert!(r["attributes"]["scope.arg.fd"].is_i64(), "{r}");
+    }
+    let handlers = named("handle_request");
+    assert_eq!(handlers.len(), 3);
+    for h in handlers {
+        let req = h["attributes"]["scope.request_id"]
+            .as_i64()
+            .expect("a request");
+        assert!(
+            reads
+                .iter()
+                .any(|r| i64::from_str_radix(r["span_id"].as_str().unwrap(), 16).unwrap() == req),
+            "{h}"
+        );
+    }
+}

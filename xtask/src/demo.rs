@@ -38,16 +38,22 @@ fn build_demo(root: &Path, target: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let demo = dir.join("demo");
     run(command("cc")
-        .args(["-g", "-O1", "-fno-omit-frame-pointer", "-o"])
+        .args(["-g", "-O1", "-fno-omit-frame-pointer", "-pthread", "-o"])
         .arg(&demo)
         .arg(root.join("examples/demo/demo.c")))?;
     Ok(demo)
 }
 
-/// `scope-agent record --out <out> -- <demo>`; the agent prints its report.
+/// `scope-agent record --out <out> --hooks net -f '*' -- <demo>`: every
+/// function of the demo (what no -f gives) and libc's socket calls with
+/// the request each served; the agent prints its report.
 fn record(agent: &Path, out: &Path, demo: &Path) -> Result<()> {
     let mut cmd = command(agent);
-    cmd.arg("record").arg("--out").arg(out).arg("--").arg(demo);
+    cmd.arg("record")
+        .arg("--out")
+        .arg(out)
+        .args(["--hooks", "net", "-f", "*", "--"])
+        .arg(demo);
     let status = cmd
         .status()
         .with_context(|| format!("cannot run `{}`", describe(&cmd)))?;
@@ -73,6 +79,11 @@ fn totals_sql(out: &Path) -> String {
          GROUP BY f.name ORDER BY total_ns DESC NULLS LAST"
     )
 }
+
+/// The upstream's requests: each call that served one, in order.
+const REQUESTS_SQL: &str = "SELECT c.request_id, c.tid, f.name, c.ret, c.duration_ns / 1e6 AS ms \
+     FROM calls c JOIN functions f USING (session_id, function_id) \
+     WHERE c.request_id IS NOT NULL ORDER BY c.start_ns LIMIT 12";
 
 /// Per function: calls, and their time on and off the CPU (a call's
 /// includes its callees').
@@ -105,6 +116,17 @@ fn show_answers(agent: &Path, out: &Path) {
                 "--session",
                 "latest",
                 ON_OFF_CPU_SQL,
+            ],
+        ),
+        (
+            "requests (--hooks net: each call tied to the read that started its request, across threads)",
+            vec![
+                "query",
+                "--data",
+                data.as_str(),
+                "--session",
+                "latest",
+                REQUESTS_SQL,
             ],
         ),
         ("analyze", vec!["analyze", "--data", data.as_str()]),

@@ -9,8 +9,8 @@
 //! in an integer register at all (floats, structs by value, ...).
 
 use scope_common::{
-    ArgsStrEvent, COOKIE_RAW0_FLAG, COOKIE_RAW1_FLAG, COOKIE_STR0_SHIFT, COOKIE_STR1_SHIFT,
-    MAX_ARGS, MAX_STR_ARGS, SOCKADDR_BYTES, STR_BUF,
+    ArgsStrEvent, COOKIE_RAW0_FLAG, COOKIE_RAW1_FLAG, COOKIE_RET_ADDR_FLAG, COOKIE_STR0_SHIFT,
+    COOKIE_STR1_SHIFT, MAX_ARGS, MAX_STR_ARGS, SOCKADDR_BYTES, STR_BUF,
 };
 
 use super::{ArgStrings, CallArgs};
@@ -76,6 +76,10 @@ pub struct ArgLayout {
     /// as [`SOCKADDR_BYTES`] bytes, stored as "10.0.0.3:5432", "[::1]:443"
     /// or "unix:/path".
     pub addrs: u8,
+    /// 0, or the slot (+ 1) of a socket address the function fills in
+    /// (accept's `addr`): read at the return, stored in that slot of
+    /// `arg_strings` like `addrs`.
+    pub ret_addr: u8,
 }
 
 impl Default for ArgLayout {
@@ -95,6 +99,7 @@ impl Default for ArgLayout {
             strings: 0,
             lengths: [0; MAX_ARGS],
             addrs: 0,
+            ret_addr: 0,
         }
     }
 }
@@ -118,6 +123,10 @@ impl ArgLayout {
     /// field; 0 without string slots.
     pub fn string_cookie(&self) -> u64 {
         let mut cookie = 0;
+        // Only rsi is kept at the entry (accept's, accept4's `addr`).
+        if self.ret_addr == 2 {
+            cookie |= COOKIE_RET_ADDR_FLAG;
+        }
         for (n, slot) in self.string_slots().into_iter().enumerate() {
             if let Some(i) = slot {
                 let (shift, raw) = if n == 0 {
@@ -280,6 +289,7 @@ mod tests {
             strings: 0,
             lengths: [0; MAX_ARGS],
             addrs: 0,
+            ret_addr: 0,
         };
         let args = layout.args(&[0xffff_ffff, 42, 9, 9, 9, 9]);
         assert_eq!(args.len, 3);
@@ -327,6 +337,7 @@ mod tests {
             strings: 0b11010,
             lengths: [0; MAX_ARGS],
             addrs: 0,
+            ret_addr: 0,
         };
         assert_eq!(layout.string_slots(), [Some(1), Some(3)]);
         assert_eq!(

@@ -690,6 +690,40 @@ impl Correlator {
         self.on_return(&ev.head, ret, StackKey::Thread(ev.head.tid()));
     }
 
+    /// A return with the socket address the function filled in
+    /// ([`scope_common::EVENT_RETURN_ADDR`], accept's peer): the address
+    /// goes into the call's `arg_strings` at the layout's `ret_addr` slot.
+    pub fn on_ret_addr_return(&mut self, ev: &scope_common::RetAddrEvent) {
+        let head = &ev.ret.head;
+        let layout = self.layout(head.function_id);
+        if let Some(slot) = usize::from(layout.ret_addr).checked_sub(1)
+            && let Some(t) = self.threads.get_mut(&StackKey::Thread(head.tid()))
+            && let Some(f) = t
+                .frames
+                .iter_mut()
+                .rev()
+                .find(|f| f.function_id == head.function_id && !f.cut)
+        {
+            let mut buf = [0u8; scope_common::STR_BUF];
+            buf[..ev.addr.len()].copy_from_slice(&ev.addr);
+            let len = usize::from(layout.len.min(MAX_ARGS as u8)).max(slot + 1);
+            let strings = f
+                .strings
+                .get_or_insert_with(|| vec![None; len].into_boxed_slice());
+            if let Some(s) = strings.get_mut(slot) {
+                *s = super::args::decode_sockaddr(ev.len, &buf);
+            }
+        }
+        let ret = RetEvent {
+            head: RawEvent {
+                kind: EVENT_RETURN_RET,
+                ..*head
+            },
+            ret: ev.ret.ret,
+        };
+        self.on_ret_return(&ret);
+    }
+
     /// An entry or RET-site hit of a Go function ([`EVENT_ENTRY_GO`],
     /// [`EVENT_RETURN_GO`]): paired on the goroutine's stack. A zero `g`
     /// (r14 was not a goroutine pointer) falls back to the thread's stack.

@@ -95,6 +95,7 @@ impl RingReader {
                 Some(Record::Args(ev)) => correlator.on_args_entry(&ev),
                 Some(Record::ArgsStr(ev)) => correlator.on_args_str_entry(&ev),
                 Some(Record::Ret(ev)) => correlator.on_ret_return(&ev),
+                Some(Record::RetAddr(ev)) => correlator.on_ret_addr_return(&ev),
                 Some(Record::Go(ev)) => correlator.on_go_event(&ev),
                 Some(Record::Marker(ev)) => correlator.on_marker(&ev),
                 None => {
@@ -238,6 +239,8 @@ pub enum Record {
     /// An entry with `char *` strings (boxed: 608 bytes).
     ArgsStr(Box<ArgsStrEvent>),
     Ret(RetEvent),
+    /// A return with the socket address the function filled in (accept).
+    RetAddr(scope_common::RetAddrEvent),
     /// A Go entry or RET-site hit, with the goroutine pointer.
     Go(GoEvent),
     /// A USDT probe fired, with its arguments.
@@ -253,6 +256,7 @@ pub fn parse(bytes: &[u8]) -> Option<Record> {
         scope_common::EVENT_MARKER => Record::Marker(read(bytes)?),
         EVENT_ENTRY_ARGS_STR => Record::ArgsStr(Box::new(read(bytes)?)),
         EVENT_RETURN_RET => Record::Ret(read(bytes)?),
+        scope_common::EVENT_RETURN_ADDR => Record::RetAddr(read(bytes)?),
         EVENT_ENTRY_GO | EVENT_RETURN_GO => Record::Go(read(bytes)?),
         _ => Record::Plain(head),
     })

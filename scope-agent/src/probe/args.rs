@@ -274,6 +274,7 @@ fn layout(unit: &Unit<'_>, sub: &Sub<'_>, cplusplus: bool) -> ArgLayout {
         strings: 0,
         lengths: [0; MAX_ARGS],
         addrs: 0,
+        ret_addr: 0,
     };
     // No DW_AT_type on the subprogram: void.
     let ret_class = sub.ret.as_ref().map(|t| classify(unit, t));

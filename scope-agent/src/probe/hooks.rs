@@ -11,9 +11,9 @@
 //! - `net`: libc's connect, accept, accept4, send, recv, sendto, recvfrom:
 //!   the socket and bytes (the return value), and for connect and sendto
 //!   the peer's address (read at entry as a `struct sockaddr`, stored as
-//!   "10.0.0.3:5432"); no payload. accept's peer is written by the kernel
-//!   as the call returns, after the entry probe: not read (the request's
-//!   correlation id ties its calls together instead).
+//!   "10.0.0.3:5432"), and accept's (written by the kernel as the call
+//!   returns: its pointer kept per thread at the entry, the address read
+//!   at the return); no payload.
 //!
 //! A hook's function that a module lacks (a static OpenSSL, a libpq without
 //! its symbols) leaves its pattern waiting, and the end of the session says
@@ -47,6 +47,9 @@ enum P {
     Payload,
     /// A `struct sockaddr *` read at entry: the peer.
     Addr,
+    /// A `struct sockaddr *` the function fills in, read at its return
+    /// (accept's peer).
+    OutAddr,
 }
 
 /// A hooked function: its module glob, name, parameters and return.
@@ -148,7 +151,7 @@ const HOOKS: &[HookFn] = &[
         hook: Hook::Net,
         module: "libc.so*",
         name: "accept",
-        params: &[("fd", P::I32), ("addr", P::Ptr), ("addrlen", P::Ptr)],
+        params: &[("fd", P::I32), ("addr", P::OutAddr), ("addrlen", P::Ptr)],
         ret: P::I32,
     },
     HookFn {
@@ -157,7 +160,7 @@ const HOOKS: &[HookFn] = &[
         name: "accept4",
         params: &[
             ("fd", P::I32),
-            ("addr", P::Ptr),
+            ("addr", P::OutAddr),
             ("addrlen", P::Ptr),
             ("flags", P::I32),
         ],
@@ -253,7 +256,7 @@ pub fn patterns(hooks: &[Hook]) -> Vec<String> {
 pub fn layout(name: &str, payload: bool) -> Option<ArgLayout> {
     let f = HOOKS.iter().find(|f| f.name == name)?;
     let value = |p: P| match p {
-        P::Ptr | P::Str | P::Payload | P::Size | P::Addr => RegValue::Unsigned(64),
+        P::Ptr | P::Str | P::Payload | P::Size | P::Addr | P::OutAddr => RegValue::Unsigned(64),
         P::I32 => RegValue::Signed(32),
         P::U32 => RegValue::Unsigned(32),
         P::ISize => RegValue::Signed(64),
@@ -262,6 +265,7 @@ pub fn layout(name: &str, payload: bool) -> Option<ArgLayout> {
     let mut strings = 0u8;
     let mut lengths = [0u8; MAX_ARGS];
     let mut addrs = 0u8;
+    let mut ret_addr = 0u8;
     for (i, (_, p)) in f.params.iter().enumerate().take(MAX_ARGS) {
         slots[i] = ArgSlot {
             reg: i as u8,
@@ -272,6 +276,9 @@ pub fn layout(name: &str, payload: bool) -> Option<ArgLayout> {
         }
         if *p == P::Addr {
             addrs |= 1 << i;
+        }
+        if *p == P::OutAddr {
+            ret_addr = i as u8 + 1;
         }
         // A payload is a buffer of the next parameter's length.
         if *p == P::Payload {
@@ -285,6 +292,7 @@ pub fn layout(name: &str, payload: bool) -> Option<ArgLayout> {
         strings,
         lengths,
         addrs,
+        ret_addr,
     })
 }
 

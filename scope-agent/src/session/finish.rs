@@ -176,9 +176,26 @@ pub(super) fn write_and_report(
     {
         eprintln!("scope: {line}");
     }
+    // Per module, the patterns (a hook's functions among them) that never
+    // found it: a library never loaded, or linked in statically.
+    let mut unplaced: Vec<(String, Vec<String>)> = Vec::new();
     for p in planned.pending.never_matched() {
-        let module = p.module.as_deref().unwrap_or_default();
-        eprintln!("scope: warning: no module matched '{module}' (pattern '{p}') while recording");
+        let module = p.module.clone().unwrap_or_default();
+        let text = p.to_string();
+        let function = text
+            .strip_prefix(&format!("{module}:"))
+            .unwrap_or(&text)
+            .to_string();
+        match unplaced.iter_mut().find(|(m, _)| *m == module) {
+            Some((_, fs)) => fs.push(function),
+            None => unplaced.push((module, vec![function])),
+        }
+    }
+    for (module, functions) in unplaced {
+        eprintln!(
+            "scope: warning: no module matched '{module}' while recording: {} not probed (a library never loaded, or linked in statically)",
+            functions.join(", ")
+        );
     }
     report_incomplete(&counts, &reader);
     if let Some(g) = &governor {

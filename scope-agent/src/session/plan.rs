@@ -123,7 +123,10 @@ pub(super) fn prepare(cfg: &SessionConfig) -> Result<Planned> {
     for w in &plan.warnings {
         eprintln!("scope: warning: {w}");
     }
-    let with_args = crate::probe::args::select(&mut plan, cfg.args_all, &cfg.args_for)
+    // --args-for patterns of a module not mapped yet (a hook's library
+    // loaded later, or never) wait with their -f twins.
+    let (args_now, _) = split_pending(&candidates, &cfg.args_for);
+    let with_args = crate::probe::args::select(&mut plan, cfg.args_all, &args_now)
         .map_err(anyhow::Error::msg)?;
     let go_args = crate::probe::go::drop_args(&mut plan.modules);
     if go_args > 0 {

@@ -160,11 +160,12 @@ pub fn traces_url(endpoint: &str) -> Result<String> {
     })
 }
 
-/// A function's name and source place.
+/// A function's name, source place and parameter names.
 struct Func {
     name: String,
     file: Option<String>,
     line: Option<i64>,
+    params: Vec<Option<String>>,
 }
 
 /// Sends the selected session's calls to `opts.endpoint`; `progress` hears
@@ -173,13 +174,25 @@ pub fn export_otlp(store: &Store, opts: &OtlpOptions, progress: &dyn Fn(u64)) ->
     let url = traces_url(&opts.endpoint)?;
     let span = crate::travel::session_span(store)?;
     let mut funcs: FxHashMap<u32, Func> = FxHashMap::default();
-    for b in store.sql("SELECT function_id, name, file, line FROM functions")? {
+    let with_params = store.tables()["functions"]
+        .schema
+        .field_with_name("param_names")
+        .is_ok();
+    let param_col = if with_params { ", param_names" } else { "" };
+    for b in store.sql(&format!(
+        "SELECT function_id, name, file, line{param_col} FROM functions"
+    ))? {
         let (id, name, file, line) = (
             cols::i64s(&b, "function_id")?,
             cols::strs(&b, "name")?,
             cols::strs(&b, "file")?,
             cols::i64s(&b, "line")?,
         );
+        let params = if with_params {
+            cols::str_lists(&b, "param_names")?
+        } else {
+            vec![None; b.num_rows()]
+        };
         for i in 0..b.num_rows() {
             funcs.insert(
                 id[i].unwrap_or(0) as u32,
@@ -187,6 +200,7 @@ pub fn export_otlp(store: &Store, opts: &OtlpOptions, progress: &dyn Fn(u64)) ->
                     name: name[i].clone().unwrap_or_default(),
                     file: file[i].clone(),
                     line: line[i],
+                    params: params[i].clone().unwrap_or_default(),
                 },
             );
         }
@@ -225,11 +239,25 @@ pub fn export_otlp(store: &Store, opts: &OtlpOptions, progress: &dyn Fn(u64)) ->
     let filter = opts
         .tid
         .map_or(String::new(), |t| format!("WHERE tid = {t}"));
+    // Arguments, strings and the return value only where they were
+    // captured (--args, --hooks): a hook's payload summary (query text,
+    // peer, bytes) as attributes.
+    let listed = |c: &str| {
+        if schema.field_with_name(c).is_ok() {
+            format!(", {c}")
+        } else {
+            String::new()
+        }
+    };
     let sql = format!(
         "SELECT tid, call_id, parent_call_id, function_id, depth, start_ns, duration_ns, \
-         self_ns, flags, {}, {} FROM calls {filter} ORDER BY tid, start_ns, depth",
+         self_ns, flags, {}, {}, {}, {}{}{} FROM calls {filter} ORDER BY tid, start_ns, depth",
         optional("oncpu_ns"),
-        optional("offcpu_ns")
+        optional("offcpu_ns"),
+        optional("ret"),
+        optional("request_id"),
+        listed("args"),
+        listed("arg_strings"),
     );
     let client = reqwest::Client::builder()
         .timeout(opts.timeout)
@@ -257,6 +285,10 @@ pub fn export_otlp(store: &Store, opts: &OtlpOptions, progress: &dyn Fn(u64)) ->
         let flags = cols::i64s(&b, "flags")?;
         let oncpu = cols::i64s(&b, "oncpu_ns")?;
         let offcpu = cols::i64s(&b, "offcpu_ns")?;
+        let rets = cols::i64s(&b, "ret")?;
+        let requests = cols::i64s(&b, "request_id")?;
+        let args = cols::i64_lists(&b, "args")?;
+        let strs = cols::str_lists(&b, "arg_strings")?;
         for i in 0..b.num_rows() {
             let t = tid[i].unwrap_or(0);
             if current_tid != Some(t) {
@@ -292,10 +324,30 @@ pub fn export_otlp(store: &Store, opts: &OtlpOptions, progress: &dyn Fn(u64)) ->
                     attributes.push(kv("code.lineno", Value::Int(line)));
                 }
             }
+            // scope.arg.NAME: the string read, else the value.
+            let values = args[i].as_deref().unwrap_or_default();
+            let texts = strs[i].as_deref().unwrap_or_default();
+            for j in 0..values.len().max(texts.len()) {
+                let name = info
+                    .and_then(|x| x.params.get(j).cloned().flatten())
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| format!("arg{j}"));
+                let key = format!("scope.arg.{name}");
+                match (
+                    texts.get(j).cloned().flatten(),
+                    values.get(j).copied().flatten(),
+                ) {
+                    (Some(s), _) => attributes.push(kv(&key, Value::Str(s))),
+                    (None, Some(v)) => attributes.push(kv(&key, Value::Int(v))),
+                    _ => {}
+                }
+            }
             for (key, v) in [
                 ("scope.self_ns", selft[i]),
                 ("scope.oncpu_ns", oncpu[i]),
                 ("scope.offcpu_ns", offcpu[i]),
+                ("scope.ret", rets[i]),
+                ("scope.request_id", requests[i]),
             ] {
                 if let Some(v) = v {
                     attributes.push(kv(key, Value::Int(v)));
