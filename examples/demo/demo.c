@@ -7,9 +7,10 @@
  * (parse_record, hash_key, table_insert) and very many tiny ones
  * (compare_records, called by qsort).
  *
- * Each batch is asked of an "upstream" first: a thread at the other end of
- * a socket pair that answers after 15 ms (`--hooks net` follows the request
- * from the thread that reads it to the answer).
+ * Each batch is asked of an "upstream" first: a thread started for the
+ * request at the other end of a socket pair, which answers after 15 ms
+ * (`--hooks net` follows the request from the read that took it to the
+ * answer).
  *
  * Build: cc -g -O1 -fno-omit-frame-pointer -pthread demo.c -o demo
  */
@@ -130,11 +131,11 @@ NOINLINE void serve_request(char *req) {
     req[0] = 'A';
 }
 
-/* The upstream: reads a request, serves it, answers; until we hang up. */
+/* The upstream: reads one request, serves it, answers. */
 static void *upstream(void *arg) {
     (void)arg;
     char req[16];
-    while (recv(upstream_fd[1], req, sizeof req, MSG_WAITALL) == (ssize_t)sizeof req) {
+    if (recv(upstream_fd[1], req, sizeof req, MSG_WAITALL) == (ssize_t)sizeof req) {
         serve_request(req);
         send(upstream_fd[1], req, sizeof req, 0);
     }
@@ -145,9 +146,15 @@ static void *upstream(void *arg) {
  * the CPU, which scope records as the call's offcpu_ns (and who woke it)
  * and `analyze` reports as waiting. */
 NOINLINE void wait_for_upstream(void) {
+    pthread_t up;
     char req[16] = "next batch";
+    if (pthread_create(&up, NULL, upstream, NULL)) {
+        perror("demo: upstream");
+        exit(1);
+    }
     send(upstream_fd[0], req, sizeof req, 0);
     recv(upstream_fd[0], req, sizeof req, MSG_WAITALL);
+    pthread_join(up, NULL);
 }
 
 /* One batch: generate, parse, aggregate, sort, check. */
@@ -170,18 +177,14 @@ int main(void) {
     static struct table table;
     uint64_t sum = 0;
     long top = 0;
-    pthread_t up;
-    if (socketpair(AF_UNIX, SOCK_STREAM, 0, upstream_fd) ||
-        pthread_create(&up, NULL, upstream, NULL)) {
-        perror("demo: upstream");
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, upstream_fd)) {
+        perror("demo: socketpair");
         return 1;
     }
     for (int b = 0; b < BATCHES; b++) {
         wait_for_upstream();
         sum ^= run_batch(&table, &top);
     }
-    shutdown(upstream_fd[0], SHUT_WR);
-    pthread_join(up, NULL);
     printf("demo: %d batches of %d orders, %d customers, top spend %ld.%02ld, checksum %016llx\n",
            BATCHES, LINES, table.used, top / 100, top % 100, (unsigned long long)sum);
     return 0;
