@@ -180,6 +180,22 @@ fn calls_near(
     }
 }
 
+/// `--from`/`--to` in the session (its whole span by default), in order.
+fn interval(span: &SessionSpan, from: Option<TimeArg>, to: Option<TimeArg>) -> Result<(i64, i64)> {
+    let from_ns = match from {
+        Some(t) => instant(span, t, "--from")?,
+        None => span.start_ns,
+    };
+    let to_ns = match to {
+        Some(t) => instant(span, t, "--to")?,
+        None => span.end_ns,
+    };
+    if to_ns < from_ns {
+        bail!("--to is before --from");
+    }
+    Ok((from_ns, to_ns))
+}
+
 /// Resolves a time argument and checks it lies in the session.
 fn instant(span: &SessionSpan, t: TimeArg, what: &str) -> Result<i64> {
     let ns = t.resolve(span.start_ns);
@@ -490,17 +506,7 @@ pub fn timeline(
     limit: usize,
 ) -> Result<Timeline> {
     let span = session_span(store)?;
-    let from_ns = match from {
-        Some(t) => instant(&span, t, "--from")?,
-        None => span.start_ns,
-    };
-    let to_ns = match to {
-        Some(t) => instant(&span, t, "--to")?,
-        None => span.end_ns,
-    };
-    if to_ns < from_ns {
-        bail!("--to is before --from");
-    }
+    let (from_ns, to_ns) = interval(&span, from, to)?;
     let filter = format!(
         "c.tid = {tid} AND c.start_ns <= {to_ns} AND (c.duration_ns IS NULL OR c.start_ns + c.duration_ns >= {from_ns}) \
          AND c.session_id = {}{}",
@@ -698,17 +704,7 @@ pub fn merged_timeline(
         end_ns: nodes.iter().map(|n| n.end_ns).max().unwrap_or(0),
         sampled: false,
     };
-    let from_ns = match from {
-        Some(t) => instant(&span, t, "--from")?,
-        None => span.start_ns,
-    };
-    let to_ns = match to {
-        Some(t) => instant(&span, t, "--to")?,
-        None => span.end_ns,
-    };
-    if to_ns < from_ns {
-        bail!("--to is before --from");
-    }
+    let (from_ns, to_ns) = interval(&span, from, to)?;
     let ids = nodes
         .iter()
         .map(|n| sql_str(&n.id))

@@ -962,6 +962,29 @@ pub fn c_fixture_file(name: &str, opt: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("building {}: {e}", path.display()))
 }
 
+/// tests/fixtures/c/request.c (a request read on one thread, handled on
+/// another) recorded with `-f handle_request --hooks HOOKS` (the hooks are
+/// what the tests using it are about), `n` requests; the run, asserted
+/// successful, and the port the fixture listened on.
+pub fn record_request_fixture(out: &Path, hooks: &str, n: usize) -> (AgentRun, u16) {
+    let bin = c_fixture_file("request", "1");
+    let n = n.to_string();
+    let run = record_with(
+        out,
+        &["handle_request"],
+        &["--hooks", hooks],
+        &[bin.to_str().unwrap(), &n],
+    );
+    assert_success(&run);
+    let port = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("port "))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the fixture printed no port: {}", run.stdout));
+    (run, port)
+}
+
 /// Runs `scope-agent record --out OUT [-f PATTERN]... EXTRA... -- CMD...` to
 /// completion.
 pub fn record_with(out: &Path, patterns: &[&str], extra: &[&str], cmd: &[&str]) -> AgentRun {

@@ -296,23 +296,9 @@ fn tls_bytes_and_plaintext_equal_what_was_sent() {
 fn a_request_is_followed_from_its_read_to_the_worker_that_answers_it() {
     require_root();
     const N: usize = 5;
-    let bin = scope_tests::c_fixture_file("request", "1");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let n = N.to_string();
-    let run = record_with(
-        &out,
-        &["handle_request"],
-        &["--hooks", "net"],
-        &[bin.to_str().unwrap(), &n],
-    );
-    assert_success(&run);
-    let port: u16 = run
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("port "))
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("the fixture printed no port: {}", run.stdout));
+    let (run, port) = scope_tests::record_request_fixture(&out, "net", N);
     let rows = duckdb(&format!(
         "SELECT f.name AS name, c.tid AS tid, c.call_id AS id, c.request_id AS req, \
          c.ret AS ret, c.arg_strings AS strings \
@@ -392,16 +378,9 @@ fn a_request_is_followed_from_its_read_to_the_worker_that_answers_it() {
 #[test]
 fn a_hooked_library_the_program_lacks_is_named_at_the_end() {
     require_root();
-    let bin = scope_tests::c_fixture_file("request", "1");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let run = record_with(
-        &out,
-        &["handle_request"],
-        &["--hooks", "pg,net"],
-        &[bin.to_str().unwrap(), "2"],
-    );
-    assert_success(&run);
+    let (run, _) = scope_tests::record_request_fixture(&out, "pg,net", 2);
     assert!(
         run.stderr.contains(
             "no module matched 'libpq.so*' while recording: PQexec, PQsendQuery, PQexecParams"

@@ -35,6 +35,15 @@ fn receiver(out: &std::path::Path, fail_first: u32) -> (ChildGuard, u16) {
     (guard, port)
 }
 
+/// The spans the receiver wrote, one JSON object a line.
+fn spans_in(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn every_call_arrives_as_a_span_of_its_root_calls_trace() {
     require_root();
@@ -70,11 +79,7 @@ fn every_call_arrives_as_a_span_of_its_root_calls_trace() {
         "{}",
         export.stderr
     );
-    let spans: Vec<serde_json::Value> = std::fs::read_to_string(&spans_file)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let spans = spans_in(&spans_file);
     let calls = duckdb(&format!(
         "SELECT c.call_id AS id, c.parent_call_id AS parent, c.tid AS tid, c.start_ns AS s, \
          c.duration_ns AS d, f.name AS name \
@@ -178,22 +183,9 @@ fn an_endpoint_nobody_listens_on_is_a_clear_error() {
 #[test]
 fn hooked_calls_carry_their_payload_summary_as_attributes() {
     require_root();
-    let bin = scope_tests::c_fixture_file("request", "1");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let run = record_with(
-        &out,
-        &["handle_request"],
-        &["--hooks", "net"],
-        &[bin.to_str().unwrap(), "3"],
-    );
-    assert_success(&run);
-    let port: u16 = run
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("port "))
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no port printed: {}", run.stdout));
+    let (_, port) = scope_tests::record_request_fixture(&out, "net", 3);
     let spans_file = dir.path().join("spans.jsonl");
     let (_receiver, rport) = receiver(&spans_file, 0);
     let export = run_agent(&[
@@ -206,11 +198,7 @@ fn hooked_calls_carry_their_payload_summary_as_attributes() {
         &format!("http://127.0.0.1:{rport}"),
     ]);
     assert_success(&export);
-    let spans: Vec<serde_json::Value> = std::fs::read_to_string(&spans_file)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let spans = spans_in(&spans_file);
     let named =
         |n: &str| -> Vec<&serde_json::Value> { spans.iter().filter(|s| s["name"] == n).collect() };
     let connect = named("connect");
