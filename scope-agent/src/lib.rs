@@ -40,4 +40,5 @@ pub mod symbols;
 pub mod target;
 #[cfg(feature = "agent")]
 pub mod time;
+#[cfg(feature = "agent")]
 pub mod utc;
