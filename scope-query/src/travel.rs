@@ -766,7 +766,7 @@ pub fn render_merged_timeline(tl: &MergedTimeline) -> String {
                     None => "bound unknown".to_string(),
                 };
                 format!(
-                    "clock {} {bound} by {how}",
+                    "clock {}, {bound} ({how})",
                     if off == 0 {
                         "taken as UTC".to_string()
                     } else {

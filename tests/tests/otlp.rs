@@ -44,6 +44,19 @@ fn spans_in(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `scope-agent export --format otlp` of the store at `out` to `url`.
+fn export_otlp(out: &std::path::Path, url: &str) -> scope_tests::AgentRun {
+    run_agent(&[
+        "export",
+        "--data",
+        out.to_str().unwrap(),
+        "--format",
+        "otlp",
+        "--endpoint",
+        url,
+    ])
+}
+
 #[test]
 fn every_call_arrives_as_a_span_of_its_root_calls_trace() {
     require_root();
@@ -59,15 +72,7 @@ fn every_call_arrives_as_a_span_of_its_root_calls_trace() {
     assert_success(&run);
     let spans_file = dir.path().join("spans.jsonl");
     let (_receiver, port) = receiver(&spans_file, 2);
-    let export = run_agent(&[
-        "export",
-        "--data",
-        out.to_str().unwrap(),
-        "--format",
-        "otlp",
-        "--endpoint",
-        &format!("http://127.0.0.1:{port}"),
-    ]);
+    let export = export_otlp(&out, &format!("http://127.0.0.1:{port}"));
     assert_success(&export);
     assert!(
         export.stderr.contains("sent 900 spans"),
@@ -144,15 +149,7 @@ fn an_endpoint_nobody_listens_on_is_a_clear_error() {
         .unwrap()
         .port();
     let url = format!("http://127.0.0.1:{port}");
-    let export = run_agent(&[
-        "export",
-        "--data",
-        out.to_str().unwrap(),
-        "--format",
-        "otlp",
-        "--endpoint",
-        &url,
-    ]);
+    let export = export_otlp(&out, &url);
     assert!(!export.status.success());
     assert!(
         export.stderr.contains(&format!("{url}/v1/traces")),
@@ -188,15 +185,7 @@ fn hooked_calls_carry_their_payload_summary_as_attributes() {
     let (_, port) = scope_tests::record_request_fixture(&out, "net", 3);
     let spans_file = dir.path().join("spans.jsonl");
     let (_receiver, rport) = receiver(&spans_file, 0);
-    let export = run_agent(&[
-        "export",
-        "--data",
-        out.to_str().unwrap(),
-        "--format",
-        "otlp",
-        "--endpoint",
-        &format!("http://127.0.0.1:{rport}"),
-    ]);
+    let export = export_otlp(&out, &format!("http://127.0.0.1:{rport}"));
     assert_success(&export);
     let spans = spans_in(&spans_file);
     let named =

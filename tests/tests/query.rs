@@ -826,6 +826,74 @@ fn defaults_record_then_read_in_the_working_directory() {
     ]);
     assert_eq!(count.trim(), "n\n200", "{count}");
 
+    // The node and its clock, on the default path (no --clock-ref): this
+    // host, this boot, and the kernel's NTP state. The clock is taken as
+    // UTC (offset 0); an unsynchronized one says so and has no bound, a
+    // synchronized one has the kernel's bound.
+    let node = run(&[
+        "query",
+        "SELECT host, boot_id, utc_offset_ns, utc_uncertainty_ns, clock_sync FROM sessions",
+        "--format",
+        "json",
+    ]);
+    let node: Vec<serde_json::Value> = serde_json::from_str(&node).expect("JSON rows");
+    assert_eq!(node.len(), 1, "{node:?}");
+    let node = &node[0];
+    let proc = |f: &str| {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{f}"))
+            .expect("read /proc/sys/kernel")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(node["host"], proc("hostname").as_str(), "{node}");
+    assert_eq!(node["boot_id"], proc("random/boot_id").as_str(), "{node}");
+    assert_eq!(node["utc_offset_ns"], 0, "{node}");
+    match node["clock_sync"].as_str() {
+        Some("unsynchronized") => assert!(node["utc_uncertainty_ns"].is_null(), "{node}"),
+        Some("kernel NTP") => assert!(
+            node["utc_uncertainty_ns"].as_i64().is_some_and(|u| u > 0),
+            "{node}"
+        ),
+        _ => panic!("clock_sync on the default path: {node}"),
+    }
+
+    // `timeline` with no flags: the latest session's threads merged in
+    // time, each call labelled with its thread, the clock stated.
+    let tl = run(&["timeline"]);
+    let head = tl.lines().next().unwrap_or_default();
+    assert!(
+        head.starts_with("1 session on 1 host, merged on UTC"),
+        "{tl}"
+    );
+    let clock = match node["clock_sync"].as_str() {
+        Some("unsynchronized") => "clock taken as UTC, bound unknown (unsynchronized)",
+        _ => "clock taken as UTC, ± ",
+    };
+    assert!(tl.contains(clock), "{tl}");
+    // Rows: `{offset:>14}  {duration:>10}  {host:<w}  {tid:>7}  {indent}{call}`;
+    // the main thread's a_fn and a worker's tleaf both show, by time.
+    let rows: Vec<(f64, u32, &str)> = tl
+        .lines()
+        .filter_map(|l| {
+            let off = l.get(..14)?.trim().strip_prefix('+')?.strip_suffix('s')?;
+            let mut f = l.get(28..)?.split_whitespace();
+            let _host = f.next()?;
+            let tid = f.next()?.parse().ok()?;
+            Some((off.parse().ok()?, tid, f.next()?))
+        })
+        .collect();
+    assert!(
+        rows.windows(2).all(|w| w[0].0 <= w[1].0),
+        "not in time order:\n{tl}"
+    );
+    let tid_of = |name: &str| {
+        rows.iter()
+            .find(|r| r.2.starts_with(&format!("{name}(")))
+            .map(|r| r.1)
+            .unwrap_or_else(|| panic!("no {name} call:\n{tl}"))
+    };
+    assert_ne!(tid_of("a_fn"), tid_of("tleaf"), "{tl}");
+
     run(&["export", "--format", "folded"]);
     let folded: Vec<PathBuf> = std::fs::read_dir(dir.path())
         .expect("read the working directory")
