@@ -39,8 +39,8 @@ fn build(dir: &std::path::Path) -> (PathBuf, PathBuf) {
 }
 
 /// The host fixture in serve mode, and an agent attached to it with
-/// `--max-overhead off -f host_tick -f <plugin_pattern>` that has said
-/// `attached`.
+/// `--max-overhead off -f host_tick -f <plugin_pattern>` and `extra` that
+/// has said `attached`.
 struct Attached {
     _build: tempfile::TempDir,
     lib: PathBuf,
@@ -49,14 +49,14 @@ struct Attached {
     agent: RunningAgent,
 }
 
-fn attach_to_host(plugin_pattern: &str) -> Attached {
+fn attach_to_host(plugin_pattern: &str, extra: &[&str]) -> Attached {
     let build_dir = tempfile::tempdir().unwrap();
     let (host, lib) = build(build_dir.path());
     let target = ServeFixture::spawn(&host);
     let dir = tempfile::tempdir().unwrap();
     let pid = target.pid.to_string();
     let out = dir.path().display().to_string();
-    let mut agent = spawn_agent(&[
+    let mut args = vec![
         "attach",
         "--pid",
         &pid,
@@ -70,7 +70,9 @@ fn attach_to_host(plugin_pattern: &str) -> Attached {
         plugin_pattern,
         "--out",
         &out,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let mut agent = spawn_agent(&args);
     agent.wait_for_stderr("attached", Duration::from_secs(60));
     Attached {
         _build: build_dir,
@@ -90,7 +92,7 @@ fn a_library_loaded_after_attach_is_probed() {
         mut target,
         dir,
         mut agent,
-    } = attach_to_host("libscopeplugin*:plugin_work");
+    } = attach_to_host("libscopeplugin*:plugin_work", &[]);
     assert!(
         agent.stderr_so_far().contains("libscopeplugin*"),
         "the pending pattern is announced: {}",
@@ -142,7 +144,7 @@ fn a_pattern_whose_module_never_appears_is_reported() {
         mut target,
         dir: _dir,
         mut agent,
-    } = attach_to_host("libnever*:x");
+    } = attach_to_host("libnever*:x", &[]);
     target.run("tick 4");
     target.close_stdin();
     assert!(target.wait().success());
@@ -153,4 +155,42 @@ fn a_pattern_whose_module_never_appears_is_reported() {
         "{}",
         run.stderr
     );
+}
+
+/// `--args-for` naming a library loaded later: its calls get their
+/// arguments and return values, in the layout its DWARF gives (one `long`:
+/// one argument, not six registers blindly), and its parameter's name.
+#[test]
+fn arguments_of_a_library_loaded_after_attach_are_captured() {
+    require_root();
+    let pattern = "libscopeplugin*:plugin_work";
+    let Attached {
+        _build,
+        lib,
+        mut target,
+        dir,
+        mut agent,
+    } = attach_to_host(pattern, &["--args-for", pattern]);
+    target.run(&format!("load {}", lib.display()));
+    agent.wait_for_stderr("libscopeplugin.so", Duration::from_secs(30));
+    target.run("work 50");
+    target.close_stdin();
+    assert!(target.wait().success());
+    let run = agent.wait(Duration::from_secs(60));
+    assert!(run.status.success(), "{}", run.stderr);
+    let rows = duckdb(&format!(
+        "SELECT c.args AS args, c.ret AS ret, f.param_names AS params \
+         FROM read_parquet('{}', hive_partitioning=true) c \
+         JOIN read_parquet('{}', hive_partitioning=true) f USING (session_id, function_id) \
+         WHERE f.name = 'plugin_work' ORDER BY c.call_id",
+        calls_glob(dir.path()),
+        functions_glob(dir.path())
+    ));
+    assert_eq!(rows.len(), 50, "{}", run.stderr);
+    for (i, r) in rows.iter().enumerate() {
+        let i = i as i64;
+        assert_eq!(r["args"], serde_json::json!([i]), "call {i}: {r:?}");
+        assert_eq!(r["ret"], serde_json::json!(3 * i + 1), "call {i}: {r:?}");
+    }
+    assert_eq!(rows[0]["params"], serde_json::json!(["x"]), "{:?}", rows[0]);
 }

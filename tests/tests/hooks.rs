@@ -183,11 +183,10 @@ fn wait_line(
     }
 }
 
-#[test]
-fn tls_bytes_and_plaintext_equal_what_was_sent() {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+/// `openssl s_server` for one connection on a free loopback port, with a
+/// certificate made in `dir`, listening: the server, its stdout, its port.
+fn tls_server(dir: &Path) -> (ChildGuard, BufReader<std::process::ChildStdout>, u16) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let made = Command::new("openssl")
         .args([
             "req",
@@ -228,6 +227,14 @@ fn tls_bytes_and_plaintext_equal_what_was_sent() {
     // s_server says ACCEPT once it listens (a probe connection would be
     // its one accept).
     wait_line(&mut server_out, "ACCEPT", "s_server");
+    (server, server_out, port)
+}
+
+#[test]
+fn tls_bytes_and_plaintext_equal_what_was_sent() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut server_out, port) = tls_server(dir.path());
     let message = "hello scope over TLS\n";
     let input = dir.path().join("input");
     std::fs::File::create(&input)
@@ -284,6 +291,71 @@ fn tls_bytes_and_plaintext_equal_what_was_sent() {
         assert_eq!(w["ret"].as_i64(), Some(message.len() as i64), "{w:?}");
     }
     assert_eq!(w["args"][2].as_i64(), Some(message.len() as i64), "{w:?}");
+    drop(server);
+}
+
+/// A hooked library loaded after the start: Python links no libssl, and
+/// `import ssl` dlopens it. Its hooks wait for it, and once it is mapped
+/// its calls carry their payload as at the start (the layouts scope knows
+/// for SSL_write_ex, not six registers blindly). Python waits for the
+/// agent to say it attached libssl before it connects. Flags: `--hooks
+/// tls --hook-payload 64` (the subject).
+#[test]
+fn a_hooked_library_loaded_later_gets_its_payloads() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut server_out, port) = tls_server(dir.path());
+    let go = dir.path().join("go");
+    let message = "hello scope over a late libssl\n";
+    let script = format!(
+        "import os, socket, ssl, time\n\
+         while not os.path.exists({go:?}): time.sleep(0.01)\n\
+         ctx = ssl.create_default_context()\n\
+         ctx.check_hostname = False\n\
+         ctx.verify_mode = ssl.CERT_NONE\n\
+         s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port})), server_hostname='localhost')\n\
+         s.sendall({message:?}.encode())\n\
+         s.close()\n",
+        go = go.display().to_string(),
+    );
+    let out = dir.path().join("out");
+    let out_arg = out.display().to_string();
+    let mut agent = scope_tests::spawn_agent(&[
+        "record",
+        "--out",
+        &out_arg,
+        "--hooks",
+        "tls",
+        "--hook-payload",
+        "64",
+        "--",
+        "python3",
+        "-c",
+        &script,
+    ]);
+    agent.wait_for_stderr(
+        "in /usr/lib/x86_64-linux-gnu/libssl.so",
+        Duration::from_secs(60),
+    );
+    std::fs::File::create(&go).unwrap();
+    let run = agent.wait(Duration::from_secs(60));
+    assert!(run.status.success(), "{}", run.stderr);
+    let got = wait_line(&mut server_out, "hello scope", "s_server");
+    assert!(got.contains(message.trim_end()), "{got}");
+    let writes: Vec<_> = hooked(&out)
+        .into_iter()
+        .filter(|r| {
+            r["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("SSL_write"))
+                && r["args"][2] != 0
+        })
+        .collect();
+    assert_eq!(writes.len(), 1, "{writes:?}\n{}", run.stderr);
+    let w = &writes[0];
+    assert_eq!(w["strings"][1].as_str(), Some(message), "{w:?}");
+    assert_eq!(w["args"][2].as_i64(), Some(message.len() as i64), "{w:?}");
+    assert_eq!(w["params"][1], "buf", "{w:?}");
     drop(server);
 }
 

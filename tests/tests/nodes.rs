@@ -455,7 +455,7 @@ fn two_nodes_share_one_store_and_line_up_on_utc() {
         out.starts_with("2 sessions on 2 hosts, merged on UTC"),
         "{out}"
     );
-    assert!(out.contains(&format!("by sntp {clock_ref}")), "{out}");
+    assert!(out.contains(&format!("(sntp {clock_ref})")), "{out}");
     let order: Vec<&str> = out
         .lines()
         .filter_map(|l| {

@@ -298,14 +298,20 @@ impl Correlator {
         }
     }
 
-    /// `--hooks`: these functions start a request; calls get `request_id`.
+    /// `--hooks`: these functions start a request (besides those set
+    /// before: a hooked library loaded later adds its own); calls get
+    /// `request_id`.
     pub fn set_request_starts(&mut self, ids: impl IntoIterator<Item = u32>) {
         let starts: FxHashSet<u32> = ids.into_iter().collect();
-        if !starts.is_empty() {
-            self.requests = Some(Requests {
-                starts,
-                ..Requests::default()
-            });
+        match &mut self.requests {
+            Some(r) => r.starts.extend(starts),
+            None if !starts.is_empty() => {
+                self.requests = Some(Requests {
+                    starts,
+                    ..Requests::default()
+                });
+            }
+            None => {}
         }
     }
 

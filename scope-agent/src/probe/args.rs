@@ -36,6 +36,20 @@ use crate::symbols::pattern::Pattern;
 /// with `all`, else those matching one of `patterns`. Returns how many were
 /// marked. A pattern that selects no probed function is an error naming it.
 pub fn select(plan: &mut Plan, all: bool, patterns: &[Pattern]) -> Result<usize, String> {
+    let (marked, matched) = mark(plan, all, patterns);
+    if let Some(i) = matched.iter().position(|m| !m) {
+        return Err(format!(
+            "--args-for '{}' matches none of the probed functions (probe it with -f too)",
+            patterns[i].raw
+        ));
+    }
+    Ok(marked)
+}
+
+/// [`select`] without the error: how many functions were marked, and per
+/// pattern whether it selected one (a module loaded later is planned with
+/// every pattern, most of which name other modules).
+pub fn mark(plan: &mut Plan, all: bool, patterns: &[Pattern]) -> (usize, Vec<bool>) {
     let mut matched = vec![false; patterns.len()];
     let mut marked = 0;
     for m in &mut plan.modules {
@@ -56,13 +70,7 @@ pub fn select(plan: &mut Plan, all: bool, patterns: &[Pattern]) -> Result<usize,
             }
         }
     }
-    if let Some(i) = matched.iter().position(|m| !m) {
-        return Err(format!(
-            "--args-for '{}' matches none of the probed functions (probe it with -f too)",
-            patterns[i].raw
-        ));
-    }
-    Ok(marked)
+    (marked, matched)
 }
 
 /// The layouts of every function marked for argument capture, from the

@@ -251,6 +251,13 @@ pub fn patterns(hooks: &[Hook]) -> Vec<String> {
         .collect()
 }
 
+/// Whether `raw` is the pattern of a hook (`libssl.so*:SSL_read`, …).
+pub fn is_hook_pattern(raw: &str) -> bool {
+    HOOKS
+        .iter()
+        .any(|f| raw.strip_prefix(f.module).and_then(|r| r.strip_prefix(':')) == Some(f.name))
+}
+
 /// The argument layout of hooked function `name` (`None`: not a hook):
 /// with `payload`, SSL_write's buffer is read as a string too.
 pub fn layout(name: &str, payload: bool) -> Option<ArgLayout> {
@@ -329,6 +336,13 @@ mod tests {
         let p = patterns(&[Hook::Pg]);
         assert!(p.contains(&"libpq.so*:PQexec".to_string()));
         assert!(p.iter().all(|p| p.starts_with("libpq.so*:")));
+        assert!(
+            patterns(&[Hook::Tls, Hook::Pg, Hook::Net])
+                .iter()
+                .all(|p| is_hook_pattern(p))
+        );
+        assert!(!is_hook_pattern("libssl.so*:SSL_new"));
+        assert!(!is_hook_pattern("libssl*:SSL_read"));
     }
 
     #[test]

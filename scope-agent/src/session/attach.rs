@@ -18,6 +18,7 @@ use super::sink::SessionSink;
 use super::warmup::prepare_governor;
 use super::watch::CostWatch;
 use super::{SessionConfig, Target, process_gone};
+use crate::capture::args::ArgLayout;
 use crate::capture::correlator::Correlator;
 use crate::capture::pipeline::SinkThread;
 use crate::capture::ring::RingReader;
@@ -103,17 +104,7 @@ pub(super) fn load_and_attach(
     };
 
     let attach_started = Instant::now();
-    // --arg-strings: the registers of each function's string parameters ride
-    // in its cookie.
-    let str_cookies: HashMap<u32, u64> = if cfg.arg_strings.is_some() {
-        arg_layouts
-            .iter()
-            .map(|(id, l)| (*id, l.string_cookie()))
-            .filter(|(_, c)| *c != 0)
-            .collect()
-    } else {
-        HashMap::new()
-    };
+    let str_cookies = string_cookies(cfg, &arg_layouts);
     let mut attach_time = Duration::ZERO;
     let attached = attach_probes(
         &Attaching {
@@ -450,6 +441,19 @@ fn report_attached(
     }
 }
 
+/// `--arg-strings`: the registers of each function's string parameters,
+/// which ride in its cookie.
+fn string_cookies(cfg: &SessionConfig, layouts: &[(u32, ArgLayout)]) -> HashMap<u32, u64> {
+    if cfg.arg_strings.is_none() {
+        return HashMap::new();
+    }
+    layouts
+        .iter()
+        .map(|(id, l)| (*id, l.string_cookie()))
+        .filter(|(_, c)| *c != 0)
+        .collect()
+}
+
 /// A function's cookie when recorded: its id, and the args and string
 /// flags when its arguments are captured.
 pub(super) fn recording_cookie(f: &PlannedFunction, str_cookies: &HashMap<u32, u64>) -> u64 {
@@ -587,11 +591,14 @@ fn attach_plan(
 
 /// Polls the target's mappings for modules a pending pattern names (loaded
 /// with dlopen since the start); writes their `functions` rows first, then
-/// attaches them. Returns the new plan, or `None` when nothing new matched.
+/// gives the correlator their argument layouts and attaches them. Returns
+/// the new plan, or `None` when nothing new matched.
 pub(super) fn attach_late_modules(
+    cfg: &SessionConfig,
     pending: &mut PendingModules,
     probes: &mut LoadedProbes,
     late_functions: &mut LateFunctions,
+    correlator: &mut Correlator,
     pid: u32,
     links: &mut Links,
 ) -> Result<Option<(Plan, (PathBuf, u64))>> {
@@ -599,19 +606,28 @@ pub(super) fn attach_late_modules(
         // The process is exiting; the main loop notices.
         return Ok(None);
     };
-    let late = pending.poll(&current);
+    let mut late = pending.poll(&current);
     for w in &late.warnings {
         eprintln!("scope: warning: {w}");
     }
     if late.plan.modules.is_empty() {
         return Ok(None);
     }
+    // Before the rows: a hook names its parameters.
+    let (layouts, starts) = super::plan::late_layouts(cfg, &mut late.plan);
     let file = late_functions.write(&function_rows(&late.plan))?;
+    let str_cookies = string_cookies(cfg, &layouts);
+    for (function_id, layout) in layouts {
+        correlator.set_layout(function_id, layout);
+    }
+    if cfg.hooks {
+        correlator.set_request_starts(starts);
+    }
     let (new_links, _) = attach_plan(
         probes,
         &late.plan,
         pid,
-        &HashMap::new(),
+        &str_cookies,
         &BTreeSet::new(),
         &BTreeSet::new(),
     )?;

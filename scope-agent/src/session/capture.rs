@@ -105,7 +105,7 @@ impl Loop {
         self.send_losses(live)?;
         if !planned.pending.is_empty() && self.last_module_poll.elapsed() >= MODULE_POLL {
             self.last_module_poll = Instant::now();
-            attach_late(planned, live);
+            attach_late(cfg, planned, live);
         }
         if let Some(line) = live.cost.check(live.correlator.counts().entries) {
             self.status.clear();
@@ -242,11 +242,13 @@ impl Loop {
 
 /// Modules a pending pattern names, loaded since the start: attached, and
 /// their plans and `functions` files kept for the end.
-fn attach_late(planned: &mut Planned, live: &mut Live) {
+fn attach_late(cfg: &SessionConfig, planned: &mut Planned, live: &mut Live) {
     match attach_late_modules(
+        cfg,
         &mut planned.pending,
         &mut live.probes,
         &mut live.late_functions,
+        &mut live.correlator,
         live.pid,
         &mut live.links,
     ) {

@@ -79,7 +79,7 @@ pub(super) fn write_and_report(
     let estimates = counts_of(planned, &late_plans, governor.as_ref(), &stats, lost);
     // What the probes cost the target, measured; and what was predicted.
     let exited = child.as_ref().and_then(|c| c.user_sys_ns());
-    let measured = cost.measured(exited);
+    let measured = cost.measured(exited, counts.events);
     let (predicted_full, predicted_full_at_least, predicted) = match &governor {
         Some(g) => {
             let p = g.final_prediction(&estimates);
@@ -172,7 +172,7 @@ pub(super) fn write_and_report(
     );
     if governor.is_none()
         && matches!(cfg.target, super::Target::Record { .. })
-        && let Some(line) = cost.final_line(exited)
+        && let Some(line) = cost.final_line(exited, counts.events)
     {
         eprintln!("scope: {line}");
     }

@@ -96,11 +96,18 @@ pub(super) fn prepare(cfg: &SessionConfig) -> Result<Planned> {
         }
     };
     // Patterns naming a module that is not mapped yet wait for it (dlopen),
-    // as long as something else can be probed from the start.
+    // as long as something else can be probed from the start, or they are
+    // all hooks (`--hooks tls` alone on a program that dlopens libssl, as
+    // Python's `import ssl` does): a typo in -f stays an error at once.
     let usdt = crate::probe::usdt::plan_usdt(&candidates, &cfg.usdt).map_err(anyhow::Error::msg)?;
     let (now, pending) = split_pending(&candidates, &cfg.patterns);
+    let only_hooks_wait = now.is_empty()
+        && !pending.is_empty()
+        && pending
+            .iter()
+            .all(|p| crate::probe::hooks::is_hook_pattern(&p.raw));
     // `-u` alone: the probes are the markers, no function.
-    let planned = if cfg.patterns.is_empty() && !cfg.usdt.is_empty() {
+    let planned = if (cfg.patterns.is_empty() && !cfg.usdt.is_empty()) || only_hooks_wait {
         Ok(Plan::default())
     } else if now.is_empty() && !pending.is_empty() {
         build_plan_with(&candidates, &cfg.patterns, cfg.max_functions, cfg.inlined)
@@ -144,12 +151,7 @@ pub(super) fn prepare(cfg: &SessionConfig) -> Result<Planned> {
             "scope: note: {go_tail_jumps} tail jumps leave probed Go functions; calls that leave that way are marked unwound or return-missing"
         );
     }
-    let mut arg_layouts = if with_args > 0 {
-        crate::probe::args::layouts(&plan)
-    } else {
-        Vec::new()
-    };
-    let request_starts = hook_layouts(&mut plan, &mut arg_layouts, cfg.hook_payload);
+    let (arg_layouts, request_starts) = layouts(cfg, &mut plan, with_args);
     for m in &plan.modules {
         check_function_count(&m.candidate.display_path, m.functions.len())?;
     }
@@ -164,6 +166,37 @@ pub(super) fn prepare(cfg: &SessionConfig) -> Result<Planned> {
         utc,
         request_starts,
     })
+}
+
+/// The register layouts of `plan`'s functions whose arguments are captured
+/// (`with_args` of them), and the hooked ones that start a request.
+fn layouts(
+    cfg: &SessionConfig,
+    plan: &mut Plan,
+    with_args: usize,
+) -> (Vec<(u32, ArgLayout)>, Vec<u32>) {
+    let mut layouts = if with_args > 0 {
+        crate::probe::args::layouts(plan)
+    } else {
+        Vec::new()
+    };
+    let starts = hook_layouts(plan, &mut layouts, cfg.hook_payload);
+    (layouts, starts)
+}
+
+/// A module loaded after the start (`plan`, planned by
+/// [`PendingModules`]): its functions' arguments are captured as at the
+/// start (`--args`, `--args-for` and `--hooks`), with their layouts and
+/// request starts. Patterns naming other modules select nothing here, and
+/// that is no error.
+pub(super) fn late_layouts(
+    cfg: &SessionConfig,
+    plan: &mut Plan,
+) -> (Vec<(u32, ArgLayout)>, Vec<u32>) {
+    let (marked, _) = crate::probe::args::mark(plan, cfg.args_all, &cfg.args_for);
+    let with_args =
+        marked - crate::probe::go::drop_args(&mut plan.modules) - drop_inline_args(plan);
+    layouts(cfg, plan, with_args)
 }
 
 /// `--hooks`: the hooked functions get the layouts and parameter names

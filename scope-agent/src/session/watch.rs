@@ -148,7 +148,9 @@ impl CostWatch {
     /// The line to print now, once: after `after`, if recording every call
     /// costs at least [`WORTH_SAYING_PCT`] so far.
     pub fn check(&mut self, calls: u64) -> Option<String> {
-        if self.said || self.started.elapsed() < self.after {
+        // No call yet: the probes have cost nothing; whatever system time
+        // the command took so far is its own.
+        if self.said || self.started.elapsed() < self.after || calls == 0 {
             return None;
         }
         let (user, sys) = read_user_sys(self.pid)?;
@@ -174,9 +176,19 @@ impl CostWatch {
 
     /// What the probes cost the target over the session: its kernel time
     /// in their handling over its own; `exited` is the command's (user,
-    /// system) time when it has exited (from `wait4`).
-    pub fn measured(&self, exited: Option<(u64, u64)>) -> Option<FullCost> {
+    /// system) time when it has exited (from `wait4`). With no probe event
+    /// (`events`), nothing: the command's own system time is not theirs
+    /// (Python importing its modules spends half its time in the kernel).
+    pub fn measured(&self, exited: Option<(u64, u64)>, events: u64) -> Option<FullCost> {
         let (user, sys) = exited.or(self.stopped)?;
+        if events == 0 {
+            return Some(FullCost {
+                pct: 0.0,
+                low_pct: 0.0,
+                high_pct: Some(0.0),
+                at_least: false,
+            });
+        }
         Some(full_cost(
             user.saturating_sub(self.at_start.0) as f64,
             sys.saturating_sub(self.at_start.1) as f64,
@@ -185,8 +197,8 @@ impl CostWatch {
 
     /// At the end of a `record` without a budget: what recording every call
     /// cost over the whole run, if worth saying.
-    pub fn final_line(&self, exited: Option<(u64, u64)>) -> Option<String> {
-        let c = self.measured(exited)?;
+    pub fn final_line(&self, exited: Option<(u64, u64)>, events: u64) -> Option<String> {
+        let c = self.measured(exited, events)?;
         (c.pct >= WORTH_SAYING_PCT).then(|| {
             let range = match c.high_pct {
                 Some(h) if !c.at_least => format!(", {:.0}–{h:.0}%", c.low_pct),
