@@ -61,6 +61,8 @@ struct Served {
     data: PathBuf,
     session: String,
     tid: i64,
+    /// Threads that made calls.
+    threads: usize,
     url: String,
     _serve: RunningAgent,
 }
@@ -84,6 +86,7 @@ fn served() -> Served {
         calls_glob(&data)
     ));
     let tid = tids[0]["tid"].as_i64().unwrap();
+    let threads = tids.len();
     let serve = spawn_agent(&["serve", "--data", &d]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let url = loop {
@@ -105,6 +108,7 @@ fn served() -> Served {
         data,
         session,
         tid,
+        threads,
         url,
         _serve: serve,
     }
@@ -423,6 +427,14 @@ fn the_server_answers_only_with_the_token_and_only_reads() {
     let (code, body) = get(&format!("{base}/api/sessions"), Some(token));
     assert_eq!(code, 200, "{body}");
     assert!(body.contains(&s.session), "{body}");
+    // Each session's calls and threads, counted from the files' footers.
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ours = list["sessions"]
+        .as_array()
+        .and_then(|l| l.iter().find(|v| v["session_id"] == s.session.as_str()))
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(ours["threads"], s.threads, "{ours}");
+    assert!(ours["calls"].as_u64().is_some_and(|n| n > 0), "{ours}");
     // Read-only SQL: no DDL, no DML, no SET; one statement.
     for sql in [
         "CREATE TABLE x AS SELECT 1",

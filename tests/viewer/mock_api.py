@@ -8,7 +8,7 @@ Serves the viewer assets from scope-agent/src/serve/assets at /, /app.js and
 newest has 2 threads, ~30 functions, nested calls down to depth 6, one call
 that never returned, dropped-event marks, governor sampling windows, one
 finding and a small fake source file. Like the real server, /api/sessions
-sends `"threads": null` (counting them needs a scan of every call). With
+counts each session's calls and threads. With
 `--flame-nodes N`, the unfiltered flame graph (all threads, no range) gets an
 extra top-level frame `synthetic_workload` holding a random tree of N nodes,
 to try the viewer on big trees. Every /api/ call needs the header
@@ -219,7 +219,7 @@ class Session:
     def summary(self):
         return {"session_id": self.session_id, "command": self.command, "pid": self.pid,
                 "start_ns": j(self.start_ns), "end_ns": j(self.end_ns), "calls": len(self.calls),
-                "threads": None}  # the real server does not count them either
+                "threads": len({c["tid"] for c in self.calls})}
 
     def functions(self):
         rows = []

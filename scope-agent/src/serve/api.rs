@@ -132,12 +132,14 @@ fn sessions(state: &State) -> Result<Value> {
             }
         }
     }
-    let calls_rows = |id: &str| -> u64 {
+    // From the files' footers, no scan: `threads` holds a row per thread
+    // (written at the session's end: none for a session still recording).
+    let rows_of = |table: &str, id: &str| -> Option<u64> {
         store
             .tables()
-            .get("calls")
+            .get(table)
             .and_then(|t| t.files.get(id))
-            .map_or(0, |f| f.iter().map(|x| x.rows).sum())
+            .map(|f| f.iter().map(|x| x.rows).sum())
     };
     let mut ids: Vec<&String> = store.sessions().iter().collect();
     ids.sort_by(|a, b| b.cmp(a));
@@ -147,8 +149,8 @@ fn sessions(state: &State) -> Result<Value> {
             let mut v = rows
                 .remove(id)
                 .unwrap_or_else(|| json!({ "session_id": id, "command": null }));
-            v["calls"] = json!(calls_rows(id));
-            v["threads"] = Value::Null;
+            v["calls"] = json!(rows_of("calls", id).unwrap_or(0));
+            v["threads"] = json!(rows_of("threads", id));
             v
         })
         .collect();

@@ -326,7 +326,7 @@ function selectSession(sess) {
   $('#session-picker').value = sess.session_id;
   const dur = Number(big(sess.end_ns) - state.origin);
   const meta = $('#session-meta');
-  // Counts the server did not send (the real one leaves threads null) are left out.
+  // Counts the server did not send (a session still recording has no `threads` yet) are left out.
   const parts = [h('span', { class: 'mono', title: sess.command }, `pid ${sess.pid}`),
     sess.calls != null && plural(sess.calls, 'call'), sess.threads != null && plural(sess.threads, 'thread'),
     h('span', { class: 'mono' }, fmtDur(dur))].filter(Boolean);
