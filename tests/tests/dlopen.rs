@@ -83,6 +83,25 @@ fn attach_to_host(plugin_pattern: &str, extra: &[&str]) -> Attached {
     }
 }
 
+/// Loads the plugin, waits for the agent to attach it, calls its
+/// plugin_work `n` times and ends the host; the agent's run.
+fn load_work_and_stop(
+    target: &mut ServeFixture,
+    mut agent: RunningAgent,
+    lib: &std::path::Path,
+    n: u32,
+) -> AgentRun {
+    target.run(&format!("load {}", lib.display()));
+    // The agent notices the new mapping on its next poll and says so.
+    agent.wait_for_stderr("libscopeplugin.so", Duration::from_secs(30));
+    target.run(&format!("work {n}"));
+    target.close_stdin();
+    assert!(target.wait().success());
+    let run = agent.wait(Duration::from_secs(60));
+    assert!(run.status.success(), "{}", run.stderr);
+    run
+}
+
 #[test]
 fn a_library_loaded_after_attach_is_probed() {
     require_root();
@@ -91,7 +110,7 @@ fn a_library_loaded_after_attach_is_probed() {
         lib,
         mut target,
         dir,
-        mut agent,
+        agent,
     } = attach_to_host("libscopeplugin*:plugin_work", &[]);
     assert!(
         agent.stderr_so_far().contains("libscopeplugin*"),
@@ -99,14 +118,7 @@ fn a_library_loaded_after_attach_is_probed() {
         agent.stderr_so_far()
     );
     target.run("tick 10");
-    target.run(&format!("load {}", lib.display()));
-    // The agent notices the new mapping on its next poll and says so.
-    agent.wait_for_stderr("libscopeplugin.so", Duration::from_secs(30));
-    target.run("work 123");
-    target.close_stdin();
-    assert!(target.wait().success());
-    let run = agent.wait(Duration::from_secs(60));
-    assert!(run.status.success(), "{}", run.stderr);
+    let run = load_work_and_stop(&mut target, agent, &lib, 123);
     let rows = duckdb(&format!(
         "SELECT f.name AS name, f.module AS module, count(*) AS n \
          FROM read_parquet('{}', hive_partitioning=true) c \
@@ -169,15 +181,9 @@ fn arguments_of_a_library_loaded_after_attach_are_captured() {
         lib,
         mut target,
         dir,
-        mut agent,
+        agent,
     } = attach_to_host(pattern, &["--args-for", pattern]);
-    target.run(&format!("load {}", lib.display()));
-    agent.wait_for_stderr("libscopeplugin.so", Duration::from_secs(30));
-    target.run("work 50");
-    target.close_stdin();
-    assert!(target.wait().success());
-    let run = agent.wait(Duration::from_secs(60));
-    assert!(run.status.success(), "{}", run.stderr);
+    let run = load_work_and_stop(&mut target, agent, &lib, 50);
     let rows = duckdb(&format!(
         "SELECT c.args AS args, c.ret AS ret, f.param_names AS params \
          FROM read_parquet('{}', hive_partitioning=true) c \
