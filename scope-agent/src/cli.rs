@@ -388,11 +388,12 @@ pub struct ReportArgs {
     #[arg(short, long, value_name = "KEY", default_value = "total")]
     pub sort: String,
 
-    /// One row per function, or per thread (and function), module, or
-    /// caller → callee edge.
+    /// One row per function, or per thread (and function), module,
+    /// caller → callee edge, or host (and function: a store several nodes
+    /// wrote, `--session all`).
     #[arg(
         long,
-        value_name = "function|thread|module|caller",
+        value_name = "function|thread|module|caller|host",
         default_value = "function"
     )]
     pub by: String,

@@ -36,6 +36,9 @@ pub enum By {
     Module,
     /// One row per caller → callee edge.
     Caller,
+    /// One row per host (`sessions.host`) and function: a store written by
+    /// several nodes.
+    Host,
 }
 
 impl std::str::FromStr for By {
@@ -46,9 +49,10 @@ impl std::str::FromStr for By {
             "thread" => By::Thread,
             "module" => By::Module,
             "caller" => By::Caller,
+            "host" => By::Host,
             o => {
                 return Err(format!(
-                    "unknown --by {o:?}: function, thread, module or caller"
+                    "unknown --by {o:?}: function, thread, module, caller or host"
                 ));
             }
         })
@@ -105,6 +109,8 @@ pub struct ReportRow {
     pub key: String,
     /// Thread id, for `--by thread`.
     pub tid: Option<i64>,
+    /// The node's host (`sessions.host`), for `--by host`.
+    pub host: Option<String>,
     /// The function's id, for `--by function` over one session.
     pub function_id: Option<i64>,
     /// Module of the function (or the module itself for `--by module`).
@@ -205,6 +211,7 @@ pub fn report(store: &Store, opts: &ReportOptions) -> Result<Report> {
                 By::Thread => "thread",
                 By::Module => "module",
                 By::Caller => "caller",
+                By::Host => "host",
                 By::Function => "function",
             }
         ));
@@ -700,7 +707,7 @@ fn scan_calls(store: &Store, by: By, single: bool) -> Result<(Partial, Vec<Strin
             "p.function_id AS k2, ",
             "LEFT JOIN calls p ON p.session_id = c.session_id AND p.tid = c.tid AND p.call_id = c.parent_call_id",
         ),
-        By::Function | By::Module => ("", ""),
+        By::Function | By::Module | By::Host => ("", ""),
     };
     let sid = if single { "" } else { "c.session_id AS sid, " };
     let sql = format!(
@@ -716,6 +723,25 @@ fn scan_calls(store: &Store, by: By, single: bool) -> Result<(Partial, Vec<Strin
         all.merge(p);
     }
     Ok((all, sessions))
+}
+
+/// Each selected session's host, from `sessions` (none there: an empty
+/// map, and the rows say `?`).
+fn hosts_of(store: &Store) -> Result<FxHashMap<String, String>> {
+    let mut out = FxHashMap::default();
+    if !store.has_table("sessions") {
+        return Ok(out);
+    }
+    for b in store.sql("SELECT session_id, host FROM sessions")? {
+        let sid = cols::strs(&b, "session_id")?;
+        let host = cols::strs(&b, "host")?;
+        for i in 0..b.num_rows() {
+            if let (Some(s), Some(h)) = (sid[i].clone(), host[i].clone()) {
+                out.insert(s, h);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A report row being summed from the scan's keys.
@@ -753,6 +779,11 @@ fn recorded_rows(
         }
     }
     let (scanned, sessions) = scan_calls(store, by, single)?;
+    let hosts = if by == By::Host {
+        hosts_of(store)?
+    } else {
+        FxHashMap::default()
+    };
     let mut accs: Vec<Acc> = Vec::new();
     let mut by_key: FxHashMap<String, usize> = FxHashMap::default();
     for ((si, f, k2), agg) in scanned.keys.iter().zip(&scanned.aggs) {
@@ -766,9 +797,22 @@ fn recorded_rows(
         let (name, module) = names.get(&(s.clone(), *f)).unwrap_or(&unknown);
         let named = format!("{name}\u{1}{module}");
         let id = if single { f.to_string() } else { named.clone() };
+        // One session: the scan has no session column, and every call is
+        // the selected session's.
+        let host = (by == By::Host).then(|| {
+            let sid = if single { sessions.first() } else { Some(&s) };
+            sid.and_then(|id| hosts.get(id))
+                .cloned()
+                .unwrap_or_else(|| "?".to_string())
+        });
         let (key, display, tid) = match by {
             By::Function => (id, name.clone(), None),
             By::Thread => (format!("{}\u{2}{id}", k2.unwrap_or(-1)), name.clone(), k2),
+            By::Host => (
+                format!("{}\u{2}{id}", host.as_deref().unwrap_or_default()),
+                name.clone(),
+                None,
+            ),
             By::Module => (module.clone(), module.clone(), None),
             By::Caller => {
                 let caller = k2.and_then(|p| names.get(&(s.clone(), p)));
@@ -788,6 +832,7 @@ fn recorded_rows(
                 row: ReportRow {
                     key: display,
                     tid,
+                    host: host.clone(),
                     function_id: (single && by == By::Function).then_some(*f),
                     module: module.clone(),
                     exact: true,
@@ -937,11 +982,17 @@ fn sort_rows(rows: &mut [ReportRow], key: SortKey) {
         .unwrap_or(-1.0)
     };
     if key == SortKey::Name {
-        rows.sort_by(|a, b| a.key.cmp(&b.key).then(a.tid.cmp(&b.tid)));
+        rows.sort_by(|a, b| {
+            a.key
+                .cmp(&b.key)
+                .then(a.tid.cmp(&b.tid))
+                .then(a.host.cmp(&b.host))
+        });
     } else {
         rows.sort_by(|a, b| {
             f(b).total_cmp(&f(a))
                 .then(a.tid.cmp(&b.tid))
+                .then(a.host.cmp(&b.host))
                 .then(a.key.cmp(&b.key))
         });
     }
@@ -1086,6 +1137,9 @@ pub fn render(report: &Report, by: By) -> String {
     if by == By::Thread {
         head.push("tid".to_string());
     }
+    if by == By::Host {
+        head.push("host".to_string());
+    }
     head.extend(
         ["calls", "total", "self", "p50", "p90", "p99", "max"]
             .iter()
@@ -1106,6 +1160,9 @@ pub fn render(report: &Report, by: By) -> String {
         let mut row = vec![];
         if by == By::Thread {
             row.push(r.tid.map_or("-".into(), |t| t.to_string()));
+        }
+        if by == By::Host {
+            row.push(r.host.clone().unwrap_or_else(|| "-".into()));
         }
         row.push(fmt_count(r.calls, r.exact));
         row.push(t(r.total_ns, r.exact || r.method.is_none()));
@@ -1180,6 +1237,7 @@ impl ReportRow {
         serde_json::json!({
             "key": self.key,
             "tid": self.tid,
+            "host": self.host,
             "module": self.module,
             "calls": self.calls,
             "exact": self.exact,
@@ -1212,16 +1270,17 @@ pub fn to_json(r: &Report) -> String {
 /// The report's rows as CSV with a header line (numbers unformatted, ns).
 pub fn to_csv(r: &Report) -> String {
     let mut s = String::from(
-        "key,tid,module,calls,exact,calls_low,calls_high,calls_recorded,method,total_ns,self_ns,p50_ns,p90_ns,p99_ns,max_ns\n",
+        "key,tid,host,module,calls,exact,calls_low,calls_high,calls_recorded,method,total_ns,self_ns,p50_ns,p90_ns,p99_ns,max_ns\n",
     );
     let q = |v: &str| format!("\"{}\"", v.replace('"', "\"\""));
     let n = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.0}"));
     for row in &r.rows {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             q(&row.key),
             row.tid.map_or(String::new(), |t| t.to_string()),
+            row.host.as_deref().map(q).unwrap_or_default(),
             q(&row.module),
             n(row.calls),
             row.exact,

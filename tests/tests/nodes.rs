@@ -492,6 +492,46 @@ fn two_nodes_share_one_store_and_line_up_on_utc() {
             .unwrap_or_else(|| panic!("report lacks {name}: {out}"));
         assert_eq!(row["calls"].as_f64(), Some(PINGS as f64), "{name}: {row}");
     }
+    // --by host: each function's calls on the node that made them.
+    let (ok, out, err) = agent_on_host(
+        &[
+            "report",
+            "--data",
+            data,
+            "--session",
+            "all",
+            "--by",
+            "host",
+            "--format",
+            "json",
+        ],
+        &env,
+    );
+    assert!(ok, "report --by host failed: {err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("report JSON");
+    let mut rows: Vec<(String, String, f64)> = report["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{out}"))
+        .iter()
+        .filter(|r| ["send_ping", "handle_ping"].contains(&r["key"].as_str().unwrap_or("")))
+        .map(|r| {
+            (
+                r["host"].as_str().unwrap_or("").to_string(),
+                r["key"].as_str().unwrap_or("").to_string(),
+                r["calls"].as_f64().unwrap_or(-1.0),
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let pings = PINGS as f64;
+    assert_eq!(
+        rows,
+        [
+            ("node-a".to_string(), "send_ping".to_string(), pings),
+            ("node-b".to_string(), "handle_ping".to_string(), pings)
+        ],
+        "{out}"
+    );
 }
 
 #[test]
