@@ -204,7 +204,7 @@ pub fn report(store: &Store, opts: &ReportOptions) -> Result<Report> {
         apply_totals(store, single, &mut rows, &mut by_id)?;
     } else if !sampled.is_empty() {
         out.notes.push(format!(
-            "sampled session{} ({}): counts per {} are of the recorded calls; `report` without --by shows estimated totals",
+"sampled session{} ({}): counts and times per {} are of the recorded calls, so at least the true ones (≥); `report` without --by shows estimated totals",
             if sampled.len() == 1 { "" } else { "s" },
             sampled.join(", "),
             match opts.by {
@@ -215,8 +215,11 @@ pub fn report(store: &Store, opts: &ReportOptions) -> Result<Report> {
                 By::Function => "function",
             }
         ));
+        // A lower bound: at least the calls recorded, no upper bound.
         for r in &mut rows {
             r.exact = false;
+            r.calls_low = r.calls;
+            r.calls_high = None;
         }
     }
     if opts.by == By::Module {
@@ -1151,9 +1154,12 @@ pub fn render(report: &Report, by: By) -> String {
         _ => "function".to_string(),
     });
     table.push(head);
-    let t = |v: Option<f64>, exact: bool| match v {
+    // Not exact and no method: the recorded calls of a sampled session
+    // (`--by` other than function), a lower bound.
+    let t = |v: Option<f64>, r: &ReportRow| match v {
         None => "-".to_string(),
-        Some(v) if exact => fmt_ns(v),
+        Some(v) if r.exact => fmt_ns(v),
+        Some(v) if r.method.is_none() => format!("≥{}", fmt_ns(v)),
         Some(v) => format!("≈{}", fmt_ns(v)),
     };
     for r in &report.rows {
@@ -1164,11 +1170,14 @@ pub fn render(report: &Report, by: By) -> String {
         if by == By::Host {
             row.push(r.host.clone().unwrap_or_else(|| "-".into()));
         }
-        row.push(fmt_count(r.calls, r.exact));
-        row.push(t(r.total_ns, r.exact || r.method.is_none()));
-        row.push(t(r.self_ns, r.exact || r.method.is_none()));
+        row.push(match r.calls {
+            Some(c) if !r.exact && r.method.is_none() => format!("≥{}", group_digits(c as u64)),
+            c => fmt_count(c, r.exact),
+        });
+        row.push(t(r.total_ns, r));
+        row.push(t(r.self_ns, r));
         for p in [r.p50_ns, r.p90_ns, r.p99_ns, r.max_ns] {
-            row.push(t(p, true));
+            row.push(p.map_or("-".to_string(), fmt_ns));
         }
         let mut name = r.key.clone();
         if !r.exact

@@ -761,6 +761,40 @@ fn report_marks_estimated_counts_and_notes_losses() {
         .find(|r| r["key"] == "a_fn")
         .unwrap();
     assert_eq!(a["exact"], true);
+    // --by thread over a sampled session (its `sessions` row says its
+    // counts are not all exact): what was recorded, a lower bound, said
+    // with ≥ (counts and times) and an open interval.
+    let sessions_file = copy.join(format!("sessions/session_id={session}/part-0.parquet"));
+    let rewritten = dir.path().join("sessions.parquet");
+    duckdb(&format!(
+        "COPY (SELECT * REPLACE (false AS calls_exact) FROM read_parquet('{}', hive_partitioning = false)) \
+         TO '{}' (FORMAT parquet); SELECT 1 AS ok",
+        sessions_file.display(),
+        rewritten.display()
+    ));
+    std::fs::copy(&rewritten, &sessions_file).unwrap();
+    let (ok, text, err) = agent(&["report", "--data", &data, "--by", "thread", "--limit", "0"]);
+    assert!(ok, "{err}");
+    let leaf = text
+        .lines()
+        .find(|l| l.ends_with(" leaf"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cells: Vec<&str> = leaf.split_whitespace().collect();
+    assert!(
+        cells[1].starts_with('≥') && cells[2].starts_with('≥') && cells[4].starts_with('≥'),
+        "{leaf}"
+    );
+    assert!(text.contains("so at least the true ones (≥)"), "{text}");
+    let (ok, out, err) = agent(&[
+        "report", "--data", &data, "--by", "thread", "--format", "json", "--limit", "0",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for r in v["rows"].as_array().unwrap() {
+        assert_eq!(r["exact"], false, "{r}");
+        assert_eq!(r["calls_low"], r["calls"], "{r}");
+        assert!(r["calls_high"].is_null(), "{r}");
+    }
 }
 
 /// The default path end to end: `record -- CMD` with no flags at all writes
