@@ -470,21 +470,17 @@ fn two_nodes_share_one_store_and_line_up_on_utc() {
         .collect();
     assert_eq!(order.concat(), "SH".repeat(PINGS), "{out}");
 
+    // `report --session all --format json` with `extra`: its JSON and text.
+    let report_json = |extra: &[&str]| -> (serde_json::Value, String) {
+        let mut args = vec!["report", "--data", data, "--session", "all"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--format", "json"]);
+        let (ok, out, err) = agent_on_host(&args, &env);
+        assert!(ok, "report {extra:?} failed: {err}");
+        (serde_json::from_str(&out).expect("report JSON"), out)
+    };
     // report over both nodes: each function's count.
-    let (ok, out, err) = agent_on_host(
-        &[
-            "report",
-            "--data",
-            data,
-            "--session",
-            "all",
-            "--format",
-            "json",
-        ],
-        &env,
-    );
-    assert!(ok, "report failed: {err}");
-    let report: serde_json::Value = serde_json::from_str(&out).expect("report JSON");
+    let (report, out) = report_json(&[]);
     for name in ["send_ping", "handle_ping"] {
         let row = report["rows"]
             .as_array()
@@ -493,22 +489,7 @@ fn two_nodes_share_one_store_and_line_up_on_utc() {
         assert_eq!(row["calls"].as_f64(), Some(PINGS as f64), "{name}: {row}");
     }
     // --by host: each function's calls on the node that made them.
-    let (ok, out, err) = agent_on_host(
-        &[
-            "report",
-            "--data",
-            data,
-            "--session",
-            "all",
-            "--by",
-            "host",
-            "--format",
-            "json",
-        ],
-        &env,
-    );
-    assert!(ok, "report --by host failed: {err}");
-    let report: serde_json::Value = serde_json::from_str(&out).expect("report JSON");
+    let (report, out) = report_json(&["--by", "host"]);
     let mut rows: Vec<(String, String, f64)> = report["rows"]
         .as_array()
         .unwrap_or_else(|| panic!("{out}"))
